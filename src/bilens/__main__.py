@@ -1,0 +1,5 @@
+import sys
+
+from bilens.cli import main
+
+sys.exit(main())
