@@ -1,16 +1,131 @@
-"""`bilens attribute` (placeholder until its issue lands)."""
+"""`bilens attribute`: every channel's predicted ablation effect on N inputs (SPEC §8, §7).
+
+    bilens attribute runs/digits --dataset digits --split test --n 100 \\
+        --target predicted --mode frozen,live --out attr.safetensors --top 5
+
+writes `attr.safetensors` (inputs, target or label, activation, predicted or
+predicted.frozen/predicted.live) and `attr.json` (a summary), atomically.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from bilens.errors import BilensError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("attribute", help="(not built yet)")
+    p = sub.add_parser(
+        "attribute", help="predict every channel's ablation effect (one backward pass)",
+        description="Attribute every channel of every layer through the linearized network "
+                    "and write SPEC §7's result file.")
+    p.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (bilens train --out)")
+    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
+    p.add_argument("--split", default="test", help="train | test (default test)")
+    p.add_argument("--n", type=int, default=100, help="number of inputs (seeded subset)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
+    p.add_argument("--target", default="predicted",
+                   help="predicted | label | logprob | class:C | diff:C1,C2 (default predicted)")
+    p.add_argument("--mode", default="frozen",
+                   help="frozen | live | frozen,live (default frozen)")
+    p.add_argument("--baseline", default="zero", help="zero | mean (default zero)")
+    p.add_argument("--reference-n", type=int, default=1000,
+                   help="training inputs whose mean activation is the 'mean' baseline")
+    p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
+    p.add_argument("--top", type=int, default=0, metavar="K",
+                   help="print, per input, the K channels of largest |predicted|")
+    p.add_argument("--batch-size", type=int, default=None, help="inputs per internal chunk")
+    p.add_argument("--method", default=None, help="explicit | autograd (same numbers)")
+    p.add_argument("--float64", action="store_true", help="compute in float64")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    raise BilensError("bilens attribute is not built yet")
+    import torch
+
+    import bilens
+    from bilens.attribution import DEFAULT_METHOD, MODES, attribute_modes
+    from bilens.results import save_results
+
+    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
+    bad = [m for m in modes if m not in MODES]
+    if bad or not modes:
+        raise BilensError(f"--mode: expected frozen, live or frozen,live, got {args.mode!r}")
+    if args.baseline not in ("zero", "mean"):
+        raise BilensError(f"--baseline: expected zero or mean, got {args.baseline!r}")
+    if args.top < 0:
+        raise BilensError(f"--top: expected K >= 0, got {args.top}")
+    if not str(args.out).endswith(".safetensors"):
+        raise BilensError(f"--out: expected a .safetensors file name, got {args.out!r}")
+    method = args.method or DEFAULT_METHOD
+
+    model = bilens.load(args.checkpoint, dtype=torch.float64 if args.float64 else None)
+    dataset = args.dataset or getattr(model, "metadata", {}).get("dataset")
+    if dataset is None:
+        raise BilensError("--dataset: the checkpoint records no dataset; pass --dataset NAME")
+    data = bilens.load_dataset(dataset, args.split, n=args.n, seed=args.seed)
+    cfg = model.config
+    if data.d_in != cfg.d_in:
+        raise BilensError(f"--dataset: {dataset} inputs have width {data.d_in} but the model "
+                          f"expects {cfg.d_in}; pass the dataset it was trained on")
+    reference = None
+    if args.baseline == "mean":
+        train = bilens.load_dataset(dataset, "train", n=None, seed=args.seed)
+        reference = train.x[: args.reference_n]
+
+    start = time.perf_counter()
+    out = attribute_modes(model, data.x, args.target, modes, args.baseline, labels=data.y,
+                          reference=reference, batch_size=args.batch_size, method=method)
+    seconds = time.perf_counter() - start
+
+    run_ = out.run
+    tensors = {"inputs": data.x.to(model.dtype), **out.target.to_tensors(),
+               "activation": run_.z}
+    if len(modes) == 1:
+        tensors["predicted"] = out.predicted[modes[0]]
+    else:
+        tensors.update({f"predicted.{m}": p for m, p in out.predicted.items()})
+    if out.baseline is not None:
+        tensors["baseline"] = out.baseline[0]
+    summary = {
+        "command": "attribute",
+        "version": bilens.__version__,
+        "checkpoint": str(args.checkpoint),
+        "config": cfg.to_dict(),
+        "dataset": dataset, "split": args.split, "n": len(data.y), "seed": args.seed,
+        "target": args.target, "modes": modes, "baseline": args.baseline,
+        "reference_n": None if reference is None else len(reference),
+        "method": method, "dtype": str(model.dtype).removeprefix("torch."),
+        "seconds": round(seconds, 4),
+        "accuracy": (run_.logits.argmax(-1).cpu() == data.y).double().mean().item(),
+        "predicted_abs_mean_per_layer": {
+            m: p.abs().mean(dim=(0, 2)).tolist() for m, p in out.predicted.items()},
+        "tensors": {k: list(v.shape) for k, v in tensors.items()},
+    }
+    path, json_path = save_results(args.out, tensors, summary)
+    if args.top:
+        _print_top(out, data.y, modes, args.top, args.target)
+    print(f"wrote {path} ({len(data.y)} inputs x {cfg.n_layers} layers x {cfg.d_hidden} channels,"
+          f" mode {','.join(modes)}, {seconds:.3f} s) and {json_path}")
+    return 0
+
+
+def _print_top(out, labels, modes: list[str], k: int, target: str) -> None:
+    """Per input, the `k` channels of largest |predicted| (first mode), as a table."""
+    first = out.predicted[modes[0]]
+    n, n_layers, d_hidden = first.shape
+    k = min(k, n_layers * d_hidden)
+    f = out.target(out.run.logits)
+    order = first.abs().flatten(1).topk(k, dim=1).indices            # [N, k]
+    head = f"{'layer':>5} {'channel':>7} {'activation':>11}" + "".join(
+        f" {'pred.' + m:>12}" for m in modes)
+    for i in range(n):
+        print(f"input {i}: label {labels[i].item()}, predicted class "
+              f"{out.run.logits[i].argmax().item()}, target {target} f = {f[i].item():.4g}")
+        print(head)
+        for flat in order[i].tolist():
+            layer, channel = divmod(flat, d_hidden)
+            row = f"{layer:>5} {channel:>7} {out.run.z[i, layer, channel].item():>11.4g}"
+            row += "".join(f" {out.predicted[m][i, layer, channel].item():>12.4g}" for m in modes)
+            print(row)
