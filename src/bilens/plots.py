@@ -1,0 +1,193 @@
+"""PNG plots of a `VerifyResult` (matplotlib, Agg backend, no display needed).
+
+- `scatter.png`: predicted against actual effect, one panel per mode, one point per
+  (input, channel), symmetric-log axes, colored by layer
+- `error_per_layer.png`: normalized error per layer and mode, split into norm drift and
+  gating interference
+- `drift.png`: the seed's formula `(r . delta)/|r|^2` against the measured `ds/s`, and the
+  drift's effect on the target relative to the channel's effect
+- `faithfulness.png`: top-k circuits, sum of predictions against the joint ablation
+
+Example:
+    >>> paths = plot_all(result, Path("out"))      # doctest: +SKIP
+"""
+
+# ruff: noqa: E741  (`l` is the layer index, as in SPEC)
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+if TYPE_CHECKING:
+    from bilens.verify import VerifyResult
+
+MAX_POINTS = 40_000     # per panel; keeps the PNGs small
+DPI = 90
+
+
+def _sample(*ts: Tensor, max_points: int = MAX_POINTS) -> tuple[Tensor, ...]:
+    """Flatten `[N, L, H]` tensors (plus a layer index), keep finite points, subsample."""
+    n, n_layers, h = ts[0].shape
+    layer = torch.arange(n_layers).view(1, -1, 1).expand(n, n_layers, h)
+    flat = [t.detach().double().cpu().flatten() for t in ts] + [layer.flatten()]
+    keep = torch.ones_like(flat[0], dtype=torch.bool)
+    for t in flat[:-1]:
+        keep &= torch.isfinite(t)
+    flat = [t[keep] for t in flat]
+    if flat[0].numel() > max_points:
+        idx = torch.randperm(flat[0].numel(), generator=torch.Generator().manual_seed(0))
+        flat = [t[idx[:max_points]] for t in flat]
+    return tuple(flat)
+
+
+def _linthresh(*xs: Tensor) -> float:
+    """Linear region of a symlog axis: the 5th percentile of the nonzero magnitudes."""
+    mags = torch.cat([x.abs()[x != 0] for x in xs])
+    if mags.numel() == 0:
+        return 1.0
+    q = mags.quantile(0.05).item() if mags.numel() <= 2**24 else mags.median().item() / 100
+    return q if q > 0 else 1.0
+
+
+def _diag(ax, lo: float, hi: float) -> None:
+    ax.plot([lo, hi], [lo, hi], color="k", lw=0.8, ls="--", zorder=3)
+
+
+def _scatter_panel(ax, x: Tensor, y: Tensor, layer: Tensor, n_layers: int) -> None:
+    cmap = plt.get_cmap("viridis", max(n_layers, 2))
+    ax.scatter(x, y, c=layer, cmap=cmap, vmin=-0.5, vmax=max(n_layers, 2) - 0.5, s=2,
+               alpha=0.4, linewidths=0, rasterized=True)
+    t = _linthresh(x, y)
+    ax.set_xscale("symlog", linthresh=t)
+    ax.set_yscale("symlog", linthresh=t)
+    lim = max(x.abs().max().item(), y.abs().max().item(), t) * 1.2
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-lim, lim)
+    _diag(ax, -lim, lim)
+    ax.grid(alpha=0.3, lw=0.5)
+
+
+def plot_scatter(result: VerifyResult, path: Path) -> Path:
+    modes = result.modes
+    actual = result.tensors["actual"]
+    n_layers = actual.shape[1]
+    fig, axes = plt.subplots(1, len(modes), figsize=(4.6 * len(modes), 4.4), squeeze=False)
+    for ax, mode in zip(axes[0], modes, strict=True):
+        p, a, layer = _sample(result.predicted(mode), actual)
+        _scatter_panel(ax, p, a, layer, n_layers)
+        s = result.metrics["modes"][mode]["overall"]
+        ax.set_title(f"{mode}: NE {s['normalized_error']:.3g}, r {s['pearson']:.4f}", fontsize=10)
+        ax.set_xlabel("predicted effect")
+        ax.set_ylabel("actual effect (real network)")
+    cmap = plt.get_cmap("viridis", max(n_layers, 2))
+    handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(l), label=f"layer {l}")
+               for l in range(n_layers)]
+    axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_error_per_layer(result: VerifyResult, path: Path) -> Path:
+    modes = result.modes
+    n_layers = result.tensors["actual"].shape[1]
+    width = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * n_layers, 3.8))
+    for i, mode in enumerate(modes):
+        dec = result.metrics["modes"][mode]["decomposition"]["per_layer"]
+        xs = [l - 0.4 + width * (i + 0.5) for l in range(n_layers)]
+        drift = [d["drift_ne"] for d in dec]
+        gating = [d["gating_ne"] for d in dec]
+        total = [d["normalized_error"] for d in dec]
+        color = f"C{i}"
+        ax.bar(xs, drift, width * 0.9, color=color, alpha=0.45, hatch="//", label=f"{mode}: drift")
+        ax.bar(xs, gating, width * 0.9, bottom=drift, color=color, label=f"{mode}: gating")
+        ax.plot(xs, total, "k_", ms=14, mew=2, label="total NE" if i == 0 else None)
+    ax.set_xticks(range(n_layers), [f"layer {l}" for l in range(n_layers)])
+    ax.set_ylabel("sum|error| / sum|actual|")
+    ax.set_title("error per layer: norm drift + gating interference", fontsize=10)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_drift(result: VerifyResult, path: Path) -> Path:
+    t = result.tensors
+    n_layers = t["actual"].shape[1]
+    dr = result.metrics["drift"]["overall"]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 4.3))
+    f, m, layer = _sample(t["drift.formula"], t["drift.measured"])
+    _scatter_panel(ax, f, m, layer, n_layers)
+    ax.set_xlabel("seed formula (r . delta) / |r|^2")
+    ax.set_ylabel("measured ds/s at the ablated layer")
+    ax.set_title(f"drift formula: r {dr['formula_pearson']:.4f}, NE {dr['formula_ne']:.3g}",
+                 fontsize=10)
+    a, af = t["actual"].double(), t["actual_frozen_norm"].double()
+    ratio = ((a - af).abs() / a.abs())
+    ratio = ratio[torch.isfinite(ratio) & (ratio > 0)]
+    if ratio.numel():
+        bins = torch.logspace(math.log10(ratio.min().item()), math.log10(ratio.max().item()) + 1e-9,
+                              60).tolist()
+        ax2.hist(ratio.numpy(), bins=bins, color="C3", alpha=0.8)
+        ax2.set_xscale("log")
+        ax2.axvline(ratio.median().item(), color="k", ls="--", lw=0.8, label="median")
+        ax2.legend(fontsize=7)
+    ax2.set_xlabel("|actual - actual_frozen_norm| / |actual|")
+    ax2.set_ylabel("channels")
+    ax2.set_title("drift's effect on the target / channel's effect", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_faithfulness(result: VerifyResult, path: Path) -> Path:
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9.6, 3.8))
+    for i, mode in enumerate(result.modes):
+        curve = result.metrics["modes"][mode].get("circuit") or []
+        ks = [c["k"] for c in curve]
+        ax.plot(ks, [c["normalized_error"] for c in curve], "o-", color=f"C{i}", label=mode)
+        ax2.plot(ks, [c["mean_sum_predicted"] for c in curve], "o-", color=f"C{i}",
+                 label=f"{mode}: sum of predictions")
+        if i == 0:
+            ax2.plot(ks, [c["mean_joint"] for c in curve], "s-k", label="actual joint effect")
+            if curve and "additivity_error" in curve[0]:
+                ax.plot(ks, [c["additivity_error"] for c in curve], "s--", color="gray",
+                        label="sum of single actuals")
+    for a in (ax, ax2):
+        a.set_xscale("log", base=2)
+        a.set_xlabel("k (top channels by |predicted| ablated together)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    ax.set_ylabel("sum|sum - joint| / sum|joint|")
+    ax.set_title("circuit faithfulness error", fontsize=10)
+    ax2.set_ylabel("mean over inputs")
+    ax2.set_title("predicted vs actual joint effect", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def plot_all(result: VerifyResult, outdir: Path) -> list[Path]:
+    """Write every plot into `outdir`; returns the paths."""
+    outdir = Path(outdir)
+    paths = [plot_scatter(result, outdir / "scatter.png"),
+             plot_error_per_layer(result, outdir / "error_per_layer.png"),
+             plot_drift(result, outdir / "drift.png")]
+    if any(result.metrics["modes"][m].get("circuit") for m in result.modes):
+        paths.append(plot_faithfulness(result, outdir / "faithfulness.png"))
+    return paths
