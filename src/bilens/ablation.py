@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 import torch
@@ -30,6 +31,8 @@ from torch import Tensor
 
 from bilens.baselines import resolve_baseline
 from bilens.errors import BilensError, check_inputs
+from bilens.model import Run
+from bilens.perturb import Plan
 from bilens.targets import Target, resolve_target
 
 if TYPE_CHECKING:
@@ -258,9 +261,41 @@ def ablation_effects(
         >>> actual.shape                                               # doctest: +SKIP
         torch.Size([256, 4, 512])
     """
-    return ablation_effects_loop(model, inputs, target, baseline, labels=labels,
-                                 reference=reference, layers=layers, channels=channels,
-                                 frozen_norm=frozen_norm, progress=progress)
+    return _fast_effects(model, inputs, target, baseline, labels, reference, layers, channels,
+                         frozen_norm, memory, progress, precision="fp32")
+
+
+@torch.no_grad()
+def _fast_effects(model, inputs, target, baseline, labels, reference, layers, channels,
+                  frozen_norm, memory, progress, precision):
+    cfg = model.config
+    x, clean, tgt, b = _prepare(model, inputs, target, baseline, labels, reference)
+    mask = channel_mask(cfg.n_layers, cfg.d_hidden, layers, channels)
+    plan = Plan(model, frozen=frozen_norm, precision=precision)
+    out = torch.full_like(clean.z, float("nan"))                             # [B, L, H]
+    budget = max(1, parse_memory(memory) // plan.work_bytes())               # ablations/chunk
+    jobs = []
+    for l in range(cfg.n_layers):
+        ks = mask[l].nonzero().flatten().to(x.device)
+        if ks.numel() == 0:
+            continue
+        kc = min(ks.numel(), budget)
+        bc = max(1, min(x.shape[0], budget // kc))
+        for k0 in range(0, ks.numel(), kc):
+            for b0 in range(0, x.shape[0], bc):
+                jobs.append((l, ks[k0:k0 + kc], slice(b0, b0 + bc)))
+    if progress:
+        from tqdm import tqdm
+        jobs = tqdm(jobs, desc="ablation", unit="chunk")
+    for l, kk, rows in jobs:
+        run = _slice_run(clean, rows)
+        c = b[rows, l][:, kk] - run.z[:, l][:, kk]                           # [Bc, K]
+        out[rows, l, kk] = plan.effects(run, tgt.select(rows), c, l, kk)
+    return out
+
+
+def _slice_run(run: Run, rows: slice) -> Run:
+    return Run(**{f.name: getattr(run, f.name)[rows] for f in fields(run)})
 
 
 __all__ = ["ablation_effects", "ablation_effects_loop", "joint_ablation_effect", "channel_mask",
