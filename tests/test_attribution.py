@@ -1,0 +1,244 @@
+"""Attribution (SPEC §4) against ablations, finite differences, autograd and the SPEC
+reference, for every norm x position, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from reference import forward_one
+
+from bilens.attribution import attribute, attribute_modes, run_with_cache
+from bilens.backward import gradients, gradients_autograd
+from bilens.baselines import from_inputs
+from bilens.config import ModelConfig
+from bilens.errors import BilensError
+from bilens.model import BilinearNet
+from bilens.targets import resolve_target
+
+torch.set_num_threads(1)     # tiny float64 models: threads only contend on a shared machine
+
+NORMS = ["none", "rms", "layer"]
+POSITIONS = ["post", "pre"]
+CASES = [(n, p) for n in NORMS for p in POSITIONS]
+B, D_IN, N_OUT = 5, 6, 4
+
+
+def make_model(norm: str, position: str, n_layers: int = 3, seed: int = 0,
+               d_model: int = 8, d_hidden: int = 10) -> BilinearNet:
+    """A float64 model with every parameter perturbed (gains != 1, LayerNorm bias != 0)."""
+    torch.manual_seed(seed)
+    cfg = ModelConfig(d_in=D_IN, d_model=d_model, d_hidden=d_hidden, n_layers=n_layers,
+                      n_out=N_OUT, norm=norm, norm_position=position)
+    model = BilinearNet(cfg).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model
+
+
+def inputs(seed: int = 1, n: int = B) -> torch.Tensor:
+    return torch.randn(n, D_IN, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def ablate_layer(model, x, layer, b, target, scale=None):
+    """actual[i, k] = f(x_i | z_{layer,k} := b[i, layer, k]) - f(x_i), for every k at once."""
+    n, h = x.shape[0], model.config.d_hidden
+    clean = model.run(x, scale=scale)
+    rows = x.repeat_interleave(h, 0)                                   # [n*h, d_in]
+    mask = torch.eye(h, dtype=torch.bool).repeat(n, 1)                 # row (i, k) ablates k
+    values = b[:, layer].repeat_interleave(h, 0)
+    frozen = None if scale is None else scale.repeat_interleave(h, 0)
+    run = model.run(rows, scale=frozen, patch={layer: (mask, values)})
+    return target(run.logits.view(n, h, -1)) - target(clean.logits)[:, None]
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+@pytest.mark.parametrize("baseline", ["zero", "mean", "tensor"])
+def test_frozen_is_exact_for_last_layer(norm, position, baseline):
+    """With every norm frozen at its clean statistics, the network after the last layer's
+    z is linear: the frozen prediction IS the ablation, to rounding."""
+    model, x = make_model(norm, position), inputs()
+    reference = inputs(seed=7, n=20)
+    spec = {"zero": "zero", "mean": "mean",
+            "tensor": torch.randn(B, 3, 10, dtype=torch.float64)}[baseline]
+    direction = torch.randn(B, N_OUT, dtype=torch.float64)
+    pred, run = attribute(model, x, target=direction, mode="frozen", baseline=spec,
+                          reference=reference, return_run=True)
+    b = {"zero": torch.zeros_like(run.z), "mean": model.run(reference).z.mean(0).expand_as(run.z),
+         "tensor": spec}[baseline]
+    target = resolve_target(direction, run.logits)
+    actual = ablate_layer(model, x, 2, b, target, scale=run.scale)
+    torch.testing.assert_close(pred[:, 2], actual, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+def test_frozen_last_layer_matches_spec_reference(norm, position):
+    """The same identity against tests/reference.py (SPEC line by line, no model code)."""
+    model, x = make_model(norm, position), inputs(n=1)
+    pred, run = attribute(model, x, target="class:2", mode="frozen", return_run=True)
+    sd, cfg = model.state_dict(), model.config.to_dict()
+    frozen = run.scale[0].tolist()
+    clean = forward_one(sd, cfg, x[0], frozen=frozen)[0][2]
+    for k in (0, 3, 9):
+        ablated = forward_one(sd, cfg, x[0], ablate=(2, k, 0.0), frozen=frozen)[0][2]
+        assert abs((ablated - clean).item() - pred[0, 2, k].item()) < 1e-10
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("mode", ["frozen", "live"])
+def test_no_norm_single_layer_is_exact(position, mode):
+    """No norm, one layer: logits are linear in z, so prediction == real ablation."""
+    model, x = make_model("none", position, n_layers=1), inputs()
+    pred, run = attribute(model, x, target="diff:0,3", mode=mode, return_run=True)
+    target = resolve_target("diff:0,3", run.logits)
+    actual = ablate_layer(model, x, 0, torch.zeros_like(run.z), target)
+    torch.testing.assert_close(pred[:, 0], actual, atol=1e-10, rtol=1e-10)
+    sd, cfg = model.state_dict(), model.config.to_dict()
+    clean = forward_one(sd, cfg, x[1])[0]
+    ablated = forward_one(sd, cfg, x[1], ablate=(0, 4, 0.0))[0]
+    assert abs((ablated[0] - ablated[3]) - (clean[0] - clean[3]) - pred[1, 0, 4]) < 1e-10
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+@pytest.mark.parametrize("spec", ["predicted", "logprob"])
+def test_live_is_the_finite_difference_of_the_real_network(norm, position, spec):
+    """live g = central difference of f in z, every channel, statistics recomputed."""
+    model, x = make_model(norm, position), inputs()
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    run = model.run(x)
+    target = resolve_target(spec, run.logits, labels)
+    g = gradients(model, run, target, "live")
+    n, n_layers, h = run.z.shape
+    eye = torch.eye(n_layers * h, dtype=torch.float64).view(-1, n_layers, h)   # [L*H, L, H]
+    rows = x.repeat_interleave(n_layers * h, 0)
+    offset = eye.repeat(n, 1, 1)
+    eps = 1e-5
+
+    def f(sign):
+        logits = model.run(rows, z_offset=sign * eps * offset).logits
+        return target(logits.view(n, n_layers * h, -1)).view(n, n_layers, h)
+
+    fd = (f(1) - f(-1)) / (2 * eps)
+    torch.testing.assert_close(g, fd, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("norm,position", [("rms", "post"), ("layer", "pre")])
+def test_live_matches_finite_difference_of_spec_reference(norm, position):
+    model, x = make_model(norm, position), inputs(n=1)
+    pred = attribute(model, x, target="class:1", mode="live")
+    z = model.run(x).z
+    sd, cfg = model.state_dict(), model.config.to_dict()
+    eps = 1e-5
+    for layer, k in ((0, 2), (1, 7)):
+        z0 = z[0, layer, k].item()
+        up = forward_one(sd, cfg, x[0], ablate=(layer, k, z0 + eps))[0][1]
+        down = forward_one(sd, cfg, x[0], ablate=(layer, k, z0 - eps))[0][1]
+        assert abs(-z0 * (up - down).item() / (2 * eps) - pred[0, layer, k].item()) < 1e-7
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+@pytest.mark.parametrize("mode", ["frozen", "live"])
+@pytest.mark.parametrize("spec", ["predicted", "logprob", "diff:1,2"])
+def test_explicit_backward_equals_autograd(norm, position, mode, spec):
+    model, x = make_model(norm, position), inputs()
+    labels = torch.tensor([3, 1, 2, 0, 0])
+    run = model.run(x)
+    target = resolve_target(spec, run.logits, labels)
+    explicit = gradients(model, run, target, mode)
+    auto, _ = gradients_autograd(model, x, target, mode)
+    torch.testing.assert_close(explicit, auto, atol=1e-10, rtol=1e-10)
+    via_api = attribute(model, x, spec, mode, labels=labels, method="autograd")
+    torch.testing.assert_close(via_api, -run.z * explicit, atol=1e-10, rtol=1e-10)
+
+
+def test_frozen_and_live_agree_without_norms_and_differ_with():
+    x = inputs()
+    for norm, same in (("none", True), ("rms", False), ("layer", False)):
+        out = attribute_modes(make_model(norm, "post"), x, "predicted", ("frozen", "live"))
+        close = torch.allclose(out.predicted["frozen"], out.predicted["live"], atol=1e-12)
+        assert close == same, norm
+
+
+@pytest.mark.parametrize("norm,position", [("rms", "post"), ("layer", "pre"), ("none", "pre")])
+def test_batched_equals_one_by_one(norm, position):
+    model, x = make_model(norm, position), inputs(n=7)
+    labels = torch.tensor([0, 1, 2, 3, 0, 1, 2])
+    direction = torch.randn(7, N_OUT, dtype=torch.float64)
+    base = torch.randn(7, 3, 10, dtype=torch.float64)
+    for spec in ("predicted", "logprob", labels, direction):
+        for mode in ("frozen", "live"):
+            whole = attribute(model, x, spec, mode, baseline=base, labels=labels, batch_size=3)
+            for i in range(7):
+                one_spec = spec[i:i + 1] if isinstance(spec, torch.Tensor) else spec
+                one = attribute(model, x[i:i + 1], one_spec, mode, baseline=base[i:i + 1],
+                                labels=labels[i:i + 1])
+                torch.testing.assert_close(whole[i:i + 1], one, atol=1e-12, rtol=1e-12)
+
+
+def test_baselines_shift_the_prediction():
+    model, x = make_model("rms", "post"), inputs()
+    other, reference = inputs(seed=3), inputs(seed=4, n=30)
+    run = model.run(x)
+    g = gradients(model, run, resolve_target("predicted", run.logits), "live")
+    mean = attribute(model, x, "predicted", "live", baseline="mean", reference=reference)
+    torch.testing.assert_close(mean, (model.run(reference).z.mean(0) - run.z) * g)
+    patched = attribute(model, x, "predicted", "live", baseline=from_inputs(model, other))
+    torch.testing.assert_close(patched, (model.run(other).z - run.z) * g)
+    shared = torch.randn(3, 10, dtype=torch.float64)
+    torch.testing.assert_close(attribute(model, x, "predicted", "live", baseline=shared),
+                               (shared - run.z) * g)
+
+
+def test_run_with_cache_and_return_run():
+    model, x = make_model("layer", "pre"), inputs()
+    logits, cache = run_with_cache(model, x)
+    run = model.run(x)
+    torch.testing.assert_close(logits, run.logits)
+    torch.testing.assert_close(cache["layers.2.z"], run.z[:, 2])
+    torch.testing.assert_close(cache["layers.1.norm.scale"], run.scale[:, 1])
+    torch.testing.assert_close(cache["final_norm.scale"], run.scale[:, 3])
+    assert {"layers.0.resid", "layers.0.left", "layers.0.right", "final"} <= cache.keys()
+    pred, back = attribute(model, x, return_run=True)
+    assert pred.shape == (B, 3, 10)
+    torch.testing.assert_close(back.z, run.z)
+
+
+def test_float32_model_stays_float32():
+    model = BilinearNet(ModelConfig(d_in=D_IN, d_model=8, d_hidden=10, n_layers=2, n_out=N_OUT))
+    pred = attribute(model, inputs().float(), "predicted", "live")
+    assert pred.dtype == torch.float32 and pred.shape == (B, 2, 10)
+
+
+BAD = [
+    (dict(target="class:4"), "out of range"),
+    (dict(target=9), "out of range"),
+    (dict(target="diff:0,7"), "out of range"),
+    (dict(target=torch.randn(3)), "direction must have shape"),
+    (dict(target=torch.randn(B, N_OUT + 1)), "direction must have shape"),
+    (dict(target=torch.tensor([0, 1])), "one class per input"),
+    (dict(target="logprob"), "needs the true labels"),
+    (dict(target="label", labels=torch.tensor([0, 1, 2, 3, 9])), "labels"),
+    (dict(target="bogus"), "unknown spec"),
+    (dict(mode="frozn"), "mode"),
+    (dict(method="numeric"), "method"),
+    (dict(batch_size=0), "batch_size"),
+    (dict(baseline="mean"), "reference"),
+    (dict(baseline="median"), "baseline"),
+    (dict(baseline=torch.zeros(2, 3, 10)), "baseline"),
+    (dict(baseline=torch.full((3, 10), float("nan"))), "NaN"),
+    (dict(inputs=torch.randn(B, D_IN + 1)), "expected shape"),
+    (dict(inputs=torch.randn(D_IN)), "batch axis"),
+    (dict(inputs=torch.full((B, D_IN), float("nan"))), "NaN"),
+    (dict(baseline="mean", reference=torch.randn(4, 2)), "reference"),
+]
+
+
+@pytest.mark.parametrize("kwargs,message", BAD, ids=[m + str(i) for i, (_, m) in enumerate(BAD)])
+def test_bad_input_raises_before_any_work(kwargs, message, monkeypatch):
+    model = make_model("rms", "post")
+    calls = []
+    monkeypatch.setattr(model, "run", lambda *a, **k: calls.append(1))
+    kwargs = {"inputs": inputs(), **kwargs}
+    with pytest.raises(BilensError, match=message):
+        attribute(model, **kwargs)
+    assert not calls, "the model ran before the error"
