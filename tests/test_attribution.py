@@ -242,3 +242,85 @@ def test_bad_input_raises_before_any_work(kwargs, message, monkeypatch):
     with pytest.raises(BilensError, match=message):
         attribute(model, **kwargs)
     assert not calls, "the model ran before the error"
+
+
+# ---- result files and the command line ----
+
+@pytest.fixture
+def checkpoint(tmp_path):
+    from bilens.checkpoint import save
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_in=16, d_model=12, d_hidden=20, n_layers=2, n_out=4, norm="layer")
+    path = tmp_path / "ckpt"
+    save(BilinearNet(cfg), path, {"dataset": "synthetic"})
+    return path
+
+
+def test_results_round_trip(tmp_path):
+    from bilens.results import load_results, save_results
+
+    tensors = {"predicted": torch.randn(3, 2, 4, dtype=torch.float64).expand(3, 2, 4),
+               "label": torch.tensor([1, 0, 2])}
+    path, summary_path = save_results(tmp_path / "r.safetensors", tensors,
+                                      {"nan": float("nan"), "t": torch.tensor(1.5)})
+    assert summary_path == tmp_path / "r.json"
+    back, summary = load_results(path)
+    torch.testing.assert_close(back["predicted"], tensors["predicted"])
+    assert summary == {"nan": None, "t": 1.5}
+    summary_path.unlink()
+    assert load_results(path)[1] == summary             # the copy in the header
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]   # no temp files
+
+
+@pytest.mark.parametrize("modes", ["frozen", "frozen,live"])
+def test_cli_writes_spec_result_file(checkpoint, tmp_path, capsys, modes):
+    import bilens
+    from bilens.cli import main
+    from bilens.results import load_results
+
+    out = tmp_path / "attr.safetensors"
+    argv = [
+        "attribute", str(checkpoint), "--dataset", "synthetic", "--split", "test", "--n", "6",
+        "--target", "diff:0,1", "--mode", modes, "--out", str(out), "--top", "3",
+    ]
+    assert main(argv) == 0
+    tensors, summary = load_results(out)
+    model = bilens.load(checkpoint)
+    data = bilens.load_dataset("synthetic", "test", n=6)
+    torch.testing.assert_close(tensors["inputs"], data.x)
+    assert tensors["target"].shape == (6, 4) and tensors["activation"].shape == (6, 2, 20)
+    for mode in modes.split(","):
+        key = "predicted" if modes == mode else f"predicted.{mode}"
+        torch.testing.assert_close(tensors[key], attribute(model, data.x, "diff:0,1", mode))
+    assert summary["modes"] == modes.split(",") and summary["n"] == 6
+    printed = capsys.readouterr().out
+    assert printed.count("input ") == 6 and "activation" in printed
+
+
+def test_cli_logprob_records_labels(checkpoint, tmp_path):
+    from bilens.cli import main
+    from bilens.results import load_results
+
+    out = tmp_path / "lp.safetensors"
+    assert main(["attribute", str(checkpoint), "--n", "5", "--target", "logprob",
+                 "--baseline", "mean", "--out", str(out)]) == 0
+    tensors, summary = load_results(out)
+    assert "label" in tensors and "target" not in tensors and summary["baseline"] == "mean"
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--target", "class:4"], "out of range"),
+    (["--mode", "frozen,exact"], "--mode"),
+    (["--baseline", "median"], "--baseline"),
+    (["--dataset", "digits"], "width"),
+    (["--n", "0"], "n:"),
+])
+def test_cli_bad_input_one_line_nonzero(checkpoint, tmp_path, capsys, extra, message):
+    from bilens.cli import main
+
+    out = tmp_path / "bad.safetensors"
+    code = main(["attribute", str(checkpoint), "--n", "4", "--out", str(out), *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists()
