@@ -20,7 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from torch import Tensor
 from bilens.circuits import DEFAULT_CIRCUIT_KS, faithfulness_curve
 from bilens.drift import drift_summary, norm_drift
 from bilens.errors import BilensError
-from bilens.io import atomic_dir, write_json
+from bilens.io import atomic_dir
 from bilens.metrics import DEFAULT_KS, error_decomposition, evaluate, format_table
 from bilens.model import BilinearNet
 
@@ -88,7 +87,7 @@ class VerifyResult:
 
         An existing `outdir` is replaced only if it is empty or holds a previous result.
         """
-        from safetensors.torch import save_file
+        from bilens.results import save_results
 
         out = Path(outdir)
         if out.exists() and (not out.is_dir() or (any(out.iterdir()) and
@@ -96,10 +95,8 @@ class VerifyResult:
             raise BilensError(f"out: {str(out)!r} exists and is not a bilens verify result; "
                               f"choose a new directory (it would be replaced)")
         with atomic_dir(out) as tmp:
-            tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
-            save_file(tensors, str(tmp / "results.safetensors"),
-                      metadata={"format": "bilens.verify", "version": "1"})
-            write_json(tmp / "metrics.json", _json_ready(self.metrics))
+            save_results(tmp / "results.safetensors", self.tensors, self.metrics,
+                         summary_path=tmp / "metrics.json")
             images = self.plot(tmp) if plots else []
             (tmp / "summary.md").write_text(summary_markdown(
                 self.metrics, [p.name for p in images], self.extra.get("command")))
@@ -108,14 +105,14 @@ class VerifyResult:
     @classmethod
     def load(cls, outdir: str | os.PathLike) -> VerifyResult:
         """Read a directory written by `save`."""
-        from safetensors.torch import load_file
+        from bilens.results import load_results
 
         out = Path(outdir)
         missing = [f for f in RESULT_FILES[:2] if not (out / f).exists()]
         if missing:
             raise BilensError(f"{str(out)!r}: missing {missing}; is it a `bilens verify` output?")
-        metrics = json.loads((out / "metrics.json").read_text())
-        return cls(load_file(str(out / "results.safetensors")), _from_json(metrics))
+        tensors, metrics = load_results(out / "results.safetensors", out / "metrics.json")
+        return cls(tensors, _from_json(metrics))
 
 
 def verify(
@@ -179,10 +176,7 @@ def verify(
     ablated = torch.isfinite(actual)
     nan = torch.full_like(actual, math.nan)
     tensors: dict[str, Tensor] = {"inputs": x}
-    if tgt.direction is not None:
-        tensors["target"] = tgt.direction
-    else:
-        tensors["label"] = tgt.label
+    tensors.update(tgt.to_tensors())                      # target [N, n_out] or label [N]
     tensors["activation"] = run.z
     metrics: dict[str, Any] = {"info": _info(model, x, tgt, baseline, ablated, modes),
                                "modes": {}}
@@ -219,17 +213,6 @@ def _info(model: BilinearNet, x: Tensor, tgt: Any, baseline: object, ablated: Te
         "model": cfg.to_dict(),
         "dtype": str(model.dtype).replace("torch.", ""),
     }
-
-
-def _json_ready(obj: Any) -> Any:
-    """NaN/inf -> None (strict JSON), recursively."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _json_ready(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_json_ready(v) for v in obj]
-    return obj
 
 
 def _from_json(obj: Any) -> Any:
