@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -70,6 +71,8 @@ def _scatter_panel(ax, x: Tensor, y: Tensor, layer: Tensor, n_layers: int) -> No
     ax.set_xscale("symlog", linthresh=t)
     ax.set_yscale("symlog", linthresh=t)
     lim = max(x.abs().max().item(), y.abs().max().item(), t) * 1.2
+    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    ax.tick_params(axis="y", labelsize=7)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
     _diag(ax, -lim, lim)
@@ -101,23 +104,27 @@ def plot_scatter(result: VerifyResult, path: Path) -> Path:
 def plot_error_per_layer(result: VerifyResult, path: Path) -> Path:
     modes = result.modes
     n_layers = result.tensors["actual"].shape[1]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(2.0 + 2.4 * n_layers, 3.8))
     width = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(1.2 + 1.4 * n_layers, 3.8))
+    width2 = 0.8 / (len(modes) + 1)
+    first = result.metrics["modes"][modes[0]]["decomposition"]["per_layer"]
+    ax2.bar([l - 0.4 + width2 / 2 for l in range(n_layers)], [d["drift_ne"] for d in first],
+            width2 * 0.9, color="gray", hatch="//", label="norm drift  sum|a - a_fn|")
     for i, mode in enumerate(modes):
         dec = result.metrics["modes"][mode]["decomposition"]["per_layer"]
         xs = [l - 0.4 + width * (i + 0.5) for l in range(n_layers)]
-        drift = [d["drift_ne"] for d in dec]
-        gating = [d["gating_ne"] for d in dec]
-        total = [d["normalized_error"] for d in dec]
-        color = f"C{i}"
-        ax.bar(xs, drift, width * 0.9, color=color, alpha=0.45, hatch="//", label=f"{mode}: drift")
-        ax.bar(xs, gating, width * 0.9, bottom=drift, color=color, label=f"{mode}: gating")
-        ax.plot(xs, total, "k_", ms=14, mew=2, label="total NE" if i == 0 else None)
-    ax.set_xticks(range(n_layers), [f"layer {l}" for l in range(n_layers)])
-    ax.set_ylabel("sum|error| / sum|actual|")
-    ax.set_title("error per layer: norm drift + gating interference", fontsize=10)
-    ax.legend(fontsize=7)
-    ax.grid(axis="y", alpha=0.3)
+        ax.bar(xs, [d["normalized_error"] for d in dec], width * 0.9, color=f"C{i}", label=mode)
+        xs2 = [l - 0.4 + width2 * (i + 1.5) for l in range(n_layers)]
+        ax2.bar(xs2, [d["gating_ne"] for d in dec], width2 * 0.9, color=f"C{i}",
+                label=f"{mode}: sum|a_fn - p|")
+    for a in (ax, ax2):
+        a.set_xticks(range(n_layers), [f"layer {l}" for l in range(n_layers)])
+        a.grid(axis="y", alpha=0.3)
+        a.legend(fontsize=7)
+    ax.set_ylabel("NE = sum|p - a| / sum|a|")
+    ax.set_title("normalized error per layer", fontsize=10)
+    ax2.set_ylabel("sum|.| / sum|a|")
+    ax2.set_title("error parts: drift (a - a_fn) and gating (a_fn - p)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -162,13 +169,14 @@ def plot_faithfulness(result: VerifyResult, path: Path) -> Path:
         ax.plot(ks, [c["normalized_error"] for c in curve], "o-", color=f"C{i}", label=mode)
         ax2.plot(ks, [c["mean_sum_predicted"] for c in curve], "o-", color=f"C{i}",
                  label=f"{mode}: sum of predictions")
-        if i == 0:
-            ax2.plot(ks, [c["mean_joint"] for c in curve], "s-k", label="actual joint effect")
-            if curve and "additivity_error" in curve[0]:
-                ax.plot(ks, [c["additivity_error"] for c in curve], "s--", color="gray",
-                        label="sum of single actuals")
+        ax2.plot(ks, [c["mean_joint"] for c in curve], "s--", color=f"C{i}", mfc="none",
+                 label=f"{mode}: actual joint effect")
+        if curve and "additivity_error" in curve[0]:
+            ax.plot(ks, [c["additivity_error"] for c in curve], "s--", color=f"C{i}",
+                    mfc="none", label=f"{mode}: sum of single actuals")
     for a in (ax, ax2):
         a.set_xscale("log", base=2)
+        a.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
         a.set_xlabel("k (top channels by |predicted| ablated together)")
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
