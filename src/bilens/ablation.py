@@ -31,6 +31,7 @@ from torch import Tensor
 
 from bilens.baselines import resolve_baseline
 from bilens.errors import BilensError, check_inputs
+from bilens.fused import PRECISIONS
 from bilens.model import Run
 from bilens.perturb import Plan
 from bilens.targets import Target, resolve_target
@@ -235,6 +236,8 @@ def ablation_effects(
     frozen_norm: bool = False,
     memory: str | int = "4GiB",
     progress: bool = False,
+    precision: str = "fp32",
+    compile: bool = False,
 ) -> Float[Tensor, "batch layer d_hidden"]:
     """Exhaustive ablation: the actual effect of every selected channel on every input.
 
@@ -252,6 +255,9 @@ def ablation_effects(
         frozen_norm: hold every norm's `s` at the clean value (LayerNorm centering live).
         memory: working-memory budget for the chunks, e.g. `"4GiB"`.
         progress: show a progress bar over input chunks.
+        precision: `"fp32"`, or `"3xtf32"` (CUDA, float32 models): the large matmuls on
+            the tensor cores with float32-level accuracy (check it: `bilens bench`).
+        compile: fuse the elementwise steps with `torch.compile` (CUDA; first call slow).
 
     Returns:
         `[B, n_layers, d_hidden]` effects `f(ablated) - f(clean)`; NaN where not ablated.
@@ -262,16 +268,21 @@ def ablation_effects(
         torch.Size([256, 4, 512])
     """
     return _fast_effects(model, inputs, target, baseline, labels, reference, layers, channels,
-                         frozen_norm, memory, progress, precision="fp32")
+                         frozen_norm, memory, progress, precision, compile)
 
 
 @torch.no_grad()
 def _fast_effects(model, inputs, target, baseline, labels, reference, layers, channels,
-                  frozen_norm, memory, progress, precision):
+                  frozen_norm, memory, progress, precision, compile):
     cfg = model.config
     x, clean, tgt, b = _prepare(model, inputs, target, baseline, labels, reference)
     mask = channel_mask(cfg.n_layers, cfg.d_hidden, layers, channels)
-    plan = Plan(model, frozen=frozen_norm, precision=precision)
+    if precision not in PRECISIONS:
+        raise BilensError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    on_cuda = x.device.type == "cuda"
+    if precision == "3xtf32" and not (on_cuda and x.dtype == torch.float32):
+        precision = "fp32"                       # TF32 exists only on CUDA float32 matmuls
+    plan = Plan(model, frozen=frozen_norm, precision=precision, compile=compile and on_cuda)
     out = torch.full_like(clean.z, float("nan"))                             # [B, L, H]
     budget = max(1, parse_memory(memory) // plan.work_bytes())               # ablations/chunk
     jobs = []
@@ -282,8 +293,9 @@ def _fast_effects(model, inputs, target, baseline, labels, reference, layers, ch
         kc = min(ks.numel(), budget)
         bc = max(1, min(x.shape[0], budget // kc))
         for k0 in range(0, ks.numel(), kc):
+            kk = _as_slice(ks[k0:k0 + kc])
             for b0 in range(0, x.shape[0], bc):
-                jobs.append((l, ks[k0:k0 + kc], slice(b0, b0 + bc)))
+                jobs.append((l, kk, slice(b0, b0 + bc)))
     if progress:
         from tqdm import tqdm
         jobs = tqdm(jobs, desc="ablation", unit="chunk")
@@ -292,6 +304,14 @@ def _fast_effects(model, inputs, target, baseline, labels, reference, layers, ch
         c = b[rows, l][:, kk] - run.z[:, l][:, kk]                           # [Bc, K]
         out[rows, l, kk] = plan.effects(run, tgt.select(rows), c, l, kk)
     return out
+
+
+def _as_slice(ks: Tensor) -> Tensor | slice:
+    """A contiguous run of channel indices as a slice (views instead of gathers)."""
+    first, n = int(ks[0]), ks.numel()
+    if int(ks[-1]) - first + 1 == n:
+        return slice(first, first + n)
+    return ks
 
 
 def _slice_run(run: Run, rows: slice) -> Run:

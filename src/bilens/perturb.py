@@ -21,71 +21,17 @@ scalars: `r~ . D~[:, k]`, `|D~[:, k]|^2` and `w . P[:, k]` with `w = W^T u`.
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.fused import Kernels
 from bilens.targets import Target
 
 if TYPE_CHECKING:
     from bilens.model import BilinearNet, Run
-
-
-def matmul(a: Tensor, b: Tensor, precision: str = "fp32") -> Tensor:
-    """`a @ b`; `precision="3xtf32"` splits both factors into TF32 high and low parts and
-    sums three TF32 tensor-core products (float32-level accuracy, ~2x faster on GPUs)."""
-    if precision == "fp32" or a.dtype != torch.float32:
-        return a @ b
-    a_hi, a_lo = _split_tf32(a)
-    b_hi, b_lo = _split_tf32(b)
-    prev = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
-    try:
-        out = a_hi @ b_lo
-        out += a_lo @ b_hi
-        out += a_hi @ b_hi
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = prev
-    return out
-
-
-def _split_tf32(a: Tensor) -> tuple[Tensor, Tensor]:
-    """`a = hi + lo` with `hi` exactly representable in TF32 (10 mantissa bits, rounded)."""
-    bits = a.view(torch.int32)
-    hi = ((bits + 0x1000) & -0x2000).view(torch.float32)           # round to 10 mantissa bits
-    return hi, a - hi
-
-
-@dataclass
-class _NormStats:
-    """One norm of the clean run, for a chunk of inputs."""
-
-    kind: str
-    gamma: Tensor | None            # [d]
-    r: Tensor                       # [Bc, d]  centred input (LayerNorm) or input
-    s: Tensor                       # [Bc]
-
-
-def norm_delta(
-    st: _NormStats, delta: Float[Tensor, "batch k d"], frozen: bool,
-) -> Float[Tensor, "batch k d"]:
-    """`N(r + delta) - N(r)` without cancellation (LayerNorm's beta cancels)."""
-    if st.kind == "none":
-        return delta
-    if st.kind == "layer":
-        delta = delta - delta.mean(-1, keepdim=True)
-    s = st.s[:, None]                                                        # [Bc, 1]
-    if frozen:
-        return st.gamma * (delta / s[..., None])
-    d = delta.shape[-1]
-    rd = torch.einsum("bkd,bd->bk", delta, st.r)                             # [Bc, K]
-    ds2 = (2 * rd + delta.pow(2).sum(-1)) / d                                # s'^2 - s^2
-    s_new = (s * s + ds2).sqrt()
-    beta = -ds2 / ((s_new + s) * s * s_new)                                  # -(s'-s)/(s s')
-    return st.gamma * (delta / s_new[..., None] + beta[..., None] * st.r[:, None, :])
 
 
 def target_delta(
@@ -112,9 +58,11 @@ class Plan:
         precision: `"fp32"` or `"3xtf32"` for the large matmuls.
     """
 
-    def __init__(self, model: BilinearNet, frozen: bool = False, precision: str = "fp32"):
+    def __init__(self, model: BilinearNet, frozen: bool = False, precision: str = "fp32",
+                 compile: bool = False):
         cfg = model.config
-        self.cfg, self.frozen, self.precision = cfg, frozen, precision
+        self.cfg, self.frozen = cfg, frozen
+        self.k = Kernels(precision, compile)
         self.post = cfg.norm_position == "post"
         self.n_layers = cfg.n_layers
         self.W = model.head.weight.detach()                                  # [n_out, d]
@@ -124,6 +72,8 @@ class Plan:
         self.LRt = [torch.cat([Lm, Rm]).T.contiguous()                     # [d, 2H]
                     for Lm, Rm in zip(self.L, self.R, strict=True)]
         self.Dt = [Dm.T.contiguous() for Dm in self.D]                       # [H, d]
+        self.LRw = [self.k.weight(w) for w in self.LRt]                      # matmul-ready
+        self.Dw = [self.k.weight(w) for w in self.Dt]
         self.gamma = [None if cfg.norm == "none" else model.norm(i).weight.detach()
                       for i in range(cfg.n_norms)]
         self.Dc, self.nD, self.Pt, self.LPt, self.RPt, self.WP = [], [], [], [], [], []
@@ -149,12 +99,17 @@ class Plan:
         """The norm that first sees layer `l`'s write to the residual."""
         return l if self.post else l + 1
 
-    def stats(self, run: Run, i: int) -> _NormStats:
-        """Norm `i`'s clean statistics for the inputs of `run`."""
+    def stats(self, run: Run, i: int) -> tuple[Tensor, Tensor]:
+        """Norm `i`'s clean input (centred for LayerNorm) `[Bc, d]` and `s` `[Bc]`."""
         r = run.resid[:, i]
         if self.cfg.norm == "layer":
             r = r - run.mean[:, i, None]
-        return _NormStats(self.cfg.norm, self.gamma[i], r, run.scale[:, i])
+        return r, run.scale[:, i]
+
+    def norm_delta(self, run: Run, i: int, delta: Tensor) -> Tensor:
+        """`N_i(r + delta) - N_i(r)` for norm `i` of the clean run."""
+        r, s = self.stats(run, i)
+        return self.k.norm(self.cfg.norm, self.frozen, delta, r, s, self.gamma[i])
 
     def work_bytes(self) -> int:
         """Bytes of working memory per ablation (one input x one channel)."""
@@ -176,20 +131,20 @@ class Plan:
         Returns:
             `f(ablated) - f(clean)`, `[Bc, K]`.
         """
-        j = self.first_norm(l)
-        st = self.stats(run, j)
-        d = st.r.shape[-1]
+        j, kind = self.first_norm(l), self.cfg.norm
+        r, s_j = self.stats(run, j)
+        gamma = self.gamma[j]
         # rank-1 perturbation c D_l[:, k] through norm j: du = alpha P_k + beta q
-        if st.kind == "none" or self.frozen:
-            alpha, beta = c / st.s[:, None], torch.zeros_like(c)
-            q = st.r if st.kind == "none" else st.gamma * st.r
+        if kind == "none" or self.frozen:
+            alpha, beta = c / s_j[:, None], torch.zeros_like(c)
+            q = r if kind == "none" else gamma * r
         else:
-            rD = st.r @ self.Dc[l][:, ks]                                        # [Bc, K]
-            ds2 = (2 * c * rD + c * c * self.nD[l][ks]) / d
-            s = st.s[:, None]
+            rD = r @ self.Dc[l][:, ks]                                           # [Bc, K]
+            ds2 = (2 * c * rD + c * c * self.nD[l][ks]) / r.shape[-1]
+            s = s_j[:, None]
             s_new = (s * s + ds2).sqrt()
             alpha, beta = c / s_new, -ds2 / ((s_new + s) * s * s_new)
-            q = st.gamma * st.r                                                  # [Bc, d]
+            q = gamma * r                                                        # [Bc, d]
         if l + 1 == self.n_layers:                                               # head next
             if tgt.is_linear:
                 w = tgt.direction.to(q.dtype) @ self.W                           # [Bc, d]
@@ -199,31 +154,19 @@ class Plan:
             return target_delta(tgt, run.logits, dlogits)
         m = l + 1
         ql, qr = (q @ self.LRt[m]).chunk(2, dim=-1)                              # [Bc, H]
-        dleft = alpha[..., None] * self.LPt[l][ks] + beta[..., None] * ql[:, None, :]
-        dright = alpha[..., None] * self.RPt[l][ks] + beta[..., None] * qr[:, None, :]
-        dz = self._dz(run, m, dleft, dright)
-        Ddz = self._mm(dz, self.Dt[m])                                           # [Bc, K, d]
-        if self.post:
-            delta = Ddz + alpha[..., None] * self.Pt[l][ks] + beta[..., None] * q[:, None, :]
-        else:
-            delta = Ddz + c[..., None] * self.Dt[l][ks]
+        dz = self.k.entry(alpha, beta, self.LPt[l][ks], self.RPt[l][ks], ql, qr,
+                          run.left[:, m], run.right[:, m])                       # [Bc, K, H]
+        if self.post:                                                            # r' = du + D dz
+            du = alpha[..., None] * self.Pt[l][ks] + beta[..., None] * q[:, None, :]
+        else:                                                                    # h' = c D_k + D dz
+            du = c[..., None] * self.Dt[l][ks]
+        delta = self.k.mm(dz, self.Dw[m], add=du)                                # [Bc, K, d]
         for m in range(l + 2, self.n_layers):
-            if self.post:
-                du = norm_delta(self.stats(run, m - 1), delta, self.frozen)
-                delta = du
-            else:
-                du = norm_delta(self.stats(run, m), delta, self.frozen)
-            dleft, dright = self._mm(du, self.LRt[m]).chunk(2, dim=-1)
-            delta = delta + self._mm(self._dz(run, m, dleft, dright), self.Dt[m])
+            du = self.norm_delta(run, m - 1 if self.post else m, delta)
+            lr = self.k.mm(self.k.rows(du), self.LRw[m])                         # [Bc, K, 2H]
+            dz = self.k.layer(lr, run.left[:, m], run.right[:, m])
+            delta = self.k.mm(dz, self.Dw[m], add=du if self.post else delta)
         last = self.n_layers - 1 if self.post else self.n_layers
-        dfinal = norm_delta(self.stats(run, last), delta, self.frozen)
+        dfinal = self.norm_delta(run, last, delta)
         return target_delta(tgt, run.logits, dfinal @ self.W.T)
 
-    def _mm(self, a: Tensor, b: Tensor) -> Tensor:
-        return matmul(a.reshape(-1, a.shape[-1]), b, self.precision).view(*a.shape[:-1], -1)
-
-    @staticmethod
-    def _dz(run: Run, m: int, dleft: Tensor, dright: Tensor) -> Tensor:
-        """`a * db + da * (b + db)` for layer `m` (clean `a = L u`, `b = R u`)."""
-        a, b = run.left[:, m, None, :], run.right[:, m, None, :]
-        return torch.addcmul(a * dright, dleft, b + dright)

@@ -1,0 +1,139 @@
+"""The elementwise steps of exhaustive ablation, and how their matmuls run.
+
+Each step is a plain torch function (readable, and what the CPU runs). On a GPU,
+`Kernels(compile=True)` hands them to `torch.compile`, which fuses each one into a
+single pass over memory, and `precision="3xtf32"` runs the large matmuls on the tensor
+cores at float32 accuracy: each factor is split into a TF32 high part and a TF32 low
+part, and `A @ B ~ A_hi B_hi + A_lo B_hi + A_hi B_lo` is one matmul over a three-times
+longer inner axis, `[A_hi | A_lo | A_hi] @ [B_hi; B_hi; B_lo]` (the dropped `A_lo B_lo`
+is ~2^-22 relative).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+PRECISIONS = ("fp32", "3xtf32")
+
+
+def round_tf32(x: Tensor) -> Tensor:
+    """Round float32 `x` to the nearest TF32 value (10 mantissa bits); exact in TF32."""
+    bits = x.view(torch.int32)
+    return ((bits + 0x1000) & -0x2000).view(torch.float32)
+
+
+def split_rows(x: Float[Tensor, "m k"]) -> Float[Tensor, "m 3k"]:
+    """`[x_hi | x_lo | x_hi]`, the left factor of a 3xTF32 product."""
+    hi = round_tf32(x)
+    return torch.cat([hi, round_tf32(x - hi), hi], dim=-1)
+
+
+def split_cols(w: Float[Tensor, "k n"]) -> Float[Tensor, "3k n"]:
+    """`[w_hi; w_hi; w_lo]`, the right factor of a 3xTF32 product."""
+    hi = round_tf32(w)
+    return torch.cat([hi, hi, round_tf32(w - hi)], dim=0)
+
+
+def entry_dz(
+    alpha: Float[Tensor, "b k"], beta: Float[Tensor, "b k"],
+    LPk: Float[Tensor, "k h"], RPk: Float[Tensor, "k h"],
+    ql: Float[Tensor, "b h"], qr: Float[Tensor, "b h"],
+    a: Float[Tensor, "b h"], b: Float[Tensor, "b h"],
+) -> Float[Tensor, "b k h"]:
+    """`dz` of the layer right after the ablated one, from its rank-2 input perturbation
+    `du = alpha P_k + beta q`: `dleft = alpha (L P)_k + beta L q` (and `dright` alike),
+    `dz = a * dright + dleft * (b + dright)`."""
+    al, be = alpha[..., None], beta[..., None]
+    dleft = al * LPk + be * ql[:, None, :]
+    dright = al * RPk + be * qr[:, None, :]
+    return a[:, None, :] * dright + dleft * (b[:, None, :] + dright)
+
+
+def layer_dz(
+    lr: Float[Tensor, "b k 2h"], a: Float[Tensor, "b h"], b: Float[Tensor, "b h"],
+) -> Float[Tensor, "b k h"]:
+    """`dz = a * dright + dleft * (b + dright)` from `[dleft | dright] = du @ [L; R]^T`."""
+    dleft, dright = lr.chunk(2, dim=-1)
+    return a[:, None, :] * dright + dleft * (b[:, None, :] + dright)
+
+
+def norm_delta(
+    kind: str, frozen: bool, delta: Float[Tensor, "b k d"], r: Float[Tensor, "b d"],
+    s: Float[Tensor, " b"], gamma: Float[Tensor, " d"] | None,
+) -> Float[Tensor, "b k d"]:
+    """`N(r + delta) - N(r)` without cancellation (`r` centred for LayerNorm, whose beta
+    cancels): `s'^2 = s^2 + (2 r.delta + |delta|^2) / d` on centred vectors, and
+    `gamma * (delta / s' - r (s' - s) / (s s'))` with `s' - s = (s'^2 - s^2) / (s' + s)`."""
+    if kind == "none":
+        return delta
+    if kind == "layer":
+        delta = delta - delta.mean(-1, keepdim=True)
+    s = s[:, None]                                                           # [b, 1]
+    if frozen:
+        return gamma * (delta / s[..., None])
+    ds2 = (2 * (delta * r[:, None, :]).sum(-1) + delta.pow(2).sum(-1)) / delta.shape[-1]
+    s_new = (s * s + ds2).sqrt()
+    beta = -ds2 / ((s_new + s) * s * s_new)                                  # -(s'-s)/(s s')
+    return gamma * (delta / s_new[..., None] + beta[..., None] * r[:, None, :])
+
+
+class Kernels:
+    """How the steps run: eager or compiled, float32 or 3xTF32 matmuls.
+
+    Args:
+        precision: `"fp32"` (plain float32 matmuls) or `"3xtf32"` (CUDA only).
+        compile: fuse the elementwise steps with `torch.compile` (CUDA only).
+    """
+
+    def __init__(self, precision: str = "fp32", compile: bool = False):
+        self.split = precision == "3xtf32"
+        self.entry = entry_dz
+        self.layer = layer_dz
+        self.norm = norm_delta
+        if compile:
+            self.entry = torch.compile(self._entry, dynamic=True)
+            self.layer = torch.compile(self._layer, dynamic=True)
+            self.norm = torch.compile(norm_delta, dynamic=True)
+        elif self.split:
+            self.entry, self.layer = self._entry, self._layer
+
+    def _entry(self, *args: Tensor) -> Tensor:
+        dz = entry_dz(*args)
+        return split_rows(dz) if self.split else dz
+
+    def _layer(self, lr: Tensor, a: Tensor, b: Tensor) -> Tensor:
+        dz = layer_dz(lr, a, b)
+        return split_rows(dz) if self.split else dz
+
+    def weight(self, w: Float[Tensor, "k n"]) -> Float[Tensor, "k n"]:
+        """A right factor as the matmuls want it (split for 3xTF32)."""
+        return split_cols(w).contiguous() if self.split else w.contiguous()
+
+    def rows(self, x: Float[Tensor, "... k"]) -> Float[Tensor, "... k"]:
+        """A left factor that is not already split by a fused step."""
+        return split_rows(x) if self.split else x
+
+    def mm(self, x: Float[Tensor, "... k"], w: Tensor, add: Tensor | None = None) -> Tensor:
+        """`x @ w (+ add)`, batched over the leading axes of `x` (already prepared)."""
+        flat = x.reshape(-1, x.shape[-1])
+        ctx = _tf32() if self.split else contextlib.nullcontext()
+        with ctx:
+            if add is None:
+                out = flat @ w
+            else:
+                out = torch.addmm(add.reshape(-1, add.shape[-1]), flat, w)
+        return out.view(*x.shape[:-1], w.shape[-1])
+
+
+@contextlib.contextmanager
+def _tf32():
+    prev = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = prev
