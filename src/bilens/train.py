@@ -274,11 +274,20 @@ def _cosine(total: int, warmup: float):
     return factor
 
 
+class _NoBar:
+    """Stands in for tqdm when the bar is off (tqdm is then not even imported)."""
+
+    def update(self, n: int = 1) -> None: ...
+    def set_postfix(self, **kwargs: Any) -> None: ...
+    def close(self) -> None: ...
+
+
 def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoBar()
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, disable=not enabled, desc="train", unit="step", leave=True,
-                dynamic_ncols=True)
+    return tqdm(total=total, desc="train", unit="step", leave=True, dynamic_ncols=True)
 
 
 def _metadata(train_set: Dataset, test_set: Dataset, tc: TrainConfig, device: torch.device,
