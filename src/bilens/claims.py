@@ -38,8 +38,13 @@ Verdict = str  # "holds" | "partly" | "fails" | "not measured"
 
 
 def pct(x: float, digits: int = 1) -> str:
-    """`0.0123` -> `"1.2%"` (NaN -> `"n/a"`)."""
-    return "n/a" if x is None or not math.isfinite(x) else f"{100 * x:.{digits}f}%"
+    """`0.0123` -> `"1.2%"`; a nonzero value that would round to zero keeps two significant
+    digits (`0.0000123` -> `"0.0012%"`); NaN -> `"n/a"`."""
+    if x is None or not math.isfinite(x):
+        return "n/a"
+    if x != 0 and abs(100 * x) < 0.5 * 10 ** -digits:
+        return f"{100 * x:.2g}%"
+    return f"{100 * x:.{digits}f}%"
 
 
 def num(x: float, digits: int = 3) -> str:

@@ -371,7 +371,8 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
     rows = [runner.evaluate(s) for s in compare_specs(base, seeds)]
     table = aggregate(rows, ("norm", "position"))
     settings = {"dataset": dataset, "seeds": seeds, "model": base.model, "train": base.train,
-                "n_verify": runner.n_verify, "target": runner.target, "device": device}
+                "n_verify": runner.n_verify, "target": runner.target,
+                "device": runner.device}
     result = CompareResult(dataset, rows, table, settings, time.perf_counter() - start)
     if out is not None:
         write_json(Path(out) / "compare.json", result.to_dict())

@@ -58,14 +58,14 @@ SWEEPS: dict[str, SweepDef] = {
     "d_model": SweepDef("d_model", "model.d_model", (64, 128, 256, 512, 1024),
                         (32, 64, 128, 256), "d_model"),
     # The seed's estimate is for d_model 256, so the sparsity sweep is run there.
-    "sparsity": SweepDef("sparsity", "train.l1", (0.0, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0),
-                         (0.0, 0.03, 0.3), "L1 penalty on z", base={"d_model": 256},
+    "sparsity": SweepDef("sparsity", "train.l1", (0.0, 0.3, 1.0, 3.0, 5.0, 10.0, 20.0),
+                         (0.0, 1.0, 10.0), "L1 penalty on z", base={"d_model": 256},
                          log_x=False),
     "depth": SweepDef("depth", "model.n_layers", (1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 4),
-                      "layers"),
+                      "layers", log_x=False),
     "position": SweepDef("position", "model.n_layers", (1, 2, 4, 8), (1, 3), "layers",
                          variants=(("rms", "post"), ("rms", "pre"),
-                                   ("layer", "post"), ("layer", "pre"))),
+                                   ("layer", "post"), ("layer", "pre")), log_x=False),
 }
 
 
@@ -146,8 +146,9 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
         row["x"] = spec.tags["x"]
         rows.append(row)
     table = aggregate(rows, ("norm", "position", "x"))
-    settings = {"dataset": dataset, "values": list(grid), "seeds": seeds, "model": base.model,
-                "train": base.train, "n_verify": runner.n_verify, "device": device}
+    settings = {"dataset": dataset, "param": definition.param, "values": list(grid),
+                "seeds": seeds, "model": base.model, "train": base.train,
+                "n_verify": runner.n_verify, "device": runner.device}
     result = SweepResult(name, dataset, definition.param, definition.label, rows, table,
                          settings, definition.log_x, time.perf_counter() - start)
     if out is not None:

@@ -1,16 +1,75 @@
-"""`bilens sweep` (placeholder until its issue lands)."""
+"""`bilens sweep`: the seed's error analysis along one axis (d_model, sparsity, depth,
+position), or all four; each writes a table and a plot into OUT/report/."""
 
 from __future__ import annotations
 
 import argparse
+import time
 
-from bilens.errors import BilensError
+from bilens.cli.compare import DATASETS, add_common, setup_threads
+from bilens.sweeps import SWEEPS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("sweep", help="(not built yet)")
+    p = sub.add_parser(
+        "sweep", help="error against d_model, sparsity, depth or norm position",
+        description="Train (or reuse) RMSNorm models along one axis, verify each with both "
+                    "attribution modes, and write the table and plot to OUT/report/. "
+                    "d_model: 64..1024; sparsity: the L1 penalty on z, with the measured "
+                    "active fraction; depth: 1..8 layers, error layer by layer; position: "
+                    "pre vs post for RMSNorm and LayerNorm over depth.")
+    p.add_argument("name", choices=[*SWEEPS, "all"], help="which sweep ('all': the four)")
+    p.add_argument("--dataset", default="digits", choices=DATASETS,
+                   help="dataset (default: digits)")
+    p.add_argument("--values", default=None,
+                   help="comma-separated grid, e.g. 64,256,1024 (default: the sweep's grid)")
+    p.add_argument("--fast", action="store_true", help="the small grid bilens demo uses")
+    p.add_argument("--seeds", type=int, default=1, help="seeds per point (default: 1)")
+    add_common(p)
     p.set_defaults(func=run)
 
 
+def _values(text: str | None) -> tuple | None:
+    if not text:
+        return None
+    from bilens.errors import BilensError
+
+    out = []
+    for part in text.split(","):
+        try:
+            value = float(part)
+        except ValueError:
+            raise BilensError(f"--values: {part!r} is not a number; pass e.g. 64,256,1024") \
+                from None
+        out.append(int(value) if value.is_integer() and "." not in part else value)
+    return tuple(out)
+
+
 def run(args: argparse.Namespace) -> int:
-    raise BilensError("bilens sweep is not built yet")
+    from bilens import report
+    from bilens.compare import DEFAULT_N_VERIFY, Runner
+    from bilens.errors import BilensError
+    from bilens.sweeps import sweep
+
+    setup_threads(args)
+    names = list(SWEEPS) if args.name == "all" else [args.name]
+    values = _values(args.values)
+    if values and len(names) > 1:
+        raise BilensError("--values: give one sweep name with --values, not 'all'")
+    start = time.perf_counter()
+    runner = Runner(args.cache or f"{args.out}/models", force=args.force, device=args.device,
+                    n_verify=args.n_verify or DEFAULT_N_VERIFY.get(args.dataset, 64))
+    sweeps = {}
+    for name in names:
+        result = sweep(name, args.dataset, out=args.out, values=values, fast=args.fast,
+                       seeds=args.seeds, epochs=args.epochs, runner=runner)
+        sweeps[name] = result.to_dict()
+        print()
+        print(f"sweep {name} ({args.dataset}):")
+        print(result.text())
+    results = report.build({"title": f"bilens sweep {args.name}: {args.dataset}",
+                            "commands": [report.command_line()], "sweeps": sweeps,
+                            "timing": {"sweep": time.perf_counter() - start}})
+    paths = report.write(results, args.out)
+    print(f"\nreport: {paths['html']}  ({time.perf_counter() - start:.1f} s)")
+    return 0
