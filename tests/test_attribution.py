@@ -324,3 +324,21 @@ def test_cli_bad_input_one_line_nonzero(checkpoint, tmp_path, capsys, extra, mes
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err, err
     assert not out.exists()
+
+
+def test_resolved_target_and_labels_must_match_the_batch(monkeypatch):
+    from bilens.targets import Target
+
+    model = make_model("rms", "post")
+    monkeypatch.setattr(model, "run", lambda *a, **k: pytest.fail("ran before the error"))
+    with pytest.raises(BilensError, match="one row per input"):
+        attribute(model, inputs(), Target(direction=torch.ones(2, N_OUT, dtype=torch.float64)))
+    with pytest.raises(BilensError, match="one per input"):
+        attribute(model, inputs(), "class:1", labels=torch.tensor([0, 1]))
+
+
+def test_keep_run_false_drops_the_run():
+    model, x = make_model("rms", "post"), inputs()
+    out = attribute_modes(model, x, "predicted", ("live",), keep_run=False, batch_size=2)
+    assert out.run is None and out.predicted["live"].shape == (B, 3, 10)
+    torch.testing.assert_close(out.predicted["live"], attribute(model, x, "predicted", "live"))

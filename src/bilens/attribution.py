@@ -41,13 +41,14 @@ class Attribution:
 
     Attributes:
         predicted: mode -> predicted effect `[B, n_layers, d_hidden]`.
-        run: the clean run (activations `z`, norm statistics, logits, ...).
+        run: the clean run (activations `z`, norm statistics, logits, ...), or None
+            when `keep_run=False`.
         target: the resolved target (direction `[B, n_out]` or label `[B]`).
         baseline: `b`, `[B, n_layers, d_hidden]` (None for the zero baseline).
     """
 
     predicted: dict[str, Tensor]
-    run: Run
+    run: Run | None
     target: Target
     baseline: Tensor | None = None
 
@@ -93,7 +94,7 @@ def attribute(
     """
     check_mode(mode)
     result = attribute_modes(model, inputs, target, (mode,), baseline, labels, reference,
-                             batch_size, method)
+                             batch_size, method, keep_run=return_run)
     predicted = result.predicted[mode]
     return (predicted, result.run) if return_run else predicted
 
@@ -108,10 +109,12 @@ def attribute_modes(
     reference: Float[Tensor, "ref d_in"] | None = None,
     batch_size: int | None = None,
     method: str = DEFAULT_METHOD,
+    keep_run: bool = True,
 ) -> Attribution:
     """`attribute` for several modes from one clean forward per chunk.
 
-    Arguments as in `attribute`, with `modes` a sequence of mode names.
+    Arguments as in `attribute`, with `modes` a sequence of mode names, and `keep_run`:
+    keep every chunk's clean `Run` (False saves its memory; `.run` is then None).
 
     Returns:
         An `Attribution` (predicted per mode, clean run, resolved target, baseline).
@@ -135,8 +138,14 @@ def attribute_modes(
         raise BilensError(f"batch_size: expected a positive integer, got {batch_size!r}")
     if labels is not None:
         labels = torch.as_tensor(labels).to(model.device).long().flatten()
+        if labels.shape[0] != n:
+            raise BilensError(f"labels: expected {n} labels, one per input, got {labels.shape[0]}")
     dummy = torch.zeros(n, cfg.n_out, dtype=model.dtype, device=model.device)
     full_target = resolve_target(target, dummy, labels)        # raises on a bad spec
+    rows = (full_target.direction if full_target.is_linear else full_target.label).shape[0]
+    if rows != n:
+        raise BilensError(f"target: a resolved Target must hold one row per input; got {rows} "
+                          f"for {n} inputs; resolve it on this batch's logits")
     per_chunk = isinstance(target, str) and target == "predicted"   # needs the clean logits
     b_full = _check_baseline(baseline, n, cfg.n_layers, cfg.d_hidden, reference, model)
     if isinstance(baseline, str) and baseline == "mean":        # one pass over the reference
@@ -161,13 +170,14 @@ def attribute_modes(
                 g = gradients_autograd(model, x, tgt, m, run=run)[0]
             delta = -run.z if b is None else b - run.z             # b - z   [b, L, H]
             predicted[m].append(delta * g)
-        runs.append(run)
+        if keep_run:
+            runs.append(run)
         targets.append(tgt)
         if b is not None:
             baselines.append(b.expand_as(run.z))
     return Attribution(
         predicted={m: torch.cat(p) for m, p in predicted.items()},
-        run=_cat_runs(runs),
+        run=_cat_runs(runs) if keep_run else None,
         target=_cat_targets(targets),
         baseline=torch.cat(baselines) if baselines else None,
     )
