@@ -8,6 +8,10 @@ import torch
 from bilens.config import ModelConfig
 from bilens.model import BilinearNet
 
+# One thread: the tests' matrices are tiny, and on a shared 2-core machine torch's default
+# of one thread per core thrashes (measured here: test_train.py 8 s -> 105 s under load).
+torch.set_num_threads(1)
+
 NORMS = ("none", "rms", "layer")
 POSITIONS = ("post", "pre")
 CASES = [(n, p) for n in NORMS for p in POSITIONS]

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="fraction of steps of linear warmup")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--device", default=_DEFAULTS.device, help="auto | cpu | cuda[:N]")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for torch (default: torch's choice, one per core; use 1 "
+                        "on a machine shared with other jobs)")
     p.add_argument("--n-train", type=int, default=None,
                    help="train on a seeded subset of this many examples")
     p.add_argument("--out", default=None,
@@ -49,11 +52,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from bilens.checkpoint import save
     from bilens.config import ModelConfig
     from bilens.data import load_dataset
+    from bilens.errors import BilensError
     from bilens.train import train
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise BilensError(f"--threads: expected a positive integer, got {args.threads}")
+        torch.set_num_threads(args.threads)
     train_set = load_dataset(args.dataset, "train", n=args.n_train, seed=args.seed)
     test_set = load_dataset(args.dataset, "test")
     model_config = ModelConfig(
