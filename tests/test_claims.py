@@ -1,0 +1,217 @@
+"""The claims table's verdict rules and the recommendation, on hand-made result dicts.
+
+Each case sets numbers on one side or the other of a documented threshold and checks the
+verdict that the rule in `bilens.claims`'s docstring gives; no expected value is copied
+from the code's output.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from scipy import stats
+
+from bilens import claims
+from bilens.report import recommend
+
+CONFIGS = [(n, p) for n in ("none", "rms", "layer") for p in ("post", "pre")]
+
+
+def fake_row(norm: str = "rms", position: str = "post", *, acc: float = 0.98,
+             acc_std: float = 0.0, ne: float = 0.1, live: float = 0.05, drift: float = 0.05,
+             gating: float = 0.05, ds: float = 0.006, active: float = 0.1, seeds: int = 3,
+             **extra) -> dict:
+    """One aggregated table row with every key the report and the claims read."""
+    row = {"norm": norm, "position": position, "n_seeds": seeds, "test_accuracy": acc,
+           "test_accuracy_std": acc_std, "active_fraction": active, "train_time": 1.0,
+           "frozen.ne": ne, "live.ne": live, "frozen.pearson": 0.9, "live.pearson": 0.95,
+           "frozen.spearman": 0.9, "live.spearman": 0.95, "frozen.top10": 0.8,
+           "live.top10": 0.9, "frozen.sign": 0.95, "live.sign": 0.97,
+           "drift.ne_drift": drift, "drift.ne_gating": gating,
+           "drift.drift_share": drift / (drift + gating) if drift + gating else math.nan,
+           "drift.ds_over_s": ds, "drift.ds_over_s_median": ds, "drift.seed_estimate": ds,
+           "drift.delta_over_r": 0.1, "drift.formula_corr": 0.99, "drift.effect_ratio": 0.5,
+           "verify_time": 1.0, "frozen.ne_per_layer": [ne, ne], "live.ne_per_layer": [live, live],
+           "drift.ne_drift_per_layer": [drift, drift], "drift.ne_gating_per_layer": [gating] * 2}
+    for k in list(row):
+        if k not in ("norm", "position", "n_seeds") and not isinstance(row[k], list):
+            row.setdefault(k + "_std", 0.0)
+    row.update(extra)
+    return row
+
+
+def fake_compare(overrides: dict | None = None) -> dict:
+    """A comparison table: by default none is perfect but less accurate, RMS and LayerNorm
+    are accurate; `overrides[(norm, position)]` replaces fields."""
+    base = {"none": dict(acc=0.89, ne=0.001, live=0.001, drift=0.0, gating=0.001, ds=0.0),
+            "rms": dict(acc=0.95, ne=0.004, live=0.003, drift=0.002, gating=0.002),
+            "layer": dict(acc=0.98, ne=0.30, live=0.02, drift=0.28, gating=0.02)}
+    table = []
+    for norm, pos in CONFIGS:
+        kw = dict(base[norm])
+        kw.update((overrides or {}).get((norm, pos), {}))
+        table.append(fake_row(norm, pos, **kw))
+    settings = {"dataset": "digits", "seeds": 3, "model": {"d_model": 64, "d_hidden": 128,
+                "n_layers": 3}, "train": {"epochs": 5, "batch_size": 64, "lr": 0.003},
+                "n_verify": 32, "target": "predicted"}
+    return {"dataset": "digits", "settings": settings, "table": table, "rows": []}
+
+
+def fake_sweep(name: str, xs: list, rows: list[dict], variants=(("rms", "post"),)) -> dict:
+    table = []
+    for norm, pos in variants:
+        for x, kw in zip(xs, rows, strict=True):
+            table.append(fake_row(norm, pos, x=x, **kw))
+    settings = {"dataset": "digits", "param": f"model.{name}", "values": xs, "seeds": 1,
+                "model": {"d_model": 256, "d_hidden": 128, "n_layers": 3},
+                "train": {"epochs": 5, "batch_size": 64, "lr": 0.003}, "n_verify": 32}
+    return {"name": name, "dataset": "digits", "param": f"model.{name}", "label": name,
+            "log_x": name == "d_model", "settings": settings, "table": table, "rows": []}
+
+
+def verdict(results: dict, cid: str) -> dict:
+    found = [c for c in claims.evaluate_claims(results) if c["id"] == cid]
+    assert len(found) == 1, cid
+    return found[0]
+
+
+def test_spearman_matches_scipy():
+    rng = random.Random(0)
+    for n in (3, 5, 9):
+        xs = [rng.random() for _ in range(n)]
+        ys = [rng.choice([0.1, 0.2, rng.random()]) for _ in range(n)]   # ties too
+        assert claims.spearman(xs, ys) == pytest.approx(stats.spearmanr(xs, ys)[0])
+    assert math.isnan(claims.spearman([1, 2], [3, 4]))
+
+
+def test_pct_keeps_small_values_visible():
+    assert claims.pct(0.0123) == "1.2%"
+    assert claims.pct(0.0) == "0.0%"
+    assert claims.pct(2.5e-6, 2) == "0.00025%"
+    assert claims.pct(math.nan) == "n/a"
+
+
+@pytest.mark.parametrize("ln, rms_ne, expected", [
+    (dict(ne=0.30, drift=0.28), 0.01, "holds"),      # coupling 28% and 30x RMS
+    (dict(ne=0.30, drift=0.28), 0.29, "partly"),     # coupled, but RMS just as bad
+    (dict(ne=0.03, drift=0.02), 0.01, "partly"),     # 3x RMS, but coupling < 10%
+    (dict(ne=0.03, drift=0.02), 0.03, "fails"),
+])
+def test_layernorm_claim(ln, rms_ne, expected):
+    cmp = fake_compare({("layer", "post"): ln, ("rms", "post"): dict(ne=rms_ne)})
+    assert verdict({"compare": cmp}, "layernorm")["verdict"] == expected
+
+
+@pytest.mark.parametrize("point, expected", [
+    (dict(ne=0.008, ds=0.006, active=0.11), "holds"),
+    (dict(ne=0.008, ds=0.006, active=0.35), "partly"),   # right number, condition unmet
+    (dict(ne=0.30, ds=0.004, active=0.10), "partly"),    # |ds/s| as predicted, error large
+    (dict(ne=0.30, ds=0.0001, active=0.10), "fails"),
+])
+def test_seed_error_claim_uses_point_nearest_ten_percent(point, expected):
+    far = dict(ne=5.0, ds=0.1, active=0.40)                  # must not be picked
+    sweep = fake_sweep("sparsity", [0.0, 1.0], [far, point])
+    claim = verdict({"sweeps": {"sparsity": sweep}}, "rms_error")
+    assert claim["verdict"] == expected
+    assert claim["numbers"]["frozen_ne"] == point["ne"]
+    if expected != "holds":
+        assert claim["why"]
+
+
+@pytest.mark.parametrize("none_acc, std, expected", [
+    (0.89, 0.0, "holds"),      # 9 pp below LayerNorm's 98%
+    (0.95, 0.0, "partly"),     # 3 pp: real, but not ~9
+    (0.975, 0.0, "fails"),     # 0.5 pp: below the 1 pp floor
+    (0.95, 0.02, "fails"),     # 3 pp, but 2 pooled sd = 5.7 pp
+])
+def test_no_norm_accuracy_claim(none_acc, std, expected):
+    cmp = fake_compare({("none", "post"): dict(acc=none_acc, acc_std=std,
+                                               test_accuracy_std=std),
+                        ("layer", "post"): dict(test_accuracy_std=std)})
+    assert verdict({"compare": cmp}, "no_norm_accuracy")["verdict"] == expected
+
+
+@pytest.mark.parametrize("accs, expected", [
+    ((0.90, 0.95, 0.98), "holds"), ((0.90, 0.99, 0.98), "partly"), ((0.96, 0.95, 0.98), "fails")])
+def test_rms_between_claim(accs, expected):
+    cmp = fake_compare({(n, "post"): dict(acc=a) for n, a in zip(("none", "rms", "layer"), accs,
+                                                                  strict=True)})
+    assert verdict({"compare": cmp}, "rms_between")["verdict"] == expected
+
+
+def test_sparsity_claim_trends():
+    actives = [0.05, 0.10, 0.20, 0.40]
+    shrinking = [dict(active=a, ne=a, ds=a / 10) for a in actives]     # error grows with active
+    flat_ds_only = [dict(active=a, ne=0.5 - (i % 2) * 0.1, ds=a / 10)
+                    for i, a in enumerate(actives)]
+    growing = [dict(active=a, ne=1 - a, ds=0.1 - a / 10) for a in actives]
+    for rows, expected in ((shrinking, "holds"), (flat_ds_only, "partly"), (growing, "fails")):
+        sweep = fake_sweep("sparsity", [0.0, 1.0, 3.0, 10.0][::-1], rows)
+        assert verdict({"sweeps": {"sparsity": sweep}}, "sparsity")["verdict"] == expected
+
+
+def test_d_model_claim_direction():
+    ds = [64, 128, 256, 512]
+    falling = [dict(ne=1 / d, ds=1 / d) for d in ds]
+    rising = [dict(ne=d / 1000, ds=d / 1000) for d in ds]
+    assert verdict({"sweeps": {"d_model": fake_sweep("d_model", ds, falling)}},
+                   "d_model")["verdict"] == "holds"
+    assert verdict({"sweeps": {"d_model": fake_sweep("d_model", ds, rising)}},
+                   "d_model")["verdict"] == "fails"
+
+
+@pytest.mark.parametrize("deep_drift, expected", [(0.03, "holds"), (0.10, "partly"),
+                                                  (0.50, "fails")])
+def test_compounding_claim(deep_drift, expected):
+    sweep = fake_sweep("depth", [1, 4, 8], [dict(drift=0.001), dict(drift=0.01),
+                                            dict(drift=deep_drift)])
+    assert verdict({"sweeps": {"depth": sweep}}, "compounding")["verdict"] == expected
+
+
+@pytest.mark.parametrize("post, pre, std, expected", [
+    (0.10, 0.20, 0.0, "holds"), (0.10, 0.11, 0.0, "fails"), (0.10, 0.20, 0.05, "fails")])
+def test_position_claim(post, pre, std, expected):
+    cmp = fake_compare({("rms", "post"): dict(ne=post, **{"frozen.ne_std": std}),
+                        ("rms", "pre"): dict(ne=pre, **{"frozen.ne_std": std}),
+                        ("layer", "post"): dict(ne=0.3, live=0.02),
+                        ("layer", "pre"): dict(ne=0.3, live=0.02)})
+    assert verdict({"compare": cmp}, "position")["verdict"] == expected
+
+
+def test_drift_vs_gating_and_none_perfect():
+    cmp = fake_compare({("rms", "post"): dict(drift=0.5, gating=0.01)})
+    assert verdict({"compare": cmp}, "drift_vs_gating")["verdict"] == "fails"
+    cmp = fake_compare({("rms", "post"): dict(drift=0.01, gating=0.02)})
+    assert verdict({"compare": cmp}, "drift_vs_gating")["verdict"] == "holds"
+    assert verdict({"compare": cmp}, "none_perfect")["verdict"] == "holds"
+    cmp = fake_compare({("none", "post"): dict(ne=0.2)})
+    assert verdict({"compare": cmp}, "none_perfect")["verdict"] == "fails"
+
+
+def test_missing_experiments_are_not_measured():
+    out = claims.evaluate_claims({})
+    assert len(out) == 10
+    assert {c["verdict"] for c in out} == {"not measured"}
+    only_compare = claims.evaluate_claims({"compare": fake_compare()})
+    by_id = {c["id"]: c["verdict"] for c in only_compare}
+    assert by_id["sparsity"] == by_id["d_model"] == by_id["compounding"] == "not measured"
+    assert by_id["layernorm"] != "not measured"
+
+
+def test_recommendation_prefers_faithful_among_accurate():
+    # none: faithful but 9 pp less accurate; rms: accurate, live NE 5%; layer: best accuracy
+    # but live NE 20%. Within 1 pp of the best (98.5%) are rms (98%) and layer.
+    cmp = fake_compare({(n, p): v for p in ("post", "pre") for n, v in (
+        ("none", dict(acc=0.895, ne=0.001, live=0.001)),
+        ("rms", dict(acc=0.98 if p == "post" else 0.96, ne=0.5, live=0.05)),
+        ("layer", dict(acc=0.985, ne=0.6, live=0.2)))})
+    rec = recommend(cmp)
+    assert (rec["norm"], rec["position"], rec["mode"]) == ("rms", "post", "live")
+    assert rec["expected_ne"] == 0.05
+    assert any("none/post" in t for t in rec["text"])      # the faithful alternative is named
+    # widen the seed spread: 2 sd = 10 pp, so none counts as accurate and wins
+    for row in cmp["table"]:
+        row["test_accuracy_std"] = 0.05
+    assert recommend(cmp)["norm"] == "none"

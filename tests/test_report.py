@@ -1,0 +1,154 @@
+"""The report: files, numbers, self-containment, and the page in a real (headless) browser."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+from test_claims import fake_compare, fake_sweep
+
+from bilens import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-default-apps", "--mute-audio"]
+
+
+def fake_results() -> dict:
+    sweeps = {
+        "d_model": fake_sweep("d_model", [64, 128, 256], [dict(ne=0.4), dict(ne=0.2),
+                                                          dict(ne=0.1)]),
+        "sparsity": fake_sweep("sparsity", [0.0, 1.0, 10.0],
+                               [dict(active=0.3, ne=0.5), dict(active=0.2, ne=0.3),
+                                dict(active=0.1, ne=0.0123)]),
+        "depth": fake_sweep("depth", [1, 2, 4], [dict(ne=0.1), dict(ne=0.2), dict(ne=0.3)]),
+        "position": fake_sweep("position", [1, 3], [dict(ne=0.1), dict(ne=math.nan)],
+                               variants=(("rms", "post"), ("rms", "pre"))),
+    }
+    return report.build({"title": "test report <&>", "commands": ["bilens demo --out x"],
+                         "compare": fake_compare(), "sweeps": sweeps,
+                         "timing": {"total": 12.5}})
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    results = fake_results()
+    return results, report.write(results, out)
+
+
+def test_files_and_json_carry_every_number(written):
+    results, paths = written
+    for key in ("html", "markdown", "json", "compare", "sweep-d_model", "sweep-sparsity",
+                "sweep-depth", "sweep-position"):
+        assert paths[key].is_file() and paths[key].stat().st_size > 0, key
+    data = json.loads(paths["json"].read_text())
+    rms = next(r for r in data["compare"]["table"] if (r["norm"], r["position"]) == ("rms", "post"))
+    assert rms["frozen.ne"] == 0.004 and rms["test_accuracy"] == 0.95
+    assert [c["id"] for c in data["claims"]] == [c["id"] for c in results["claims"]]
+    assert data["recommendation"]["mode"] in ("frozen", "live")
+    for key in ("compare", "sweep-depth"):
+        assert paths[key].read_bytes().startswith(PNG_MAGIC)
+
+
+def test_markdown_has_tables_and_existing_images(written):
+    _, paths = written
+    md = paths["markdown"].read_text()
+    assert "| norm | position |" in md and "| # | claim |" in md
+    assert "1.2%" in md                      # the sparsity point's 0.0123 as a percentage
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (paths["markdown"].parent / name).is_file(), name
+
+
+def test_html_is_self_contained(written):
+    _, paths = written
+    page = paths["html"].read_text()
+    assert "test report &lt;&amp;&gt;" in page             # the title is escaped
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    srcs = re.findall(r'<img[^>]*src="([^"]+)"', page)
+    assert len(srcs) == 5
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_MAGIC)
+    for verdict in ("holds", "partly", "fails"):
+        assert f'class="v {verdict}"' in page
+
+
+def test_text_tables_align_and_wrap():
+    text = report.text_table(["a", "long header"], [["1", "x " * 30]], wrap={1: 20})
+    lines = text.splitlines()
+    rule = lines[1].split()
+    assert rule[0] == "-" and 11 <= len(rule[1]) <= 20       # header width .. wrap width
+    assert len(lines) > 3                                    # the long cell wrapped
+    assert all(len(line) <= 23 for line in lines)
+
+
+def test_interrupted_write_keeps_previous_report(tmp_path, monkeypatch):
+    results = fake_results()
+    paths = report.write(results, tmp_path)
+    before = paths["html"].read_text()
+    import bilens.report_html as rh
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rh, "html", boom)
+    with pytest.raises(KeyboardInterrupt):
+        report.write(results, tmp_path)
+    assert paths["html"].read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+
+
+def _chromium(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess:
+    profile = tempfile.mkdtemp(prefix="bilens-chromium-")
+    try:
+        return subprocess.run([CHROMIUM, *CHROME_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=timeout)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install "
+                    "chromium; ./setup.sh --dev installs it)")
+def test_report_renders_in_headless_chromium(written, tmp_path):
+    _, paths = written
+    url = paths["html"].resolve().as_uri()
+    shot = tmp_path / "screenshot.png"
+    res = _chromium(["--enable-logging=stderr", "--v=0", "--window-size=1280,2400",
+                     f"--screenshot={shot}", "--virtual-time-budget=5000", url])
+    assert shot.is_file() and shot.read_bytes().startswith(PNG_MAGIC), res.stderr[-2000:]
+    assert shot.stat().st_size > 20_000                      # not a blank page
+    console = [line for line in res.stderr.splitlines() if "CONSOLE" in line]
+    errors = [line for line in console if "ERROR" in line.upper() or "Uncaught" in line]
+    assert not errors, errors
+    dom = _chromium(["--dump-dom", "--virtual-time-budget=5000", url])
+    match = re.search(r'data-images="([^"]+)"', dom.stdout)
+    assert match, "the page's image check did not run: " + dom.stderr[-2000:]
+    assert match.group(1) == "ok:5", match.group(1)
+    keep = Path(tempfile.gettempdir()) / "bilens-report-screenshot.png"
+    shutil.copyfile(shot, keep)                               # for a human to look at
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_browser_check_catches_a_broken_image(written, tmp_path):
+    """The page's own check must fail on a broken image, or the test above proves nothing."""
+    _, paths = written
+    page = paths["html"].read_text()
+    broken = re.sub(r'src="data:image/png;base64,[^"]{40}', 'src="data:image/png;base64,AAAA',
+                    page, count=1)
+    bad = tmp_path / "broken.html"
+    bad.write_text(broken)
+    res = _chromium(["--enable-logging=stderr", "--v=0", "--dump-dom",
+                     "--virtual-time-budget=5000", bad.resolve().as_uri()])
+    match = re.search(r'data-images="([^"]+)"', res.stdout)
+    assert match and match.group(1) == "broken:1", res.stdout[-500:]
+    assert "image(s) failed to load" in res.stderr
