@@ -35,10 +35,12 @@ def run_table(args: argparse.Namespace) -> list[dict]:
     """Train every norm x position x seed; return one record per run."""
     train_set, test_set = load_dataset(args.dataset, "train"), load_dataset(args.dataset, "test")
     seeds = [int(s) for s in args.seeds.split(",")]
+    norms = [n for n in NORMS if n in args.norms.split(",")]
+    positions = [p for p in POSITIONS if p in args.positions.split(",")]
     records: list[dict] = []
     for seed in seeds:  # seed outermost: a table cut short still has whole seeds
-        for position in POSITIONS:
-            for norm in NORMS:
+        for position in positions:
+            for norm in norms:
                 cfg = ModelConfig(d_in=train_set.d_in, d_model=args.d_model,
                                   d_hidden=args.d_hidden, n_layers=args.layers,
                                   n_out=train_set.n_classes, norm=norm, norm_position=position)
@@ -106,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     p.add_argument("--seeds", default="0")
     p.add_argument("--device", default="auto")
+    p.add_argument("--norms", default=",".join(NORMS), help="subset of none,rms,layer")
+    p.add_argument("--positions", default=",".join(POSITIONS), help="subset of post,pre")
     p.add_argument("--out", default=None, help="JSON file for every run")
     p.add_argument("--markdown-from", default=None,
-                   help="only print the table of an existing --out JSON file")
+                   help="only print the table of existing --out JSON files (comma-separated)")
     args = p.parse_args(argv)
     if args.markdown_from:
-        print(markdown(json.loads(Path(args.markdown_from).read_text())["runs"]))
+        files = args.markdown_from.split(",")
+        runs = [r for f in files for r in json.loads(Path(f).read_text())["runs"]]
+        print(markdown(runs))
         return 0
     print(f"device: {_device_name(args)}", flush=True)
     print(markdown(run_table(args)))

@@ -50,7 +50,7 @@ class TrainConfig:
 
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.1
     input_noise: float = 0.0
     l1: float = 0.0
