@@ -31,8 +31,8 @@ from torch import Tensor  # noqa: E402
 if TYPE_CHECKING:
     from bilens.verify import VerifyResult
 
-MAX_POINTS = 40_000     # per panel; keeps the PNGs small
-DPI = 90
+MAX_POINTS = 25_000     # per panel; keeps the PNGs small
+DPI = 80
 
 
 def _sample(*ts: Tensor, max_points: int = MAX_POINTS) -> tuple[Tensor, ...]:
@@ -56,7 +56,7 @@ def _linthresh(*xs: Tensor) -> float:
     if mags.numel() == 0:
         return 1.0
     q = mags.quantile(0.05).item() if mags.numel() <= 2**24 else mags.median().item() / 100
-    return q if q > 0 else 1.0
+    return 10 ** math.floor(math.log10(q)) if q > 0 else 1.0     # a decade boundary
 
 
 def _diag(ax, lo: float, hi: float) -> None:
@@ -68,10 +68,17 @@ def _scatter_panel(ax, x: Tensor, y: Tensor, layer: Tensor, n_layers: int) -> No
     ax.scatter(x, y, c=layer, cmap=cmap, vmin=-0.5, vmax=max(n_layers, 2) - 0.5, s=2,
                alpha=0.4, linewidths=0, rasterized=True)
     t = _linthresh(x, y)
-    ax.set_xscale("symlog", linthresh=t)
-    ax.set_yscale("symlog", linthresh=t)
+    ax.set_xscale("symlog", linthresh=t, linscale=2)
+    ax.set_yscale("symlog", linthresh=t, linscale=2)
     lim = max(x.abs().max().item(), y.abs().max().item(), t) * 1.2
-    ax.tick_params(axis="x", labelrotation=60, labelsize=7)
+    lo, hi = math.log10(t) + 1, math.log10(max(x.abs().max().item(), y.abs().max().item(), t))
+    step = max(1, math.ceil((hi - lo) / 4))
+    decades = [10.0 ** e for e in range(math.ceil(hi), math.floor(lo) - 1, -step) if e >= lo]
+    ticks = [-v for v in decades] + [0.0] + decades[::-1]
+    for axis in (ax.xaxis, ax.yaxis):    # 0 and a few decades, clear of the linear region
+        axis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
+        axis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.tick_params(axis="x", labelrotation=45, labelsize=7)
     ax.tick_params(axis="y", labelsize=7)
     ax.set_xlim(-lim, lim)
     ax.set_ylim(-lim, lim)
@@ -180,6 +187,9 @@ def plot_faithfulness(result: VerifyResult, path: Path) -> Path:
         a.set_xlabel("k (top channels by |predicted| ablated together)")
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-3)             # k = 1 additivity is 0 up to rounding
+    ax2.set_yscale("symlog", linthresh=0.1)
     ax.set_ylabel("sum|sum - joint| / sum|joint|")
     ax.set_title("circuit faithfulness error", fontsize=10)
     ax2.set_ylabel("mean over inputs")
