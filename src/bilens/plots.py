@@ -126,6 +126,7 @@ def plot_error_per_layer(result: VerifyResult, path: Path) -> Path:
                 label=f"{mode}: sum|a_fn - p|")
     for a in (ax, ax2):
         a.set_xticks(range(n_layers), [f"layer {l}" for l in range(n_layers)])
+        a.set_yscale("log")                # errors span decades across modes
         a.grid(axis="y", alpha=0.3)
         a.legend(fontsize=7)
     ax.set_ylabel("NE = sum|p - a| / sum|a|")
