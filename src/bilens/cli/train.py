@@ -13,23 +13,27 @@ _DEFAULTS = TrainConfig()
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a network and write its checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a bilinear residual network on a dataset, print its test accuracy "
                     "and active fraction, and write the checkpoint (config.json + "
                     "model.safetensors) atomically to --out.")
     p.add_argument("--dataset", default="digits",
-                   help="digits | mnist | fashion-mnist | synthetic (default: digits)")
-    p.add_argument("--norm", default="rms", help="none | rms | layer (default: rms)")
-    p.add_argument("--position", default="post", help="post | pre (default: post)")
-    p.add_argument("--d-model", type=int, default=64, help="residual width (default: 64)")
-    p.add_argument("--d-hidden", type=int, default=128, help="channels per layer (default: 128)")
-    p.add_argument("--layers", type=int, default=3, help="bilinear layers (default: 3)")
-    p.add_argument("--eps", type=float, default=1e-5, help="norm eps (default: 1e-5)")
+                   help="digits | mnist | fashion-mnist | synthetic")
+    p.add_argument("--norm", default="rms", help="none | rms | layer")
+    p.add_argument("--position", default="post", help="post | pre")
+    p.add_argument("--d-model", type=int, default=64, help="residual width")
+    p.add_argument("--d-hidden", type=int, default=128, help="channels per layer")
+    p.add_argument("--layers", type=int, default=3, help="bilinear layers")
+    p.add_argument("--eps", type=float, default=1e-5, help="norm eps")
     p.add_argument("--fixed-gain", action="store_true",
                    help="keep the norms' gain at 1 (and LayerNorm's bias at 0)")
-    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs,
+                   help="passes over the training set")
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
+                   help="examples per step")
     p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay)
+    p.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
+                   help="AdamW weight decay on the matrices")
     p.add_argument("--input-noise", type=float, default=_DEFAULTS.input_noise,
                    help="std of Gaussian noise on the standardized training inputs")
     p.add_argument("--l1", type=float, default=_DEFAULTS.l1,
@@ -38,15 +42,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="clip the gradient norm (0: off)")
     p.add_argument("--warmup", type=float, default=_DEFAULTS.warmup,
                    help="fraction of steps of linear warmup")
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed,
+                   help="seeds init, shuffling, noise and --n-train")
     p.add_argument("--device", default=_DEFAULTS.device, help="auto | cpu | cuda[:N]")
     p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (default: torch's choice, one per core; use 1 "
-                        "on a machine shared with other jobs)")
+                   help="CPU threads for torch (None: torch's choice, one per core; use 1 on a "
+                        "machine shared with other jobs)")
     p.add_argument("--n-train", type=int, default=None,
                    help="train on a seeded subset of this many examples")
     p.add_argument("--out", default=None,
-                   help="checkpoint directory (default: runs/DATASET-NORM-POSITION-sSEED)")
+                   help="checkpoint directory (None: runs/DATASET-NORM-POSITION-sSEED)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
