@@ -159,7 +159,7 @@ def test_frozen_and_live_agree_without_norms_and_differ_with():
         assert close == same, norm
 
 
-@pytest.mark.parametrize("norm,position", [("rms", "post"), ("layer", "pre"), ("none", "pre")])
+@pytest.mark.parametrize("norm,position", CASES)
 def test_batched_equals_one_by_one(norm, position):
     model, x = make_model(norm, position), inputs(n=7)
     labels = torch.tensor([0, 1, 2, 3, 0, 1, 2])
