@@ -69,7 +69,7 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None,
 
     Args:
         directory: the checkpoint directory.
-        device: where to put the model (default CPU).
+        device: where to put the model (default CPU; `"auto"` picks CUDA when available).
         dtype: the parameters' dtype; None keeps the file's (float32 for half precision).
 
     Returns:
@@ -94,6 +94,9 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None,
     _check_tensors(config, model.state_dict(), tensors, root)
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True)
     model.metadata = {k: v for k, v in raw.items() if k not in _CONFIG_KEYS}
+    if isinstance(device, str):
+        from bilens.train import resolve_device
+        device = resolve_device(device)
     return model.to(device or "cpu").eval()
 
 

@@ -180,10 +180,12 @@ def train(model_config: ModelConfig, train_config: TrainConfig | None = None,
     tc = train_config or TrainConfig()
     train_set, test_set = ((load_dataset(dataset, "train"), load_dataset(dataset, "test"))
                            if isinstance(dataset, str) else dataset)
-    if (model_config.d_in, model_config.n_out) != (train_set.d_in, train_set.n_classes):
-        raise BilensError(f"model_config: d_in={model_config.d_in}, n_out={model_config.n_out} "
-                          f"but dataset {train_set.name!r} has d_in={train_set.d_in}, "
-                          f"{train_set.n_classes} classes; build the config from the dataset")
+    for split in (train_set, test_set):
+        if (model_config.d_in, model_config.n_out) != (split.d_in, split.n_classes):
+            raise BilensError(f"model_config: d_in={model_config.d_in}, "
+                              f"n_out={model_config.n_out} but dataset {split.name!r} "
+                              f"({split.split}) has d_in={split.d_in}, {split.n_classes} "
+                              f"classes; build the config from the dataset")
     device = resolve_device(tc.device)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -245,10 +247,12 @@ def train(model_config: ModelConfig, train_config: TrainConfig | None = None,
     train_acc = accuracy(model, train_set.x, train_set.y, tc.eval_batch_size)
     active = active_fraction(model, test_set.x, batch_size=tc.eval_batch_size)
     wall = time.perf_counter() - start
+    metadata = _metadata(train_set, test_set, tc, device, test_acc, train_acc, active, wall,
+                         history)
+    model.metadata = metadata  # as on a model from bilens.load
     return TrainResult(model=model, test_accuracy=test_acc, train_accuracy=train_acc,
                        active_fraction=active, wall_time=wall, history=history,
-                       metadata=_metadata(train_set, test_set, tc, device, test_acc, train_acc,
-                                          active, wall, history))
+                       metadata=metadata)
 
 
 def _optimizer(model: BilinearNet, tc: TrainConfig) -> torch.optim.Optimizer:
