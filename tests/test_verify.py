@@ -84,6 +84,18 @@ def test_subset_of_layers_is_nan_elsewhere():
     assert "nan" in r.table()
 
 
+def test_logprob_target_and_mean_baseline():
+    model, x = tiny("layer", "pre")
+    labels, reference = torch.tensor([0, 1, 2, 3]), torch.randn(20, 6, dtype=torch.float64)
+    r = verify(model, x, target="logprob", labels=labels, baseline="mean", reference=reference,
+               circuit_ks=(1,), progress=False)
+    assert "target" not in r.tensors and r.tensors["label"].tolist() == [0, 1, 2, 3]
+    loop = ablation_effects_loop(model, x, "logprob", "mean", labels=labels, reference=reference)
+    torch.testing.assert_close(r.tensors["actual"], loop)
+    assert r.metrics["info"]["baseline"] == "mean"
+    assert math.isfinite(r.metrics["modes"]["live"]["overall"]["normalized_error"])
+
+
 def test_save_and_reload(result, tmp_path):
     out = result.save(tmp_path / "v")
     for name in ("results.safetensors", "metrics.json", "summary.md", "scatter.png",
