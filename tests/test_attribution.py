@@ -342,3 +342,53 @@ def test_keep_run_false_drops_the_run():
     out = attribute_modes(model, x, "predicted", ("live",), keep_run=False, batch_size=2)
     assert out.run is None and out.predicted["live"].shape == (B, 3, 10)
     torch.testing.assert_close(out.predicted["live"], attribute(model, x, "predicted", "live"))
+
+
+# ---- mode="renorm": live with the first norm an ablation reaches recomputed exactly ----
+
+@pytest.mark.parametrize("norm,position", CASES)
+@pytest.mark.parametrize("baseline", ["zero", "tensor"])
+def test_renorm_is_the_real_ablation_for_the_last_layer(norm, position, baseline):
+    """No frozen statistics here: the REAL network, every norm recomputing."""
+    model, x = make_model(norm, position), inputs()
+    spec = "zero" if baseline == "zero" else 3 * torch.randn(B, 3, 10, dtype=torch.float64)
+    direction = torch.randn(B, N_OUT, dtype=torch.float64)
+    pred, run = attribute(model, x, direction, "renorm", baseline=spec, return_run=True)
+    b = torch.zeros_like(run.z) if baseline == "zero" else spec
+    actual = ablate_layer(model, x, 2, b, resolve_target(direction, run.logits))
+    torch.testing.assert_close(pred[:, 2], actual, atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+def test_renorm_tends_to_live_for_small_changes(norm, position):
+    model, x = make_model(norm, position), inputs()
+    run = model.run(x)
+    step = 1e-6 * torch.randn(run.z.shape, dtype=torch.float64)
+    renorm = attribute(model, x, "logprob", "renorm", baseline=run.z + step,
+                       labels=torch.tensor([0, 1, 2, 3, 0]))
+    live = attribute(model, x, "logprob", "live", baseline=run.z + step,
+                     labels=torch.tensor([0, 1, 2, 3, 0]))
+    torch.testing.assert_close(renorm / step, live / step, atol=1e-5, rtol=1e-4)
+
+
+def test_renorm_equals_live_without_norms_and_is_closer_than_live_with_them():
+    x = inputs()
+    for position in POSITIONS:
+        out = attribute_modes(make_model("none", position), x, "predicted", ("live", "renorm"))
+        torch.testing.assert_close(out.predicted["live"], out.predicted["renorm"])
+    model = make_model("rms", "post")
+    out = attribute_modes(model, x, "predicted", ("live", "renorm"))
+    actual = ablate_layer(model, x, 1, torch.zeros_like(out.run.z), out.target)
+    err = {m: (p[:, 1] - actual).abs().sum() for m, p in out.predicted.items()}
+    assert err["renorm"] < err["live"]
+
+
+def test_renorm_batched_equals_one_by_one_and_is_not_a_gradient():
+    model, x = make_model("layer", "pre"), inputs(n=7)
+    whole = attribute(model, x, "predicted", "renorm", batch_size=3)
+    for i in range(7):
+        torch.testing.assert_close(whole[i:i + 1], attribute(model, x[i:i + 1], "predicted",
+                                                             "renorm"))
+    run = model.run(x)
+    with pytest.raises(BilensError, match="mode"):
+        gradients(model, run, resolve_target("predicted", run.logits), "renorm")

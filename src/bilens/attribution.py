@@ -8,6 +8,9 @@ plus that scaling. Both are linear, so everything after the last layer's `z` is 
 the prediction for a last-layer channel is exact against a frozen-norm ablation.
 `mode="live"` is the true gradient (statistics differentiated too): the exact first-order
 prediction of the real ablation, known elsewhere as attribution patching.
+`mode="renorm"` (`bilens.renorm`) is `live` with the first norm the ablation reaches
+recomputed exactly for every channel; not a gradient, it is exact for last-layer channels
+in the real network.
 
 The backward pass itself lives in `bilens.backward` (`gradients`, written out as the seed's
 loop, and `gradients_autograd`); this module validates, batches and applies baselines.
@@ -22,14 +25,23 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from bilens.backward import METHODS, MODES, check_mode, gradients, gradients_autograd
+from bilens.backward import (
+    GRADIENT_MODES,
+    METHODS,
+    MODES,
+    check_mode,
+    gradients,
+    gradients_autograd,
+)
 from bilens.baselines import BASELINE_HELP, resolve_baseline
 from bilens.errors import BilensError, check_inputs
 from bilens.model import BilinearNet, Run
+from bilens.renorm import renorm_effects
 from bilens.targets import Target, resolve_target
 
 __all__ = ["attribute", "attribute_modes", "Attribution", "gradients", "gradients_autograd",
-           "run_with_cache", "MODES", "METHODS", "DEFAULT_METHOD", "DEFAULT_BATCH_SIZE"]
+           "renorm_effects", "run_with_cache", "MODES", "GRADIENT_MODES", "METHODS",
+           "DEFAULT_METHOD", "DEFAULT_BATCH_SIZE"]
 
 DEFAULT_METHOD = "explicit"     # measured faster than autograd: see docs/attribution.md
 DEFAULT_BATCH_SIZE = 1024       # inputs per internal chunk
@@ -73,14 +85,16 @@ def attribute(
         target: what `f` is (SPEC §2): `"predicted"`, `"label"`, `"logprob"`, `"class:C"`,
             `"diff:C1,C2"`, an int class, an int tensor `[B]`, a float direction `[n_out]`
             or `[B, n_out]`, or a resolved `Target`.
-        mode: `"frozen"` (the seed's linearization) or `"live"` (the exact gradient).
+        mode: `"frozen"` (the seed's linearization), `"live"` (the exact gradient) or
+            `"renorm"` (live, the first norm hit recomputed exactly; explicit path only).
         baseline: the value `b` an ablated channel takes: `"zero"`, `"mean"` (over
             `reference`), or a tensor `[n_layers, d_hidden]` / `[B, n_layers, d_hidden]`.
         labels: true classes `[B]`, for `"label"` and `"logprob"`.
         reference: inputs `[N, d_in]` whose mean activation is the `"mean"` baseline.
         batch_size: inputs per internal chunk (bounds memory); default 1024.
         return_run: also return the clean `Run` (activations, norm statistics).
-        method: `"explicit"` (the written-out backward) or `"autograd"`; same numbers.
+        method: `"explicit"` (the written-out backward) or `"autograd"`; same numbers
+            (`"renorm"` always uses the explicit backward).
 
     Returns:
         `predicted [B, n_layers, d_hidden]`: `(b - z) * g`, the predicted change of `f`
@@ -103,7 +117,7 @@ def attribute_modes(
     model: BilinearNet,
     inputs: Float[Tensor, "batch d_in"],
     target: object = "predicted",
-    modes: Sequence[str] = MODES,
+    modes: Sequence[str] = GRADIENT_MODES,
     baseline: str | Tensor | None = "zero",
     labels: Int[Tensor, " batch"] | None = None,
     reference: Float[Tensor, "ref d_in"] | None = None,
@@ -164,6 +178,9 @@ def attribute_modes(
                else full_target.select(index))
         b = None if b_full is None else (b_full if b_full.ndim == 2 else b_full[index])
         for m in modes:
+            if m == "renorm":                                       # not a gradient: own path
+                predicted[m].append(renorm_effects(model, run, tgt, b))
+                continue
             if method == "explicit":
                 g = gradients(model, run, tgt, m)
             else:

@@ -27,15 +27,17 @@ from bilens.errors import BilensError
 from bilens.model import BilinearNet, Run
 from bilens.targets import Target
 
-MODES = ("frozen", "live")
+GRADIENT_MODES = ("frozen", "live")          # modes that are a gradient g (predicted = (b-z) g)
+MODES = GRADIENT_MODES + ("renorm",)         # every attribution mode (`bilens.renorm`)
 METHODS = ("explicit", "autograd")
 
 
-def check_mode(mode: object, name: str = "mode") -> str:
-    """Raise a `BilensError` unless `mode` is one of `MODES`."""
-    if mode not in MODES:
-        raise BilensError(f"{name}: expected one of {list(MODES)}, got {mode!r}; 'frozen' is the "
-                          f"seed's frozen-statistics linearization, 'live' the exact gradient")
+def check_mode(mode: object, name: str = "mode", allowed: tuple[str, ...] = MODES) -> str:
+    """Raise a `BilensError` unless `mode` is one of `allowed`."""
+    if mode not in allowed:
+        raise BilensError(f"{name}: expected one of {list(allowed)}, got {mode!r}; 'frozen' is "
+                          f"the seed's frozen-statistics linearization, 'live' the exact "
+                          f"gradient, 'renorm' live with the first norm hit recomputed exactly")
     return str(mode)
 
 
@@ -96,16 +98,30 @@ def gradients(
         >>> g = gradients(model, run, resolve_target("predicted", run.logits), "live")
         >>> predicted = -run.z * g                                    # zero ablation
     """
-    check_mode(mode)
+    check_mode(mode, allowed=GRADIENT_MODES)
+    return backward(model, run, target, mode)[0]
+
+
+def backward(
+    model: BilinearNet,
+    run: Run,
+    target: Target,
+    mode: str,
+) -> tuple[Float[Tensor, "batch layer d_hidden"], dict[int, Float[Tensor, "batch d_model"]]]:
+    """The loop behind `gradients`; also returns `d f / d N_i(.)`, the gradient at each
+    norm's output, by norm index (what `bilens.renorm` continues from)."""
     cfg = model.config
     post = cfg.norm_position == "post"
     g = target.grad_logits(run.logits) @ model.head.weight              # W^T df/dlogits [B, d]
+    at_norm: dict[int, Tensor] = {}
     if not post:
+        at_norm[cfg.n_layers] = g
         g = norm_backward(model, cfg.n_layers, run, g, mode)            # final norm
     grads = [None] * cfg.n_layers
     for i in reversed(range(cfg.n_layers)):
         layer = model.layers[i]
         if post:
+            at_norm[i] = g
             g = norm_backward(model, i, run, g, mode)                   # g_r = d f / d r
         g_z = g @ layer.D                                                # D^T g_r       [B, H]
         grads[i] = g_z
@@ -116,8 +132,9 @@ def gradients(
         if post:
             g = g + g_u                                                  # u = h: residual + layer
         else:
+            at_norm[i] = g_u
             g = g + norm_backward(model, i, run, g_u, mode)             # u = N_l(h)
-    return torch.stack(grads, 1)
+    return torch.stack(grads, 1), at_norm
 
 
 def gradients_autograd(
@@ -142,7 +159,7 @@ def gradients_autograd(
     Returns:
         `(g [B, n_layers, d_hidden], clean run)`.
     """
-    check_mode(mode)
+    check_mode(mode, allowed=GRADIENT_MODES)
     cfg = model.config
     if run is None and mode == "frozen":
         with torch.no_grad():

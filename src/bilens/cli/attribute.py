@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="predicted",
                    help="predicted | label | logprob | class:C | diff:C1,C2 (default predicted)")
     p.add_argument("--mode", default="frozen",
-                   help="frozen | live | frozen,live (default frozen)")
+                   help="frozen | live | renorm, or several comma-separated, e.g. frozen,live "
+                        "(default frozen)")
     p.add_argument("--baseline", default="zero", help="zero | mean (default zero)")
     p.add_argument("--reference-n", type=int, default=1000,
                    help="training inputs whose mean activation is the 'mean' baseline")
@@ -51,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     modes = [m.strip() for m in args.mode.split(",") if m.strip()]
     bad = [m for m in modes if m not in MODES]
     if bad or not modes:
-        raise BilensError(f"--mode: expected frozen, live or frozen,live, got {args.mode!r}")
+        raise BilensError(f"--mode: expected a comma-separated subset of {','.join(MODES)} "
+                          f"(e.g. frozen,live), got {args.mode!r}")
     if args.baseline not in ("zero", "mean"):
         raise BilensError(f"--baseline: expected zero or mean, got {args.baseline!r}")
     if args.top < 0:
