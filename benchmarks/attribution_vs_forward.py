@@ -84,6 +84,8 @@ def main() -> None:
                                                         batch_size=b, method="explicit"),
         "attribute live, explicit": lambda: attribute(model, x, "predicted", "live",
                                                       batch_size=b, method="explicit"),
+        "attribute renorm (live + exact first norm)": lambda: attribute(model, x, "predicted",
+                                                                        "renorm", batch_size=b),
         "attribute frozen, autograd": lambda: attribute(model, x, "predicted", "frozen",
                                                         batch_size=b, method="autograd"),
         "attribute live, autograd": lambda: attribute(model, x, "predicted", "live",
