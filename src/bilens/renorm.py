@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from bilens.backward import backward, norm_backward
+from bilens.backward import backward
 from bilens.model import BilinearNet, Run
 from bilens.targets import Target
 
@@ -59,15 +59,13 @@ def renorm_effects(
     c = -run.z if baseline is None else baseline - run.z                   # b - z  [B, L, H]
     g_live, at_norm = backward(model, run, target, "live")
     if cfg.norm_position == "post":
-        return torch.stack([_norm_change(model, run, i, at_norm[i], model.layers[i].D, c[:, i])
+        return torch.stack([_norm_change(model, run, i, at_norm[i], model.layers[i].D, c[:, i])[0]
                             for i in range(cfg.n_layers)], 1)
     final = cfg.n_layers
-    g_f = at_norm[final]                                                   # at N_f's output
-    g_direct = norm_backward(model, final, run, g_f, "live")               # at N_f's input
     out = []
     for i, layer in enumerate(model.layers):
-        exact = _norm_change(model, run, final, g_f, layer.D, c[:, i])
-        out.append(c[:, i] * (g_live[:, i] - g_direct @ layer.D) + exact)
+        exact, slope = _norm_change(model, run, final, at_norm[final], layer.D, c[:, i])
+        out.append(c[:, i] * (g_live[:, i] - slope) + exact)              # swap the direct path
     return torch.stack(out, 1)
 
 
@@ -78,11 +76,13 @@ def _norm_change(
     g_out: Float[Tensor, "batch d_model"],
     D: Float[Tensor, "d_model d_hidden"],
     c: Float[Tensor, "batch d_hidden"],
-) -> Float[Tensor, "batch d_hidden"]:
-    """`g_out . (N_i(r + D[:, k] c_k) - N_i(r))` for every channel `k`, exactly in `c`."""
+) -> tuple[Float[Tensor, "batch d_hidden"], Float[Tensor, "batch d_hidden"]]:
+    """`g_out . (N_i(r + D[:, k] c_k) - N_i(r))` for every channel `k`, exactly in `c`, and
+    its slope in `c` at 0 (the live gradient along that path, `D_k . J^T g_out`)."""
     norm = model.norm(i)
     if norm.kind == "none":
-        return c * (g_out @ D)
+        slope = g_out @ D
+        return c * slope, slope
     r = run.resid[:, i]                                                    # [B, d]
     s = run.scale[:, i, None]                                              # [B, 1]
     d = r.shape[-1]
@@ -93,4 +93,7 @@ def _norm_change(
     r_dot = r @ D                                                          # r . D_k     [B, H]
     sq = (D * D).sum(0)                                                    # |D_k|^2     [H]
     s_new = (s * s + (2 * c * r_dot + c * c * sq) / d).clamp_min(1e-30).sqrt()
-    return (gy * r).sum(-1, keepdim=True) * (1 / s_new - 1 / s) + c * (gy @ D) / s_new
+    along_r, along_d = (gy * r).sum(-1, keepdim=True), gy @ D                # [B, 1], [B, H]
+    exact = along_r * (1 / s_new - 1 / s) + c * along_d / s_new
+    slope = along_d / s - along_r * r_dot / (d * s**3)                      # d exact / dc at 0
+    return exact, slope
