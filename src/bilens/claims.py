@@ -57,30 +57,13 @@ def within(x: float, target: float, factor: float = FACTOR) -> bool:
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
-    """Spearman rank correlation (average ranks for ties); NaN for < 3 finite pairs."""
-    pairs = [(x, y) for x, y in zip(xs, ys, strict=False) if math.isfinite(x) and math.isfinite(y)]
-    if len(pairs) < 3:
+    """Spearman rank correlation (ties get average ranks); NaN for < 3 finite pairs."""
+    from scipy import stats
+
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
         return math.nan
-
-    def ranks(v: list[float]) -> list[float]:
-        order = sorted(range(len(v)), key=lambda i: v[i])
-        r = [0.0] * len(v)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
-                j += 1
-            for t in range(i, j + 1):
-                r[order[t]] = (i + j) / 2
-            i = j + 1
-        return r
-
-    rx, ry = ranks([p[0] for p in pairs]), ranks([p[1] for p in pairs])
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=False))
-    vx = math.sqrt(sum((a - mx) ** 2 for a in rx))
-    vy = math.sqrt(sum((b - my) ** 2 for b in ry))
-    return cov / (vx * vy) if vx > 0 and vy > 0 else math.nan
+    return float(stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0])
 
 
 def row_of(table: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -212,8 +195,11 @@ def claim_no_norm_accuracy(cmp: dict[str, Any]) -> dict[str, Any]:
     real = gap > max(MIN_GAP_PP, noise)
     verdict = ("holds" if real and within(gap, SEED_ACC_GAP_PP) else
                "partly" if real else "fails")
+    seeds = min(row_of(cmp["table"], norm=n, position="post").get("n_seeds", 1)
+                for n in ("none", "layer"))
+    spread = f"noise 2 sd {noise:.2f} pp" if seeds > 1 else "1 seed: spread unknown"
     measured = (f"none {pct(a_none, 2)} vs LayerNorm {pct(a_ln, 2)} (post): gap {gap:+.2f} pp "
-                f"(noise 2 sd {noise:.2f} pp)")
+                f"({spread})")
     why = "" if verdict == "holds" else (
         f"At this budget the network without a norm trains to within {gap:.2f} pp of LayerNorm; "
         f"the seed's 9-point gap does not appear." if not real else

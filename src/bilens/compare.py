@@ -295,6 +295,10 @@ def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str,
     for key, members in groups.items():
         out: dict[str, Any] = dict(zip(by, key, strict=False))
         out["n_seeds"] = len(members)
+        for k in ("dataset", "d_model", "d_hidden", "n_layers", "l1"):
+            values = {m.get(k) for m in members}
+            if len(values) == 1 and k not in out:
+                out[k] = values.pop()               # shared by the group: keep it
         for path in SUMMARY_PATHS:
             m, s = mean_std(get(r, path) for r in members)
             out[path] = m
@@ -368,12 +372,16 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
         runner = Runner(cache, force=force, device=device, log=log,
                         n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
-    rows = [runner.evaluate(s) for s in compare_specs(base, seeds)]
-    table = aggregate(rows, ("norm", "position"))
     settings = {"dataset": dataset, "seeds": seeds, "model": base.model, "train": base.train,
                 "n_verify": runner.n_verify, "target": runner.target,
                 "device": runner.device}
-    result = CompareResult(dataset, rows, table, settings, time.perf_counter() - start)
-    if out is not None:
-        write_json(Path(out) / "compare.json", result.to_dict())
+    specs = compare_specs(base, seeds)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:                 # seeds outermost: a partial file holds whole seeds
+        rows.append(runner.evaluate(spec))
+        result = CompareResult(dataset, rows, aggregate(rows, ("norm", "position")),
+                               {**settings, "complete": len(rows) == len(specs)},
+                               time.perf_counter() - start)
+        if out is not None:            # after every model, so a run cut short keeps its rows
+            write_json(Path(out) / "compare.json", result.to_dict())
     return result

@@ -232,6 +232,8 @@ def _settings_line(s: dict[str, Any]) -> str:
     if s.get("param"):
         values = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in s["values"])
         line += f" Varied: `{s['param']}` over {values}; everything else as above."
+    if s.get("complete") is False:
+        line += " INCOMPLETE: the run was cut short; the table holds the models that finished."
     return line
 
 
@@ -271,3 +273,18 @@ def command_line() -> str:
 
     args = sys.argv[1:]
     return "bilens " + " ".join(shlex.quote(a) for a in args)
+
+
+def collect(*directories: str | os.PathLike) -> dict[str, Any]:
+    """Gather `compare.json` and `sweep-*.json` written by `bilens compare` / `bilens sweep`
+    into one `results` dict for `build` (the last `compare.json` found wins)."""
+    import json
+
+    results: dict[str, Any] = {"sweeps": {}}
+    for d in map(Path, directories):
+        if (d / "compare.json").is_file():
+            results["compare"] = json.loads((d / "compare.json").read_text())
+        for f in sorted(d.glob("sweep-*.json")):
+            data = json.loads(f.read_text())
+            results["sweeps"][data["name"]] = data
+    return results

@@ -140,17 +140,19 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
         runner = Runner(cache, force=force, device=device, log=log,
                         n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
-    rows = []
-    for spec in sweep_specs(definition, base, grid, seeds):
-        row = runner.evaluate(spec)
-        row["x"] = spec.tags["x"]
-        rows.append(row)
-    table = aggregate(rows, ("norm", "position", "x"))
     settings = {"dataset": dataset, "param": definition.param, "values": list(grid),
                 "seeds": seeds, "model": base.model, "train": base.train,
                 "n_verify": runner.n_verify, "device": runner.device}
-    result = SweepResult(name, dataset, definition.param, definition.label, rows, table,
-                         settings, definition.log_x, time.perf_counter() - start)
-    if out is not None:
-        write_json(Path(out) / f"sweep-{name}.json", result.to_dict())
+    specs = sweep_specs(definition, base, grid, seeds)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:
+        row = runner.evaluate(spec)
+        row["x"] = spec.tags["x"]
+        rows.append(row)
+        result = SweepResult(name, dataset, definition.param, definition.label, rows,
+                             aggregate(rows, ("norm", "position", "x")),
+                             {**settings, "complete": len(rows) == len(specs)},
+                             definition.log_x, time.perf_counter() - start)
+        if out is not None:            # after every model, so a run cut short keeps its rows
+            write_json(Path(out) / f"sweep-{name}.json", result.to_dict())
     return result
