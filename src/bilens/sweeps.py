@@ -99,9 +99,9 @@ def sweep_specs(definition: SweepDef, base: Spec, values: tuple, seeds: int = 1)
     """One spec per (variant, value, seed)."""
     section, _, name = definition.param.partition(".")
     specs = []
-    for seed in range(seeds):
-        for norm, position in definition.variants:
-            for value in values:
+    for seed in range(seeds):          # value before variant: a run cut short keeps every
+        for value in values:           # variant of the values it reached
+            for norm, position in definition.variants:
                 change = {name: value}
                 specs.append(base.with_(
                     model={"norm": norm, "norm_position": position,
