@@ -203,10 +203,14 @@ def test_run_with_cache_and_return_run():
     torch.testing.assert_close(back.z, run.z)
 
 
-def test_float32_model_stays_float32():
-    model = BilinearNet(ModelConfig(d_in=D_IN, d_model=8, d_hidden=10, n_layers=2, n_out=N_OUT))
-    pred = attribute(model, inputs().float(), "predicted", "live")
-    assert pred.dtype == torch.float32 and pred.shape == (B, 2, 10)
+@pytest.mark.parametrize("mode", ["frozen", "live", "renorm"])
+def test_float32_model_stays_float32_and_accurate(mode):
+    model = make_model("rms", "post")
+    x = inputs()
+    exact = attribute(model, x, "predicted", mode)
+    pred = attribute(model.float(), x.float(), "predicted", mode)
+    assert pred.dtype == torch.float32 and pred.shape == (B, 3, 10)
+    assert (pred.double() - exact).abs().sum() / exact.abs().sum() < 1e-5
 
 
 BAD = [

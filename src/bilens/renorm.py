@@ -58,8 +58,9 @@ def renorm_effects(
     cfg = model.config
     c = -run.z if baseline is None else baseline - run.z                   # b - z  [B, L, H]
     g_live, at_norm = backward(model, run, target, "live")
-    if cfg.norm_position == "post":
-        return torch.stack([_norm_change(model, run, i, at_norm[i], model.layers[i].D, c[:, i])[0]
+    if cfg.norm_position == "post":                   # every path runs through norm l: the
+        return torch.stack([_norm_change(model, run, i, at_norm[i], model.layers[i].D, c[:, i],
+                                         slope=g_live[:, i])[0]          # live g is its slope
                             for i in range(cfg.n_layers)], 1)
     final = cfg.n_layers
     out = []
@@ -76,12 +77,14 @@ def _norm_change(
     g_out: Float[Tensor, "batch d_model"],
     D: Float[Tensor, "d_model d_hidden"],
     c: Float[Tensor, "batch d_hidden"],
+    slope: Float[Tensor, "batch d_hidden"] | None = None,
 ) -> tuple[Float[Tensor, "batch d_hidden"], Float[Tensor, "batch d_hidden"]]:
     """`g_out . (N_i(r + D[:, k] c_k) - N_i(r))` for every channel `k`, exactly in `c`, and
-    its slope in `c` at 0 (the live gradient along that path, `D_k . J^T g_out`)."""
+    its slope in `c` at 0 (the live gradient along that path, `D_k . J^T g_out`); pass the
+    slope when it is known already to save one product."""
     norm = model.norm(i)
     if norm.kind == "none":
-        slope = g_out @ D
+        slope = g_out @ D if slope is None else slope
         return c * slope, slope
     r = run.resid[:, i]                                                    # [B, d]
     s = run.scale[:, i, None]                                              # [B, 1]
@@ -92,8 +95,14 @@ def _norm_change(
     gy = g_out * norm.weight                                               # [B, d]
     r_dot = r @ D                                                          # r . D_k     [B, H]
     sq = (D * D).sum(0)                                                    # |D_k|^2     [H]
-    s_new = (s * s + (2 * c * r_dot + c * c * sq) / d).clamp_min(1e-30).sqrt()
-    along_r, along_d = (gy * r).sum(-1, keepdim=True), gy @ D                # [B, 1], [B, H]
-    exact = along_r * (1 / s_new - 1 / s) + c * along_d / s_new
-    slope = along_d / s - along_r * r_dot / (d * s**3)                      # d exact / dc at 0
+    ds2 = (2 * c * r_dot + c * c * sq) / d                                  # s'^2 - s^2  [B, H]
+    s_new = (s * s + ds2).clamp_min(1e-30).sqrt()
+    inv_change = -ds2 / (s * s_new * (s + s_new))                           # 1/s' - 1/s, stably
+    along_r = (gy * r).sum(-1, keepdim=True)                                # [B, 1]
+    if slope is None:
+        along_d = gy @ D                                                    # [B, H]
+        slope = along_d / s - along_r * r_dot / (d * s**3)                  # d exact / dc at 0
+    else:
+        along_d = s * slope + along_r * r_dot / (d * s**2)                 # the same, inverted
+    exact = along_r * inv_change + c * along_d / s_new
     return exact, slope
