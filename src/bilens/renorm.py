@@ -58,9 +58,10 @@ def renorm_effects(
     cfg = model.config
     c = -run.z if baseline is None else baseline - run.z                   # b - z  [B, L, H]
     g_live, at_norm = backward(model, run, target, "live")
-    if cfg.norm_position == "post":                   # every path runs through norm l: the
+    if cfg.norm_position == "post":
+        # every path from z_l runs through layer l's own norm, so live g is that norm's slope
         return torch.stack([_norm_change(model, run, i, at_norm[i], model.layers[i].D, c[:, i],
-                                         slope=g_live[:, i])[0]          # live g is its slope
+                                         slope=g_live[:, i])[0]
                             for i in range(cfg.n_layers)], 1)
     final = cfg.n_layers
     out = []
