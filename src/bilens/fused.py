@@ -94,12 +94,27 @@ class Kernels:
         self.entry = entry_dz
         self.layer = layer_dz
         self.norm = norm_delta
-        if compile:
-            self.entry = torch.compile(self._entry, dynamic=True)
-            self.layer = torch.compile(self._layer, dynamic=True)
-            self.norm = torch.compile(norm_delta, dynamic=True)
-        elif self.split:
+        self.compile_error: str | None = None
+        if self.split:
             self.entry, self.layer = self._entry, self._layer
+        if compile:
+            self.entry = self._compiled(self.entry)
+            self.layer = self._compiled(self.layer)
+            self.norm = self._compiled(norm_delta)
+            self.norm_rows = self._compiled(self.norm_rows)
+
+    def _compiled(self, fn):
+        """`torch.compile(fn)`, falling back to `fn` (noted in `compile_error`) if it fails."""
+        fast = torch.compile(fn, dynamic=True)
+
+        def call(*args):
+            if self.compile_error is None:
+                try:
+                    return fast(*args)
+                except Exception as err:  # noqa: BLE001 (any compiler failure: run eager)
+                    self.compile_error = f"{type(err).__name__}: {str(err)[:200]}"
+            return fn(*args)
+        return call
 
     def _entry(self, *args: Tensor) -> Tensor:
         dz = entry_dz(*args)
@@ -108,6 +123,11 @@ class Kernels:
     def _layer(self, lr: Tensor, a: Tensor, b: Tensor) -> Tensor:
         dz = layer_dz(lr, a, b)
         return split_rows(dz) if self.split else dz
+
+    def norm_rows(self, *args) -> tuple[Tensor, Tensor]:
+        """`norm_delta(*args)` and the same prepared as a left factor (one fused step)."""
+        du = norm_delta(*args)
+        return du, (split_rows(du) if self.split else du)
 
     def weight(self, w: Float[Tensor, "k n"]) -> Float[Tensor, "k n"]:
         """A right factor as the matmuls want it (split for 3xTF32)."""

@@ -162,8 +162,10 @@ class Plan:
             du = c[..., None] * self.Dt[l][ks]
         delta = self.k.mm(dz, self.Dw[m], add=du)                                # [Bc, K, d]
         for m in range(l + 2, self.n_layers):
-            du = self.norm_delta(run, m - 1 if self.post else m, delta)
-            lr = self.k.mm(self.k.rows(du), self.LRw[m])                         # [Bc, K, 2H]
+            i = m - 1 if self.post else m                                        # norm before m
+            r, s = self.stats(run, i)
+            du, rows = self.k.norm_rows(self.cfg.norm, self.frozen, delta, r, s, self.gamma[i])
+            lr = self.k.mm(rows, self.LRw[m])                                    # [Bc, K, 2H]
             dz = self.k.layer(lr, run.left[:, m], run.right[:, m])
             delta = self.k.mm(dz, self.Dw[m], add=du if self.post else delta)
         last = self.n_layers - 1 if self.post else self.n_layers

@@ -1,0 +1,73 @@
+"""Exhaustive ablation variants on one model and inputs: precision x fused steps x chunk size.
+
+    python benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 --out variants.json
+
+Every variant is checked against the float64 result (normwise, 1e-5) before its time counts;
+`tf32` (one TF32 product, not split) is included to show why it is not used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from bilens.ablation import ablation_effects
+from bilens.bench import BenchConfig, ablation_flops, agreement, build, timed
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--n", type=int, default=256)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--d-model", type=int, default=256)
+    p.add_argument("--d-hidden", type=int, default=512)
+    p.add_argument("--memory", default="1GiB,4GiB,16GiB")
+    p.add_argument("--data", default="random")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    cfg = BenchConfig(n=args.n, n_layers=args.layers, d_model=args.d_model,
+                      d_hidden=args.d_hidden, device=args.device, data=args.data)
+    model, x, source = build(cfg)
+    device = torch.device(args.device)
+    classes = model(x).argmax(-1)
+    m64 = type(model)(model.config).to(device, torch.float64)
+    m64.load_state_dict(model.state_dict())
+    truth = ablation_effects(m64, x.double(), classes)
+    del m64
+    flops = ablation_flops(model.config, args.n)
+    cuda = device.type == "cuda"
+    variants = [("fp32", False), ("3xtf32", False)]
+    if cuda:
+        variants += [("fp32", True), ("3xtf32", True)]
+    results = []
+    print(f"{args.n} {source}; {args.layers} x {args.d_hidden} channels, d_model {args.d_model}; "
+          f"{flops:.3g} fp32-equivalent flops")
+    for memory in args.memory.split(","):
+        for prec, comp in variants:
+            fn = lambda p=prec, c=comp, m=memory: ablation_effects(  # noqa: E731
+                model, x, classes, precision=p, compile=c, memory=m)
+            t, got, peak = timed(fn, device, 3)
+            err = agreement(got, truth)
+            row = dict(precision=prec, compile=comp, memory=memory, seconds=t, agree=err,
+                       ok=err <= 1e-5, tflops=flops / t / 1e12, peak_gib=peak / 2**30)
+            results.append(row)
+            print(f"  {prec:7} compile={comp!s:5} memory={memory:6} {t * 1e3:9.1f} ms  "
+                  f"agree {err:.2e}  {flops / t / 1e12:6.1f} TFLOP/s  peak {peak / 2**30:.2f} GiB")
+    if cuda:   # plain TF32 (not split): fast but not float32-accurate
+        torch.backends.cuda.matmul.allow_tf32 = True
+        t, got, _ = timed(lambda: ablation_effects(model, x, classes), device, 3)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        err = agreement(got, truth)
+        results.append(dict(precision="tf32", compile=False, memory="4GiB", seconds=t, agree=err,
+                            ok=err <= 1e-5, tflops=flops / t / 1e12))
+        print(f"  tf32 (unsplit)                 {t * 1e3:9.1f} ms  agree {err:.2e}")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"inputs": source, "n": args.n, "results": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
