@@ -15,7 +15,8 @@ inputs are standard normal already and are left as they are.
 
 `BILENS_DATA_DIR`: when set and holding `{name}-{split}.npz` (arrays `x` float32 already
 preprocessed, `y` int), the data are read from there instead (`benchmarks/export_data.py`
-writes such files; it is how a machine without the source packages gets the data).
+writes such files; it is how a machine without the source packages gets the data). The
+synthetic task is always generated, since its draw depends on `seed`.
 """
 
 from __future__ import annotations
@@ -122,7 +123,7 @@ def load_dataset(name: str, split: str = "train", n: int | None = None, seed: in
         raise BilensError(f"dataset: unknown name {name!r}; expected one of {', '.join(DATASETS)}")
     if split not in SPLITS:
         raise BilensError(f"split: expected 'train' or 'test', got {split!r}")
-    found = _from_data_dir(name, split)
+    found = None if name == "synthetic" else _from_data_dir(name, split)
     if found is not None:
         x, y = found
     elif name == "synthetic":
