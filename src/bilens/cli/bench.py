@@ -34,7 +34,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ppe", default=None,
                    help="captum perturbations_per_eval to try, e.g. 16,64,256 (best is kept)")
     p.add_argument("--repeats", type=int, default=None, help="timed calls per fast row")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: 1 with --quick on a CPU, where other jobs "
+                        "share the cores and a multi-thread barrier waits on them)")
     p.add_argument("--no-captum", action="store_true", help="skip the captum rows")
     p.add_argument("--no-loop", action="store_true", help="skip the hook-loop row")
     p.set_defaults(func=run)
@@ -48,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    elif args.quick and args.device == "cpu":
+        torch.set_num_threads(1)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise BilensError("--device cuda: no CUDA device is visible; use --device cpu")
     over = {k: v for k, v in {
