@@ -1,0 +1,62 @@
+"""`bilens bench`: the JSON it writes, and its comparison rows computing the same thing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bilens.ablation import ablation_effects
+from bilens.bench import BenchConfig, ZNet, ablation_flops, captum_ablation, hook_loop, run_bench
+from bilens.cli import main
+from bilens.config import ModelConfig
+from bilens.model import BilinearNet
+
+
+def tiny(**over) -> BenchConfig:
+    base = dict(n=6, n_layers=2, d_model=8, d_hidden=12, d_in=10, ppe=(4, 16), ppe_inputs=6,
+                repeats=1)
+    return BenchConfig(**{**base, **over})
+
+
+@pytest.mark.parametrize("position", ["post", "pre"])
+def test_comparison_rows_compute_the_same_effects(position):
+    pytest.importorskip("captum")
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_in=5, d_model=6, d_hidden=7, n_layers=3, n_out=4, norm="layer",
+                      norm_position=position)
+    model = BilinearNet(cfg).double()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    classes = model(x).argmax(-1)
+    ours = ablation_effects(model, x, classes)
+    znet = ZNet(model)
+    torch.testing.assert_close(znet(x), model(x))
+    torch.testing.assert_close(hook_loop(znet, x, classes), ours)
+    torch.testing.assert_close(captum_ablation(znet, x, classes, ppe=3), ours)
+
+
+def test_run_bench_json(tmp_path):
+    pytest.importorskip("captum")
+    res = run_bench(tiny(), log=lambda _: None)
+    for key in ("attribution_over_forward", "ablation_speedup_vs_captum",
+                "ablation_speedup_vs_loop", "sizes", "rows"):
+        assert key in res
+    assert res["sizes"]["channels"] == 24
+    assert all(r["ok"] for k, r in res["rows"].items() if k.startswith("ablation bilens"))
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--n", "4", "--d-model", "8", "--d-hidden", "8",
+                 "--ppe", "4", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["sizes"]["n_inputs"] == 4 and data["ablation_speedup_vs_loop"] > 0
+
+
+def test_without_captum_and_loop():
+    res = run_bench(tiny(captum=False, loop=False, position="pre"), log=lambda _: None)
+    assert "ablation_speedup_vs_captum" not in res and res["ablation_seconds"] > 0
+
+
+def test_flop_count():
+    cfg = ModelConfig(d_in=1, d_model=2, d_hidden=3, n_layers=4, n_out=1)
+    # per channel: l=0: 2dH + 12dH, l=1: 2dH + 6dH, l=2: 2dH, l=3: 0  -> 24 dH
+    assert ablation_flops(cfg, 5) == 5 * 3 * 24 * 2 * 3
