@@ -1,6 +1,7 @@
 """The heavy runs behind docs/results.md, in parallel on one GPU, inside a fixed deadline.
 
     python benchmarks/run_compare_gpu.py run --out OUT [--data .data5] [--limit 420]
+    python benchmarks/run_compare_gpu.py report OUT        # rebuild the reports from JSONs
     python benchmarks/run_compare_gpu.py docs OUT          # here: docs/results.md + PNGs
 
 `run` starts, as separate processes sharing the GPU (each is small and launch-bound, so
@@ -74,27 +75,40 @@ def run(args: argparse.Namespace) -> int:
         rc = proc.wait()
         log.close()
         print(f"{name}: exit {rc} after {time.time() - start:.0f} s", flush=True)
+    build_reports(out, time.time() - start)
+    with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
+        for path in sorted(out.rglob("*")):
+            if path.is_file() and "models" not in path.parts and path.suffix != ".gz":
+                tar.add(path, arcname=str(path.relative_to(out)))
+    print(f"packed {out / 'results.tar.gz'} in {time.time() - start:.0f} s")
+    return 0
+
+
+def build_reports(out: Path, wall: float | None = None) -> None:
+    """One combined report per dataset from the JSONs under `out/work` (what finished)."""
     sys.path.insert(0, str(Path("src").resolve()))
     from bilens import report
 
-    for dataset, dirs in (("mnist", ["compare-mnist", *[f"sweep-{s}" for s in
-                                                        ("d_model", "sparsity", "depth",
-                                                         "position")]]),
+    work = out / "work"
+    sweeps = [f"sweep-{s}" for s in ("d_model", "sparsity", "depth", "position")]
+    for dataset, dirs in (("mnist", ["compare-mnist", *sweeps]),
                           ("fashion-mnist", ["compare-fashion-mnist"])):
         results = report.collect(*[work / d for d in dirs])
         if not results.get("compare") and not results["sweeps"]:
             continue
         results.update(title=f"bilens on {dataset}: the seed's claims measured (GPU)",
                        commands=[" ".join(["bilens", *JOBS[d]]) for d in dirs
-                                 if (work / d).is_dir()],
-                       timing={"wall": time.time() - start})
+                                 if (work / d).is_dir()])
+        if wall is not None:
+            results["timing"] = {"wall": wall}
         paths = report.write(report.build(results), out / dataset)
         print(f"{dataset}: {paths['html']}", flush=True)
-    with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
-        for path in sorted(out.rglob("*")):
-            if path.is_file() and "models" not in path.parts and path.suffix != ".gz":
-                tar.add(path, arcname=str(path.relative_to(out)))
-    print(f"packed {out / 'results.tar.gz'} in {time.time() - start:.0f} s")
+
+
+def rebuild(args: argparse.Namespace) -> int:
+    """Rebuild the combined reports from an unpacked results folder (verdicts are computed
+    from the numbers, so this applies the current rules to the measured JSONs)."""
+    build_reports(Path(args.results))
     return 0
 
 
@@ -126,6 +140,9 @@ def main() -> int:
     p.add_argument("--n-verify", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated job names")
     p.set_defaults(func=run)
+    r = sub.add_parser("report")
+    r.add_argument("results")
+    r.set_defaults(func=rebuild)
     d = sub.add_parser("docs")
     d.add_argument("results")
     d.set_defaults(func=docs)

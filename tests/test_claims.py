@@ -151,6 +151,17 @@ def test_sparsity_claim_trends():
         assert verdict({"sweeps": {"sparsity": sweep}}, "sparsity")["verdict"] == expected
 
 
+def test_sparsity_claim_partly_when_only_the_penalty_tracks_the_error():
+    # error falls with the L1 penalty, but the measured active fraction is not monotone in it
+    l1 = [0.0, 1.0, 3.0, 10.0]
+    rows = [dict(active=a, ne=ne, ds=0.001) for a, ne in
+            ((0.13, 19.0), (0.035, 1.7), (0.04, 0.5), (0.095, 0.33))]
+    claim = verdict({"sweeps": {"sparsity": fake_sweep("sparsity", l1, rows)}}, "sparsity")
+    assert claim["verdict"] == "partly"
+    assert claim["numbers"]["rho_ne_vs_l1"] == pytest.approx(1.0)
+    assert "L1 penalty" in claim["why"]
+
+
 def test_d_model_claim_direction():
     ds = [64, 128, 256, 512]
     falling = [dict(ne=1 / d, ds=1 / d) for d in ds]

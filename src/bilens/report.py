@@ -166,6 +166,18 @@ def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
         f"Across the {len(table)} configurations the live mode beats the frozen (seed) mode "
         f"in {live_wins}.",
     ]
+    normed = [r for r in table if r["norm"] != "none"]
+    if choice["norm"] == "none" and normed:
+        # a user who needs a norm (depth, stability) gets the same rule among the norms
+        best_n = max(r["test_accuracy"] for r in normed)
+        alt = min((r for r in normed if r["test_accuracy"] >= best_n - tol),
+                  key=lambda r: r[f"{_best_mode(r)}.ne"])
+        am = _best_mode(alt)
+        text.append(f"If the network needs a norm: norm={alt['norm']}, position="
+                    f"{alt['position']} with mode={am} (NE {pct(alt[f'{am}.ne'])}, Pearson "
+                    f"{_fixed(alt[f'{am}.pearson'])}, top-10 recall {pct(alt[f'{am}.top10'], 0)}; "
+                    f"accuracy {pct(alt['test_accuracy'], 2)}); its frozen mode gives NE "
+                    f"{pct(alt['frozen.ne'])}.")
     if faithful is not choice:
         fm = _best_mode(faithful)
         gap = 100 * (best_acc - faithful["test_accuracy"])
