@@ -25,6 +25,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from bilens.compare import spearman
+
 FACTOR = 2.0
 SMALL_NE = 0.05
 TOLERABLE_NE = 0.15
@@ -54,16 +56,6 @@ def num(x: float, digits: int = 3) -> str:
 def within(x: float, target: float, factor: float = FACTOR) -> bool:
     """`x` matches "~target" within `factor` either way."""
     return math.isfinite(x) and target / factor <= x <= target * factor
-
-
-def spearman(xs: list[float], ys: list[float]) -> float:
-    """Spearman rank correlation (ties get average ranks); NaN for < 3 finite pairs."""
-    from scipy import stats
-
-    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
-    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
-        return math.nan
-    return float(stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0])
 
 
 def row_of(table: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -192,10 +184,11 @@ def claim_no_norm_accuracy(cmp: dict[str, Any]) -> dict[str, Any]:
     spread = f"noise 2 sd {noise:.2f} pp" if seeds > 1 else "1 seed: spread unknown"
     measured = (f"none {pct(a_none, 2)} vs LayerNorm {pct(a_ln, 2)} (post): gap {gap:+.2f} pp "
                 f"({spread})")
+    lead = (f"trains to within {gap:.2f} pp of LayerNorm" if gap > 0 else
+            f"is {-gap:.2f} pp more accurate than LayerNorm")
     why = "" if verdict == "holds" else (
-        f"At this budget the network without a norm trains to within {gap:.2f} pp of LayerNorm; "
-        f"the seed's 9-point gap does not appear." if not real else
-        f"No norm is worse, by {gap:.2f} pp rather than ~9.")
+        f"At this budget the network without a norm {lead}; the seed's 9-point gap does not "
+        f"appear." if not real else f"No norm is worse, by {gap:.2f} pp rather than ~9.")
     return _claim("no_norm_accuracy", text, seed, verdict, measured,
                   f"holds if the gap is real (> {MIN_GAP_PP:g} pp and > 2 sd) and within "
                   f"{FACTOR:g}x of 9 pp; partly if real but outside", why,
@@ -208,7 +201,9 @@ def claim_rms_between(cmp: dict[str, Any]) -> dict[str, Any]:
     if not all(math.isfinite(a) for a in (a_none, a_rms, a_ln)):
         return _missing("rms_between", text, seed, "bilens compare")
     verdict = ("holds" if a_none <= a_rms <= a_ln else "partly" if a_rms > a_ln else "fails")
-    measured = f"none {pct(a_none, 2)}, RMSNorm {pct(a_rms, 2)}, LayerNorm {pct(a_ln, 2)} (post)"
+    pre = ", ".join(pct(_acc(cmp, n, "pre")[0], 2) for n in ("none", "rms", "layer"))
+    measured = (f"none {pct(a_none, 2)}, RMSNorm {pct(a_rms, 2)}, LayerNorm {pct(a_ln, 2)} "
+                f"(post); pre-norm: {pre}")
     why = {"holds": "", "partly": "RMSNorm is at least as accurate as LayerNorm here, not "
            "between.", "fails": "RMSNorm is less accurate than no norm at this budget."}[verdict]
     return _claim("rms_between", text, seed, verdict, measured,

@@ -273,6 +273,16 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """Spearman rank correlation (ties get average ranks); NaN for < 3 finite pairs."""
+    from scipy import stats
+
+    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
+    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+        return math.nan
+    return float(stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0])
+
+
 SUMMARY_PATHS = (
     "test_accuracy", "active_fraction", "train_time",
     *(f"{m}.{k}" for m in MODES for k in ("ne", "pearson", "spearman", "top10", "sign")),
