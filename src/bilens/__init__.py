@@ -54,16 +54,24 @@ def __dir__() -> list[str]:
     return __all__
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    from bilens.ablation import ablation_effects
-    from bilens.attribution import attribute, run_with_cache
-    from bilens.checkpoint import load, save
-    from bilens.compare import compare
-    from bilens.config import ModelConfig
-    from bilens.data import DATASETS, Dataset, load_dataset
-    from bilens.errors import BilensError
-    from bilens.model import BilinearNet, Run
-    from bilens.norms import Norm
-    from bilens.targets import Target, resolve_target
-    from bilens.train import TrainConfig, train
-    from bilens.verify import VerifyResult, verify
+if TYPE_CHECKING:  # pragma: no cover  (explicit re-exports for type checkers)
+    from bilens.ablation import ablation_effects as ablation_effects
+    from bilens.attribution import attribute as attribute
+    from bilens.attribution import run_with_cache as run_with_cache
+    from bilens.checkpoint import load as load
+    from bilens.checkpoint import save as save
+    from bilens.compare import compare as compare
+    from bilens.config import ModelConfig as ModelConfig
+    from bilens.data import DATASETS as DATASETS
+    from bilens.data import Dataset as Dataset
+    from bilens.data import load_dataset as load_dataset
+    from bilens.errors import BilensError as BilensError
+    from bilens.model import BilinearNet as BilinearNet
+    from bilens.model import Run as Run
+    from bilens.norms import Norm as Norm
+    from bilens.targets import Target as Target
+    from bilens.targets import resolve_target as resolve_target
+    from bilens.train import TrainConfig as TrainConfig
+    from bilens.train import train as train
+    from bilens.verify import VerifyResult as VerifyResult
+    from bilens.verify import verify as verify

@@ -34,7 +34,8 @@ class BilinearLayer(nn.Module):
         super().__init__()
         self.L = nn.Parameter(torch.randn(cfg.d_hidden, cfg.d_model) / math.sqrt(cfg.d_model))
         self.R = nn.Parameter(torch.randn(cfg.d_hidden, cfg.d_model) / math.sqrt(cfg.d_model))
-        self.D = nn.Parameter(torch.randn(cfg.d_model, cfg.d_hidden) / math.sqrt(cfg.d_hidden) * 0.1)
+        self.D = nn.Parameter(
+            torch.randn(cfg.d_model, cfg.d_hidden) / math.sqrt(cfg.d_hidden) * 0.1)
         self.norm = Norm(cfg.norm, cfg.d_model, cfg.eps, cfg.learnable_gain)
 
 

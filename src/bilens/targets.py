@@ -162,8 +162,8 @@ def resolve_target(
         if spec.shape == (n_out,):
             spec = spec.expand(batch, n_out)
         if spec.shape != (batch, n_out):
-            raise BilensError(f"target: a direction must have shape [{n_out}] or [{batch}, {n_out}] "
-                              f"(n_out = {n_out}), got {list(spec.shape)}")
+            raise BilensError(f"target: a direction must have shape [{n_out}] or "
+                              f"[{batch}, {n_out}] (n_out = {n_out}), got {list(spec.shape)}")
         if not torch.isfinite(spec).all():
             raise BilensError("target: the direction contains NaN or inf")
         return Target(direction=spec.to(device=device, dtype=dtype).clone(), spec="direction")
