@@ -1,7 +1,7 @@
 """`bilens demo`: the main job, fast, on the embedded `digits` dataset.
 
 It runs a small version of everything bilens exists for: the comparison of none/rms/layer
-x post/pre (two seeds), the four sweeps of the seed's error analysis on their small grids,
+x post/pre (three seeds), the four sweeps of the seed's error analysis on their small grids,
 the claims table, the recommendation and the report, in under 3 minutes on 2 CPU cores.
 Models are cached under `OUT/models`, so a second run only rebuilds the report.
 
@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 DATASET = "digits"
-SEEDS = 2
+SEEDS = 3
 EPOCHS = 8
-N_VERIFY = 48
+N_VERIFY = 64
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force: bool = False,

@@ -153,7 +153,8 @@ def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
     mode = _best_mode(choice)
     other = "frozen" if mode == "live" else "live"
     faithful = min(table, key=lambda r: r[f"{_best_mode(r)}.ne"])
-    live_wins = sum(r["live.ne"] < r["frozen.ne"] for r in table)
+    live_wins = sum(r["live.ne"] < r["frozen.ne"] * (1 - 1e-9) for r in table)
+    ties = sum(abs(r["live.ne"] - r["frozen.ne"]) <= 1e-9 * abs(r["frozen.ne"]) for r in table)
     name = f"{choice['norm']}/{choice['position']}"
     text = [
         f"Use norm={choice['norm']}, position={choice['position']}: test accuracy "
@@ -163,8 +164,9 @@ def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
         f"Pearson {_fixed(choice[f'{mode}.pearson'])}, top-10 recall "
         f"{pct(choice[f'{mode}.top10'], 0)} against the real ablations; mode={other} gives NE "
         f"{pct(choice[f'{other}.ne'])} on the same model.",
-        f"Across the {len(table)} configurations the live mode beats the frozen (seed) mode "
-        f"in {live_wins}.",
+        f"The live mode beats the frozen (seed) mode in {live_wins} of {len(table)} "
+        f"configurations" + (f"; they tie in {ties} (without a norm the two modes coincide)."
+                             if ties else "."),
     ]
     normed = [r for r in table if r["norm"] != "none"]
     if choice["norm"] == "none" and normed:

@@ -59,9 +59,9 @@ SWEEPS: dict[str, SweepDef] = {
                         (32, 64, 128, 256), "d_model"),
     # The seed's estimate is for d_model 256, so the sparsity sweep is run there.
     "sparsity": SweepDef("sparsity", "train.l1", (0.0, 0.3, 1.0, 3.0, 5.0, 10.0, 20.0),
-                         (0.0, 1.0, 10.0), "L1 penalty on z", base={"d_model": 256},
+                         (0.0, 1.0, 3.0, 10.0), "L1 penalty on z", base={"d_model": 256},
                          log_x=False),
-    "depth": SweepDef("depth", "model.n_layers", (1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 4),
+    "depth": SweepDef("depth", "model.n_layers", (1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 4, 6),
                       "layers", log_x=False),
     "position": SweepDef("position", "model.n_layers", (1, 2, 4, 8), (1, 3), "layers",
                          variants=(("rms", "post"), ("rms", "pre"),

@@ -12,13 +12,13 @@ from bilens.cli.compare import setup_threads
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "demo", help="the main job on digits: comparison, sweeps, claims, report (< 3 min)",
-        description="Train and verify none/rms/layer x post/pre on digits (2 seeds), run the "
+        description="Train and verify none/rms/layer x post/pre on digits (3 seeds), run the "
                     "four sweeps of the seed's error analysis on small grids, print the "
                     "comparison and claims tables, and write the report to OUT/report/.")
     p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (default: cpu)")
     p.add_argument("--force", action="store_true", help="retrain instead of reusing the cache")
-    p.add_argument("--seeds", type=int, default=None, help="seeds in the comparison (default 2)")
+    p.add_argument("--seeds", type=int, default=None, help="seeds in the comparison (default 3)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 8)")
     p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
