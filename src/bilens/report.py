@@ -153,8 +153,8 @@ def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
     mode = _best_mode(choice)
     other = "frozen" if mode == "live" else "live"
     faithful = min(table, key=lambda r: r[f"{_best_mode(r)}.ne"])
-    live_wins = sum(r["live.ne"] < r["frozen.ne"] * (1 - 1e-9) for r in table)
-    ties = sum(abs(r["live.ne"] - r["frozen.ne"]) <= 1e-9 * abs(r["frozen.ne"]) for r in table)
+    live_wins = sum(r["live.ne"] < r["frozen.ne"] * (1 - 1e-6) for r in table)
+    ties = sum(abs(r["live.ne"] - r["frozen.ne"]) <= 1e-6 * abs(r["frozen.ne"]) for r in table)
     name = f"{choice['norm']}/{choice['position']}"
     text = [
         f"Use norm={choice['norm']}, position={choice['position']}: test accuracy "
