@@ -101,17 +101,15 @@ class Runner:
         force: retrain and re-verify even when a cached result exists.
         device: `"auto"`, `"cpu"`, `"cuda"`, ... for training and verification.
         n_verify: test inputs verified per model (every channel of every layer is ablated).
+        target: what the attributions explain (SPEC §2), resolved on each clean run.
         log: where progress lines go (default `print`).
     """
 
     def __init__(self, cache_dir: str | os.PathLike, *, force: bool = False,
                  device: str = "auto", n_verify: int = 64, target: str = "predicted",
                  log: Callable[[str], None] | None = print):
-        self.cache_dir = Path(cache_dir)
-        self.force = force
-        self.device = device
-        self.n_verify = int(n_verify)
-        self.target = target
+        self.cache_dir, self.force, self.device = Path(cache_dir), force, device
+        self.n_verify, self.target = int(n_verify), target
         self.log = log or (lambda _msg: None)
         self._data: dict[tuple[str, str], Any] = {}
         if self.n_verify < 1:
@@ -354,7 +352,8 @@ def compare_specs(spec: Spec, seeds: int, norms: Iterable[str] = NORMS,
 def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | None = None, *,
             epochs: int | None = None, n_verify: int | None = None, device: str = "auto",
             force: bool = False, cache_dir: str | os.PathLike | None = None,
-            spec: Spec | None = None, log: Callable[[str], None] | None = print,
+            spec: Spec | None = None, target: str = "predicted",
+            log: Callable[[str], None] | None = print,
             runner: Runner | None = None) -> CompareResult:
     """Train and verify none/rms/layer x post/pre at an equal budget; aggregate over seeds.
 
@@ -369,8 +368,9 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
         force: retrain and re-verify even if cached.
         cache_dir: where models are cached (default `out/models`, else `runs/cache`).
         spec: the base spec (default `preset_spec(dataset, epochs)`).
+        target: what the attributions explain (SPEC §2 spec string).
         log: progress lines (None: silent).
-        runner: reuse a `Runner` (its cache, device and datasets) instead.
+        runner: reuse a `Runner` (its cache, device, target and datasets) instead.
 
     Returns:
         A `CompareResult`; `.table` has one row per (norm, position).
@@ -381,7 +381,7 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
     base = spec or preset_spec(dataset, epochs)
     if runner is None:
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
-        runner = Runner(cache, force=force, device=device, log=log,
+        runner = Runner(cache, force=force, device=device, log=log, target=target,
                         n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
     settings = {"dataset": dataset, "seeds": seeds, "model": base.model, "train": base.train,
                 "n_verify": runner.n_verify, "target": runner.target,

@@ -115,7 +115,8 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
           values: tuple | list | None = None, fast: bool = False, seeds: int = 1,
           epochs: int | None = None, n_verify: int | None = None, device: str = "auto",
           force: bool = False, cache_dir: str | os.PathLike | None = None,
-          log: Callable[[str], None] | None = print, runner: Runner | None = None) -> SweepResult:
+          target: str = "predicted", log: Callable[[str], None] | None = print,
+          runner: Runner | None = None) -> SweepResult:
     """Run one sweep of `SWEEPS`.
 
     Args:
@@ -125,7 +126,7 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
         values: the grid (default: the sweep's full grid, or its fast grid with `fast`).
         fast: use the small grid.
         seeds: seeds per point.
-        epochs, n_verify, device, force, cache_dir, log, runner: as for `compare`.
+        epochs, n_verify, device, force, cache_dir, target, log, runner: as for `compare`.
 
     Returns:
         A `SweepResult`.
@@ -138,11 +139,11 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
     base = preset_spec(dataset, epochs, **definition.base)
     if runner is None:
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
-        runner = Runner(cache, force=force, device=device, log=log,
+        runner = Runner(cache, force=force, device=device, log=log, target=target,
                         n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
     settings = {"dataset": dataset, "param": definition.param, "values": list(grid),
                 "seeds": seeds, "model": base.model, "train": base.train,
-                "n_verify": runner.n_verify, "device": runner.device}
+                "n_verify": runner.n_verify, "target": runner.target, "device": runner.device}
     specs = sweep_specs(definition, base, grid, seeds)
     rows: list[dict[str, Any]] = []
     for spec in specs:

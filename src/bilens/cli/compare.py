@@ -25,6 +25,9 @@ def add_common(p: argparse.ArgumentParser, out_default: str | None = None) -> No
                    help="retrain and re-verify even when a cached model exists")
     p.add_argument("--cache", default=None,
                    help="cache directory for trained models (default: OUT/models)")
+    p.add_argument("--target", default="predicted",
+                   help="what attribution explains (SPEC §8): predicted | label | logprob | "
+                        "class:C | diff:C1,C2 (default: predicted)")
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for torch (default 1: these small models train fastest "
                         "on one thread, and several runs can share the machine)")
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = compare(args.dataset, seeds=args.seeds, out=args.out, epochs=args.epochs,
                      n_verify=args.n_verify, device=args.device, force=args.force,
-                     cache_dir=args.cache)
+                     cache_dir=args.cache, target=args.target)
     results = report.build({
         "title": f"bilens compare: {args.dataset}, {args.seeds} seed(s)",
         "commands": [report.command_line()], "compare": result.to_dict(),

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
         raise BilensError("--values: give one sweep name with --values, not 'all'")
     start = time.perf_counter()
     runner = Runner(args.cache or f"{args.out}/models", force=args.force, device=args.device,
-                    n_verify=args.n_verify or DEFAULT_N_VERIFY.get(args.dataset, 64))
+                    n_verify=args.n_verify or DEFAULT_N_VERIFY.get(args.dataset, 64),
+                    target=args.target)
     sweeps = {}
     for name in names:
         result = sweep(name, args.dataset, out=args.out, values=values, fast=args.fast,
