@@ -150,7 +150,7 @@ def plot_drift(result: VerifyResult, path: Path) -> Path:
     ax.set_ylabel("measured ds/s at the ablated layer")
     ax.set_title(f"drift formula: r {dr['formula_pearson']:.4f}, NE {dr['formula_ne']:.3g}",
                  fontsize=10)
-    a, af = t["actual"].double(), t["actual_frozen_norm"].double()
+    a, af = t["actual"].double().cpu(), t["actual_frozen_norm"].double().cpu()
     ratio = ((a - af).abs() / a.abs())
     ratio = ratio[torch.isfinite(ratio) & (ratio > 0)]
     if ratio.numel():
