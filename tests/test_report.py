@@ -164,3 +164,15 @@ def test_browser_check_catches_a_script_error(written, tmp_path):
     res = _chromium(["--enable-logging=stderr", "--v=0", "--screenshot=" + str(tmp_path / "s.png"),
                      "--virtual-time-budget=5000", bad.resolve().as_uri()])
     assert any(":CONSOLE" in line and "undefinedFn" in line for line in res.stderr.splitlines())
+
+
+def test_sweep_notes_from_the_tables():
+    dm = fake_sweep("d_model", [64, 256, 1024], [dict(ds=0.1 * d ** -0.5) for d in (64, 256, 1024)])
+    assert "d_model^-0.50" in report.sweep_note(dm)
+    sp = fake_sweep("sparsity", [0.0, 3.0, 10.0], [dict(active=0.3), dict(active=0.12, ne=0.07),
+                                                    dict(active=0.05)])
+    assert "lies at L1 = 3 " in report.sweep_note(sp) and "there 7.0%" in report.sweep_note(sp)
+    dp = fake_sweep("depth", [1, 4], [dict(ne=0.1), dict(ne=0.4)])
+    dp["table"][-1]["frozen.ne_per_layer"] = [0.9, 0.6, 0.3, 0.1]
+    note = report.sweep_note(dp)
+    assert "10.0% -> 40.0%" in note and "9.0x" in note

@@ -88,6 +88,48 @@ def claims_rows(claims: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
                     for i, c in enumerate(claims)]
 
 
+def sweep_note(sweep: dict[str, Any]) -> str:
+    """One sentence of what a sweep shows, computed from its table (RMSNorm post-norm, or
+    every variant for the position sweep)."""
+    rows = sorted((r for r in sweep["table"] if (r["norm"], r["position"]) == ("rms", "post")),
+                  key=lambda r: float(r["x"]))
+    name = sweep.get("name")
+    if name == "position":
+        parts = []
+        for v in sorted({(r["norm"], r["position"]) for r in sweep["table"]}):
+            vr = sorted((r for r in sweep["table"] if (r["norm"], r["position"]) == v),
+                        key=lambda r: float(r["x"]))
+            parts.append(f"{v[0]}/{v[1]} {pct(vr[0]['frozen.ne'])} -> {pct(vr[-1]['frozen.ne'])}")
+        return f"Frozen NE from the fewest to the most layers: {'; '.join(parts)}."
+    if len(rows) < 2:
+        return ""
+    first, last = rows[0], rows[-1]
+    span = (f"frozen NE {pct(first['frozen.ne'])} -> {pct(last['frozen.ne'])}, live NE "
+            f"{pct(first['live.ne'])} -> {pct(last['live.ne'])}")
+    if name == "sparsity":
+        near = min(rows, key=lambda r: abs(r["active_fraction"] - 0.10))
+        return (f"~10% active lies at L1 = {near['x']:g} (measured {pct(near['active_fraction'])}"
+                f"; frozen NE there {pct(near['frozen.ne'])}, live NE {pct(near['live.ne'])}). "
+                f"From L1 {first['x']:g} to {last['x']:g}: {span}.")
+    if name == "d_model":
+        pts = [(math.log(float(r["x"])), math.log(r["drift.ds_over_s"])) for r in rows
+               if r["drift.ds_over_s"] > 0]
+        slope = math.nan
+        if len(pts) >= 2:
+            mx, my = (sum(p[i] for p in pts) / len(pts) for i in (0, 1))
+            den = sum((p[0] - mx) ** 2 for p in pts)
+            slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / den if den else math.nan
+        return (f"|ds/s| scales as d_model^{slope:.2f} (the seed: d_model^-0.5); from "
+                f"d_model {first['x']} to {last['x']}: {span}.")
+    if name == "depth":
+        layers = last.get("frozen.ne_per_layer", [])
+        ratio = layers[0] / layers[-1] if len(layers) > 1 and layers[-1] else math.nan
+        return (f"From {first['x']} to {last['x']} layers: {span}; in the {last['x']}-layer "
+                f"model the first layer's channels have {ratio:.1f}x the frozen error of the "
+                f"last layer's (more norms downstream).")
+    return f"From {first['x']} to {last['x']}: {span}."
+
+
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]],
                wrap: dict[int, int] | None = None) -> str:
     """A plain-text table; columns listed in `wrap` ({index: width}) are word-wrapped."""
@@ -227,7 +269,7 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
               ""]
     for name, sweep in (results.get("sweeps") or {}).items():
         lines += [f"## Sweep: {name}", "", _settings_line(sweep["settings"]), "",
-                  markdown_table(*sweep_rows(sweep)), ""]
+                  markdown_table(*sweep_rows(sweep)), "", sweep_note(sweep), ""]
         if f"sweep-{name}" in images:
             lines += [f"![sweep {name}]({images[f'sweep-{name}']})", ""]
     if results.get("timing"):

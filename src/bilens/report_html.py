@@ -13,7 +13,7 @@ import io
 import math
 from typing import Any
 
-from bilens.report import claims_rows, compare_rows, sweep_rows
+from bilens.report import claims_rows, compare_rows, sweep_note, sweep_rows
 
 SEED_DRIFT = 0.006
 COLORS = {("none", "post"): "#7f7f7f", ("none", "pre"): "#bcbcbc",
@@ -227,7 +227,8 @@ def html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
                          f'</div></div>')
     for name, sweep in (results.get("sweeps") or {}).items():
         parts += [f"<h2>Sweep: {_e(name)}</h2>", f"<p>{_e(_settings_line(sweep['settings']))}</p>",
-                  _table(*sweep_rows(sweep)), _img(pngs, f"sweep-{name}", f"sweep {name}")]
+                  _table(*sweep_rows(sweep)), f"<p>{_e(sweep_note(sweep))}</p>",
+                  _img(pngs, f"sweep-{name}", f"sweep {name}")]
     if results.get("timing"):
         parts.append("<h2>Timing</h2><p>" + _e(", ".join(
             f"{k}: {v:.1f} s" for k, v in results["timing"].items())) + "</p>")
