@@ -1,6 +1,7 @@
 #!/bin/bash
 # The GPU rows of docs/benchmarks.md, in one device call (the H200 of the `run` tool):
 #   run(command="bash benchmarks/gpu.sh", carry=[".whl"], timeout_s=480)
+#   STEPS=bench,profile BENCH_EXTRA="--ppe 64" bash benchmarks/gpu.sh    (the second call)
 # .whl/ holds the captum wheel and .whl/data/mnist-test.npz (benchmarks/export_data.py).
 set -o pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -12,19 +13,19 @@ nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee 
 python3 -c "import torch, captum; print('torch', torch.__version__, 'captum', captum.__version__)"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 if has bench; then
-  timeout 240 python3 -m bilens bench --device cuda --n 10000 --d-hidden 1024 --data mnist \
-      --precision 3xtf32 --compile --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+  timeout 200 python3 -m bilens bench --device cuda --n 10000 --d-hidden 1024 --data mnist \
+      --precision 3xtf32 --compile $BENCH_EXTRA --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if has variants; then
-  timeout 150 python3 benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 \
-      --data mnist --memory 1GiB,4GiB,16GiB --out "$OUT/variants.json" 2>&1 | tee "$OUT/variants.log"
+  timeout 100 python3 benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 \
+      --data mnist --memory 4GiB,16GiB --out "$OUT/variants.json" 2>&1 | tee "$OUT/variants.log"
 fi
 if has scaling; then
-  timeout 150 python3 benchmarks/scaling.py --device cuda --n 2000 --precision 3xtf32 --compile \
+  timeout 100 python3 benchmarks/scaling.py --device cuda --n 2000 --precision 3xtf32 --compile \
       --out "$OUT/scaling.json" 2>&1 | tee "$OUT/scaling.log"
 fi
 if has profile; then
-  timeout 60 python3 benchmarks/profile_ablation.py --device cuda --n 2000 --precision 3xtf32 \
+  timeout 40 python3 benchmarks/profile_ablation.py --device cuda --n 2000 --precision 3xtf32 \
       --compile > "$OUT/profile.txt" 2>&1
   tail -30 "$OUT/profile.txt"
 fi

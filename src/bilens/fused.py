@@ -4,9 +4,10 @@ Each step is a plain torch function (readable, and what the CPU runs). On a GPU,
 `Kernels(compile=True)` hands them to `torch.compile`, which fuses each one into a
 single pass over memory, and `precision="3xtf32"` runs the large matmuls on the tensor
 cores at float32 accuracy: each factor is split into a TF32 high part and a TF32 low
-part, and `A @ B ~ A_hi B_hi + A_lo B_hi + A_hi B_lo` is one matmul over a three-times
-longer inner axis, `[A_hi | A_lo | A_hi] @ [B_hi; B_hi; B_lo]` (the dropped `A_lo B_lo`
-is ~2^-22 relative).
+part, and `A @ B ~ A_hi B_hi + A_lo B_hi + A_hi B_lo` is two matmuls,
+`[A_hi | A_lo] @ [B_hi; B_hi]` plus `A_hi @ B_lo` accumulated into the same output (the
+dropped `A_lo B_lo` is ~2^-22 relative). The fused step that makes `A` writes `[A_hi | A_lo]`
+directly.
 """
 
 from __future__ import annotations
@@ -26,16 +27,16 @@ def round_tf32(x: Tensor) -> Tensor:
     return ((bits + 0x1000) & -0x2000).view(torch.float32)
 
 
-def split_rows(x: Float[Tensor, "m k"]) -> Float[Tensor, "m 3k"]:
-    """`[x_hi | x_lo | x_hi]`, the left factor of a 3xTF32 product."""
+def split_rows(x: Float[Tensor, "m k"]) -> Float[Tensor, "m 2k"]:
+    """`[x_hi | x_lo]`, the left factor of a 3xTF32 product."""
     hi = round_tf32(x)
-    return torch.cat([hi, round_tf32(x - hi), hi], dim=-1)
+    return torch.cat([hi, round_tf32(x - hi)], dim=-1)
 
 
-def split_cols(w: Float[Tensor, "k n"]) -> Float[Tensor, "3k n"]:
-    """`[w_hi; w_hi; w_lo]`, the right factor of a 3xTF32 product."""
+def split_cols(w: Float[Tensor, "k n"]) -> tuple[Tensor, Tensor]:
+    """`([w_hi; w_hi], w_lo)`, the right factors of a 3xTF32 product."""
     hi = round_tf32(w)
-    return torch.cat([hi, hi, round_tf32(w - hi)], dim=0)
+    return torch.cat([hi, hi], dim=0).contiguous(), round_tf32(w - hi).contiguous()
 
 
 def entry_dz(
@@ -105,7 +106,7 @@ class Kernels:
 
     def _compiled(self, fn):
         """`torch.compile(fn)`, falling back to `fn` (noted in `compile_error`) if it fails."""
-        fast = torch.compile(fn, dynamic=True)
+        fast = torch.compile(fn, dynamic=False)     # static shapes: cheaper index arithmetic
 
         def call(*args):
             if self.compile_error is None:
@@ -129,24 +130,28 @@ class Kernels:
         du = norm_delta(*args)
         return du, (split_rows(du) if self.split else du)
 
-    def weight(self, w: Float[Tensor, "k n"]) -> Float[Tensor, "k n"]:
+    def weight(self, w: Float[Tensor, "k n"]) -> Tensor | tuple[Tensor, Tensor]:
         """A right factor as the matmuls want it (split for 3xTF32)."""
-        return split_cols(w).contiguous() if self.split else w.contiguous()
+        return split_cols(w) if self.split else w.contiguous()
 
     def rows(self, x: Float[Tensor, "... k"]) -> Float[Tensor, "... k"]:
         """A left factor that is not already split by a fused step."""
         return split_rows(x) if self.split else x
 
-    def mm(self, x: Float[Tensor, "... k"], w: Tensor, add: Tensor | None = None) -> Tensor:
-        """`x @ w (+ add)`, batched over the leading axes of `x` (already prepared)."""
+    def mm(self, x: Tensor, w: Tensor | tuple[Tensor, Tensor], add: Tensor | None = None
+           ) -> Tensor:
+        """`x @ w (+ add)`, batched over the leading axes of `x`; `x` and `w` as prepared by
+        `rows`/a fused step and `weight`."""
         flat = x.reshape(-1, x.shape[-1])
-        ctx = _tf32() if self.split else contextlib.nullcontext()
-        with ctx:
-            if add is None:
-                out = flat @ w
-            else:
-                out = torch.addmm(add.reshape(-1, add.shape[-1]), flat, w)
-        return out.view(*x.shape[:-1], w.shape[-1])
+        if not self.split:
+            out = flat @ w if add is None else torch.addmm(add.reshape(-1, add.shape[-1]), flat, w)
+            return out.view(*x.shape[:-1], w.shape[-1])
+        w2, w_lo = w
+        with _tf32():
+            out = (flat @ w2 if add is None
+                   else torch.addmm(add.reshape(-1, add.shape[-1]), flat, w2))
+            out.addmm_(flat[:, :w_lo.shape[0]], w_lo)         # + x_hi @ w_lo
+        return out.view(*x.shape[:-1], w_lo.shape[-1])
 
 
 @contextlib.contextmanager
