@@ -32,6 +32,10 @@ import tarfile
 import time
 from pathlib import Path
 
+# --split: each comparison's seeds in separate processes (more overlap on one GPU); their
+# compare.json files are merged into work/compare-<dataset>/ before the reports are built.
+SPLIT = {f"compare-{d}-s{s}": ["compare", "--dataset", d, "--seeds", "1", "--first-seed", str(s)]
+         for d in ("mnist", "fashion-mnist") for s in range(3)}
 JOBS = {
     "compare-mnist": ["compare", "--dataset", "mnist", "--seeds", "3"],
     "compare-fashion-mnist": ["compare", "--dataset", "fashion-mnist", "--seeds", "3"],
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
                                                                                    "")}
     start = time.time()
     procs = {}
-    for name, cmd in JOBS.items():
+    for name, cmd in (SPLIT if args.split else JOBS).items():
         if args.only and name not in args.only.split(","):
             continue
         extra = ["--device", args.device, "--out", str(work / name)]
@@ -75,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         rc = proc.wait()
         log.close()
         print(f"{name}: exit {rc} after {time.time() - start:.0f} s", flush=True)
+    if args.split:
+        merge_split(work)
     build_reports(out, time.time() - start)
     with tarfile.open(out / "results.tar.gz", "w:gz") as tar:
         for path in sorted(out.rglob("*")):
@@ -82,6 +88,29 @@ def run(args: argparse.Namespace) -> int:
                 tar.add(path, arcname=str(path.relative_to(out)))
     print(f"packed {out / 'results.tar.gz'} in {time.time() - start:.0f} s")
     return 0
+
+
+def merge_split(work: Path) -> None:
+    """Merge `compare-<dataset>-s<seed>/compare.json` into `compare-<dataset>/compare.json`."""
+    import json
+
+    sys.path.insert(0, str(Path("src").resolve()))
+    from bilens.compare import aggregate
+    from bilens.io import write_json
+
+    for dataset in ("mnist", "fashion-mnist"):
+        parts = [json.loads(f.read_text())
+                 for f in sorted(work.glob(f"compare-{dataset}-s*/compare.json"))]
+        if not parts:
+            continue
+        rows = [r for p in parts for r in p["rows"]]
+        settings = {**parts[0]["settings"], "seeds": len({r["seed"] for r in rows}),
+                    "first_seed": 0, "complete": all(p["settings"].get("complete", True)
+                                                      for p in parts)}
+        write_json(work / f"compare-{dataset}" / "compare.json",
+                   {"dataset": dataset, "settings": settings,
+                    "table": aggregate(rows, ("norm", "position")), "rows": rows,
+                    "wall_time": max(p["wall_time"] for p in parts)})
 
 
 def build_reports(out: Path, wall: float | None = None) -> None:
@@ -139,6 +168,8 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--n-verify", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated job names")
+    p.add_argument("--split", action="store_true",
+                   help="only the two comparisons, one process per seed, merged")
     p.set_defaults(func=run)
     r = sub.add_parser("report")
     r.add_argument("results")

@@ -185,3 +185,4 @@ def test_demo_prints_tables_and_writes_report(tmp_path, capsys):
     assert set(report["sweeps"]) == {"d_model", "sparsity", "depth", "position"}
     assert len(report["claims"]) == 10
     assert {c["verdict"] for c in report["claims"]} <= {"holds", "partly", "fails"}
+    assert all(math.isfinite(r["renorm.ne"]) for r in report["compare"]["table"])

@@ -176,3 +176,15 @@ def test_sweep_notes_from_the_tables():
     dp["table"][-1]["frozen.ne_per_layer"] = [0.9, 0.6, 0.3, 0.1]
     note = report.sweep_note(dp)
     assert "10.0% -> 40.0%" in note and "9.0x" in note
+
+
+def test_columns_follow_the_modes_measured():
+    cmp = fake_compare()
+    header, _ = report.compare_rows(cmp["table"])
+    assert "NE renorm" not in header and "NE live" in header
+    for row in cmp["table"]:
+        row["renorm.ne"], row["renorm.pearson"], row["renorm.top10"] = 0.002, 0.99, 0.95
+    header, rows = report.compare_rows(cmp["table"])
+    assert header[4:7] == ["NE frozen", "NE live", "NE renorm"] and rows[2][6] == "0.2%"
+    rec = report.recommend(cmp)
+    assert rec["mode"] == "renorm" and any("renorm mode" in t for t in rec["text"])

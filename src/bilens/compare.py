@@ -33,7 +33,7 @@ from bilens.errors import BilensError
 from bilens.io import write_json
 
 CACHE_VERSION = 1
-MODES = ("frozen", "live")
+MODES = ("frozen", "live", "renorm")     # every mode verified; the claims use frozen and live
 TOP_K = 10
 
 # The equal budget per dataset: one architecture and one optimization for every norm.
@@ -288,7 +288,7 @@ SUMMARY_PATHS = (
     "drift.ds_over_s_median", "drift.seed_estimate", "drift.delta_over_r",
     "drift.formula_corr", "drift.effect_ratio", "verify_time",
 )
-LIST_PATHS = ("frozen.ne_per_layer", "live.ne_per_layer", "drift.ne_drift_per_layer",
+LIST_PATHS = (*(f"{m}.ne_per_layer" for m in MODES), "drift.ne_drift_per_layer",
               "drift.ne_gating_per_layer")
 
 
@@ -343,25 +343,24 @@ class CompareResult:
 
 
 def compare_specs(spec: Spec, seeds: int, norms: Iterable[str] = NORMS,
-                  positions: Iterable[str] = POSITIONS) -> list[Spec]:
-    """The grid norm x position x seed around `spec` (seeds 0..seeds-1)."""
+                  positions: Iterable[str] = POSITIONS, first_seed: int = 0) -> list[Spec]:
+    """The grid norm x position x seed around `spec` (seeds first_seed, first_seed + 1, ...)."""
     return [spec.with_(model={"norm": n, "norm_position": p}, train={"seed": s})
-            for s in range(seeds) for n in norms for p in positions]
+            for s in range(first_seed, first_seed + seeds) for n in norms for p in positions]
 
 
 def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | None = None, *,
             epochs: int | None = None, n_verify: int | None = None, device: str = "auto",
             force: bool = False, cache_dir: str | os.PathLike | None = None,
-            spec: Spec | None = None, target: str = "predicted",
-            log: Callable[[str], None] | None = print,
-            runner: Runner | None = None) -> CompareResult:
+            spec: Spec | None = None, target: str = "predicted", first_seed: int = 0,
+            log: Callable[[str], None] | None = print, runner: Runner | None = None,
+            ) -> CompareResult:
     """Train and verify none/rms/layer x post/pre at an equal budget; aggregate over seeds.
 
     Args:
         dataset: `digits`, `mnist`, `fashion-mnist` or `synthetic`.
         seeds: seeds per configuration (the table gives mean and standard deviation).
-        out: where `compare.json` is written (None: nowhere); the cache defaults to
-            `out/models`.
+        out: where `compare.json` is written (None: nowhere; cache default `out/models`).
         epochs: override the preset's epochs (the budget stays equal across norms).
         n_verify: test inputs verified per model (default per dataset).
         device: where to train and verify.
@@ -369,6 +368,7 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
         cache_dir: where models are cached (default `out/models`, else `runs/cache`).
         spec: the base spec (default `preset_spec(dataset, epochs)`).
         target: what the attributions explain (SPEC §2 spec string).
+        first_seed: the first seed (to split the seeds of one table over processes).
         log: progress lines (None: silent).
         runner: reuse a `Runner` (its cache, device, target and datasets) instead.
 
@@ -383,10 +383,10 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
         runner = Runner(cache, force=force, device=device, log=log, target=target,
                         n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
-    settings = {"dataset": dataset, "seeds": seeds, "model": base.model, "train": base.train,
-                "n_verify": runner.n_verify, "target": runner.target,
+    settings = {"dataset": dataset, "seeds": seeds, "first_seed": first_seed, "model": base.model,
+                "train": base.train, "n_verify": runner.n_verify, "target": runner.target,
                 "device": runner.device}
-    specs = compare_specs(base, seeds)
+    specs = compare_specs(base, seeds, first_seed=first_seed)
     rows: list[dict[str, Any]] = []
     for spec in specs:                 # seeds outermost: a partial file holds whole seeds
         rows.append(runner.evaluate(spec))

@@ -25,7 +25,7 @@ from typing import Any
 
 from bilens.claims import evaluate_claims, pct
 
-MODES = ("frozen", "live")
+ALL_MODES = ("frozen", "live", "renorm")
 ACC_TOLERANCE = 0.01   # configurations within 1 pp (or 2 sd) of the best count as accurate
 
 
@@ -45,10 +45,18 @@ def _fixed(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if math.isfinite(x) else "n/a"
 
 
+def modes_in(table: list[dict[str, Any]]) -> list[str]:
+    """The attribution modes the table measured (frozen and live always, renorm if run)."""
+    return [m for m in ALL_MODES if any(isinstance(r.get(f"{m}.ne"), float) and
+                                        math.isfinite(r[f"{m}.ne"]) for r in table)] \
+        or ["frozen", "live"]
+
+
 def compare_rows(table: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table (strings)."""
-    header = ["norm", "position", "seeds", "test acc %", "NE frozen", "NE live",
-              "Pearson frozen", "Pearson live", "top-10 frozen", "top-10 live",
+    modes = modes_in(table)
+    header = ["norm", "position", "seeds", "test acc %", *(f"NE {m}" for m in modes),
+              *(f"Pearson {m}" for m in modes), *(f"top-10 {m}" for m in modes),
               "drift share", "gating share"]
     rows = []
     for r in table:
@@ -56,26 +64,28 @@ def compare_rows(table: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
         rows.append([r["norm"], r["position"], str(r.get("n_seeds", 1)),
                      _pm(r["test_accuracy"], r.get("test_accuracy_std")
                          if r.get("n_seeds", 1) > 1 else None),
-                     pct(r["frozen.ne"]), pct(r["live.ne"]),
-                     _fixed(r["frozen.pearson"]), _fixed(r["live.pearson"]),
-                     pct(r["frozen.top10"], 0), pct(r["live.top10"], 0),
+                     *(pct(r[f"{m}.ne"]) for m in modes),
+                     *(_fixed(r[f"{m}.pearson"]) for m in modes),
+                     *(pct(r[f"{m}.top10"], 0) for m in modes),
                      pct(share, 0), pct(1 - share, 0) if math.isfinite(share) else "n/a"])
     return header, rows
 
 
 def sweep_rows(sweep: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of a sweep's table."""
-    header = ["norm/pos", sweep.get("label", "x"), "test acc %", "active", "NE frozen",
-              "NE live", "drift NE", "gating NE", "|ds/s|", "top-10 frozen", "top-10 live"]
+    modes = modes_in(sweep["table"])
+    header = ["norm/pos", sweep.get("label", "x"), "test acc %", "active",
+              *(f"NE {m}" for m in modes), "drift NE", "gating NE", "|ds/s|",
+              *(f"top-10 {m}" for m in modes)]
     if sweep.get("name") == "depth":
         header.append("NE frozen per layer")
     rows = []
     for r in sweep["table"]:
         row = [f"{r['norm']}/{r['position']}", f"{r['x']:g}" if isinstance(r["x"], float)
                else str(r["x"]), _pm(r["test_accuracy"], None), pct(r["active_fraction"]),
-               pct(r["frozen.ne"]), pct(r["live.ne"]), pct(r["drift.ne_drift"]),
+               *(pct(r[f"{m}.ne"]) for m in modes), pct(r["drift.ne_drift"]),
                pct(r["drift.ne_gating"]), pct(r["drift.ds_over_s"], 2),
-               pct(r["frozen.top10"], 0), pct(r["live.top10"], 0)]
+               *(pct(r[f"{m}.top10"], 0) for m in modes)]
         if sweep.get("name") == "depth":
             row.append(" ".join(pct(v, 0) for v in r.get("frozen.ne_per_layer", [])))
         rows.append(row)
@@ -175,7 +185,11 @@ def claims_text(claims: list[dict[str, Any]]) -> str:
 
 
 def _best_mode(row: dict[str, Any]) -> str:
-    return min(MODES, key=lambda m: row[f"{m}.ne"] if math.isfinite(row[f"{m}.ne"]) else math.inf)
+    """The mode with the lowest NE on this row (the first listed on a tie)."""
+    def ne(m: str) -> float:
+        v = row.get(f"{m}.ne", math.nan)
+        return v if isinstance(v, float) and math.isfinite(v) else math.inf
+    return min(ALL_MODES, key=ne)
 
 
 def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
@@ -193,7 +207,8 @@ def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
     accurate = [r for r in table if r["test_accuracy"] >= best_acc - tol]
     choice = min(accurate, key=lambda r: r[f"{_best_mode(r)}.ne"])
     mode = _best_mode(choice)
-    other = "frozen" if mode == "live" else "live"
+    others = ", ".join(f"mode={m} gives NE {pct(choice[f'{m}.ne'])}"
+                       for m in modes_in(table) if m != mode)
     faithful = min(table, key=lambda r: r[f"{_best_mode(r)}.ne"])
     live_wins = sum(r["live.ne"] < r["frozen.ne"] * (1 - 1e-6) for r in table)
     ties = sum(abs(r["live.ne"] - r["frozen.ne"]) <= 1e-6 * abs(r["frozen.ne"]) for r in table)
@@ -204,12 +219,16 @@ def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
         f"within {100 * tol:.1f} pp count as equally accurate).",
         f"Attribute with mode={mode}: expected normalized error {pct(choice[f'{mode}.ne'])}, "
         f"Pearson {_fixed(choice[f'{mode}.pearson'])}, top-10 recall "
-        f"{pct(choice[f'{mode}.top10'], 0)} against the real ablations; mode={other} gives NE "
-        f"{pct(choice[f'{other}.ne'])} on the same model.",
+        f"{pct(choice[f'{mode}.top10'], 0)} against the real ablations; {others} on the "
+        f"same model.",
         f"The live mode beats the frozen (seed) mode in {live_wins} of {len(table)} "
         f"configurations" + (f"; they tie in {ties} (without a norm the two modes coincide)."
                              if ties else "."),
     ]
+    if "renorm" in modes_in(table):
+        wins = sum(r["renorm.ne"] < r["live.ne"] * (1 - 1e-6) for r in table)
+        text.append(f"The renorm mode (live, with the first norm an ablation reaches made "
+                    f"exact) beats the live mode in {wins} of {len(table)}.")
     normed = [r for r in table if r["norm"] != "none"]
     if choice["norm"] == "none" and normed:
         # a user who needs a norm (depth, stability) gets the same rule among the norms

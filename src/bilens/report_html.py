@@ -13,9 +13,12 @@ import io
 import math
 from typing import Any
 
-from bilens.report import claims_rows, compare_rows, sweep_note, sweep_rows
+from bilens.report import claims_rows, compare_rows, modes_in, sweep_note, sweep_rows
 
 SEED_DRIFT = 0.006
+HATCH = {"frozen": "", "live": "//", "renorm": ".."}
+HATCH_NAME = {"frozen": "plain", "live": "hatched", "renorm": "dotted"}
+LINES = {"frozen": "-o", "live": "--s", "renorm": "-.d"}
 COLORS = {("none", "post"): "#7f7f7f", ("none", "pre"): "#bcbcbc",
           ("rms", "post"): "#1f77b4", ("rms", "pre"): "#17becf",
           ("layer", "post"): "#d62728", ("layer", "pre"): "#ff9896"}
@@ -51,16 +54,20 @@ def plot_compare(cmp: dict[str, Any]) -> bytes:
     table = cmp["table"]
     labels = [f"{r['norm']}/{r['position']}" for r in table]
     xs = list(range(len(table)))
-    for j, (mode, hatch) in enumerate((("frozen", ""), ("live", "//"))):
+    modes = modes_in(table)
+    width = 0.8 / len(modes)
+    for j, mode in enumerate(modes):
         vals = [max(r[f"{mode}.ne"], 1e-6) if math.isfinite(r[f"{mode}.ne"]) else 0
                 for r in table]
-        ax.bar([x + (j - 0.5) * 0.38 for x in xs], vals, 0.38, label=mode, hatch=hatch,
+        ax.bar([x + (j - (len(modes) - 1) / 2) * width for x in xs], vals, width, label=mode,
+               hatch=HATCH[mode],
                color=[COLORS.get((r["norm"], r["position"]), "#999") for r in table],
                edgecolor="black", linewidth=0.5)
     ax.set_yscale("log")
     ax.set_xticks(xs, labels, rotation=30, ha="right")
     ax.set_ylabel("normalized error vs ablation")
-    ax.set_title("attribution error (plain: frozen, hatched: live)")
+    ax.set_title("attribution error (" + ", ".join(
+        f"{m}: {HATCH_NAME[m]}" for m in modes) + ")", fontsize=10)
     ax.axhline(0.05, color="gray", lw=0.8, ls=":")
     accs = [100 * r["test_accuracy"] for r in table]
     errs = [100 * (r.get("test_accuracy_std") or 0.0) for r in table]
@@ -90,8 +97,8 @@ def plot_sweep(sweep: dict[str, Any]) -> bytes:
                       key=lambda r: _x(sweep, r))
         xs = [_x(sweep, r) for r in rows]
         color = COLORS.get(v, "#333")
-        for path, style, what in (("frozen.ne", "-o", "frozen"), ("live.ne", "--s", "live"),
-                                  ("drift.ne_drift", ":^", "drift part")):
+        for path, style, what in ((*((f"{m}.ne", LINES[m], m) for m in modes_in(rows)),
+                                   ("drift.ne_drift", ":^", "drift part"))):
             px, py = _positive(xs, [r[path] for r in rows])
             if px:
                 ax.plot(px, py, style, color=color, ms=4, label=f"{v[0]}/{v[1]} {what}")
@@ -109,9 +116,9 @@ def plot_sweep(sweep: dict[str, Any]) -> bytes:
     ax.legend(fontsize=6.5, ncol=2 if len(variants) > 1 else 1)
     if sweep["name"] == "depth":
         deepest = max(sweep["table"], key=lambda r: r["x"])
-        for path, style, what in (("frozen.ne_per_layer", "-o", "frozen"),
-                                  ("live.ne_per_layer", "--s", "live"),
-                                  ("drift.ne_drift_per_layer", ":^", "drift part")):
+        for path, style, what in ((*((f"{m}.ne_per_layer", LINES[m], m)
+                                     for m in modes_in(sweep["table"])),
+                                   ("drift.ne_drift_per_layer", ":^", "drift part"))):
             vals = deepest.get(path, [])
             px, py = _positive(list(range(len(vals))), vals)
             if px:

@@ -51,6 +51,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="dataset (default: digits)")
     p.add_argument("--seeds", type=int, default=1,
                    help="seeds per configuration; the table gives mean ± sd (default: 1)")
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="first seed: --seeds 1 --first-seed 2 trains seed 2 only (default: 0)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -63,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = compare(args.dataset, seeds=args.seeds, out=args.out, epochs=args.epochs,
                      n_verify=args.n_verify, device=args.device, force=args.force,
-                     cache_dir=args.cache, target=args.target)
+                     cache_dir=args.cache, target=args.target, first_seed=args.first_seed)
     results = report.build({
         "title": f"bilens compare: {args.dataset}, {args.seeds} seed(s)",
         "commands": [report.command_line()], "compare": result.to_dict(),
