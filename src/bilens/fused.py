@@ -49,9 +49,9 @@ def entry_dz(
     `du = alpha P_k + beta q`: `dleft = alpha (L P)_k + beta L q` (and `dright` alike),
     `dz = a * dright + dleft * (b + dright)`."""
     al, be = alpha[..., None], beta[..., None]
-    dleft = al * LPk + be * ql[:, None, :]
-    dright = al * RPk + be * qr[:, None, :]
-    return a[:, None, :] * dright + dleft * (b[:, None, :] + dright)
+    dleft = (LPk * al).addcmul_(be, ql[:, None, :])                  # in place: fewer passes
+    dright = (RPk * al).addcmul_(be, qr[:, None, :])
+    return (dright + b[:, None, :]).mul_(dleft).addcmul_(a[:, None, :], dright)
 
 
 def layer_dz(
@@ -59,7 +59,7 @@ def layer_dz(
 ) -> Float[Tensor, "b k h"]:
     """`dz = a * dright + dleft * (b + dright)` from `[dleft | dright] = du @ [L; R]^T`."""
     dleft, dright = lr.chunk(2, dim=-1)
-    return a[:, None, :] * dright + dleft * (b[:, None, :] + dright)
+    return (dright + b[:, None, :]).mul_(dleft).addcmul_(a[:, None, :], dright)
 
 
 def norm_delta(
