@@ -24,7 +24,10 @@ def main() -> None:
     p.add_argument("--precision", default="fp32")
     p.add_argument("--compile", action="store_true")
     p.add_argument("--rows", type=int, default=18)
+    p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = BenchConfig(n=args.n, n_layers=args.layers, d_model=args.d_model,
                       d_hidden=args.d_hidden, device=args.device)
     model, x, _ = build(cfg)

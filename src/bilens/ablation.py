@@ -254,7 +254,9 @@ def ablation_effects(
         reference: inputs whose mean activation is the `"mean"` baseline.
         layers, channels: which channels to ablate (see `channel_mask`); default all.
         frozen_norm: hold every norm's `s` at the clean value (LayerNorm centering live).
-        memory: working-memory budget for the chunks, e.g. `"4GiB"`.
+        memory: working-memory budget for the chunks, e.g. `"4GiB"` (the clean run and
+            the `[B, L, H]` result come on top). On a CPU chunks are also kept cache-sized
+            and spread over `torch.get_num_threads()` single-threaded workers.
         progress: show a progress bar over input chunks.
         precision: `"fp32"`, or `"3xtf32"` (CUDA, float32 models): the large matmuls on
             the tensor cores with float32-level accuracy (check it: `bilens bench`).
