@@ -222,3 +222,18 @@ def test_errors():
         ablation_effects(model, x, "logprob")
     assert parse_memory("4GiB") == 4 * 2**30 and parse_memory("512MB") == 512 * 10**6
     assert channel_mask(3, 5, layers=[1]).sum() == 5
+
+
+def test_cpu_workers_and_progress_do_not_change_results():
+    model = make("rms", "pre", seed=10, n_layers=3)
+    x = torch.randn(9, 6, dtype=torch.float64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = ablation_effects(model, x, memory=2000)
+        torch.set_num_threads(3)
+        many = ablation_effects(model, x, memory=2000, progress=True)
+        assert torch.get_num_threads() == 3                      # restored after the workers
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, many)
