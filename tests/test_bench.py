@@ -60,3 +60,19 @@ def test_flop_count():
     cfg = ModelConfig(d_in=1, d_model=2, d_hidden=3, n_layers=4, n_out=1)
     # per channel: l=0: 2dH + 12dH, l=1: 2dH + 6dH, l=2: 2dH, l=3: 0  -> 24 dH
     assert ablation_flops(cfg, 5) == 5 * 3 * 24 * 2 * 3
+
+
+def test_missing_captum_is_a_clear_error(monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_captum(name, *args, **kwargs):
+        if name.startswith("captum"):
+            raise ImportError("no captum")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_captum)
+    from bilens.errors import BilensError
+    with pytest.raises(BilensError, match="--no-captum"):
+        run_bench(tiny(), log=lambda _: None)

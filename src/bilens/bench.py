@@ -241,6 +241,8 @@ def build(cfg: BenchConfig) -> tuple[BilinearNet, Tensor, str]:
 def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     """Measure every row; returns the JSON-ready results (ratios, sizes, agreement)."""
     device = torch.device(cfg.device)
+    if cfg.captum:
+        _captum()                                 # fail before any work if it is missing
     model, x, source = build(cfg)
     mcfg = model.config
     res: dict = {"config": {k: v for k, v in asdict(cfg).items() if k != "notes"},
