@@ -94,6 +94,10 @@ class Plan:
                 self.LPt.append(None)
                 self.RPt.append(None)
                 self.WP.append(self.W @ P)                                   # [n_out, H]
+        # frozen norms: the last layer's write reaches the logits linearly, so skip its D
+        last = cfg.n_norms - 1
+        self.WG = self.W if cfg.norm == "none" else self.W * self.gamma[last]  # [n_out, d]
+        self.WPw = self.k.weight(self.WP[-1].T)                              # [H, n_out]
 
     def first_norm(self, l: int) -> int:
         """The norm that first sees layer `l`'s write to the residual."""
@@ -163,15 +167,28 @@ class Plan:
             du = alpha[..., None] * self.Pt[l][ks] + beta[..., None] * q[:, None, :]
         else:                                                                    # h' = c D_k + D dz
             du = c[..., None] * self.Dt[l][ks]
-        delta = self.k.mm(dz, self.Dw[m], add=du)                                # [Bc, K, d]
-        for m in range(l + 2, self.n_layers):
+        for m in range(l + 2, self.n_layers + 1):
+            if self.frozen and m == self.n_layers:
+                return self._frozen_head(run, tgt, du, dz)
+            delta = self.k.mm(dz, self.Dw[m - 1], add=du)                        # [Bc, K, d]
+            if m == self.n_layers:
+                break
             i = m - 1 if self.post else m                                        # norm before m
             r, s = self.stats(run, i)
             du, rows = self.k.norm_rows(self.cfg.norm, self.frozen, delta, r, s, self.gamma[i])
             lr = self.k.mm(rows, self.LRw[m])                                    # [Bc, K, 2H]
             dz = self.k.layer(lr, run.left[:, m], run.right[:, m])
-            delta = self.k.mm(dz, self.Dw[m], add=du if self.post else delta)
-        last = self.n_layers - 1 if self.post else self.n_layers
-        dfinal = self.norm_delta(run, last, delta)
+            if not self.post:
+                du = delta                                                       # residual keeps it
+        dfinal = self.norm_delta(run, self.cfg.n_norms - 1, delta)
         return target_delta(tgt, run.logits, dfinal @ self.W.T)
+
+    def _frozen_head(self, run: Run, tgt: Target, base: Tensor, dz: Tensor) -> Tensor:
+        """Frozen norms: `dlogits = W gamma (base + D dz)~ / s` for the last layer's `dz`
+        (`~`: centred for LayerNorm), with `W gamma D~` precomputed: no `D dz` matmul."""
+        r, s = self.stats(run, self.cfg.n_norms - 1)
+        if self.cfg.norm == "layer":
+            base = base - base.mean(-1, keepdim=True)
+        dlogits = self.k.mm(dz, self.WPw, add=base @ self.WG.T) / s[:, None, None]
+        return target_delta(tgt, run.logits, dlogits)
 
