@@ -15,7 +15,13 @@ output is `alpha * P[:, k] + beta * q` with `P = gamma * D~` (D~: columns centre
 LayerNorm) and `q = gamma * r~`: the next layer's `L du` and `R du` come from the
 precomputed `L_{l+1} P` and per-input `L_{l+1} q`, with no d_model x d_hidden matmul per
 ablation. When the head follows directly (the last layer), every channel costs a few
-scalars: `r~ . D~[:, k]`, `|D~[:, k]|^2` and `w . P[:, k]` with `w = W^T u`.
+scalars: `r~ . D~[:, k]`, `|D~[:, k]|^2` and `w . P[:, k]` with `w = W^T u`. With frozen
+norms the last layer's `dz` reaches the logits linearly, through the precomputed
+`W gamma D~`, so its `D dz` matmul is skipped too.
+
+`Plan.effects` does one chunk (some inputs x some channels of one layer); the elementwise
+steps and the matmuls' precision live in `bilens.fused`; `bilens.ablation` chunks and
+validates.
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
@@ -167,6 +173,8 @@ class Plan:
             du = alpha[..., None] * self.Pt[l][ks] + beta[..., None] * q[:, None, :]
         else:                                                                    # h' = c D_k + D dz
             du = c[..., None] * self.Dt[l][ks]
+        # invariant: `dz` is layer m-1's perturbation and `du` what the residual already
+        # carries, so layer m-1 writes `delta = du + D_{m-1} dz`; m == n_layers is the head
         for m in range(l + 2, self.n_layers + 1):
             if self.frozen and m == self.n_layers:
                 return self._frozen_head(run, tgt, du, dz)
