@@ -110,6 +110,17 @@ def test_config_contradicting_tensors(tmp_path, overrides, fragment):
     assert fragment in str(err.value)
 
 
+@pytest.mark.parametrize("key", ["norm", "norm_position", "eps", "d_model"])
+def test_config_missing_a_spec_key_is_refused(tmp_path, key):
+    """SPEC §6 lists these keys as required: guessing a default could load the wrong network."""
+    root = _foreign(tmp_path)
+    cfg = json.loads((root / "config.json").read_text())
+    del cfg[key]
+    (root / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(BilensError, match=f"missing.*'{key}'"):
+        load(root)
+
+
 def test_bad_files(tmp_path):
     with pytest.raises(BilensError, match="not found"):
         load(tmp_path / "nowhere")

@@ -94,9 +94,9 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None,
     _check_tensors(config, model.state_dict(), tensors, root)
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True)
     model.metadata = {k: v for k, v in raw.items() if k not in _CONFIG_KEYS}
-    if isinstance(device, str):
+    if device is not None:
         from bilens.train import resolve_device
-        device = resolve_device(device)
+        device = resolve_device(str(device))
     return model.to(device or "cpu").eval()
 
 

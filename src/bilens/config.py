@@ -63,7 +63,8 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build from a `config.json` dict; metadata keys are ignored."""
         names = {f.name for f in fields(cls)}
-        required = {"d_in", "d_model", "d_hidden", "n_layers", "n_out"}
+        required = {"d_in", "d_model", "d_hidden", "n_layers", "n_out", "norm", "norm_position",
+                    "eps"}
         missing = sorted(required - data.keys())
         if missing:
             raise BilensError(f"config.json: missing {missing}; SPEC §6 requires "
