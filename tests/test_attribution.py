@@ -7,7 +7,7 @@ import pytest
 import torch
 from reference import forward_one
 
-from bilens.attribution import attribute, attribute_modes, run_with_cache
+from bilens.attribution import attribute, attribute_modes, default_batch_size, run_with_cache
 from bilens.backward import gradients, gradients_autograd
 from bilens.baselines import from_inputs
 from bilens.config import ModelConfig
@@ -157,6 +157,20 @@ def test_frozen_and_live_agree_without_norms_and_differ_with():
         out = attribute_modes(make_model(norm, "post"), x, "predicted", ("frozen", "live"))
         close = torch.allclose(out.predicted["frozen"], out.predicted["live"], atol=1e-12)
         assert close == same, norm
+
+
+def test_default_chunk_follows_the_memory_budget():
+    model = make_model("rms", "post")
+    cfg = model.config
+    per_input = 8 * (cfg.n_layers * (2 * cfg.d_model + 6 * cfg.d_hidden)
+                     + 3 * cfg.n_norms * cfg.d_model)                       # float64 bytes
+    assert default_batch_size(model, 10_000, memory=per_input * 37) == 37
+    assert default_batch_size(model, 5, memory=per_input * 37) == 5      # never more than n
+    assert default_batch_size(model, 5, memory=1) == 1                   # never fewer than 1
+    x = inputs(n=7)
+    torch.testing.assert_close(attribute(model, x, "predicted", "live"),
+                               attribute(model, x, "predicted", "live", batch_size=2),
+                               atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.parametrize("norm,position", CASES)
