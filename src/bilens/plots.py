@@ -35,6 +35,14 @@ MAX_POINTS = 25_000     # per panel; keeps the PNGs small
 DPI = 80
 
 
+def _save(fig, path: Path) -> Path:
+    """Lay out, write `path` as PNG, and free the figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
 def _sample(*ts: Tensor, max_points: int = MAX_POINTS) -> tuple[Tensor, ...]:
     """Flatten `[N, L, H]` tensors (plus a layer index), keep finite points, subsample."""
     n, n_layers, h = ts[0].shape
@@ -102,10 +110,7 @@ def plot_scatter(result: VerifyResult, path: Path) -> Path:
     handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(l), label=f"layer {l}")
                for l in range(n_layers)]
     axes[0][-1].legend(handles=handles, fontsize=7, loc="upper left")
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_error_per_layer(result: VerifyResult, path: Path) -> Path:
@@ -133,10 +138,7 @@ def plot_error_per_layer(result: VerifyResult, path: Path) -> Path:
     ax.set_title("normalized error per layer", fontsize=10)
     ax2.set_ylabel("sum|.| / sum|a|")
     ax2.set_title("error parts: drift (a - a_fn) and gating (a_fn - p)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_drift(result: VerifyResult, path: Path) -> Path:
@@ -163,10 +165,7 @@ def plot_drift(result: VerifyResult, path: Path) -> Path:
     ax2.set_xlabel("|actual - actual_frozen_norm| / |actual|")
     ax2.set_ylabel("channels")
     ax2.set_title("drift's effect on the target / channel's effect", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_faithfulness(result: VerifyResult, path: Path) -> Path:
@@ -195,10 +194,7 @@ def plot_faithfulness(result: VerifyResult, path: Path) -> Path:
     ax.set_title("circuit faithfulness error", fontsize=10)
     ax2.set_ylabel("mean over inputs")
     ax2.set_title("predicted vs actual joint effect", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=DPI)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_all(result: VerifyResult, outdir: Path) -> list[Path]:
