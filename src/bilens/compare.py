@@ -272,13 +272,16 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
-    """Spearman rank correlation (ties get average ranks); NaN for < 3 finite pairs."""
-    from scipy import stats
+    """`metrics.spearman` over a sweep's points (ties averaged); NaN for < 3 finite pairs,
+    too few for a trend."""
+    import torch
 
-    pairs = [(x, y) for x, y in zip(xs, ys, strict=True) if math.isfinite(x) and math.isfinite(y)]
-    if len(pairs) < 3 or len({p[0] for p in pairs}) < 2 or len({p[1] for p in pairs}) < 2:
+    from bilens.metrics import spearman as rank_correlation
+
+    if sum(math.isfinite(x) and math.isfinite(y) for x, y in zip(xs, ys, strict=True)) < 3:
         return math.nan
-    return float(stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs])[0])
+    return rank_correlation(torch.tensor(xs, dtype=torch.float64),
+                            torch.tensor(ys, dtype=torch.float64))
 
 
 SUMMARY_PATHS = (
