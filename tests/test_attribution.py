@@ -410,3 +410,22 @@ def test_renorm_batched_equals_one_by_one_and_is_not_a_gradient():
     run = model.run(x)
     with pytest.raises(BilensError, match="mode"):
         gradients(model, run, resolve_target("predicted", run.logits), "renorm")
+
+
+def test_cli_mean_baseline_matches_verify(checkpoint, tmp_path):
+    """`attribute --baseline mean` and `verify --baseline mean` use the same reference inputs,
+    so the same checkpoint, inputs and target give the same predictions."""
+    from bilens.cli import main
+    from bilens.results import load_results
+
+    common = ["--dataset", "synthetic", "--n", "4", "--target", "predicted", "--baseline",
+              "mean", "--reference-n", "50"]
+    attr = tmp_path / "attr.safetensors"
+    assert main(["attribute", str(checkpoint), *common, "--mode", "frozen,live",
+                 "--out", str(attr)]) == 0
+    assert main(["verify", str(checkpoint), *common, "--modes", "frozen,live", "--no-plots",
+                 "--no-progress", "--circuit-ks", "", "--out", str(tmp_path / "v")]) == 0
+    a, _ = load_results(attr)
+    v, _ = load_results(tmp_path / "v" / "results.safetensors", tmp_path / "v" / "metrics.json")
+    for mode in ("frozen", "live"):
+        torch.testing.assert_close(a[f"predicted.{mode}"], v[f"predicted.{mode}"])

@@ -73,8 +73,8 @@ def run(args: argparse.Namespace) -> int:
                           f"expects {cfg.d_in}; pass the dataset it was trained on")
     reference = None
     if args.baseline == "mean":
-        train = bilens.load_dataset(dataset, "train", n=None, seed=args.seed)
-        reference = train.x[: args.reference_n]
+        # the same seeded subset of training inputs as `bilens verify --baseline mean`
+        reference = bilens.load_dataset(dataset, "train", n=args.reference_n, seed=args.seed).x
 
     start = time.perf_counter()
     out = attribute_modes(model, data.x, args.target, modes, args.baseline, labels=data.y,
