@@ -88,3 +88,18 @@ def test_drift_summary_uses_ablated_channels_only():
     keep = torch.isfinite(actual)
     assert s["overall"]["abs_ds_over_s"]["mean"] == pytest.approx(
         d.measured[keep].abs().mean().item())
+
+
+def test_inputs_are_moved_to_the_models_dtype(make_model):
+    """float32 inputs to a float64 model, as `attribute` and `ablation_effects` accept them
+    (the device is handled the same way)."""
+    from bilens.baselines import from_inputs
+
+    model = make_model("rms", "pre")
+    x, other = torch.randn(3, 5), torch.randn(3, 5)
+    b = from_inputs(model, other)
+    assert b.dtype == torch.float64
+    torch.testing.assert_close(b, model.run(other.double()).z)
+    drift = norm_drift(model, x, baseline=b)
+    expected = norm_drift(model, run=model.run(x.double()), baseline=b)
+    torch.testing.assert_close(drift.measured, expected.measured)

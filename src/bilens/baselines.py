@@ -26,7 +26,8 @@ BASELINE_HELP = ("'zero' | 'mean' (over reference=...) | a tensor [n_layers, d_h
 def from_inputs(model: BilinearNet, other: Float[Tensor, "batch d_in"]) -> Tensor:
     """The channels' values on other inputs: `baseline=from_inputs(model, x_other)` ablates
     each channel of input `i` to its value on `x_other[i]` (activation patching)."""
-    return model.run(other).z
+    check_inputs(other, model.config.d_in, "other")
+    return model.run(other.to(device=model.device, dtype=model.dtype), check=False).z
 
 
 @torch.no_grad()

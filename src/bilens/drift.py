@@ -34,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from bilens.baselines import resolve_baseline
+from bilens.errors import check_inputs
 from bilens.metrics import normalized_error, pearson
 from bilens.model import BilinearNet, Run
 
@@ -74,7 +75,8 @@ def norm_drift(
     """
     cfg = model.config
     if run is None:
-        run = model.run(inputs)
+        check_inputs(inputs, cfg.d_in)
+        run = model.run(inputs.to(device=model.device, dtype=model.dtype), check=False)
     b = resolve_baseline(baseline, model, run.z, reference)
     dz = b - run.z                                                # b - z         [B, L, H]
     if cfg.norm == "none":
