@@ -224,6 +224,15 @@ def test_errors():
     assert channel_mask(3, 5, layers=[1]).sum() == 5
 
 
+def test_channels_mapping_with_a_layer_out_of_range_raises():
+    """`{layer: indices}` with no such layer must not wrap around to another layer."""
+    with pytest.raises(BilensError, match="layer 5 is out of range"):
+        channel_mask(3, 5, channels={5: [1]})
+    with pytest.raises(BilensError, match="out of range"):
+        ablation_effects(make(), torch.randn(2, 6, dtype=torch.float64), channels={-4: [0]})
+    assert channel_mask(3, 5, channels={-1: [1]})[2, 1]
+
+
 def test_cpu_workers_and_progress_do_not_change_results():
     model = make("rms", "pre", seed=10, n_layers=3)
     x = torch.randn(9, 6, dtype=torch.float64)

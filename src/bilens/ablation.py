@@ -103,6 +103,10 @@ def channel_mask(
         return mask
     per_layer: dict[int, Sequence[int] | None]
     if isinstance(channels, Mapping):
+        for l in channels:
+            if not -n_layers <= int(l) < n_layers:
+                raise BilensError(f"channels: layer {l} is out of range; the model has "
+                                  f"{n_layers} layers (0..{n_layers - 1})")
         per_layer = {int(l) % n_layers: v for l, v in channels.items()}
         chosen = [l for l in chosen if l in per_layer]
     else:
