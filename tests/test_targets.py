@@ -146,3 +146,21 @@ def test_per_input_targets_are_per_input(model, x):
 def test_a_resolved_target_passes_through():
     t = Target(direction=onehot([1, 1, 1, 1]), spec="mine")
     assert resolve_target(t, LOGITS) is t
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a second device (CUDA)")
+def test_a_resolved_target_follows_the_models_device(model, x):
+    """A Target resolved on CPU logits works with a model on the GPU (as a CPU direction
+    tensor or CPU labels do)."""
+    from bilens.ablation import ablation_effects
+
+    for spec in ("predicted", "logprob"):
+        tgt = resolve_target(spec, model(x), LABELS[: x.shape[0]] % model.config.n_out)
+        gpu = model.cuda()
+        try:
+            p = attribute(gpu, x, tgt, mode="live").cpu()
+            a = ablation_effects(gpu, x, tgt).cpu()
+        finally:
+            model.cpu()
+        torch.testing.assert_close(p, attribute(model, x, tgt, mode="live"))
+        torch.testing.assert_close(a, ablation_effects(model, x, tgt))

@@ -114,10 +114,15 @@ def resolve_target(
         >>> t.direction[0, 3].item(), t.direction[0, 5].item()
         (1.0, -1.0)
     """
-    if isinstance(spec, Target):
-        return spec
     batch, n_out = logits.shape
     dtype, device = logits.dtype, logits.device
+    if isinstance(spec, Target):                    # resolved elsewhere: onto these logits' device
+        held = spec.direction if spec.direction is not None else spec.label
+        if held is None or held.device == device:
+            return spec
+        return Target(direction=None if spec.direction is None else spec.direction.to(device),
+                      label=None if spec.label is None else spec.label.to(device),
+                      spec=spec.spec)
 
     def onehot(cls: Tensor) -> Tensor:
         return torch.nn.functional.one_hot(cls.to(device), n_out).to(dtype)
