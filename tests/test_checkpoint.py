@@ -174,3 +174,23 @@ def test_describe(synthetic_checkpoint):
     info = checkpoint.describe(load(synthetic_checkpoint))
     assert info["n_params"] == 16 * 16 + 2 * (3 * 16 * 32 + 16) + 4 * 16
     assert 0 <= info["test_accuracy"] <= 1 and info["metadata"]["dataset"] == "synthetic"
+
+
+def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path, capsys):
+    """`save` replaces its directory whole: a directory of other files must be left alone
+    (and `bilens train --out` must say so before training)."""
+    from bilens.cli import main
+
+    other = tmp_path / "project"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(BilensError, match="not a checkpoint"):
+        save(tiny_model(), other)
+    rc = main(["train", "--dataset", "synthetic", "--d-model", "4", "--d-hidden", "4",
+               "--layers", "1", "--epochs", "1", "--no-progress", "--out", str(other)])
+    assert rc == 2 and "not a checkpoint" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    save(tiny_model(), tmp_path / "empty")
+    save(tiny_model(), tmp_path / "empty", {"dataset": "again"})      # a checkpoint: replaced
+    assert load(tmp_path / "empty").metadata["dataset"] == "again"

@@ -46,6 +46,7 @@ def save(model: BilinearNet, directory: str | os.PathLike, metadata: dict | None
 
     from bilens import __version__
 
+    check_replaceable(directory)
     metadata = dict(metadata or {})
     clash = sorted(_CONFIG_KEYS & metadata.keys())
     if clash:
@@ -61,6 +62,19 @@ def save(model: BilinearNet, directory: str | os.PathLike, metadata: dict | None
         save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(text)
     return Path(directory)
+
+
+def check_replaceable(directory: str | os.PathLike) -> None:
+    """Raise unless `directory` is free for `save`: absent, empty, or a checkpoint (which
+    `save` replaces whole; any other directory would be deleted with its contents)."""
+    root = Path(directory)
+    if not root.exists():
+        return
+    if root.is_dir() and (not any(root.iterdir()) or (root / CONFIG_FILE).exists()
+                          or (root / TENSOR_FILE).exists()):
+        return
+    raise BilensError(f"checkpoint: {str(root)!r} exists and is not a checkpoint directory; "
+                      f"choose a new directory (saving replaces it whole)")
 
 
 def load(directory: str | os.PathLike, device: str | torch.device | None = None,

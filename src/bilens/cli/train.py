@@ -59,7 +59,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bilens.checkpoint import save
+    from bilens.checkpoint import check_replaceable, save
     from bilens.config import ModelConfig
     from bilens.data import load_dataset
     from bilens.errors import BilensError
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, input_noise=args.input_noise, l1=args.l1,
         grad_clip=args.grad_clip, warmup=args.warmup, seed=args.seed, device=args.device)
     out = Path(args.out or f"runs/{args.dataset}-{args.norm}-{args.position}-s{args.seed}")
+    check_replaceable(out)                    # before training, not after
     result = train(model_config, train_config, (train_set, test_set),
                    progress=not args.no_progress)
     save(result.model, out, result.metadata)
