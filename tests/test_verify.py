@@ -180,3 +180,17 @@ def test_cli_missing_checkpoint(tmp_path, capsys):
     rc = main(["verify", str(tmp_path / "nope"), "--dataset", "digits", "--out",
                str(tmp_path / "v")])
     assert rc == 2 and "checkpoint" in capsys.readouterr().err
+
+
+def test_a_lone_metrics_json_is_not_a_previous_result(result, checkpoint, tmp_path, capsys):
+    """Another tool's directory that happens to hold a `metrics.json` must not be replaced
+    (deleted) by `save` or `bilens verify --out`."""
+    other = tmp_path / "experiment"
+    other.mkdir()
+    (other / "metrics.json").write_text("{}")
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(BilensError, match="not a bilens verify result"):
+        result.save(other, plots=False)
+    rc = main(["verify", str(checkpoint), "--n", "3", "--no-progress", "--out", str(other)])
+    assert rc == 2 and "not a bilens verify output" in capsys.readouterr().err
+    assert sorted(p.name for p in other.iterdir()) == ["metrics.json", "notes.txt"]

@@ -90,8 +90,7 @@ class VerifyResult:
         from bilens.results import save_results
 
         out = Path(outdir)
-        if out.exists() and (not out.is_dir() or (any(out.iterdir()) and
-                                                   not (out / "metrics.json").exists())):
+        if not replaceable(out):
             raise BilensError(f"out: {str(out)!r} exists and is not a bilens verify result; "
                               f"choose a new directory (it would be replaced)")
         with atomic_dir(out) as tmp:
@@ -113,6 +112,16 @@ class VerifyResult:
             raise BilensError(f"{str(out)!r}: missing {missing}; is it a `bilens verify` output?")
         tensors, metrics = load_results(out / "results.safetensors", out / "metrics.json")
         return cls(tensors, _from_json(metrics))
+
+
+def replaceable(out: Path) -> bool:
+    """True if `save` may write `out`: absent, an empty directory, or a previous result
+    (`results.safetensors` and `metrics.json`; a lone `metrics.json` may be another tool's)."""
+    if not out.exists():
+        return True
+    if not out.is_dir():
+        return False
+    return not any(out.iterdir()) or all((out / f).is_file() for f in RESULT_FILES[:2])
 
 
 def verify(

@@ -74,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
     if any(k < 1 for k in ks):
         raise BilensError(f"--circuit-ks: sizes must be >= 1, got {args.circuit_ks!r}")
     out = Path(args.out)
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and
-                                               not (out / "metrics.json").exists())):
+    from bilens.verify import replaceable
+
+    if not replaceable(out):
         raise BilensError(f"--out: {str(out)!r} exists and is not a bilens verify output; "
                           f"choose a new directory (it would be replaced)")
 
