@@ -108,6 +108,25 @@ def test_interrupted_write_keeps_previous_report(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
 
 
+def test_write_refuses_a_report_directory_it_did_not_write(tmp_path, capsys):
+    """`OUT/report` is replaced whole: a user's own `report/` must survive, and the
+    commands that write one must refuse before any training."""
+    from bilens.cli import main
+    from bilens.errors import BilensError
+
+    mine = tmp_path / "report"
+    mine.mkdir()
+    (mine / "draft.tex").write_text("keep me")
+    with pytest.raises(BilensError, match="not a bilens report"):
+        report.write(fake_results(), tmp_path)
+    for argv in (["compare", "--dataset", "synthetic", "--epochs", "1"], ["demo"],
+                 ["sweep", "depth", "--dataset", "synthetic", "--epochs", "1"]):
+        assert main([*argv, "--out", str(tmp_path)]) == 2, argv
+        assert "not a bilens report" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report"]
+    assert sorted(p.name for p in mine.iterdir()) == ["draft.tex"]
+
+
 def _chromium(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="bilens-chromium-")
     try:

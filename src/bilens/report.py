@@ -312,6 +312,18 @@ def _settings_line(s: dict[str, Any]) -> str:
     return line
 
 
+def check_outdir(outdir: str | os.PathLike) -> None:
+    """Raise unless `outdir/report` is free for `write` (absent, empty or a previous report):
+    `write` replaces that directory whole."""
+    from bilens.errors import BilensError
+
+    final = Path(outdir) / "report"
+    if final.exists() and (not final.is_dir() or (any(final.iterdir())
+                                                  and not (final / "report.json").is_file())):
+        raise BilensError(f"out: {str(final)!r} exists and is not a bilens report; choose "
+                          f"another --out (the report directory is replaced whole)")
+
+
 def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]:
     """Write `report.html`, `report.md`, `report.json` and the PNGs into `outdir`.
 
@@ -325,6 +337,7 @@ def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]
     from bilens.report_html import html, render_plots
 
     out = Path(outdir)
+    check_outdir(out)
     out.mkdir(parents=True, exist_ok=True)
     pngs = render_plots(results)                                 # {key: png bytes}
     names = {key: f"{key}.png" for key in pngs}

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from bilens import report
     from bilens.compare import compare
 
+    report.check_outdir(args.out)                 # before the work, not after
     setup_threads(args)
     start = time.perf_counter()
     result = compare(args.dataset, seeds=args.seeds, out=args.out, epochs=args.epochs,

@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from bilens import demo, report
 
+    report.check_outdir(args.out)                 # before the work, not after
     setup_threads(args)
     start = time.perf_counter()
     results, paths = demo.run_demo(

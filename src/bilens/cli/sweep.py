@@ -56,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     values = _values(args.values)
     if values and len(names) > 1:
         raise BilensError("--values: give one sweep name with --values, not 'all'")
+    report.check_outdir(args.out)                     # before the work, not after
     start = time.perf_counter()
     runner = Runner(args.cache or f"{args.out}/models", force=args.force, device=args.device,
                     n_verify=args.n_verify or DEFAULT_N_VERIFY.get(args.dataset, 64),
