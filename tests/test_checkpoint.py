@@ -194,3 +194,26 @@ def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path, 
     save(tiny_model(), tmp_path / "empty")
     save(tiny_model(), tmp_path / "empty", {"dataset": "again"})      # a checkpoint: replaced
     assert load(tmp_path / "empty").metadata["dataset"] == "again"
+
+
+def test_save_interrupted_between_the_renames_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    """Replacing a checkpoint renames the old one aside, then the new one in: an interrupt
+    in between must put the old one back, not leave no checkpoint at all."""
+    from pathlib import Path
+
+    save(tiny_model(), tmp_path / "c", {"dataset": "old"})
+    rename = Path.rename
+    calls = []
+
+    def second_rename_interrupted(self, target):
+        calls.append(self)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", second_rename_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save(tiny_model(), tmp_path / "c", {"dataset": "new"})
+    monkeypatch.setattr(Path, "rename", rename)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
+    assert load(tmp_path / "c").metadata["dataset"] == "old"

@@ -22,16 +22,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    old = final.parent / f".{final.name}.old-{os.getpid()}"
     try:
         yield tmp
         if final.exists():
-            old = final.parent / f".{final.name}.old-{os.getpid()}"
             final.rename(old)
             tmp.rename(final)
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(final)
     except BaseException:
+        if old.exists() and not final.exists():     # stopped between the two renames
+            old.rename(final)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
