@@ -158,6 +158,7 @@ def test_cli_writes_everything(checkpoint, tmp_path, capsys):
     (["--baseline", "median"], "--baseline"),
     (["--layers", "a,b"], "--layers"),
     (["--layers", "7"], "layers"),
+    (["--layers", ""], "no channel selected"),
     (["--n", "0"], "--n"),
     (["--target", "class:99"], "target"),
 ])

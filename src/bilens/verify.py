@@ -165,9 +165,13 @@ def verify(
         >>> r.metrics["modes"]["frozen"]["overall"]["n"]
         256
     """
-    from bilens.ablation import ablation_effects
+    from bilens.ablation import ablation_effects, channel_mask
     from bilens.attribution import attribute_modes
 
+    cfg = model.config
+    if not channel_mask(cfg.n_layers, cfg.d_hidden, layers, channels).any():
+        raise BilensError(f"layers/channels: no channel selected to ablate (layers={layers!r}); "
+                          f"select at least one, or leave both as None for all")
     was_training = model.training
     model.eval()
     try:
