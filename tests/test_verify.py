@@ -195,3 +195,23 @@ def test_a_lone_metrics_json_is_not_a_previous_result(result, checkpoint, tmp_pa
     rc = main(["verify", str(checkpoint), "--n", "3", "--no-progress", "--out", str(other)])
     assert rc == 2 and "not a bilens verify output" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["metrics.json", "notes.txt"]
+
+
+def test_summary_command_reproduces_the_run(checkpoint, tmp_path):
+    """The command in summary.md carries every option that changes the numbers."""
+    import shlex
+
+    out = tmp_path / "v"
+    argv = ["verify", str(checkpoint), "--dataset", "digits", "--n", "3", "--baseline", "mean",
+            "--reference-n", "40", "--circuit-ks", "1,3", "--no-plots", "--no-progress",
+            "--out", str(out)]
+    assert main(argv) == 0
+    line = (out / "summary.md").read_text().split("```")[1].strip()
+    words = shlex.split(line)
+    assert words[words.index("--reference-n") + 1] == "40"
+    assert words[words.index("--circuit-ks") + 1] == "1,3"
+    again = tmp_path / "again"
+    assert main([*words[1:words.index("--out")], "--no-plots", "--no-progress",
+                 "--out", str(again)]) == 0
+    first = json.loads((out / "metrics.json").read_text())["modes"]["live"]["overall"]
+    assert json.loads((again / "metrics.json").read_text())["modes"]["live"]["overall"] == first

@@ -123,8 +123,11 @@ def _command(args: argparse.Namespace, dataset: str, modes: list[str]) -> str:
     parts = ["bilens", "verify", args.checkpoint, "--dataset", dataset, "--split", args.split,
              "--n", str(args.n), "--seed", str(args.seed), "--modes", ",".join(modes),
              "--target", args.target, "--baseline", args.baseline]
+    if args.baseline == "mean":
+        parts += ["--reference-n", str(args.reference_n)]
     if args.layers is not None:
         parts += ["--layers", args.layers]
+    parts += ["--circuit-ks", args.circuit_ks]
     if args.float64:
         parts.append("--float64")
     parts += ["--out", args.out]
