@@ -84,6 +84,22 @@ def test_subset_of_layers_is_nan_elsewhere():
     assert "nan" in r.table()
 
 
+def test_circuit_sizes_never_exceed_the_channels():
+    """k = 64 on a layer of H channels ablates H channels; the label must say H."""
+    model, x = tiny()
+    r = verify(model, x, modes=("frozen",), layers=[1], circuit_ks=(1, 2, 64), progress=False)
+    ks = [row["k"] for row in r.metrics["modes"]["frozen"]["circuit"]]
+    assert ks == [1, 2, H]
+    whole_layer = torch.zeros(B, L, H, dtype=torch.bool)
+    whole_layer[:, 1] = True
+    patch = {1: (whole_layer[:, 1], torch.zeros(B, H, dtype=torch.float64))}
+    clean, ablated = model.run(x), model.run(x, patch=patch)
+    rows = torch.arange(B)
+    cls = clean.logits.argmax(-1)
+    expected = ablated.logits[rows, cls] - clean.logits[rows, cls]
+    torch.testing.assert_close(r.tensors["circuit.frozen.joint"][-1], expected)
+
+
 def test_logprob_target_and_mean_baseline():
     model, x = tiny("layer", "pre")
     labels, reference = torch.tensor([0, 1, 2, 3]), torch.randn(20, 6, dtype=torch.float64)

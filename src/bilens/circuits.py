@@ -86,7 +86,8 @@ def faithfulness_curve(
         predicted: predicted effects `[B, L, H]` (one mode).
         target: the resolved `Target` (see `bilens.targets.resolve_target`).
         baseline: the resolved `b` `[B, L, H]` (see `bilens.baselines.resolve_baseline`).
-        ks: circuit sizes.
+        ks: circuit sizes; a size above the number of candidate channels becomes that
+            number (duplicates dropped), so the returned `ks` are the sizes really ablated.
         actual: single-channel actual effects, to report `sum_actual` (NaN if a chosen
             channel was not ablated).
         candidates: channels allowed in a circuit (default: all).
@@ -102,7 +103,11 @@ def faithfulness_curve(
     """
     from bilens.ablation import joint_ablation_effect
 
-    ks = [int(k) for k in ks]
+    # a circuit can hold at most the channels there are: sizes past that are clamped, so
+    # every reported k is the real number of channels ablated together
+    available = (predicted[0].numel() if candidates is None
+                 else int(candidates.flatten(1).sum(1).min()))
+    ks = sorted({min(int(k), available) for k in ks if int(k) >= 1})
     sum_p, joint, sum_a = [], [], []
     for k in ks:
         mask = top_k_mask(predicted, k, candidates)
