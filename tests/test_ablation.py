@@ -246,3 +246,15 @@ def test_cpu_workers_and_progress_do_not_change_results():
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, many)
+
+
+@pytest.mark.parametrize("fn", [ablation_effects, ablation_effects_loop])
+def test_resolved_target_of_another_batch_is_refused(fn):
+    """A 1-row Target must not silently apply to every input."""
+    from bilens.targets import Target
+
+    model = make()
+    x = torch.randn(5, 6, dtype=torch.float64)
+    one_row = Target(direction=torch.ones(1, 4, dtype=torch.float64))
+    with pytest.raises(BilensError, match="one row per input"):
+        fn(model, x, one_row)

@@ -169,11 +169,7 @@ def attribute_modes(
         if labels.shape[0] != n:
             raise BilensError(f"labels: expected {n} labels, one per input, got {labels.shape[0]}")
     dummy = torch.zeros(n, cfg.n_out, dtype=model.dtype, device=model.device)
-    full_target = resolve_target(target, dummy, labels)        # raises on a bad spec
-    rows = (full_target.direction if full_target.is_linear else full_target.label).shape[0]
-    if rows != n:
-        raise BilensError(f"target: a resolved Target must hold one row per input; got {rows} "
-                          f"for {n} inputs; resolve it on this batch's logits")
+    full_target = resolve_target(target, dummy, labels)        # raises on a bad spec or size
     per_chunk = isinstance(target, str) and target == "predicted"   # needs the clean logits
     b_full = _check_baseline(baseline, n, cfg.n_layers, cfg.d_hidden, reference, model)
     if isinstance(baseline, str) and baseline == "mean":        # one pass over the reference

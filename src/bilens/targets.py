@@ -118,6 +118,10 @@ def resolve_target(
     dtype, device = logits.dtype, logits.device
     if isinstance(spec, Target):                    # resolved elsewhere: onto these logits' device
         held = spec.direction if spec.direction is not None else spec.label
+        if held is not None and held.shape[0] != batch:
+            raise BilensError(f"target: a resolved Target must hold one row per input; got "
+                              f"{held.shape[0]} for {batch} inputs; resolve it on this batch's "
+                              f"logits")
         if held is None or held.device == device:
             return spec
         return Target(direction=None if spec.direction is None else spec.direction.to(device),
