@@ -291,6 +291,20 @@ def test_results_round_trip(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]   # no temp files
 
 
+def test_results_interrupted_while_writing_leave_neither_file(tmp_path, monkeypatch):
+    import json
+
+    import bilens.results as results
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", interrupted)            # the summary's write is cut
+    with pytest.raises(KeyboardInterrupt):
+        results.save_results(tmp_path / "r.safetensors", {"predicted": torch.zeros(2, 1, 3)}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("modes", ["frozen", "frozen,live"])
 def test_cli_writes_spec_result_file(checkpoint, tmp_path, capsys, modes):
     import bilens

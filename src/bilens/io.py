@@ -53,8 +53,13 @@ def atomic_file(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
         raise
 
 
+def dump_json(obj: Any, f: Any) -> None:
+    """Write `obj` to an open text file as indented JSON (bilens' one JSON layout)."""
+    json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
+    f.write("\n")
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write `obj` as indented JSON, atomically."""
     with atomic_file(path) as f:
-        json.dump(obj, f, indent=2, sort_keys=False, allow_nan=True)
-        f.write("\n")
+        dump_json(obj, f)

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor
 
 from bilens.errors import BilensError
-from bilens.io import atomic_file, write_json
+from bilens.io import atomic_file, dump_json
 
 FORMAT_VERSION = 1
 
@@ -76,9 +76,11 @@ def save_results(
     summary = _jsonable(summary)
     header = {"summary": json.dumps(summary), "format": f"bilens-results/{FORMAT_VERSION}"}
     data = save(clean, metadata=header)                 # bytes: the whole file
-    with atomic_file(path, "wb") as f:
+    # both files are written to temporaries first and renamed only once both are whole, so
+    # an interrupt during the writes leaves neither
+    with atomic_file(path, "wb") as f, atomic_file(summary_path) as g:
         f.write(data)
-    write_json(summary_path, summary)
+        dump_json(summary, g)
     return path, summary_path
 
 
