@@ -42,10 +42,10 @@ def setup_threads(args: argparse.Namespace) -> None:
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "compare", help="the seed's comparison table: norms x positions, both modes, measured",
+        "compare", help="the seed's comparison table: norms x positions x attribution modes",
         description="Train (or reuse cached) models for norm none/rms/layer x position "
-                    "post/pre at one equal budget, verify each with the frozen and live "
-                    "attributions against real ablations, and write the comparison table, "
+                    "post/pre at one equal budget, verify each with the frozen, live and "
+                    "renorm attributions against real ablations, and write the comparison table, "
                     "the claims it tests and a recommendation to OUT/report/.")
     p.add_argument("--dataset", default="digits", choices=DATASETS,
                    help="dataset (default: digits)")
