@@ -8,7 +8,7 @@
 | `position` | pre vs post, RMS and LayerNorm, by depth | pre- and post-norm differ       |
 
 Every point trains (or reuses) a model at the dataset's preset budget, changes one thing,
-verifies it with both modes and records the same summary as `compare`. `fast=True` uses a
+verifies it with every mode and records the same summary as `compare`. `fast=True` uses a
 smaller grid (what `bilens demo` runs).
 
 Example:
