@@ -225,3 +225,16 @@ def test_recommendation_prefers_faithful_among_accurate():
     for row in cmp["table"]:
         row["test_accuracy_std"] = 0.05
     assert recommend(cmp)["norm"] == "none"
+
+
+def test_a_tie_between_modes_recommends_the_exact_gradient():
+    """Without a norm frozen and live coincide; a tie must not recommend the frozen mode,
+    which the same report shows failing on every normalized network."""
+    cmp = fake_compare({(n, p): dict(acc=0.99 if n == "none" else 0.90)
+                        for n in ("none", "rms", "layer") for p in ("post", "pre")})
+    rec = recommend(cmp)
+    assert rec["norm"] == "none" and rec["mode"] == "live"
+    for row in cmp["table"]:                   # a real gap still decides: frozen clearly best
+        if row["norm"] == "none":
+            row["frozen.ne"], row["live.ne"] = 0.001, 0.002
+    assert recommend(cmp)["mode"] == "frozen"

@@ -184,12 +184,20 @@ def claims_text(claims: list[dict[str, Any]]) -> str:
 # ------------------------------------------------------------------ recommendation
 
 
+TIE_PREFERENCE = ("live", "renorm", "frozen")   # exact gradient first: it assumes nothing
+TIE_TOLERANCE = 1e-3                             # NEs this close (relative) count as a tie
+
+
 def _best_mode(row: dict[str, Any]) -> str:
-    """The mode with the lowest NE on this row (the first listed on a tie)."""
+    """The mode with the lowest NE on this row; on a tie (without a norm all three coincide)
+    the first of `TIE_PREFERENCE`, so a tie never recommends the frozen linearization."""
     def ne(m: str) -> float:
         v = row.get(f"{m}.ne", math.nan)
         return v if isinstance(v, float) and math.isfinite(v) else math.inf
-    return min(ALL_MODES, key=ne)
+    best = min(ne(m) for m in ALL_MODES)
+    if math.isinf(best):
+        return ALL_MODES[0]
+    return next(m for m in TIE_PREFERENCE if ne(m) <= best * (1 + TIE_TOLERANCE))
 
 
 def recommend(cmp: dict[str, Any]) -> dict[str, Any]:
