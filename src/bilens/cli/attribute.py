@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import time
 
+from bilens.cli._inputs import add_input_arguments, check_baseline, load_inputs, parse_modes
 from bilens.errors import BilensError
 
 
@@ -20,61 +21,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "attribute", help="predict every channel's ablation effect (one backward pass)",
         description="Attribute every channel of every layer through the linearized network "
                     "and write SPEC §7's result file.")
-    p.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (bilens train --out)")
-    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
-    p.add_argument("--split", default="test", help="train | test (default test)")
-    p.add_argument("--n", type=int, default=100, help="number of inputs (seeded subset)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the subset (default 0)")
-    p.add_argument("--target", default="predicted",
-                   help="predicted | label | logprob | class:C | diff:C1,C2 (default predicted)")
+    add_input_arguments(p, n_default=100, n_help="number of inputs (seeded subset)")
     p.add_argument("--mode", default="frozen",
                    help="frozen | live | renorm, or several comma-separated, e.g. frozen,live "
                         "(default frozen)")
-    p.add_argument("--baseline", default="zero", help="zero | mean (default zero)")
-    p.add_argument("--reference-n", type=int, default=1000,
-                   help="training inputs whose mean activation is the 'mean' baseline")
     p.add_argument("--out", required=True, metavar="FILE", help="output .safetensors file")
     p.add_argument("--top", type=int, default=0, metavar="K",
                    help="print, per input, the K channels of largest |predicted|")
     p.add_argument("--batch-size", type=int, default=None, help="inputs per internal chunk")
     p.add_argument("--method", default=None, help="explicit | autograd (same numbers)")
-    p.add_argument("--float64", action="store_true", help="compute in float64")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     import bilens
-    from bilens.attribution import DEFAULT_METHOD, MODES, attribute_modes
+    from bilens.attribution import DEFAULT_METHOD, attribute_modes
     from bilens.results import save_results
 
-    modes = [m.strip() for m in args.mode.split(",") if m.strip()]
-    bad = [m for m in modes if m not in MODES]
-    if bad or not modes:
-        raise BilensError(f"--mode: expected a comma-separated subset of {','.join(MODES)} "
-                          f"(e.g. frozen,live), got {args.mode!r}")
-    if args.baseline not in ("zero", "mean"):
-        raise BilensError(f"--baseline: expected zero or mean, got {args.baseline!r}")
+    modes = parse_modes(args.mode, "--mode")
+    check_baseline(args)
     if args.top < 0:
         raise BilensError(f"--top: expected K >= 0, got {args.top}")
     if not str(args.out).endswith(".safetensors"):
         raise BilensError(f"--out: expected a .safetensors file name, got {args.out!r}")
     method = args.method or DEFAULT_METHOD
 
-    model = bilens.load(args.checkpoint, dtype=torch.float64 if args.float64 else None)
-    dataset = args.dataset or getattr(model, "metadata", {}).get("dataset")
-    if dataset is None:
-        raise BilensError("--dataset: the checkpoint records no dataset; pass --dataset NAME")
-    data = bilens.load_dataset(dataset, args.split, n=args.n, seed=args.seed)
+    model, dataset, data, reference = load_inputs(args)
     cfg = model.config
-    if data.d_in != cfg.d_in:
-        raise BilensError(f"--dataset: {dataset} inputs have width {data.d_in} but the model "
-                          f"expects {cfg.d_in}; pass the dataset it was trained on")
-    reference = None
-    if args.baseline == "mean":
-        # the same seeded subset of training inputs as `bilens verify --baseline mean`
-        reference = bilens.load_dataset(dataset, "train", n=args.reference_n, seed=args.seed).x
 
     start = time.perf_counter()
     out = attribute_modes(model, data.x, args.target, modes, args.baseline, labels=data.y,

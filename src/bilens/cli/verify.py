@@ -15,6 +15,7 @@ import shlex
 import time
 from pathlib import Path
 
+from bilens.cli._inputs import add_input_arguments, check_baseline, load_inputs, parse_modes
 from bilens.errors import BilensError
 
 
@@ -24,23 +25,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Ablate every channel on N inputs in the real network and with frozen "
                     "norms, compare with the attribution of each mode (SPEC §5), and write "
                     "results.safetensors, metrics.json, summary.md and PNGs to --out.")
-    p.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (bilens train --out)")
-    p.add_argument("--dataset", help="dataset name (default: the checkpoint's)")
-    p.add_argument("--split", default="test", help="train | test (default test)")
-    p.add_argument("--n", type=int, default=256, help="number of inputs (default 256)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the input subset (default 0)")
+    add_input_arguments(p, n_default=256, n_help="number of inputs (default 256)")
     p.add_argument("--modes", default="frozen,live", help="comma-separated (default frozen,live)")
-    p.add_argument("--target", default="predicted",
-                   help="predicted | label | logprob | class:C | diff:C1,C2 (default predicted)")
-    p.add_argument("--baseline", default="zero", help="zero | mean (default zero)")
-    p.add_argument("--reference-n", type=int, default=1000,
-                   help="training inputs whose mean activation is the 'mean' baseline")
     p.add_argument("--layers", default=None,
                    help="layers to ablate, e.g. 0,3 (default all; others are NaN)")
     p.add_argument("--circuit-ks", default="1,2,4,8,16,32,64",
                    help="circuit sizes of the faithfulness curve ('' to skip)")
     p.add_argument("--memory", default="4GiB", help="ablation working-memory budget")
-    p.add_argument("--float64", action="store_true", help="compute in float64")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output directory")
@@ -59,14 +50,8 @@ def _ints(text: str | None, flag: str) -> list[int] | None:
 
 def run(args: argparse.Namespace) -> int:
     # ---- validate everything cheap before loading anything ----
-    from bilens.backward import MODES
-
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    if not modes or any(m not in MODES for m in modes):
-        raise BilensError(f"--modes: expected a comma-separated subset of {','.join(MODES)}, "
-                          f"got {args.modes!r}")
-    if args.baseline not in ("zero", "mean"):
-        raise BilensError(f"--baseline: expected zero or mean, got {args.baseline!r}")
+    modes = parse_modes(args.modes, "--modes")
+    check_baseline(args)
     if args.n < 1:
         raise BilensError(f"--n: expected a positive number of inputs, got {args.n}")
     layers = _ints(args.layers, "--layers")
@@ -82,22 +67,11 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    import bilens
     from bilens.ablation import parse_memory
     from bilens.verify import verify
 
     parse_memory(args.memory)
-    model = bilens.load(args.checkpoint, dtype=torch.float64 if args.float64 else None)
-    dataset = args.dataset or getattr(model, "metadata", {}).get("dataset")
-    if dataset is None:
-        raise BilensError("--dataset: the checkpoint records no dataset; pass --dataset NAME")
-    data = bilens.load_dataset(dataset, args.split, n=args.n, seed=args.seed)
-    if data.d_in != model.config.d_in:
-        raise BilensError(f"--dataset: {dataset} inputs have width {data.d_in} but the model "
-                          f"expects {model.config.d_in}; pass the dataset it was trained on")
-    reference = None
-    if args.baseline == "mean":
-        reference = bilens.load_dataset(dataset, "train", n=args.reference_n, seed=args.seed).x
+    model, dataset, data, reference = load_inputs(args)
 
     start = time.perf_counter()
     result = verify(model, data.x, target=args.target, modes=modes, baseline=args.baseline,
