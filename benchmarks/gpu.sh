@@ -8,17 +8,22 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src BILENS_DATA_DIR=$PWD/.whl/data PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
-STEPS=${STEPS:-bench,variants,scaling,profile}
+STEPS=${STEPS:-tests,bench,variants,scaling,profile}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
-python3 -c "import torch, captum; print('torch', torch.__version__, 'captum', captum.__version__)"
+python3 -c "import torch, captum, triton
+print('torch', torch.__version__, 'captum', captum.__version__, 'triton', triton.__version__)"
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
+if has tests; then     # the CUDA-only tests (the Triton kernels against float64)
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_triton_ops.py \
+      tests/test_targets.py 2>&1 | tee "$OUT/tests.log"
+fi
 if has bench; then
   timeout 200 python3 -m bilens bench --device cuda --n 10000 --d-hidden 1024 --data mnist \
       --precision 3xtf32 --compile $BENCH_EXTRA --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if has variants; then
-  timeout 100 python3 benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 \
-      --data mnist --memory 4GiB,16GiB --out "$OUT/variants.json" 2>&1 | tee "$OUT/variants.log"
+  timeout 150 python3 benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 \
+      --data mnist --memory ${VARIANTS_MEMORY:-4GiB,16GiB} --out "$OUT/variants.json" 2>&1 | tee "$OUT/variants.log"
 fi
 if has scaling; then
   timeout 100 python3 benchmarks/scaling.py --device cuda --n 2000 --precision 3xtf32 --compile \

@@ -1,5 +1,9 @@
 """Exhaustive ablation variants on one model and inputs: precision x fused steps x chunk size.
 
+`kernels` says how the 3xTF32 matmuls run with `compile`: `cublas` (cuBLAS products of
+split factors, the elementwise steps compiled between them) or `triton` (the Triton GEMMs
+of `bilens.triton_ops`, the bilinear steps fused into them).
+
     python benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 --out variants.json
 
 Every variant is checked against the float64 result (normwise, 1e-5) before its time counts;
@@ -13,6 +17,7 @@ import json
 
 import torch
 
+import bilens.fused
 from bilens.ablation import ablation_effects
 from bilens.bench import BenchConfig, ablation_flops, agreement, build, timed
 
@@ -39,23 +44,31 @@ def main() -> None:
     del m64
     flops = ablation_flops(model.config, args.n)
     cuda = device.type == "cuda"
-    variants = [("fp32", False), ("3xtf32", False)]
+    variants = [("fp32", False, "cublas"), ("3xtf32", False, "cublas")]
     if cuda:
-        variants += [("fp32", True), ("3xtf32", True)]
+        variants += [("fp32", True, "cublas"), ("3xtf32", True, "cublas")]
+        if bilens.fused.triton_available():
+            variants += [("3xtf32", True, "triton")]
+    has_triton = bilens.fused.triton_available
     results = []
     print(f"{args.n} {source}; {args.layers} x {args.d_hidden} channels, d_model {args.d_model}; "
           f"{flops:.3g} fp32-equivalent flops")
     for memory in args.memory.split(","):
-        for prec, comp in variants:
+        for prec, comp, kernels in variants:
             fn = lambda p=prec, c=comp, m=memory: ablation_effects(  # noqa: E731
                 model, x, classes, precision=p, compile=c, memory=m)
-            t, got, peak = timed(fn, device, 3)
+            bilens.fused.triton_available = has_triton if kernels == "triton" else lambda: False
+            try:
+                t, got, peak = timed(fn, device, 3)
+            finally:
+                bilens.fused.triton_available = has_triton
             err = agreement(got, truth)
-            row = dict(precision=prec, compile=comp, memory=memory, seconds=t, agree=err,
-                       ok=err <= 1e-5, tflops=flops / t / 1e12, peak_gib=peak / 2**30)
+            row = dict(precision=prec, compile=comp, kernels=kernels, memory=memory, seconds=t,
+                       agree=err, ok=err <= 1e-5, tflops=flops / t / 1e12, peak_gib=peak / 2**30)
             results.append(row)
-            print(f"  {prec:7} compile={comp!s:5} memory={memory:6} {t * 1e3:9.1f} ms  "
-                  f"agree {err:.2e}  {flops / t / 1e12:6.1f} TFLOP/s  peak {peak / 2**30:.2f} GiB")
+            print(f"  {prec:7} compile={comp!s:5} {kernels:6} memory={memory:6} "
+                  f"{t * 1e3:9.1f} ms  agree {err:.2e}  {flops / t / 1e12:6.1f} TFLOP/s  "
+                  f"peak {peak / 2**30:.2f} GiB")
     if cuda:   # plain TF32 (not split): fast but not float32-accurate
         torch.backends.cuda.matmul.allow_tf32 = True
         t, got, _ = timed(lambda: ablation_effects(model, x, classes), device, 3)

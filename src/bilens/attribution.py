@@ -44,7 +44,7 @@ __all__ = ["attribute", "attribute_modes", "Attribution", "gradients", "gradient
            "DEFAULT_METHOD", "DEFAULT_BATCH_SIZE", "default_batch_size"]
 
 DEFAULT_METHOD = "explicit"     # measured faster than autograd: see docs/attribution.md
-DEFAULT_MEMORY = 1 << 30        # bytes of intermediates per internal chunk (1 GiB)
+DEFAULT_MEMORY = 4 << 30        # bytes of intermediates per internal chunk (4 GiB, as ablation)
 DEFAULT_BATCH_SIZE = None       # None: as many inputs as fit in DEFAULT_MEMORY
 
 
@@ -105,7 +105,7 @@ def attribute(
         labels: true classes `[B]`, for `"label"` and `"logprob"`.
         reference: inputs `[N, d_in]` whose mean activation is the `"mean"` baseline.
         batch_size: inputs per internal chunk (bounds memory); default: as many as keep a
-            chunk's intermediates under 1 GiB (`default_batch_size`).
+            chunk's intermediates under 4 GiB (`default_batch_size`).
         return_run: also return the clean `Run` (activations, norm statistics).
         method: `"explicit"` (the written-out backward) or `"autograd"`; same numbers
             (`"renorm"` always uses the explicit backward).
@@ -195,8 +195,10 @@ def attribute_modes(
                 g = gradients(model, run, tgt, m)
             else:
                 g = gradients_autograd(model, x, tgt, m, run=run)[0]
-            delta = -run.z if b is None else b - run.z             # b - z   [b, L, H]
-            predicted[m].append(delta * g)
+            if b is None:                                           # (b - z) g  [b, L, H]
+                predicted[m].append(g.mul_(run.z).neg_())          # g is ours: in place
+            else:
+                predicted[m].append(g.mul_(b - run.z))
         if keep_run:
             runs.append(run)
         targets.append(tgt)

@@ -67,12 +67,14 @@ def norm_backward(
         if mode == "frozen":
             return a
         r = run.resid[:, i]                                          # [B, d]
-        return a - r * (r * a).sum(-1, keepdim=True) / (d * s**2)   # (I - r r^T / (d s^2)) a
+        coef = torch.linalg.vecdot(r, a).unsqueeze(-1) / (d * s**2)
+        return torch.addcmul(a, r, coef, value=-1)                   # (I - r r^T / (d s^2)) a
     a = a - a.mean(-1, keepdim=True)                                 # (I - 1 1^T / d) a
     if mode == "frozen":
         return a
     xhat = (run.resid[:, i] - run.mean[:, i, None]) / s              # [B, d]
-    return a - xhat * (xhat * a).sum(-1, keepdim=True) / d           # ... - x^ x^T a / d
+    coef = torch.linalg.vecdot(xhat, a).unsqueeze(-1) / d
+    return torch.addcmul(a, xhat, coef, value=-1)                    # ... - x^ x^T a / d
 
 
 @torch.no_grad()
@@ -117,24 +119,23 @@ def backward(
     if not post:
         at_norm[cfg.n_layers] = g
         g = norm_backward(model, cfg.n_layers, run, g, mode)            # final norm
-    grads = [None] * cfg.n_layers
+    grads = g.new_empty(g.shape[0], cfg.n_layers, cfg.d_hidden)
     for i in reversed(range(cfg.n_layers)):
         layer = model.layers[i]
         if post:
             at_norm[i] = g
             g = norm_backward(model, i, run, g, mode)                   # g_r = d f / d r
-        g_z = g @ layer.D                                                # D^T g_r       [B, H]
-        grads[i] = g_z
+        g_z = torch.mm(g, layer.D, out=grads[:, i])                     # D^T g_r       [B, H]
         if i == 0:
             break                                                        # d f / d h0 unused
         # d f / d u = (diag(R u) L + diag(L u) R)^T g_z                                 [B, d]
-        g_u = (g_z * run.right[:, i]) @ layer.L + (g_z * run.left[:, i]) @ layer.R
+        g_u = torch.addmm((g_z * run.right[:, i]) @ layer.L, g_z * run.left[:, i], layer.R)
         if post:
             g = g + g_u                                                  # u = h: residual + layer
         else:
             at_norm[i] = g_u
             g = g + norm_backward(model, i, run, g_u, mode)             # u = N_l(h)
-    return torch.stack(grads, 1), at_norm
+    return grads, at_norm
 
 
 def gradients_autograd(

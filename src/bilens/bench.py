@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from bilens.ablation import ablation_effects
 from bilens.config import ModelConfig
 from bilens.errors import BilensError
+from bilens.fused import Kernels
 from bilens.model import BilinearNet
 
 PEAKS = {"H200": {"fp32": 67e12, "tf32": 494e12}, "H100": {"fp32": 67e12, "tf32": 494e12}}
@@ -310,9 +311,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                               device, cfg.repeats)
         err = agreement(ours, truth)
         flops = ablation_flops(mcfg, cfg.n)
-        row(f"ablation bilens {prec}", t, agree=err, ok=err <= TOL, flops_per_s=flops / t,
-            peak_bytes=peak)
-        rows[f"ablation bilens {prec}"]["over_forward"] = t / t_fwd
+        name = f"ablation bilens {prec}"
+        if Kernels(prec, cfg.compile and device.type == "cuda").triton:
+            name += " (Triton GEMMs)"
+        row(name, t, agree=err, ok=err <= TOL, flops_per_s=flops / t, peak_bytes=peak)
+        rows[name]["over_forward"] = t / t_fwd
     best = min((r for r in rows if r.startswith("ablation bilens") and rows[r]["ok"]),
                key=lambda r: rows[r]["seconds"], default=None)
     if best is None:

@@ -82,21 +82,37 @@ def norm_delta(
     return gamma * (delta / s_new[..., None] + beta[..., None] * r[:, None, :])
 
 
+def triton_available() -> bool:
+    """Whether Triton can be imported (CUDA builds of torch ship it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class Kernels:
     """How the steps run: eager or compiled, float32 or 3xTF32 matmuls.
 
     Args:
         precision: `"fp32"` (plain float32 matmuls) or `"3xtf32"` (CUDA only).
-        compile: fuse the elementwise steps with `torch.compile` (CUDA only).
+        compile: fuse the elementwise steps with `torch.compile` (CUDA only); with
+            `"3xtf32"` the matmuls then run as Triton GEMMs with the bilinear steps fused
+            in (`bilens.triton_ops`), where Triton is installed.
+        triton: force the Triton GEMMs on (`True`, needs `"3xtf32"`) or off (`False`);
+            None chooses as above.
     """
 
-    def __init__(self, precision: str = "fp32", compile: bool = False):
+    def __init__(self, precision: str = "fp32", compile: bool = False,
+                 triton: bool | None = None):
         self.split = precision == "3xtf32"
+        self.triton = (self.split and compile and triton_available()) if triton is None \
+            else bool(triton) and self.split
         self.entry = entry_dz
         self.layer = layer_dz
         self.norm = norm_delta
         self.compile_error: str | None = None
-        if self.split:
+        if self.split and not self.triton:      # Triton splits its own factors as it loads
             self.entry, self.layer = self._entry, self._layer
         if compile:
             self.entry = self._compiled(self.entry)

@@ -65,10 +65,10 @@ class Plan:
     """
 
     def __init__(self, model: BilinearNet, frozen: bool = False, precision: str = "fp32",
-                 compile: bool = False):
+                 compile: bool = False, triton: bool | None = None):
         cfg = model.config
         self.cfg, self.frozen = cfg, frozen
-        self.k = Kernels(precision, compile)
+        self.k = Kernels(precision, compile, triton)
         self.post = cfg.norm_position == "post"
         self.n_layers = cfg.n_layers
         self.W = model.head.weight.detach()                                  # [n_out, d]
@@ -104,6 +104,12 @@ class Plan:
         last = cfg.n_norms - 1
         self.WG = self.W if cfg.norm == "none" else self.W * self.gamma[last]  # [n_out, d]
         self.WPw = self.k.weight(self.WP[-1].T)                              # [H, n_out]
+        if self.k.triton:                   # Triton GEMMs: weights split once, here
+            from bilens.triton_ops import split_weight
+            self.Tlr = [split_weight(w[:, :cfg.d_hidden]) + split_weight(w[:, cfg.d_hidden:])
+                        for w in self.LRt]                                   # L^T, R^T halves
+            self.Td = [split_weight(w) for w in self.Dt]                     # D^T halves
+            self.WPw = self.WP[-1].T.contiguous()                            # head: plain fp32
 
     def first_norm(self, l: int) -> int:
         """The norm that first sees layer `l`'s write to the residual."""
@@ -126,7 +132,7 @@ class Plan:
         H200: 4.3 GB peak for a 4 GiB budget in float32, and the 3xTF32 halves
         (`[hi | lo]` of `dz` and of `du`) need a third more."""
         item = torch.finfo(self.W.dtype).bits // 8
-        h, d = (8, 9) if self.k.split else (6, 6)
+        h, d = (2, 5) if self.k.triton else (8, 9) if self.k.split else (6, 6)
         return (h * self.cfg.d_hidden + d * self.cfg.d_model + 2 * self.W.shape[0]) * item
 
     def effects(
@@ -167,6 +173,8 @@ class Plan:
             return target_delta(tgt, run.logits, dlogits)
         m = l + 1
         ql, qr = (q @ self.LRt[m]).chunk(2, dim=-1)                              # [Bc, H]
+        if self.k.triton:
+            return self._suffix_triton(run, tgt, c, alpha, beta, q, ql, qr, l, ks)
         dz = self.k.entry(alpha, beta, self.LPt[l][ks], self.RPt[l][ks], ql, qr,
                           run.left[:, m], run.right[:, m])                       # [Bc, K, H]
         if self.post:                                                            # r' = du + D dz
@@ -191,12 +199,47 @@ class Plan:
         dfinal = self.norm_delta(run, self.cfg.n_norms - 1, delta)
         return target_delta(tgt, run.logits, dfinal @ self.W.T)
 
+    def _suffix_triton(self, run: Run, tgt: Target, c: Tensor, alpha: Tensor, beta: Tensor,
+                       q: Tensor, ql: Tensor, qr: Tensor, l: int, ks: Tensor | slice) -> Tensor:
+        """`effects` past the closed forms with the Triton GEMMs: the entry layer's `dz` is
+        made inside its `D` matmul, each full layer is `lr_dz` then `down`."""
+        from bilens import triton_ops as T
+        if isinstance(ks, slice):
+            ks = torch.arange(self.cfg.d_hidden, device=c.device)[ks]
+        m, K, d = l + 1, c.shape[1], self.cfg.d_model
+        a, b = run.left[:, m], run.right[:, m]
+        # what the residual itself carries: alpha P_k + beta q (post) or c D_k (pre)
+        own = (alpha, self.Pt[l], beta, q) if self.post else (c, self.Dt[l], None, None)
+        if self.frozen and m + 1 == self.n_layers:          # the frozen head reads dz itself
+            dz = self.k.entry(alpha, beta, self.LPt[l][ks], self.RPt[l][ks], ql, qr, a, b)
+            du = own[0][..., None] * own[1][ks]
+            if self.post:
+                du = du + beta[..., None] * q[:, None, :]
+            return self._frozen_head(run, tgt, du, dz)
+        delta = T.entry_down(alpha, beta, ks, self.LPt[l], self.RPt[l], ql, qr, a, b,
+                             self.Td[m], *own)                                  # [Bc K, d]
+        for m in range(l + 2, self.n_layers):
+            i = m - 1 if self.post else m                                        # norm before m
+            r, s = self.stats(run, i)
+            rows = self.k.norm(self.cfg.norm, self.frozen, delta.view(-1, K, d), r, s,
+                               self.gamma[i])
+            dz = T.lr_dz(rows, self.Tlr[m], run.left[:, m], run.right[:, m], K)  # [Bc K, H]
+            du = rows if self.post else delta                                    # residual's
+            if self.frozen and m + 1 == self.n_layers:
+                return self._frozen_head(run, tgt, du.view(-1, K, d), dz.view(-1, K, dz.shape[-1]))
+            delta = T.down(dz, self.Td[m], add=du)
+        dfinal = self.norm_delta(run, self.cfg.n_norms - 1, delta.view(-1, K, d))
+        return target_delta(tgt, run.logits, dfinal @ self.W.T)
+
     def _frozen_head(self, run: Run, tgt: Target, base: Tensor, dz: Tensor) -> Tensor:
         """Frozen norms: `dlogits = W gamma (base + D dz)~ / s` for the last layer's `dz`
         (`~`: centred for LayerNorm), with `W gamma D~` precomputed: no `D dz` matmul."""
         r, s = self.stats(run, self.cfg.n_norms - 1)
         if self.cfg.norm == "layer":
             base = base - base.mean(-1, keepdim=True)
-        dlogits = self.k.mm(dz, self.WPw, add=base @ self.WG.T) / s[:, None, None]
-        return target_delta(tgt, run.logits, dlogits)
+        if self.k.triton:                                    # dz comes whole, in float32
+            dlogits = base @ self.WG.T + dz @ self.WPw
+        else:
+            dlogits = self.k.mm(dz, self.WPw, add=base @ self.WG.T)
+        return target_delta(tgt, run.logits, dlogits / s[:, None, None])
 

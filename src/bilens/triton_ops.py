@@ -1,0 +1,250 @@
+"""Triton GEMMs for exhaustive ablation on a GPU: 3xTF32 with the bilinear steps fused in.
+
+The suffix of an ablated layer is, per full layer, `dz = a * dR + dL * (b + dR)` with
+`[dL | dR] = rows @ [L; R]^T`, then `delta = du + dz @ D^T`. Run as cuBLAS calls plus
+fused elementwise steps (`bilens.fused`), every `[ablations, d_hidden]` intermediate
+(`[dL | dR]`, `dz`, their TF32 halves) goes through memory, and that traffic was a third
+of the GPU time. Here:
+
+- `lr_dz`: `rows @ [L; R]^T` with the bilinear step in the epilogue: `dz` is written once,
+  `[dL | dR]` never.
+- `down`: `dz @ D^T (+ du)`: the left factor is split into TF32 halves as it is loaded.
+- `entry_down`: the layer right after the ablated one. Its input perturbation is rank 2
+  (`du = alpha P_k + beta q`, see `bilens.perturb`), so each tile of its `dz` is made in
+  the prologue from `(L P)_k`, `(R P)_k` and per-input rows; that `dz` never exists in
+  memory. The epilogue adds the residual's own `du` in the same rank-2 form.
+
+Every product is 3xTF32: each float32 factor `x` is `x_hi + x_lo` with both halves exact in
+TF32, and `x @ w ~ x_hi w_hi + x_lo w_hi + x_hi w_lo` (the dropped `x_lo w_lo` is ~2^-22
+relative). The weights come split (`split_weight`); the activations are split in registers.
+
+Import this module only where Triton is installed (it is on CUDA builds of torch);
+`bilens.fused.triton_available` says whether it is. With `TRITON_INTERPRET=1` set before
+the import, the kernels run on the CPU (slowly), which the tests use to check the index
+arithmetic against the plain torch steps.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from bilens.fused import round_tf32
+
+# (BM, BN, BK, warps, stages): a few shapes for the autotuner; every one is tried once per
+# (d_model, d_hidden) on the first call.
+_LR_CONFIGS = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4),
+               (128, 128, 32, 8, 2), (64, 128, 32, 4, 3)]
+_DOWN_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 4),
+                 (128, 256, 32, 8, 2), (64, 256, 32, 8, 3)]
+
+
+def _configs(shapes):
+    if os.environ.get("TRITON_INTERPRET") == "1":     # the CPU interpreter cannot time configs
+        shapes = shapes[:1]
+    return [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+            for bm, bn, bk, w, s in shapes]
+
+
+def split_weight(w: Tensor) -> tuple[Tensor, Tensor]:
+    """`(w_hi, w_lo)`, both exact in TF32, contiguous."""
+    hi = round_tf32(w.contiguous())
+    return hi, round_tf32(w - hi).contiguous()
+
+
+@triton.jit
+def _split(x):
+    bits = x.to(tl.int32, bitcast=True)
+    hi = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
+    return hi, x - hi
+
+
+@triton.jit
+def _dot3(x_hi, x_lo, w_hi, w_lo, acc):
+    acc = tl.dot(x_lo, w_hi, acc, input_precision="tf32")
+    acc = tl.dot(x_hi, w_lo, acc, input_precision="tf32")
+    return tl.dot(x_hi, w_hi, acc, input_precision="tf32")
+
+
+@triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D"])
+@triton.jit
+def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr,
+                  M, H, per_input, stride_ab,
+                  D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(H, BN)
+    rm = (pid // n_tiles) * BM + tl.arange(0, BM)
+    rn = (pid % n_tiles) * BN + tl.arange(0, BN)
+    row_ok, col_ok = rm < M, rn < H
+    acc_l = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_r = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, D, BK):
+        rk = k0 + tl.arange(0, BK)
+        k_ok = rk < D
+        x = tl.load(x_ptr + rm[:, None].to(tl.int64) * D + rk[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        x_hi, x_lo = _split(x)
+        w = rk[:, None] * H + rn[None, :]
+        w_ok = k_ok[:, None] & col_ok[None, :]
+        acc_l = _dot3(x_hi, x_lo, tl.load(lh_ptr + w, mask=w_ok, other=0.0),
+                      tl.load(ll_ptr + w, mask=w_ok, other=0.0), acc_l)
+        acc_r = _dot3(x_hi, x_lo, tl.load(rh_ptr + w, mask=w_ok, other=0.0),
+                      tl.load(rl_ptr + w, mask=w_ok, other=0.0), acc_r)
+    ok = row_ok[:, None] & col_ok[None, :]
+    ab = (rm // per_input)[:, None] * stride_ab + rn[None, :]
+    a = tl.load(a_ptr + ab, mask=ok, other=0.0)
+    b = tl.load(b_ptr + ab, mask=ok, other=0.0)
+    z = a * acc_r + acc_l * (b + acc_r)
+    tl.store(z_ptr + rm[:, None].to(tl.int64) * H + rn[None, :], z, mask=ok)
+
+
+@triton.jit
+def _store_delta(acc, out_ptr, add_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn, M, per_input,
+                 D: tl.constexpr, ADD: tl.constexpr, HAS_Q: tl.constexpr):
+    """`out = acc (+ add)` (ADD 1) or `acc + u1 V[ch] (+ u2 Q[input])` (ADD 2)."""
+    ok = (rm < M)[:, None] & (rn < D)[None, :]
+    out = rm[:, None].to(tl.int64) * D + rn[None, :]
+    if ADD == 1:
+        acc += tl.load(add_ptr + out, mask=ok, other=0.0)
+    if ADD == 2:
+        u1 = tl.load(u1_ptr + rm, mask=rm < M, other=0.0)
+        acc += u1[:, None] * tl.load(v_ptr + ch[:, None] * D + rn[None, :], mask=ok, other=0.0)
+        if HAS_Q:
+            u2 = tl.load(u2_ptr + rm, mask=rm < M, other=0.0)
+            q = tl.load(q_ptr + (rm // per_input)[:, None] * D + rn[None, :], mask=ok, other=0.0)
+            acc += u2[:, None] * q
+    tl.store(out_ptr + out, acc, mask=ok)
+
+
+@triton.autotune(configs=_configs(_DOWN_CONFIGS), key=["H", "D", "ADD"])
+@triton.jit
+def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, M, H,
+                 D: tl.constexpr, ADD: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(D, BN)
+    rm = (pid // n_tiles) * BM + tl.arange(0, BM)
+    rn = (pid % n_tiles) * BN + tl.arange(0, BN)
+    row_ok, col_ok = rm < M, rn < D
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        rk = k0 + tl.arange(0, BK)
+        k_ok = rk < H
+        z = tl.load(z_ptr + rm[:, None].to(tl.int64) * H + rk[None, :],
+                    mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        z_hi, z_lo = _split(z)
+        w = rk[:, None] * D + rn[None, :]
+        w_ok = k_ok[:, None] & col_ok[None, :]
+        acc = _dot3(z_hi, z_lo, tl.load(dh_ptr + w, mask=w_ok, other=0.0),
+                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), acc)
+    _store_delta(acc, out_ptr, add_ptr, add_ptr, add_ptr, add_ptr, add_ptr, rm, rm, rn, M, 1,
+                 D, ADD, False)
+
+
+@triton.autotune(configs=_configs(_DOWN_CONFIGS), key=["H", "D", "HAS_Q"])
+@triton.jit
+def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_ptr, a_ptr, b_ptr,
+                       dh_ptr, dl_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr,
+                       M, H, per_input, stride_q, stride_ab,
+                       D: tl.constexpr, HAS_Q: tl.constexpr,
+                       BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(D, BN)
+    rm = (pid // n_tiles) * BM + tl.arange(0, BM)
+    rn = (pid % n_tiles) * BN + tl.arange(0, BN)
+    row_ok, col_ok = rm < M, rn < D
+    inp = rm // per_input
+    ch = tl.load(ks_ptr + rm % per_input, mask=row_ok, other=0)          # ablated channel
+    alpha = tl.load(alpha_ptr + rm, mask=row_ok, other=0.0)[:, None]
+    beta = tl.load(beta_ptr + rm, mask=row_ok, other=0.0)[:, None]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, H, BK):
+        rk = k0 + tl.arange(0, BK)
+        ok = row_ok[:, None] & (rk < H)[None, :]
+        p = ch[:, None] * H + rk[None, :]
+        q = inp[:, None] * stride_q + rk[None, :]
+        ab = inp[:, None] * stride_ab + rk[None, :]
+        d_left = alpha * tl.load(lp_ptr + p, mask=ok, other=0.0) \
+            + beta * tl.load(ql_ptr + q, mask=ok, other=0.0)
+        d_right = alpha * tl.load(rp_ptr + p, mask=ok, other=0.0) \
+            + beta * tl.load(qr_ptr + q, mask=ok, other=0.0)
+        z = tl.load(a_ptr + ab, mask=ok, other=0.0) * d_right \
+            + d_left * (tl.load(b_ptr + ab, mask=ok, other=0.0) + d_right)
+        z_hi, z_lo = _split(z)
+        w = rk[:, None] * D + rn[None, :]
+        w_ok = (rk < H)[:, None] & col_ok[None, :]
+        acc = _dot3(z_hi, z_lo, tl.load(dh_ptr + w, mask=w_ok, other=0.0),
+                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), acc)
+    _store_delta(acc, out_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn, M, per_input,
+                 D, 2, HAS_Q)
+
+
+def _grid(M: int, N: int):
+    return lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
+
+
+def lr_dz(rows: Tensor, lr: tuple[Tensor, Tensor, Tensor, Tensor], a: Tensor, b: Tensor,
+          per_input: int) -> Tensor:
+    """`dz = a * dR + dL * (b + dR)`, `[dL | dR] = rows @ [L^T | R^T]`.
+
+    Args:
+        rows: `[M, d]`, rows `i * per_input + k` (input `i`, ablation `k`).
+        lr: `split_weight(L^T) + split_weight(R^T)`, each `[d, H]`.
+        a, b: the clean `L u` and `R u` of the layer, `[inputs, H]` (row stride free).
+        per_input: ablations per input.
+
+    Returns:
+        `dz [M, H]`.
+    """
+    rows = rows.reshape(-1, rows.shape[-1]).contiguous()
+    M, D = rows.shape
+    H = lr[0].shape[1]
+    z = torch.empty(M, H, device=rows.device, dtype=rows.dtype)
+    _lr_dz_kernel[_grid(M, H)](rows, *lr, a, b, z, M, H, per_input, a.stride(0), D=D)
+    return z
+
+
+def down(z: Tensor, dt: tuple[Tensor, Tensor], add: Tensor | None = None) -> Tensor:
+    """`z @ D^T (+ add)`: `z [M, H]`, `dt = split_weight(D^T)` (`[H, d]`), `add [M, d]`."""
+    M, H = z.shape
+    D = dt[0].shape[1]
+    out = torch.empty(M, D, device=z.device, dtype=z.dtype)
+    add = out if add is None else add.reshape(M, D).contiguous()
+    _down_kernel[_grid(M, D)](z, *dt, out, add, M, H, D=D, ADD=0 if add is out else 1)
+    return out
+
+
+def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
+               ql: Tensor, qr: Tensor, a: Tensor, b: Tensor, dt: tuple[Tensor, Tensor],
+               u1: Tensor, v: Tensor, u2: Tensor | None, q: Tensor | None) -> Tensor:
+    """`delta = u1 V[k] (+ u2 q) + D dz` for the layer after the ablated one, whose
+    `dz = a * dR + dL * (b + dR)` with `dL = alpha (L P)_k + beta (L q)` (and `dR` alike) is
+    made tile by tile, never stored.
+
+    Args:
+        alpha, beta: `[inputs, K]` coefficients of the rank-2 input perturbation.
+        ks: the `K` ablated channels (long).
+        lp, rp: `(L P)^T` and `(R P)^T`, `[H_ablated, H]`, rows indexed by channel.
+        ql, qr: `L q` and `R q` per input, `[inputs, H]` (row stride free, same for both).
+        a, b: the clean `L u`, `R u` of the layer, `[inputs, H]` (row stride free).
+        dt: `split_weight(D^T)` of the layer, `[H, d]`.
+        u1, v, u2, q: the residual's own perturbation `u1 V[k] + u2 q` (`u1`, `u2`:
+            `[inputs, K]`; `V [H_ablated, d]`, `q [inputs, d]`); `u2`, `q` may be None.
+
+    Returns:
+        `delta [inputs * K, d]`, rows `i * K + k`.
+    """
+    n, K = alpha.shape
+    M, H, D = n * K, lp.shape[1], dt[0].shape[1]
+    assert ql.stride() == qr.stride() and a.stride() == b.stride()
+    out = torch.empty(M, D, device=alpha.device, dtype=alpha.dtype)
+    has_q = u2 is not None
+    _entry_down_kernel[_grid(M, D)](
+        alpha.contiguous(), beta.contiguous(), ks, lp, rp, ql, qr, a, b, *dt, out,
+        u1.contiguous(), v, u2.contiguous() if has_q else u1, q.contiguous() if has_q else v,
+        M, H, K, ql.stride(0), a.stride(0), D=D, HAS_Q=has_q)
+    return out

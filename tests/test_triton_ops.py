@@ -1,0 +1,54 @@
+"""The Triton GEMMs of exhaustive ablation (`bilens.triton_ops`) against float64.
+
+They run only on a CUDA device with Triton; on the CPU these tests skip (the GPU run of
+`benchmarks/gpu.sh` runs them, and `bilens bench` re-checks every timed result).
+"""
+
+import pytest
+import torch
+from test_ablation import make
+
+from bilens.ablation import ablation_effects
+from bilens.fused import triton_available
+
+pytestmark = pytest.mark.skipif(
+    not (torch.cuda.is_available() and triton_available()),
+    reason="needs CUDA and Triton (the fused 3xTF32 GEMMs run on the GPU only)")
+
+
+def _model(norm, pos, n_layers=4, seed=0):
+    # sizes that are not multiples of the tiles: every mask in the kernels is exercised
+    return make(norm, pos, seed=seed, d_in=16, d_model=48, d_hidden=80, n_layers=n_layers,
+                n_out=10, spread=0.0, dtype=torch.float32).cuda()
+
+
+def _error(got, ref):
+    got, ref = got.double().cpu(), ref.double().cpu()
+    return ((got - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("pos", ["post", "pre"])
+@pytest.mark.parametrize("norm", ["rms", "layer", "none"])
+def test_triton_matches_float64(norm, pos, frozen):
+    model = _model(norm, pos)
+    x = torch.randn(37, 16, device="cuda")
+    got = ablation_effects(model, x, "predicted", frozen_norm=frozen, precision="3xtf32",
+                           compile=True)
+    ref = ablation_effects(model.double(), x.double(), "predicted", frozen_norm=frozen)
+    assert _error(got, ref) < 1e-5
+
+
+@pytest.mark.parametrize("n_layers", [2, 3, 5])
+def test_triton_subsets_targets_and_depths(n_layers):
+    model = _model("rms", "pre", n_layers=n_layers, seed=n_layers)
+    x = torch.randn(23, 16, device="cuda")
+    y = torch.randint(0, 10, (23,), device="cuda")
+    channels = {0: [3, 0, 79, 17], n_layers - 2: list(range(5, 60))}
+    for target in ("logprob", "label"):
+        got = ablation_effects(model, x, target, labels=y, channels=channels,
+                               precision="3xtf32", compile=True)
+        ref = ablation_effects(model.double(), x.double(), target, labels=y, channels=channels)
+        assert torch.equal(got.isnan().cpu(), ref.isnan().cpu())
+        keep = ~ref.isnan()
+        assert _error(got[keep], ref[keep]) < 1e-5
