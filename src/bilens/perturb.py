@@ -106,9 +106,9 @@ class Plan:
         self.WPw = self.k.weight(self.WP[-1].T)                              # [H, n_out]
         if self.k.triton:                   # Triton GEMMs: weights split once, here
             from bilens.triton_ops import split_weight
-            self.Tlr = [split_weight(w[:, :cfg.d_hidden]) + split_weight(w[:, cfg.d_hidden:])
-                        for w in self.LRt]                                   # L^T, R^T halves
-            self.Td = [split_weight(w) for w in self.Dt]                     # D^T halves
+            self.Tlr = [split_weight(Lm) + split_weight(Rm)                  # [H, d] halves
+                        for Lm, Rm in zip(self.L, self.R, strict=True)]
+            self.Td = [split_weight(Dm) for Dm in self.D]                    # [d, H] halves
             self.WPw = self.WP[-1].T.contiguous()                            # head: plain fp32
 
     def first_norm(self, l: int) -> int:

@@ -36,11 +36,11 @@ from torch import Tensor
 from bilens.fused import round_tf32
 
 # (BM, BN, BK, warps, stages): a few shapes for the autotuner; every one is tried once per
-# (d_model, d_hidden) on the first call.
+# (d_model, d_hidden) on the first call. BM runs over ablations, BN over output features.
 _LR_CONFIGS = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4),
                (128, 128, 32, 8, 2), (64, 128, 32, 4, 3)]
-_DOWN_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 3), (64, 128, 32, 4, 4),
-                 (128, 256, 32, 8, 2), (64, 256, 32, 8, 3)]
+_DOWN_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
+                 (128, 256, 32, 8, 2), (256, 128, 32, 8, 2)]
 
 
 def _configs(shapes):
@@ -56,6 +56,12 @@ def split_weight(w: Tensor) -> tuple[Tensor, Tensor]:
     return hi, round_tf32(w - hi).contiguous()
 
 
+# Every product is written transposed, `acc^T [BN, BM] = W [BN, BK] @ X^T [BK, BM]`: the
+# weight tile is the left operand, read by the tensor cores straight from shared memory, and
+# the activation, split in registers, the right one. Measured on the H200
+# (`benchmarks/triton_gemm.py`): 255-270 TFLOP/s of TF32 work this way, 144-150 with the
+# split activation as the left operand, 234-242 for cuBLAS on pre-split factors.
+
 @triton.jit
 def _split(x):
     bits = x.to(tl.int32, bitcast=True)
@@ -64,10 +70,13 @@ def _split(x):
 
 
 @triton.jit
-def _dot3(x_hi, x_lo, w_hi, w_lo, acc):
-    acc = tl.dot(x_lo, w_hi, acc, input_precision="tf32")
-    acc = tl.dot(x_hi, w_lo, acc, input_precision="tf32")
-    return tl.dot(x_hi, w_hi, acc, input_precision="tf32")
+def _dot3(w_hi, w_lo, x, acc):
+    """`acc + w @ x^T` in 3xTF32, `x` a float32 tile `[BM, BK]` split here."""
+    x_hi, x_lo = _split(x)
+    x_hi = tl.trans(x_hi)
+    acc = tl.dot(w_hi, tl.trans(x_lo), acc, input_precision="tf32")
+    acc = tl.dot(w_lo, x_hi, acc, input_precision="tf32")
+    return tl.dot(w_hi, x_hi, acc, input_precision="tf32")
 
 
 @triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D"])
@@ -77,46 +86,47 @@ def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr,
                   D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(H, BN)
-    rm = (pid // n_tiles) * BM + tl.arange(0, BM)
-    rn = (pid % n_tiles) * BN + tl.arange(0, BN)
+    rm = (pid // n_tiles) * BM + tl.arange(0, BM)               # ablations (rows of x, z)
+    rn = (pid % n_tiles) * BN + tl.arange(0, BN)                # hidden units
     row_ok, col_ok = rm < M, rn < H
-    acc_l = tl.zeros((BM, BN), dtype=tl.float32)
-    acc_r = tl.zeros((BM, BN), dtype=tl.float32)
+    acc_l = tl.zeros((BN, BM), dtype=tl.float32)                # (L x)^T tile
+    acc_r = tl.zeros((BN, BM), dtype=tl.float32)
     for k0 in range(0, D, BK):
         rk = k0 + tl.arange(0, BK)
         k_ok = rk < D
         x = tl.load(x_ptr + rm[:, None].to(tl.int64) * D + rk[None, :],
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        x_hi, x_lo = _split(x)
-        w = rk[:, None] * H + rn[None, :]
-        w_ok = k_ok[:, None] & col_ok[None, :]
-        acc_l = _dot3(x_hi, x_lo, tl.load(lh_ptr + w, mask=w_ok, other=0.0),
-                      tl.load(ll_ptr + w, mask=w_ok, other=0.0), acc_l)
-        acc_r = _dot3(x_hi, x_lo, tl.load(rh_ptr + w, mask=w_ok, other=0.0),
-                      tl.load(rl_ptr + w, mask=w_ok, other=0.0), acc_r)
-    ok = row_ok[:, None] & col_ok[None, :]
-    ab = (rm // per_input)[:, None] * stride_ab + rn[None, :]
+        w = rn[:, None] * D + rk[None, :]                       # L, R: [H, D]
+        w_ok = col_ok[:, None] & k_ok[None, :]
+        acc_l = _dot3(tl.load(lh_ptr + w, mask=w_ok, other=0.0),
+                      tl.load(ll_ptr + w, mask=w_ok, other=0.0), x, acc_l)
+        acc_r = _dot3(tl.load(rh_ptr + w, mask=w_ok, other=0.0),
+                      tl.load(rl_ptr + w, mask=w_ok, other=0.0), x, acc_r)
+    ok = col_ok[:, None] & row_ok[None, :]
+    ab = (rm // per_input)[None, :] * stride_ab + rn[:, None]
     a = tl.load(a_ptr + ab, mask=ok, other=0.0)
     b = tl.load(b_ptr + ab, mask=ok, other=0.0)
     z = a * acc_r + acc_l * (b + acc_r)
-    tl.store(z_ptr + rm[:, None].to(tl.int64) * H + rn[None, :], z, mask=ok)
+    tl.store(z_ptr + rm[None, :].to(tl.int64) * H + rn[:, None], z, mask=ok)
 
 
 @triton.jit
 def _store_delta(acc, out_ptr, add_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn, M, per_input,
                  D: tl.constexpr, ADD: tl.constexpr, HAS_Q: tl.constexpr):
-    """`out = acc (+ add)` (ADD 1) or `acc + u1 V[ch] (+ u2 Q[input])` (ADD 2)."""
-    ok = (rm < M)[:, None] & (rn < D)[None, :]
-    out = rm[:, None].to(tl.int64) * D + rn[None, :]
+    """Store `acc^T [BN, BM]` as rows `rm` of `out [M, D]`: `acc (+ add)` (ADD 1) or
+    `acc + u1 V[ch] (+ u2 Q[input])` (ADD 2)."""
+    row_ok = rm < M
+    ok = (rn < D)[:, None] & row_ok[None, :]
+    out = rm[None, :].to(tl.int64) * D + rn[:, None]
     if ADD == 1:
         acc += tl.load(add_ptr + out, mask=ok, other=0.0)
     if ADD == 2:
-        u1 = tl.load(u1_ptr + rm, mask=rm < M, other=0.0)
-        acc += u1[:, None] * tl.load(v_ptr + ch[:, None] * D + rn[None, :], mask=ok, other=0.0)
+        u1 = tl.load(u1_ptr + rm, mask=row_ok, other=0.0)
+        acc += u1[None, :] * tl.load(v_ptr + ch[None, :] * D + rn[:, None], mask=ok, other=0.0)
         if HAS_Q:
-            u2 = tl.load(u2_ptr + rm, mask=rm < M, other=0.0)
-            q = tl.load(q_ptr + (rm // per_input)[:, None] * D + rn[None, :], mask=ok, other=0.0)
-            acc += u2[:, None] * q
+            u2 = tl.load(u2_ptr + rm, mask=row_ok, other=0.0)
+            q = tl.load(q_ptr + (rm // per_input)[None, :] * D + rn[:, None], mask=ok, other=0.0)
+            acc += u2[None, :] * q
     tl.store(out_ptr + out, acc, mask=ok)
 
 
@@ -128,19 +138,18 @@ def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, M, H,
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(D, BN)
     rm = (pid // n_tiles) * BM + tl.arange(0, BM)
-    rn = (pid % n_tiles) * BN + tl.arange(0, BN)
+    rn = (pid % n_tiles) * BN + tl.arange(0, BN)                # model features
     row_ok, col_ok = rm < M, rn < D
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
     for k0 in range(0, H, BK):
         rk = k0 + tl.arange(0, BK)
         k_ok = rk < H
         z = tl.load(z_ptr + rm[:, None].to(tl.int64) * H + rk[None, :],
                     mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        z_hi, z_lo = _split(z)
-        w = rk[:, None] * D + rn[None, :]
-        w_ok = k_ok[:, None] & col_ok[None, :]
-        acc = _dot3(z_hi, z_lo, tl.load(dh_ptr + w, mask=w_ok, other=0.0),
-                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), acc)
+        w = rn[:, None] * H + rk[None, :]                       # D: [D, H]
+        w_ok = col_ok[:, None] & k_ok[None, :]
+        acc = _dot3(tl.load(dh_ptr + w, mask=w_ok, other=0.0),
+                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), z, acc)
     _store_delta(acc, out_ptr, add_ptr, add_ptr, add_ptr, add_ptr, add_ptr, rm, rm, rn, M, 1,
                  D, ADD, False)
 
@@ -161,7 +170,7 @@ def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_p
     ch = tl.load(ks_ptr + rm % per_input, mask=row_ok, other=0)          # ablated channel
     alpha = tl.load(alpha_ptr + rm, mask=row_ok, other=0.0)[:, None]
     beta = tl.load(beta_ptr + rm, mask=row_ok, other=0.0)[:, None]
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    acc = tl.zeros((BN, BM), dtype=tl.float32)
     for k0 in range(0, H, BK):
         rk = k0 + tl.arange(0, BK)
         ok = row_ok[:, None] & (rk < H)[None, :]
@@ -174,11 +183,10 @@ def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_p
             + beta * tl.load(qr_ptr + q, mask=ok, other=0.0)
         z = tl.load(a_ptr + ab, mask=ok, other=0.0) * d_right \
             + d_left * (tl.load(b_ptr + ab, mask=ok, other=0.0) + d_right)
-        z_hi, z_lo = _split(z)
-        w = rk[:, None] * D + rn[None, :]
-        w_ok = (rk < H)[:, None] & col_ok[None, :]
-        acc = _dot3(z_hi, z_lo, tl.load(dh_ptr + w, mask=w_ok, other=0.0),
-                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), acc)
+        w = rn[:, None] * H + rk[None, :]
+        w_ok = col_ok[:, None] & (rk < H)[None, :]
+        acc = _dot3(tl.load(dh_ptr + w, mask=w_ok, other=0.0),
+                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), z, acc)
     _store_delta(acc, out_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn, M, per_input,
                  D, 2, HAS_Q)
 
@@ -193,7 +201,7 @@ def lr_dz(rows: Tensor, lr: tuple[Tensor, Tensor, Tensor, Tensor], a: Tensor, b:
 
     Args:
         rows: `[M, d]`, rows `i * per_input + k` (input `i`, ablation `k`).
-        lr: `split_weight(L^T) + split_weight(R^T)`, each `[d, H]`.
+        lr: `split_weight(L) + split_weight(R)`, each `[H, d]`.
         a, b: the clean `L u` and `R u` of the layer, `[inputs, H]` (row stride free).
         per_input: ablations per input.
 
@@ -202,16 +210,16 @@ def lr_dz(rows: Tensor, lr: tuple[Tensor, Tensor, Tensor, Tensor], a: Tensor, b:
     """
     rows = rows.reshape(-1, rows.shape[-1]).contiguous()
     M, D = rows.shape
-    H = lr[0].shape[1]
+    H = lr[0].shape[0]
     z = torch.empty(M, H, device=rows.device, dtype=rows.dtype)
     _lr_dz_kernel[_grid(M, H)](rows, *lr, a, b, z, M, H, per_input, a.stride(0), D=D)
     return z
 
 
 def down(z: Tensor, dt: tuple[Tensor, Tensor], add: Tensor | None = None) -> Tensor:
-    """`z @ D^T (+ add)`: `z [M, H]`, `dt = split_weight(D^T)` (`[H, d]`), `add [M, d]`."""
+    """`z @ D^T (+ add)`: `z [M, H]`, `dt = split_weight(D)` (`[d, H]`), `add [M, d]`."""
     M, H = z.shape
-    D = dt[0].shape[1]
+    D = dt[0].shape[0]
     out = torch.empty(M, D, device=z.device, dtype=z.dtype)
     add = out if add is None else add.reshape(M, D).contiguous()
     _down_kernel[_grid(M, D)](z, *dt, out, add, M, H, D=D, ADD=0 if add is out else 1)
@@ -231,7 +239,7 @@ def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
         lp, rp: `(L P)^T` and `(R P)^T`, `[H_ablated, H]`, rows indexed by channel.
         ql, qr: `L q` and `R q` per input, `[inputs, H]` (row stride free, same for both).
         a, b: the clean `L u`, `R u` of the layer, `[inputs, H]` (row stride free).
-        dt: `split_weight(D^T)` of the layer, `[H, d]`.
+        dt: `split_weight(D)` of the layer, `[d, H]`.
         u1, v, u2, q: the residual's own perturbation `u1 V[k] + u2 q` (`u1`, `u2`:
             `[inputs, K]`; `V [H_ablated, d]`, `q [inputs, d]`); `u2`, `q` may be None.
 
@@ -239,7 +247,7 @@ def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
         `delta [inputs * K, d]`, rows `i * K + k`.
     """
     n, K = alpha.shape
-    M, H, D = n * K, lp.shape[1], dt[0].shape[1]
+    M, H, D = n * K, lp.shape[1], dt[0].shape[0]
     assert ql.stride() == qr.stride() and a.stride() == b.stride()
     out = torch.empty(M, D, device=alpha.device, dtype=alpha.dtype)
     has_q = u2 is not None
