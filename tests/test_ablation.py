@@ -258,3 +258,19 @@ def test_resolved_target_of_another_batch_is_refused(fn):
     one_row = Target(direction=torch.ones(1, 4, dtype=torch.float64))
     with pytest.raises(BilensError, match="one row per input"):
         fn(model, x, one_row)
+
+
+def test_triton_failure_falls_back_to_cublas_with_a_warning():
+    """Forced onto the Triton GEMMs where they cannot run (a CPU tensor, or no Triton), the
+    plan says so once and finishes on the cuBLAS path with the same numbers."""
+    model = make("rms", "post", seed=8, d_in=32, d_model=64, d_hidden=64, n_layers=4,
+                 n_out=10, spread=0.0, dtype=torch.float32)
+    x = torch.randn(8, 32)
+    _, clean, tgt, b = _prepare(model, x, "predicted", "zero", None, None)
+    plan = Plan(model, precision="3xtf32", triton=True)
+    with pytest.warns(RuntimeWarning, match="Triton GEMMs failed"):
+        got = torch.stack([plan.effects(clean, tgt, b[:, l] - clean.z[:, l], l, slice(None))
+                           for l in range(4)], 1)
+    assert plan.triton_error is not None and not plan.k.triton
+    ref = ablation_effects(model.double(), x.double(), "predicted")
+    close(got.double(), ref, tol=1e-5)

@@ -17,6 +17,7 @@ import platform
 import resource
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
@@ -307,13 +308,17 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     del m64
     kw = dict(memory=cfg.memory, compile=cfg.compile)
     for prec in dict.fromkeys(("fp32", cfg.precision)):
-        t, ours, peak = timed(lambda p=prec: ablation_effects(model, x, classes, precision=p, **kw),
-                              device, cfg.repeats)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            t, ours, peak = timed(lambda p=prec: ablation_effects(model, x, classes, precision=p,
+                                                                  **kw), device, cfg.repeats)
         err = agreement(ours, truth)
         flops = ablation_flops(mcfg, cfg.n)
         name = f"ablation bilens {prec}"
         if Kernels(prec, cfg.compile and device.type == "cuda").triton:
-            name += " (Triton GEMMs)"
+            failed = [str(w.message) for w in caught if "Triton GEMMs failed" in str(w.message)]
+            name += " (Triton GEMMs fell back to cuBLAS)" if failed else " (Triton GEMMs)"
+            cfg.notes.extend(failed[:1])
         row(name, t, agree=err, ok=err <= TOL, flops_per_s=flops / t, peak_bytes=peak)
         rows[name]["over_forward"] = t / t_fwd
     best = min((r for r in rows if r.startswith("ablation bilens") and rows[r]["ok"]),

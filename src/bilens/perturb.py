@@ -67,8 +67,9 @@ class Plan:
     def __init__(self, model: BilinearNet, frozen: bool = False, precision: str = "fp32",
                  compile: bool = False, triton: bool | None = None):
         cfg = model.config
-        self.cfg, self.frozen = cfg, frozen
+        self.cfg, self.frozen, self.precision, self.compile = cfg, frozen, precision, compile
         self.k = Kernels(precision, compile, triton)
+        self.triton_error: str | None = None
         self.post = cfg.norm_position == "post"
         self.n_layers = cfg.n_layers
         self.W = model.head.weight.detach()                                  # [n_out, d]
@@ -174,7 +175,10 @@ class Plan:
         m = l + 1
         ql, qr = (q @ self.LRt[m]).chunk(2, dim=-1)                              # [Bc, H]
         if self.k.triton:
-            return self._suffix_triton(run, tgt, c, alpha, beta, q, ql, qr, l, ks)
+            try:
+                return self._suffix_triton(run, tgt, c, alpha, beta, q, ql, qr, l, ks)
+            except Exception as err:  # noqa: BLE001 (any Triton failure: cuBLAS from now on)
+                self._drop_triton(err)
         dz = self.k.entry(alpha, beta, self.LPt[l][ks], self.RPt[l][ks], ql, qr,
                           run.left[:, m], run.right[:, m])                       # [Bc, K, H]
         if self.post:                                                            # r' = du + D dz
@@ -198,6 +202,17 @@ class Plan:
                 du = delta                                                       # residual keeps it
         dfinal = self.norm_delta(run, self.cfg.n_norms - 1, delta)
         return target_delta(tgt, run.logits, dfinal @ self.W.T)
+
+    def _drop_triton(self, err: Exception) -> None:
+        """Fall back from the Triton GEMMs to cuBLAS (same numbers), saying so once."""
+        import warnings
+        self.triton_error = f"{type(err).__name__}: {str(err)[:300]}"
+        warnings.warn(f"bilens: the Triton GEMMs failed ({self.triton_error}); exhaustive "
+                      f"ablation continues with cuBLAS", RuntimeWarning, stacklevel=3)
+        self.k = Kernels(self.precision, self.compile, triton=False)
+        self.LRw = [self.k.weight(w) for w in self.LRt]
+        self.Dw = [self.k.weight(w) for w in self.Dt]
+        self.WPw = self.k.weight(self.WP[-1].T)
 
     def _suffix_triton(self, run: Run, tgt: Target, c: Tensor, alpha: Tensor, beta: Tensor,
                        q: Tensor, ql: Tensor, qr: Tensor, l: int, ks: Tensor | slice) -> Tensor:

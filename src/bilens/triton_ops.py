@@ -41,6 +41,10 @@ _LR_CONFIGS = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4),
                (128, 128, 32, 8, 2), (64, 128, 32, 4, 3)]
 _DOWN_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
                  (128, 256, 32, 8, 2), (256, 128, 32, 8, 2)]
+# the entry kernel stages six [BM, BK] prologue tiles besides the weights' two [BN, BK]:
+# stages x (6 BM + 2 BN) x BK x 4 bytes must fit the 227 KiB of shared memory
+_ENTRY_CONFIGS = [(128, 128, 16, 8, 3), (128, 256, 16, 8, 2), (64, 256, 16, 8, 3),
+                  (64, 128, 32, 4, 2), (128, 128, 32, 8, 1)]
 
 
 def _configs(shapes):
@@ -154,7 +158,7 @@ def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, M, H,
                  D, ADD, False)
 
 
-@triton.autotune(configs=_configs(_DOWN_CONFIGS), key=["H", "D", "HAS_Q"])
+@triton.autotune(configs=_configs(_ENTRY_CONFIGS), key=["H", "D", "HAS_Q"])
 @triton.jit
 def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_ptr, a_ptr, b_ptr,
                        dh_ptr, dl_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr,
