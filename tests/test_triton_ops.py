@@ -4,6 +4,8 @@ They run only on a CUDA device with Triton; on the CPU these tests skip (the GPU
 `benchmarks/gpu.sh` runs them, and `bilens bench` re-checks every timed result).
 """
 
+import warnings
+
 import pytest
 import torch
 from test_ablation import make
@@ -27,27 +29,52 @@ def _error(got, ref):
     return ((got - ref).abs().max() / ref.abs().max()).item()
 
 
+PRECISIONS = ["3xtf32", "3xfp16"]
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("pos", ["post", "pre"])
 @pytest.mark.parametrize("norm", ["rms", "layer", "none"])
-def test_triton_matches_float64(norm, pos, frozen):
+def test_triton_matches_float64(norm, pos, frozen, precision):
     model = _model(norm, pos)
     x = torch.randn(37, 16, device="cuda")
-    got = ablation_effects(model, x, "predicted", frozen_norm=frozen, precision="3xtf32",
-                           compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")               # a fallback to cuBLAS fails the test
+        got = ablation_effects(model, x, "predicted", frozen_norm=frozen, precision=precision,
+                               compile=True)
     ref = ablation_effects(model.double(), x.double(), "predicted", frozen_norm=frozen)
     assert _error(got, ref) < 1e-5
 
 
+@pytest.mark.parametrize("scale", [1e-3, 30.0])
+def test_float16_halves_keep_accuracy_far_from_unit_scale(scale):
+    """float16 has little range: the power-of-two scaling must keep tiny and large
+    activations and weights float32-accurate."""
+    model = _model("none", "pre", seed=4)
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.L.mul_(3.0)
+            layer.D.mul_(1 / scale)
+    x = scale * torch.randn(19, 16, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ablation_effects(model, x, "predicted", precision="3xfp16", compile=True)
+    ref = ablation_effects(model.double(), x.double(), "predicted")
+    assert torch.isfinite(got).all()
+    assert _error(got, ref) < 1e-5
+
+
+@pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("n_layers", [2, 3, 5])
-def test_triton_subsets_targets_and_depths(n_layers):
+def test_triton_subsets_targets_and_depths(n_layers, precision):
     model = _model("rms", "pre", n_layers=n_layers, seed=n_layers)
     x = torch.randn(23, 16, device="cuda")
     y = torch.randint(0, 10, (23,), device="cuda")
     channels = {0: [3, 0, 79, 17], n_layers - 2: list(range(5, 60))}
     for target in ("logprob", "label"):
         got = ablation_effects(model, x, target, labels=y, channels=channels,
-                               precision="3xtf32", compile=True)
+                               precision=precision, compile=True)
         ref = ablation_effects(model.double(), x.double(), target, labels=y, channels=channels)
         assert torch.equal(got.isnan().cpu(), ref.isnan().cpu())
         keep = ~ref.isnan()

@@ -262,7 +262,8 @@ def ablation_effects(
             the `[B, L, H]` result come on top). On a CPU chunks are also kept cache-sized
             and spread over `torch.get_num_threads()` single-threaded workers.
         progress: show a progress bar over input chunks.
-        precision: `"fp32"`, or `"3xtf32"` (CUDA, float32 models): the large matmuls on
+        precision: `"fp32"`, or `"3xtf32"` / `"3xfp16"` (CUDA, float32 models; `"3xfp16"`
+            needs `compile` and Triton, else it runs as `"3xtf32"`): the large matmuls on
             the tensor cores with float32-level accuracy (check it: `bilens bench`).
         compile: fuse the elementwise steps with `torch.compile` (CUDA; first call slow).
 
@@ -287,7 +288,7 @@ def _fast_effects(model, inputs, target, baseline, labels, reference, layers, ch
     if precision not in PRECISIONS:
         raise BilensError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
     on_cuda = x.device.type == "cuda"
-    if precision == "3xtf32" and not (on_cuda and x.dtype == torch.float32):
+    if precision != "fp32" and not (on_cuda and x.dtype == torch.float32):
         precision = "fp32"                       # TF32 exists only on CUDA float32 matmuls
     plan = Plan(model, frozen=frozen_norm, precision=precision, compile=compile and on_cuda)
     out = torch.full_like(clean.z, float("nan"))                             # [B, L, H]

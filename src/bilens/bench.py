@@ -307,7 +307,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     truth = ablation_effects(m64, x.double(), classes, memory=cfg.memory)
     del m64
     kw = dict(memory=cfg.memory, compile=cfg.compile)
-    for prec in dict.fromkeys(("fp32", cfg.precision)):
+    for prec in dict.fromkeys(("fp32", *cfg.precision.split(","))):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             t, ours, peak = timed(lambda p=prec: ablation_effects(model, x, classes, precision=p,
@@ -315,9 +315,11 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         err = agreement(ours, truth)
         flops = ablation_flops(mcfg, cfg.n)
         name = f"ablation bilens {prec}"
-        if Kernels(prec, cfg.compile and device.type == "cuda").triton:
+        kernels = Kernels(prec, cfg.compile and device.type == "cuda")
+        if kernels.triton:
             failed = [str(w.message) for w in caught if "Triton GEMMs failed" in str(w.message)]
-            name += " (Triton GEMMs fell back to cuBLAS)" if failed else " (Triton GEMMs)"
+            name += (" (Triton GEMMs fell back to cuBLAS)" if failed
+                     else " (Triton GEMMs)" if not kernels.f16 else " (Triton GEMMs, float16)")
             cfg.notes.extend(failed[:1])
         row(name, t, agree=err, ok=err <= TOL, flops_per_s=flops / t, peak_bytes=peak)
         rows[name]["over_forward"] = t / t_fwd

@@ -18,7 +18,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-PRECISIONS = ("fp32", "3xtf32")
+PRECISIONS = ("fp32", "3xtf32", "3xfp16")
 
 
 def round_tf32(x: Tensor) -> Tensor:
@@ -95,19 +95,22 @@ class Kernels:
     """How the steps run: eager or compiled, float32 or 3xTF32 matmuls.
 
     Args:
-        precision: `"fp32"` (plain float32 matmuls) or `"3xtf32"` (CUDA only).
-        compile: fuse the elementwise steps with `torch.compile` (CUDA only); with
-            `"3xtf32"` the matmuls then run as Triton GEMMs with the bilinear steps fused
+        precision: `"fp32"` (plain float32 matmuls), `"3xtf32"` or `"3xfp16"` (CUDA only;
+            float32-level accuracy from three products of halves, see `bilens.triton_ops`).
+        compile: fuse the elementwise steps with `torch.compile` (CUDA only); with a split
+            precision the matmuls then run as Triton GEMMs with the bilinear steps fused
             in (`bilens.triton_ops`), where Triton is installed.
-        triton: force the Triton GEMMs on (`True`, needs `"3xtf32"`) or off (`False`);
-            None chooses as above.
+        triton: force the Triton GEMMs on (`True`, needs a split precision) or off
+            (`False`); None chooses as above. `"3xfp16"` exists only as Triton GEMMs:
+            without them it runs as `"3xtf32"` (`self.f16` then False).
     """
 
     def __init__(self, precision: str = "fp32", compile: bool = False,
                  triton: bool | None = None):
-        self.split = precision == "3xtf32"
+        self.split = precision in ("3xtf32", "3xfp16")
         self.triton = (self.split and compile and triton_available()) if triton is None \
             else bool(triton) and self.split
+        self.f16 = self.triton and precision == "3xfp16"
         self.entry = entry_dz
         self.layer = layer_dz
         self.norm = norm_delta

@@ -61,7 +61,7 @@ class Plan:
     Args:
         model: the network.
         frozen: hold every norm's `s` at its clean value.
-        precision: `"fp32"` or `"3xtf32"` for the large matmuls.
+        precision: `"fp32"`, `"3xtf32"` or `"3xfp16"` for the large matmuls.
     """
 
     def __init__(self, model: BilinearNet, frozen: bool = False, precision: str = "fp32",
@@ -107,9 +107,10 @@ class Plan:
         self.WPw = self.k.weight(self.WP[-1].T)                              # [H, n_out]
         if self.k.triton:                   # Triton GEMMs: weights split once, here
             from bilens.triton_ops import split_weight
-            self.Tlr = [split_weight(Lm) + split_weight(Rm)                  # [H, d] halves
+            f16 = self.k.f16
+            self.Tlr = [(split_weight(Lm, f16), split_weight(Rm, f16))       # [H, d] halves
                         for Lm, Rm in zip(self.L, self.R, strict=True)]
-            self.Td = [split_weight(Dm) for Dm in self.D]                    # [d, H] halves
+            self.Td = [split_weight(Dm, f16) for Dm in self.D]               # [d, H] halves
             self.WPw = self.WP[-1].T.contiguous()                            # head: plain fp32
 
     def first_norm(self, l: int) -> int:
@@ -238,11 +239,11 @@ class Plan:
             r, s = self.stats(run, i)
             rows = self.k.norm(self.cfg.norm, self.frozen, delta.view(-1, K, d), r, s,
                                self.gamma[i])
-            dz = T.lr_dz(rows, self.Tlr[m], run.left[:, m], run.right[:, m], K)  # [Bc K, H]
+            dz, zmax = T.lr_dz(rows, *self.Tlr[m], run.left[:, m], run.right[:, m], K)
             du = rows if self.post else delta                                    # residual's
             if self.frozen and m + 1 == self.n_layers:
                 return self._frozen_head(run, tgt, du.view(-1, K, d), dz.view(-1, K, dz.shape[-1]))
-            delta = T.down(dz, self.Td[m], add=du)
+            delta = T.down(dz, self.Td[m], add=du, zmax=zmax)                   # [Bc K, d]
         dfinal = self.norm_delta(run, self.cfg.n_norms - 1, delta.view(-1, K, d))
         return target_delta(tgt, run.logits, dfinal @ self.W.T)
 

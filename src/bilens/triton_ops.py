@@ -26,7 +26,9 @@ arithmetic against the plain torch steps.
 
 from __future__ import annotations
 
+import math
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -54,10 +56,31 @@ def _configs(shapes):
             for bm, bn, bk, w, s in shapes]
 
 
-def split_weight(w: Tensor) -> tuple[Tensor, Tensor]:
-    """`(w_hi, w_lo)`, both exact in TF32, contiguous."""
-    hi = round_tf32(w.contiguous())
-    return hi, round_tf32(w - hi).contiguous()
+class Split(NamedTuple):
+    """A weight as two halves and the power of two it was scaled by (1 for TF32)."""
+
+    hi: Tensor
+    lo: Tensor
+    scale: float
+
+
+def split_weight(w: Tensor, f16: bool = False) -> Split:
+    """`w` as `hi + lo`, both exact in TF32 (float32 storage), or, with `f16`, both float16
+    after scaling `w` by a power of two that puts `max|w|` in `[2^14, 2^15)`."""
+    w = w.contiguous()
+    if not f16:
+        hi = round_tf32(w)
+        return Split(hi, round_tf32(w - hi).contiguous(), 1.0)
+    top = w.abs().max().item()
+    scale = 2.0 ** (14 - math.floor(math.log2(top))) if top > 0 else 1.0
+    ws = w * scale
+    hi = ws.half()
+    return Split(hi, (ws - hi.float()).half().contiguous(), scale)
+
+
+def amax(x: Tensor) -> Tensor:
+    """`max|x|` as a one-element tensor on the device (no host sync)."""
+    return x.abs().amax().reshape(1).float()
 
 
 # Every product is written transposed, `acc^T [BN, BM] = W [BN, BK] @ X^T [BK, BM]`: the
@@ -65,6 +88,14 @@ def split_weight(w: Tensor) -> tuple[Tensor, Tensor]:
 # the activation, split in registers, the right one. Measured on the H200
 # (`benchmarks/triton_gemm.py`): 255-270 TFLOP/s of TF32 work this way, 144-150 with the
 # split activation as the left operand, 234-242 for cuBLAS on pre-split factors.
+#
+# F16 (precision "3xfp16"): the halves are float16, which the tensor cores multiply twice as
+# fast as TF32 and with the same 11 significant bits. float16 has little range, so every
+# operand is scaled by a power of two (exact) that puts its largest entry just under 2^15:
+# weights once (`split_weight`), activations per call from their max (`amax`, or an
+# `atomic_max` in the epilogue that makes them). Entries far below the max lose low bits of
+# their low half, i.e. precision relative to the max, which is what the normwise agreement
+# counts; the product is undone by the two scales in the epilogue.
 
 @triton.jit
 def _split(x):
@@ -74,25 +105,48 @@ def _split(x):
 
 
 @triton.jit
-def _dot3(w_hi, w_lo, x, acc):
-    """`acc + w @ x^T` in 3xTF32, `x` a float32 tile `[BM, BK]` split here."""
-    x_hi, x_lo = _split(x)
-    x_hi = tl.trans(x_hi)
-    acc = tl.dot(w_hi, tl.trans(x_lo), acc, input_precision="tf32")
-    acc = tl.dot(w_lo, x_hi, acc, input_precision="tf32")
-    return tl.dot(w_hi, x_hi, acc, input_precision="tf32")
+def _pow2_scale(amax_ptr, F16: tl.constexpr):
+    """2^k with `max * 2^k` in `[2^14, 2^15)` (1.0 without F16)."""
+    if F16:
+        top = tl.load(amax_ptr)
+        e = ((top.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127        # floor(log2 top)
+        k = tl.minimum(tl.maximum(14 - e, -120), 120)
+        return ((k + 127) << 23).to(tl.float32, bitcast=True)
+    return 1.0
 
 
-@triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D"])
 @triton.jit
-def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr,
-                  M, H, per_input, stride_ab,
-                  D: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+def _dot3(w_hi, w_lo, x, acc, x_scale, F16: tl.constexpr):
+    """`acc + w @ x^T` in three products of halves, `x` a float32 tile `[BM, BK]` split here."""
+    if F16:
+        xs = x * x_scale
+        hi = xs.to(tl.float16)
+        lo = (xs - hi.to(tl.float32)).to(tl.float16)
+        hi = tl.trans(hi)
+        acc = tl.dot(w_hi, tl.trans(lo), acc)
+        acc = tl.dot(w_lo, hi, acc)
+        acc = tl.dot(w_hi, hi, acc)
+    else:
+        x_hi, x_lo = _split(x)
+        x_hi = tl.trans(x_hi)
+        acc = tl.dot(w_hi, tl.trans(x_lo), acc, input_precision="tf32")
+        acc = tl.dot(w_lo, x_hi, acc, input_precision="tf32")
+        acc = tl.dot(w_hi, x_hi, acc, input_precision="tf32")
+    return acc
+
+
+@triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D", "F16"])
+@triton.jit
+def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr, xmax_ptr, zmax_ptr,
+                  l_scale, r_scale, M, H, per_input, stride_ab,
+                  D: tl.constexpr, F16: tl.constexpr,
+                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(H, BN)
     rm = (pid // n_tiles) * BM + tl.arange(0, BM)               # ablations (rows of x, z)
     rn = (pid % n_tiles) * BN + tl.arange(0, BN)                # hidden units
     row_ok, col_ok = rm < M, rn < H
+    x_scale = _pow2_scale(xmax_ptr, F16)
     acc_l = tl.zeros((BN, BM), dtype=tl.float32)                # (L x)^T tile
     acc_r = tl.zeros((BN, BM), dtype=tl.float32)
     for k0 in range(0, D, BK):
@@ -103,15 +157,20 @@ def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr,
         w = rn[:, None] * D + rk[None, :]                       # L, R: [H, D]
         w_ok = col_ok[:, None] & k_ok[None, :]
         acc_l = _dot3(tl.load(lh_ptr + w, mask=w_ok, other=0.0),
-                      tl.load(ll_ptr + w, mask=w_ok, other=0.0), x, acc_l)
+                      tl.load(ll_ptr + w, mask=w_ok, other=0.0), x, acc_l, x_scale, F16)
         acc_r = _dot3(tl.load(rh_ptr + w, mask=w_ok, other=0.0),
-                      tl.load(rl_ptr + w, mask=w_ok, other=0.0), x, acc_r)
+                      tl.load(rl_ptr + w, mask=w_ok, other=0.0), x, acc_r, x_scale, F16)
+    if F16:
+        acc_l = acc_l * (1.0 / (x_scale * l_scale))
+        acc_r = acc_r * (1.0 / (x_scale * r_scale))
     ok = col_ok[:, None] & row_ok[None, :]
     ab = (rm // per_input)[None, :] * stride_ab + rn[:, None]
     a = tl.load(a_ptr + ab, mask=ok, other=0.0)
     b = tl.load(b_ptr + ab, mask=ok, other=0.0)
     z = a * acc_r + acc_l * (b + acc_r)
     tl.store(z_ptr + rm[None, :].to(tl.int64) * H + rn[:, None], z, mask=ok)
+    if F16:                                                     # the next product's scale
+        tl.atomic_max(zmax_ptr, tl.max(tl.max(tl.abs(tl.where(ok, z, 0.0)), 1), 0))
 
 
 @triton.jit
@@ -134,16 +193,17 @@ def _store_delta(acc, out_ptr, add_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn
     tl.store(out_ptr + out, acc, mask=ok)
 
 
-@triton.autotune(configs=_configs(_DOWN_CONFIGS), key=["H", "D", "ADD"])
+@triton.autotune(configs=_configs(_DOWN_CONFIGS), key=["H", "D", "ADD", "F16"])
 @triton.jit
-def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, M, H,
-                 D: tl.constexpr, ADD: tl.constexpr,
+def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, zmax_ptr, d_scale, M, H,
+                 D: tl.constexpr, ADD: tl.constexpr, F16: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(D, BN)
     rm = (pid // n_tiles) * BM + tl.arange(0, BM)
     rn = (pid % n_tiles) * BN + tl.arange(0, BN)                # model features
     row_ok, col_ok = rm < M, rn < D
+    z_scale = _pow2_scale(zmax_ptr, F16)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for k0 in range(0, H, BK):
         rk = k0 + tl.arange(0, BK)
@@ -153,17 +213,19 @@ def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, M, H,
         w = rn[:, None] * H + rk[None, :]                       # D: [D, H]
         w_ok = col_ok[:, None] & k_ok[None, :]
         acc = _dot3(tl.load(dh_ptr + w, mask=w_ok, other=0.0),
-                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), z, acc)
+                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), z, acc, z_scale, F16)
+    if F16:
+        acc = acc * (1.0 / (z_scale * d_scale))
     _store_delta(acc, out_ptr, add_ptr, add_ptr, add_ptr, add_ptr, add_ptr, rm, rm, rn, M, 1,
                  D, ADD, False)
 
 
-@triton.autotune(configs=_configs(_ENTRY_CONFIGS), key=["H", "D", "HAS_Q"])
+@triton.autotune(configs=_configs(_ENTRY_CONFIGS), key=["H", "D", "HAS_Q", "F16"])
 @triton.jit
 def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_ptr, a_ptr, b_ptr,
-                       dh_ptr, dl_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr,
+                       dh_ptr, dl_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, zmax_ptr, d_scale,
                        M, H, per_input, stride_q, stride_ab,
-                       D: tl.constexpr, HAS_Q: tl.constexpr,
+                       D: tl.constexpr, HAS_Q: tl.constexpr, F16: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(D, BN)
@@ -174,6 +236,7 @@ def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_p
     ch = tl.load(ks_ptr + rm % per_input, mask=row_ok, other=0)          # ablated channel
     alpha = tl.load(alpha_ptr + rm, mask=row_ok, other=0.0)[:, None]
     beta = tl.load(beta_ptr + rm, mask=row_ok, other=0.0)[:, None]
+    z_scale = _pow2_scale(zmax_ptr, F16)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for k0 in range(0, H, BK):
         rk = k0 + tl.arange(0, BK)
@@ -190,7 +253,9 @@ def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_p
         w = rn[:, None] * H + rk[None, :]
         w_ok = col_ok[:, None] & (rk < H)[None, :]
         acc = _dot3(tl.load(dh_ptr + w, mask=w_ok, other=0.0),
-                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), z, acc)
+                    tl.load(dl_ptr + w, mask=w_ok, other=0.0), z, acc, z_scale, F16)
+    if F16:
+        acc = acc * (1.0 / (z_scale * d_scale))
     _store_delta(acc, out_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn, M, per_input,
                  D, 2, HAS_Q)
 
@@ -199,39 +264,50 @@ def _grid(M: int, N: int):
     return lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
 
 
-def lr_dz(rows: Tensor, lr: tuple[Tensor, Tensor, Tensor, Tensor], a: Tensor, b: Tensor,
-          per_input: int) -> Tensor:
+def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int
+          ) -> tuple[Tensor, Tensor | None]:
     """`dz = a * dR + dL * (b + dR)`, `[dL | dR] = rows @ [L^T | R^T]`.
 
     Args:
         rows: `[M, d]`, rows `i * per_input + k` (input `i`, ablation `k`).
-        lr: `split_weight(L) + split_weight(R)`, each `[H, d]`.
+        L, R: `split_weight` of the layer's `L` and `R` (`[H, d]`), both TF32 or both f16.
         a, b: the clean `L u` and `R u` of the layer, `[inputs, H]` (row stride free).
         per_input: ablations per input.
 
     Returns:
-        `dz [M, H]`.
+        `dz [M, H]`, and (float16 halves) `max|dz|` as a one-element tensor, else None.
     """
     rows = rows.reshape(-1, rows.shape[-1]).contiguous()
     M, D = rows.shape
-    H = lr[0].shape[0]
+    H = L.hi.shape[0]
+    f16 = L.hi.dtype == torch.float16
     z = torch.empty(M, H, device=rows.device, dtype=rows.dtype)
-    _lr_dz_kernel[_grid(M, H)](rows, *lr, a, b, z, M, H, per_input, a.stride(0), D=D)
-    return z
+    xmax = amax(rows) if f16 else z
+    zmax = torch.zeros(1, device=rows.device, dtype=torch.float32) if f16 else None
+    _lr_dz_kernel[_grid(M, H)](rows, L.hi, L.lo, R.hi, R.lo, a, b, z, xmax,
+                               z if zmax is None else zmax, L.scale, R.scale, M, H, per_input,
+                               a.stride(0), D=D, F16=f16)
+    return z, zmax
 
 
-def down(z: Tensor, dt: tuple[Tensor, Tensor], add: Tensor | None = None) -> Tensor:
-    """`z @ D^T (+ add)`: `z [M, H]`, `dt = split_weight(D)` (`[d, H]`), `add [M, d]`."""
+def down(z: Tensor, D_: Split, add: Tensor | None = None, zmax: Tensor | None = None
+         ) -> Tensor:
+    """`z @ D^T (+ add)`: `z [M, H]`, `D_ = split_weight(D)` (`[d, H]`), `add [M, d]`;
+    `zmax`: `max|z|` (float16 halves; computed here if not given)."""
     M, H = z.shape
-    D = dt[0].shape[0]
+    D = D_.hi.shape[0]
+    f16 = D_.hi.dtype == torch.float16
+    if f16 and zmax is None:
+        zmax = amax(z)
     out = torch.empty(M, D, device=z.device, dtype=z.dtype)
     add = out if add is None else add.reshape(M, D).contiguous()
-    _down_kernel[_grid(M, D)](z, *dt, out, add, M, H, D=D, ADD=0 if add is out else 1)
+    _down_kernel[_grid(M, D)](z, D_.hi, D_.lo, out, add, z if zmax is None else zmax,
+                              D_.scale, M, H, D=D, ADD=0 if add is out else 1, F16=f16)
     return out
 
 
 def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
-               ql: Tensor, qr: Tensor, a: Tensor, b: Tensor, dt: tuple[Tensor, Tensor],
+               ql: Tensor, qr: Tensor, a: Tensor, b: Tensor, D_: Split,
                u1: Tensor, v: Tensor, u2: Tensor | None, q: Tensor | None) -> Tensor:
     """`delta = u1 V[k] (+ u2 q) + D dz` for the layer after the ablated one, whose
     `dz = a * dR + dL * (b + dR)` with `dL = alpha (L P)_k + beta (L q)` (and `dR` alike) is
@@ -243,7 +319,7 @@ def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
         lp, rp: `(L P)^T` and `(R P)^T`, `[H_ablated, H]`, rows indexed by channel.
         ql, qr: `L q` and `R q` per input, `[inputs, H]` (row stride free, same for both).
         a, b: the clean `L u`, `R u` of the layer, `[inputs, H]` (row stride free).
-        dt: `split_weight(D)` of the layer, `[d, H]`.
+        D_: `split_weight(D)` of the layer, `[d, H]`.
         u1, v, u2, q: the residual's own perturbation `u1 V[k] + u2 q` (`u1`, `u2`:
             `[inputs, K]`; `V [H_ablated, d]`, `q [inputs, d]`); `u2`, `q` may be None.
 
@@ -251,12 +327,19 @@ def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
         `delta [inputs * K, d]`, rows `i * K + k`.
     """
     n, K = alpha.shape
-    M, H, D = n * K, lp.shape[1], dt[0].shape[0]
+    M, H, D = n * K, lp.shape[1], D_.hi.shape[0]
     assert ql.stride() == qr.stride() and a.stride() == b.stride()
+    f16 = D_.hi.dtype == torch.float16
     out = torch.empty(M, D, device=alpha.device, dtype=alpha.dtype)
+    zmax = out
+    if f16:   # a bound on max|dz| from row maxima: |a||dR| + |dL|(|b| + |dR|)
+        top = lambda t: t.abs().amax(-1, keepdim=True)  # noqa: E731
+        d_left = alpha.abs() * top(lp)[ks, 0] + beta.abs() * top(ql)
+        d_right = alpha.abs() * rp.abs().amax(-1)[ks] + beta.abs() * top(qr)
+        zmax = (top(a) * d_right + d_left * (top(b) + d_right)).amax().reshape(1).float()
     has_q = u2 is not None
     _entry_down_kernel[_grid(M, D)](
-        alpha.contiguous(), beta.contiguous(), ks, lp, rp, ql, qr, a, b, *dt, out,
+        alpha.contiguous(), beta.contiguous(), ks, lp, rp, ql, qr, a, b, D_.hi, D_.lo, out,
         u1.contiguous(), v, u2.contiguous() if has_q else u1, q.contiguous() if has_q else v,
-        M, H, K, ql.stride(0), a.stride(0), D=D, HAS_Q=has_q)
+        zmax, D_.scale, M, H, K, ql.stride(0), a.stride(0), D=D, HAS_Q=has_q, F16=f16)
     return out

@@ -27,7 +27,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--norm", default="rms", help="none | rms | layer (default rms)")
     p.add_argument("--position", default="post", help="post | pre (default post)")
     p.add_argument("--memory", default="4GiB", help="ablation working-memory budget")
-    p.add_argument("--precision", default="fp32", help="fp32 | 3xtf32 (CUDA matmuls)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 | 3xtf32 | 3xfp16 (CUDA matmuls); a comma list times each")
     p.add_argument("--compile", action="store_true", help="fuse elementwise steps (CUDA)")
     p.add_argument("--data", default="random",
                    help="random, or a dataset whose test inputs to use (e.g. mnist)")
@@ -63,6 +64,11 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise BilensError(f"--ppe: expected integers like 16,64,256, got {args.ppe!r}") \
                 from None
+    from bilens.fused import PRECISIONS
+    for prec in args.precision.split(","):
+        if prec not in PRECISIONS:
+            raise BilensError(f"--precision: expected one of {', '.join(PRECISIONS)} (or a "
+                              f"comma list of them), got {prec!r}")
     over.update(norm=args.norm, position=args.position, device=args.device,
                 memory=args.memory, precision=args.precision, compile=args.compile,
                 data=args.data, captum=not args.no_captum, loop=not args.no_loop)
