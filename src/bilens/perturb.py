@@ -111,6 +111,8 @@ class Plan:
             self.Tlr = [(split_weight(Lm, f16), split_weight(Rm, f16))       # [H, d] halves
                         for Lm, Rm in zip(self.L, self.R, strict=True)]
             self.Td = [split_weight(Dm, f16) for Dm in self.D]               # [d, H] halves
+            self.LPmax = [None if lp is None else (lp.abs().amax(-1), rp.abs().amax(-1))
+                          for lp, rp in zip(self.LPt, self.RPt, strict=True)]
             self.WPw = self.WP[-1].T.contiguous()                            # head: plain fp32
 
     def first_norm(self, l: int) -> int:
@@ -233,7 +235,7 @@ class Plan:
                 du = du + beta[..., None] * q[:, None, :]
             return self._frozen_head(run, tgt, du, dz)
         delta = T.entry_down(alpha, beta, ks, self.LPt[l], self.RPt[l], ql, qr, a, b,
-                             self.Td[m], *own)                                  # [Bc K, d]
+                             self.Td[m], *own, lp_max=self.LPmax[l])            # [Bc K, d]
         for m in range(l + 2, self.n_layers):
             i = m - 1 if self.post else m                                        # norm before m
             r, s = self.stats(run, i)

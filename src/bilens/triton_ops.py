@@ -43,10 +43,10 @@ _LR_CONFIGS = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4),
                (128, 128, 32, 8, 2), (64, 128, 32, 4, 3)]
 _DOWN_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
                  (128, 256, 32, 8, 2), (256, 128, 32, 8, 2)]
-# the entry kernel stages six [BM, BK] prologue tiles besides the weights' two [BN, BK]:
-# stages x (6 BM + 2 BN) x BK x 4 bytes must fit the 227 KiB of shared memory
-_ENTRY_CONFIGS = [(128, 128, 16, 8, 3), (128, 256, 16, 8, 2), (64, 256, 16, 8, 3),
-                  (64, 128, 32, 4, 2), (128, 128, 32, 8, 1)]
+# the entry kernel stages two [BM, BK] prologue tiles ((L P)_k, (R P)_k) besides the
+# weights' two [BN, BK]; shapes that overflow the 227 KiB of shared memory are skipped
+_ENTRY_CONFIGS = [(128, 128, 32, 8, 3), (128, 256, 32, 8, 2), (128, 128, 16, 8, 3),
+                  (64, 256, 32, 8, 3), (64, 128, 32, 4, 3)]
 
 
 def _configs(shapes):
@@ -80,7 +80,8 @@ def split_weight(w: Tensor, f16: bool = False) -> Split:
 
 def amax(x: Tensor) -> Tensor:
     """`max|x|` as a one-element tensor on the device (no host sync)."""
-    return x.abs().amax().reshape(1).float()
+    lo, hi = torch.aminmax(x)
+    return torch.maximum(-lo, hi).reshape(1).float()
 
 
 # Every product is written transposed, `acc^T [BN, BM] = W [BN, BK] @ X^T [BK, BM]`: the
@@ -220,42 +221,64 @@ def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, zmax_ptr, d_scale, M, 
                  D, ADD, False)
 
 
+@triton.jit
+def _pow2_of(top):
+    """Elementwise 2^k with `top * 2^k` in `[2^14, 2^15)` (clamped for zero)."""
+    e = ((top.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127            # floor(log2 top)
+    k = tl.minimum(tl.maximum(14 - e, -120), 120)
+    return ((k + 127) << 23).to(tl.float32, bitcast=True)
+
+
 @triton.autotune(configs=_configs(_ENTRY_CONFIGS), key=["H", "D", "HAS_Q", "F16"])
 @triton.jit
 def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_ptr, a_ptr, b_ptr,
-                       dh_ptr, dl_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, zmax_ptr, d_scale,
+                       dh_ptr, dl_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr,
+                       lpm_ptr, rpm_ptr, top_ptr, d_scale,
                        M, H, per_input, stride_q, stride_ab,
                        D: tl.constexpr, HAS_Q: tl.constexpr, F16: tl.constexpr,
                        BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # one program: BM ablations of ONE input (so its per-input rows load as vectors)
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(D, BN)
-    rm = (pid // n_tiles) * BM + tl.arange(0, BM)
+    blocks = tl.cdiv(per_input, BM)
+    inp = (pid // n_tiles) // blocks
+    kk = ((pid // n_tiles) % blocks) * BM + tl.arange(0, BM)            # ablation index
     rn = (pid % n_tiles) * BN + tl.arange(0, BN)
-    row_ok, col_ok = rm < M, rn < D
-    inp = rm // per_input
-    ch = tl.load(ks_ptr + rm % per_input, mask=row_ok, other=0)          # ablated channel
-    alpha = tl.load(alpha_ptr + rm, mask=row_ok, other=0.0)[:, None]
-    beta = tl.load(beta_ptr + rm, mask=row_ok, other=0.0)[:, None]
-    z_scale = _pow2_scale(zmax_ptr, F16)
+    row_ok, col_ok = kk < per_input, rn < D
+    rm = inp * per_input + kk
+    ch = tl.load(ks_ptr + kk, mask=row_ok, other=0)                      # ablated channel
+    alpha = tl.load(alpha_ptr + rm, mask=row_ok, other=0.0)
+    beta = tl.load(beta_ptr + rm, mask=row_ok, other=0.0)
+    z_scale = 1.0
+    if F16:   # per ablation, a bound on max|dz|: |a||dR| + |dL|(|b| + |dR|), from row maxima
+        d_left = tl.abs(alpha) * tl.load(lpm_ptr + ch, mask=row_ok, other=0.0) \
+            + tl.abs(beta) * tl.load(top_ptr + 4 * inp)
+        d_right = tl.abs(alpha) * tl.load(rpm_ptr + ch, mask=row_ok, other=0.0) \
+            + tl.abs(beta) * tl.load(top_ptr + 4 * inp + 1)
+        bound = tl.load(top_ptr + 4 * inp + 2) * d_right \
+            + d_left * (tl.load(top_ptr + 4 * inp + 3) + d_right)
+        z_scale = _pow2_of(bound)[:, None]                               # [BM, 1]
+    alpha, beta = alpha[:, None], beta[:, None]
     acc = tl.zeros((BN, BM), dtype=tl.float32)
     for k0 in range(0, H, BK):
         rk = k0 + tl.arange(0, BK)
-        ok = row_ok[:, None] & (rk < H)[None, :]
+        k_ok = rk < H
+        ok = row_ok[:, None] & k_ok[None, :]
         p = ch[:, None] * H + rk[None, :]
-        q = inp[:, None] * stride_q + rk[None, :]
-        ab = inp[:, None] * stride_ab + rk[None, :]
-        d_left = alpha * tl.load(lp_ptr + p, mask=ok, other=0.0) \
-            + beta * tl.load(ql_ptr + q, mask=ok, other=0.0)
-        d_right = alpha * tl.load(rp_ptr + p, mask=ok, other=0.0) \
-            + beta * tl.load(qr_ptr + q, mask=ok, other=0.0)
-        z = tl.load(a_ptr + ab, mask=ok, other=0.0) * d_right \
-            + d_left * (tl.load(b_ptr + ab, mask=ok, other=0.0) + d_right)
+        ql = tl.load(ql_ptr + inp * stride_q + rk, mask=k_ok, other=0.0)[None, :]
+        qr = tl.load(qr_ptr + inp * stride_q + rk, mask=k_ok, other=0.0)[None, :]
+        a = tl.load(a_ptr + inp * stride_ab + rk, mask=k_ok, other=0.0)[None, :]
+        b = tl.load(b_ptr + inp * stride_ab + rk, mask=k_ok, other=0.0)[None, :]
+        d_left = alpha * tl.load(lp_ptr + p, mask=ok, other=0.0) + beta * ql
+        d_right = alpha * tl.load(rp_ptr + p, mask=ok, other=0.0) + beta * qr
+        z = a * d_right + d_left * (b + d_right)
         w = rn[:, None] * H + rk[None, :]
-        w_ok = col_ok[:, None] & (rk < H)[None, :]
+        w_ok = col_ok[:, None] & k_ok[None, :]
         acc = _dot3(tl.load(dh_ptr + w, mask=w_ok, other=0.0),
                     tl.load(dl_ptr + w, mask=w_ok, other=0.0), z, acc, z_scale, F16)
     if F16:
-        acc = acc * (1.0 / (z_scale * d_scale))
+        acc = acc * (1.0 / (tl.trans(z_scale) * d_scale))
+    rm = tl.where(row_ok, rm, M)                                         # masked rows: none
     _store_delta(acc, out_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn, M, per_input,
                  D, 2, HAS_Q)
 
@@ -308,7 +331,8 @@ def down(z: Tensor, D_: Split, add: Tensor | None = None, zmax: Tensor | None = 
 
 def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
                ql: Tensor, qr: Tensor, a: Tensor, b: Tensor, D_: Split,
-               u1: Tensor, v: Tensor, u2: Tensor | None, q: Tensor | None) -> Tensor:
+               u1: Tensor, v: Tensor, u2: Tensor | None, q: Tensor | None,
+               lp_max: tuple[Tensor, Tensor] | None = None) -> Tensor:
     """`delta = u1 V[k] (+ u2 q) + D dz` for the layer after the ablated one, whose
     `dz = a * dR + dL * (b + dR)` with `dL = alpha (L P)_k + beta (L q)` (and `dR` alike) is
     made tile by tile, never stored.
@@ -322,6 +346,7 @@ def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
         D_: `split_weight(D)` of the layer, `[d, H]`.
         u1, v, u2, q: the residual's own perturbation `u1 V[k] + u2 q` (`u1`, `u2`:
             `[inputs, K]`; `V [H_ablated, d]`, `q [inputs, d]`); `u2`, `q` may be None.
+        lp_max: `max|lp|` and `max|rp|` per row, if precomputed (float16 halves only).
 
     Returns:
         `delta [inputs * K, d]`, rows `i * K + k`.
@@ -331,15 +356,16 @@ def entry_down(alpha: Tensor, beta: Tensor, ks: Tensor, lp: Tensor, rp: Tensor,
     assert ql.stride() == qr.stride() and a.stride() == b.stride()
     f16 = D_.hi.dtype == torch.float16
     out = torch.empty(M, D, device=alpha.device, dtype=alpha.dtype)
-    zmax = out
-    if f16:   # a bound on max|dz| from row maxima: |a||dR| + |dL|(|b| + |dR|)
-        top = lambda t: t.abs().amax(-1, keepdim=True)  # noqa: E731
-        d_left = alpha.abs() * top(lp)[ks, 0] + beta.abs() * top(ql)
-        d_right = alpha.abs() * rp.abs().amax(-1)[ks] + beta.abs() * top(qr)
-        zmax = (top(a) * d_right + d_left * (top(b) + d_right)).amax().reshape(1).float()
+    lpm = rpm = top = out
+    if f16:            # row maxima for the per-ablation scale: channels' and inputs'
+        lpm, rpm = lp_max if lp_max is not None else (lp.abs().amax(-1), rp.abs().amax(-1))
+        top = torch.stack([torch.linalg.vector_norm(t, float("inf"), dim=-1)
+                           for t in (ql, qr, a, b)], -1).contiguous()      # [n, 4]
     has_q = u2 is not None
-    _entry_down_kernel[_grid(M, D)](
+    grid = lambda meta: (n * triton.cdiv(K, meta["BM"]) * triton.cdiv(D, meta["BN"]),)  # noqa: E731
+    _entry_down_kernel[grid](
         alpha.contiguous(), beta.contiguous(), ks, lp, rp, ql, qr, a, b, D_.hi, D_.lo, out,
         u1.contiguous(), v, u2.contiguous() if has_q else u1, q.contiguous() if has_q else v,
-        zmax, D_.scale, M, H, K, ql.stride(0), a.stride(0), D=D, HAS_Q=has_q, F16=f16)
+        lpm, rpm, top, D_.scale, M, H, K, ql.stride(0), a.stride(0), D=D, HAS_Q=has_q,
+        F16=f16)
     return out
