@@ -1,7 +1,9 @@
 """The Triton GEMMs of exhaustive ablation (`bilens.triton_ops`) against float64.
 
 They run only on a CUDA device with Triton; on the CPU these tests skip (the GPU run of
-`benchmarks/gpu.sh` runs them, and `bilens bench` re-checks every timed result).
+`benchmarks/gpu.sh` runs them, and `bilens bench` re-checks every timed result). Where
+Triton is installed without a GPU, every kernel is still compiled for Hopper (sm_90), which
+catches type errors that the CPU interpreter lets through.
 """
 
 import warnings
@@ -13,9 +15,12 @@ from test_ablation import make
 from bilens.ablation import ablation_effects
 from bilens.fused import triton_available
 
-pytestmark = pytest.mark.skipif(
+needs_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and triton_available()),
     reason="needs CUDA and Triton (the fused 3xTF32 GEMMs run on the GPU only)")
+needs_triton = pytest.mark.skipif(
+    not triton_available(), reason="needs Triton (it ships with CUDA builds of torch)")
+SHARED_MEMORY = 232448                   # bytes a Hopper block may use (227 KiB)
 
 
 def _model(norm, pos, n_layers=4, seed=0):
@@ -32,6 +37,35 @@ def _error(got, ref):
 PRECISIONS = ["3xtf32", "3xfp16"]
 
 
+@needs_triton
+@pytest.mark.parametrize("f16", [False, True])
+def test_kernels_compile_for_hopper(f16):
+    """Every kernel and autotune shape compiles for sm_90 (no GPU needed), and for each
+    kernel at least one shape fits in shared memory."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bilens import triton_ops as T
+
+    halves = ("dh_ptr", "dl_ptr", "lh_ptr", "ll_ptr", "rh_ptr", "rl_ptr")
+    for kernel, extra in [(T._entry_down_kernel, {"HAS_Q": True}), (T._lr_dz_kernel, {}),
+                          (T._down_kernel, {"ADD": 1})]:
+        fits = 0
+        for cfg in kernel.configs:
+            consts = dict(D=256, F16=f16, **extra, **cfg.kwargs)
+            sig = {n: "constexpr" if n in consts else "*i64" if n == "ks_ptr"
+                   else ("*fp16" if f16 and n in halves else "*fp32") if n.endswith("_ptr")
+                   else "fp32" if n.endswith("scale") else "i32" for n in kernel.fn.arg_names}
+            compiled = triton.compile(ASTSource(kernel.fn, sig, consts),
+                                      target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": cfg.num_warps,
+                                               "num_stages": cfg.num_stages})
+            fits += compiled.metadata.shared <= SHARED_MEMORY
+        assert fits >= 1, f"{kernel.fn.__name__}: no autotune shape fits in shared memory"
+
+
+@needs_gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("pos", ["post", "pre"])
@@ -47,6 +81,7 @@ def test_triton_matches_float64(norm, pos, frozen, precision):
     assert _error(got, ref) < 1e-5
 
 
+@needs_gpu
 @pytest.mark.parametrize("scale", [1e-3, 30.0])
 def test_float16_halves_keep_accuracy_far_from_unit_scale(scale):
     """float16 has little range: the power-of-two scaling must keep tiny and large
@@ -65,6 +100,7 @@ def test_float16_halves_keep_accuracy_far_from_unit_scale(scale):
     assert _error(got, ref) < 1e-5
 
 
+@needs_gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("n_layers", [2, 3, 5])
 def test_triton_subsets_targets_and_depths(n_layers, precision):

@@ -251,12 +251,13 @@ def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_p
     beta = tl.load(beta_ptr + rm, mask=row_ok, other=0.0)
     z_scale = 1.0
     if F16:   # per ablation, a bound on max|dz|: |a||dR| + |dL|(|b| + |dR|), from row maxima
-        d_left = tl.abs(alpha) * tl.load(lpm_ptr + ch, mask=row_ok, other=0.0) \
+        # (names of their own: a name the loop below re-binds must keep its type)
+        top_l = tl.abs(alpha) * tl.load(lpm_ptr + ch, mask=row_ok, other=0.0) \
             + tl.abs(beta) * tl.load(top_ptr + 4 * inp)
-        d_right = tl.abs(alpha) * tl.load(rpm_ptr + ch, mask=row_ok, other=0.0) \
+        top_r = tl.abs(alpha) * tl.load(rpm_ptr + ch, mask=row_ok, other=0.0) \
             + tl.abs(beta) * tl.load(top_ptr + 4 * inp + 1)
-        bound = tl.load(top_ptr + 4 * inp + 2) * d_right \
-            + d_left * (tl.load(top_ptr + 4 * inp + 3) + d_right)
+        bound = tl.load(top_ptr + 4 * inp + 2) * top_r \
+            + top_l * (tl.load(top_ptr + 4 * inp + 3) + top_r)
         z_scale = _pow2_of(bound)[:, None]                               # [BM, 1]
     alpha, beta = alpha[:, None], beta[:, None]
     acc = tl.zeros((BN, BM), dtype=tl.float32)
