@@ -84,6 +84,18 @@ def test_subset_of_layers_is_nan_elsewhere():
     assert "nan" in r.table()
 
 
+def test_gpu_precision_options_pass_through_and_keep_float64_results(result):
+    """`precision`/`compile` reach the ablation; off CUDA they mean float32 products in the
+    model's own dtype, so a float64 model gives the float64 ground truth unchanged."""
+    model, x = tiny()
+    fast = verify(model, x, modes=("frozen", "live"), circuit_ks=(1, 2, 4), progress=False,
+                  precision="3xfp16", compile=True)
+    for name in ("actual", "actual_frozen_norm"):
+        torch.testing.assert_close(fast.tensors[name], result.tensors[name], rtol=0, atol=0)
+    with pytest.raises(BilensError, match="precision"):
+        verify(model, x, modes=("frozen",), progress=False, precision="bf16")
+
+
 def test_circuit_sizes_never_exceed_the_channels():
     """k = 64 on a layer of H channels ablates H channels; the label must say H."""
     model, x = tiny()
