@@ -17,7 +17,7 @@ from bilens.fused import triton_available
 
 needs_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and triton_available()),
-    reason="needs CUDA and Triton (the fused 3xTF32 GEMMs run on the GPU only)")
+    reason="needs CUDA and Triton (the fused Triton GEMMs run on the GPU only)")
 needs_triton = pytest.mark.skipif(
     not triton_available(), reason="needs Triton (it ships with CUDA builds of torch)")
 SHARED_MEMORY = 232448                   # bytes a Hopper block may use (227 KiB)
