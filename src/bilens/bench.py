@@ -321,6 +321,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             name += (" (Triton GEMMs fell back to cuBLAS)" if failed
                      else " (Triton GEMMs)" if not kernels.f16 else " (Triton GEMMs, float16)")
             cfg.notes.extend(failed[:1])
+        elif prec == "3xfp16" and device.type == "cuda":
+            name += " (ran as 3xtf32 cuBLAS: needs --compile and Triton)"
         row(name, t, agree=err, ok=err <= TOL, flops_per_s=flops / t, peak_bytes=peak)
         rows[name]["over_forward"] = t / t_fwd
     best = min((r for r in rows if r.startswith("ablation bilens") and rows[r]["ok"]),

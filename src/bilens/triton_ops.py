@@ -106,6 +106,14 @@ def _split(x):
 
 
 @triton.jit
+def _tile(N, BM: tl.constexpr, BN: tl.constexpr):
+    """This program's rows (ablations) and output columns; consecutive programs share rows."""
+    pid = tl.program_id(0)
+    n_tiles = tl.cdiv(N, BN)
+    return (pid // n_tiles) * BM + tl.arange(0, BM), (pid % n_tiles) * BN + tl.arange(0, BN)
+
+
+@triton.jit
 def _pow2_scale(amax_ptr, F16: tl.constexpr):
     """2^k with `max * 2^k` in `[2^14, 2^15)` (1.0 without F16)."""
     if F16:
@@ -142,10 +150,7 @@ def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr, xm
                   l_scale, r_scale, M, H, per_input, stride_ab,
                   D: tl.constexpr, F16: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(H, BN)
-    rm = (pid // n_tiles) * BM + tl.arange(0, BM)               # ablations (rows of x, z)
-    rn = (pid % n_tiles) * BN + tl.arange(0, BN)                # hidden units
+    rm, rn = _tile(H, BM, BN)                                   # ablations, hidden units
     row_ok, col_ok = rm < M, rn < H
     x_scale = _pow2_scale(xmax_ptr, F16)
     acc_l = tl.zeros((BN, BM), dtype=tl.float32)                # (L x)^T tile
@@ -199,10 +204,7 @@ def _store_delta(acc, out_ptr, add_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn
 def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, zmax_ptr, d_scale, M, H,
                  D: tl.constexpr, ADD: tl.constexpr, F16: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(D, BN)
-    rm = (pid // n_tiles) * BM + tl.arange(0, BM)
-    rn = (pid % n_tiles) * BN + tl.arange(0, BN)                # model features
+    rm, rn = _tile(D, BM, BN)                                   # ablations, model features
     row_ok, col_ok = rm < M, rn < D
     z_scale = _pow2_scale(zmax_ptr, F16)
     acc = tl.zeros((BN, BM), dtype=tl.float32)
