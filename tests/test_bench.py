@@ -76,3 +76,15 @@ def test_missing_captum_is_a_clear_error(monkeypatch):
     from bilens.errors import BilensError
     with pytest.raises(BilensError, match="--no-captum"):
         run_bench(tiny(), log=lambda _: None)
+
+
+def test_precision_list(capsys):
+    """A comma list of precisions times each (on a CPU every one runs as float32, and the
+    row names say which precision was asked for); an unknown one is refused first."""
+    res = run_bench(tiny(captum=False, loop=False, precision="3xtf32,3xfp16"),
+                    log=lambda _: None)
+    rows = [k for k in res["rows"] if k.startswith("ablation bilens")]
+    assert rows == ["ablation bilens fp32", "ablation bilens 3xtf32", "ablation bilens 3xfp16"]
+    assert all(res["rows"][k]["ok"] for k in rows)
+    assert main(["bench", "--quick", "--precision", "fp32,bf16"]) == 2
+    assert "--precision" in capsys.readouterr().err
