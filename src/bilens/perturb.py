@@ -105,15 +105,22 @@ class Plan:
         last = cfg.n_norms - 1
         self.WG = self.W if cfg.norm == "none" else self.W * self.gamma[last]  # [n_out, d]
         self.WPw = self.k.weight(self.WP[-1].T)                              # [H, n_out]
-        if self.k.triton:                   # Triton GEMMs: weights split once, here
-            from bilens.triton_ops import split_weight
-            f16 = self.k.f16
-            self.Tlr = [(split_weight(Lm, f16), split_weight(Rm, f16))       # [H, d] halves
-                        for Lm, Rm in zip(self.L, self.R, strict=True)]
-            self.Td = [split_weight(Dm, f16) for Dm in self.D]               # [d, H] halves
-            self.LPmax = [None if lp is None else (lp.abs().amax(-1), rp.abs().amax(-1))
-                          for lp, rp in zip(self.LPt, self.RPt, strict=True)]
-            self.WPw = self.WP[-1].T.contiguous()                            # head: plain fp32
+        if self.k.triton:
+            try:
+                self._prepare_triton()
+            except Exception as err:  # noqa: BLE001 (no Triton, or it cannot run: cuBLAS)
+                self._drop_triton(err)
+
+    def _prepare_triton(self) -> None:
+        """The Triton GEMMs' weights, split once."""
+        from bilens.triton_ops import split_weight
+        f16 = self.k.f16
+        self.Tlr = [(split_weight(Lm, f16), split_weight(Rm, f16))           # [H, d] halves
+                    for Lm, Rm in zip(self.L, self.R, strict=True)]
+        self.Td = [split_weight(Dm, f16) for Dm in self.D]                   # [d, H] halves
+        self.LPmax = [None if lp is None else (lp.abs().amax(-1), rp.abs().amax(-1))
+                      for lp, rp in zip(self.LPt, self.RPt, strict=True)]
+        self.WPw = self.WP[-1].T.contiguous()                                # head: plain fp32
 
     def first_norm(self, l: int) -> int:
         """The norm that first sees layer `l`'s write to the residual."""

@@ -1,4 +1,4 @@
-"""Triton GEMMs for exhaustive ablation on a GPU: 3xTF32 with the bilinear steps fused in.
+"""Triton GEMMs for exhaustive ablation on a GPU: split products, the bilinear steps fused in.
 
 The suffix of an ablated layer is, per full layer, `dz = a * dR + dL * (b + dR)` with
 `[dL | dR] = rows @ [L; R]^T`, then `delta = du + dz @ D^T`. Run as cuBLAS calls plus
@@ -8,20 +8,22 @@ of the GPU time. Here:
 
 - `lr_dz`: `rows @ [L; R]^T` with the bilinear step in the epilogue: `dz` is written once,
   `[dL | dR]` never.
-- `down`: `dz @ D^T (+ du)`: the left factor is split into TF32 halves as it is loaded.
+- `down`: `dz @ D^T (+ du)`: the left factor is split into halves as it is loaded.
 - `entry_down`: the layer right after the ablated one. Its input perturbation is rank 2
   (`du = alpha P_k + beta q`, see `bilens.perturb`), so each tile of its `dz` is made in
   the prologue from `(L P)_k`, `(R P)_k` and per-input rows; that `dz` never exists in
   memory. The epilogue adds the residual's own `du` in the same rank-2 form.
 
-Every product is 3xTF32: each float32 factor `x` is `x_hi + x_lo` with both halves exact in
-TF32, and `x @ w ~ x_hi w_hi + x_lo w_hi + x_hi w_lo` (the dropped `x_lo w_lo` is ~2^-22
-relative). The weights come split (`split_weight`); the activations are split in registers.
+Every product is three products of halves: each float32 factor `x` is `x_hi + x_lo`, and
+`x @ w ~ x_hi w_hi + x_lo w_hi + x_hi w_lo` (the dropped `x_lo w_lo` is ~2^-22 relative).
+The halves are TF32 (`"3xtf32"`) or scaled float16 (`"3xfp16"`, see below). The weights
+come split (`split_weight`); the activations are split in registers.
 
 Import this module only where Triton is installed (it is on CUDA builds of torch);
 `bilens.fused.triton_available` says whether it is. With `TRITON_INTERPRET=1` set before
-the import, the kernels run on the CPU (slowly), which the tests use to check the index
-arithmetic against the plain torch steps.
+the import the kernels run on the CPU, slowly (a way to check index arithmetic without a
+GPU; Triton 3.5's interpreter needs numpy < 2.4). `tests/test_triton_ops.py` compiles every
+kernel for sm_90 where Triton is installed and runs them against float64 on a GPU.
 """
 
 from __future__ import annotations
