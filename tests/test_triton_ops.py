@@ -40,8 +40,8 @@ PRECISIONS = ["3xtf32", "3xfp16"]
 @needs_triton
 @pytest.mark.parametrize("f16", [False, True])
 def test_kernels_compile_for_hopper(f16):
-    """Every kernel and autotune shape compiles for sm_90 (no GPU needed), and for each
-    kernel at least one shape fits in shared memory."""
+    """Every kernel and autotune shape of each precision compiles for sm_90 (no GPU needed),
+    and for each kernel at least one shape fits in shared memory (all of them in float16)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -52,7 +52,7 @@ def test_kernels_compile_for_hopper(f16):
     for kernel, extra in [(T._entry_down_kernel, {"HAS_Q": True}), (T._lr_dz_kernel, {}),
                           (T._down_kernel, {"ADD": 1})]:
         fits = 0
-        for cfg in kernel.configs:
+        for cfg in T.configs_for(kernel.configs, f16):
             consts = dict(D=256, F16=f16, **extra, **cfg.kwargs)
             sig = {n: "constexpr" if n in consts else "*i64" if n == "ks_ptr"
                    else ("*fp16" if f16 and n in halves else "*fp32") if n.endswith("_ptr")
@@ -62,6 +62,7 @@ def test_kernels_compile_for_hopper(f16):
                                       options={"num_warps": cfg.num_warps,
                                                "num_stages": cfg.num_stages})
             fits += compiled.metadata.shared <= SHARED_MEMORY
+            assert compiled.metadata.shared <= SHARED_MEMORY or not f16, (kernel.fn.__name__, cfg)
         assert fits >= 1, f"{kernel.fn.__name__}: no autotune shape fits in shared memory"
 
 
@@ -115,3 +116,14 @@ def test_triton_subsets_targets_and_depths(n_layers, precision):
         assert torch.equal(got.isnan().cpu(), ref.isnan().cpu())
         keep = ~ref.isnan()
         assert _error(got[keep], ref[keep]) < 1e-5
+
+
+@needs_triton
+def test_float16_only_shapes_are_pruned_for_tf32():
+    from bilens import triton_ops as T
+
+    configs = T._lr_dz_kernel.configs
+    tf32 = T._prune(configs, {}, F16=False)
+    f16 = T._prune(configs, {}, F16=True)
+    assert set(map(id, tf32)) < set(map(id, f16)) == set(map(id, configs))
+    assert all(c.kwargs["BK"] <= 32 for c in tf32) and any(c.kwargs["BK"] == 64 for c in f16)

@@ -40,22 +40,48 @@ from torch import Tensor
 from bilens.fused import round_tf32
 
 # (BM, BN, BK, warps, stages): a few shapes for the autotuner; every one is tried once per
-# (d_model, d_hidden) on the first call. BM runs over ablations, BN over output features.
-_LR_CONFIGS = [(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4),
-               (128, 128, 32, 8, 2), (64, 128, 32, 4, 3)]
-_DOWN_CONFIGS = [(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
-                 (128, 256, 32, 8, 2), (256, 128, 32, 8, 2)]
-# the entry kernel stages two [BM, BK] prologue tiles ((L P)_k, (R P)_k) besides the
-# weights' two [BN, BK]; shapes that overflow the 227 KiB of shared memory are skipped
-_ENTRY_CONFIGS = [(128, 128, 32, 8, 3), (128, 256, 32, 8, 2), (128, 128, 16, 8, 3),
-                  (64, 256, 32, 8, 3), (64, 128, 32, 4, 3)]
+# (d_model, d_hidden, precision) on the first call. BM runs over ablations, BN over output
+# features. The second list of each is tried for float16 halves only: their weight tiles
+# take half the shared memory, which leaves room for BK = 64 and deeper pipelines (each
+# was compiled for sm_90 and fits; in TF32 none does). Shapes that overflow the 227 KiB of
+# shared memory anyway are skipped by the autotuner.
+_LR_CONFIGS = ([(128, 64, 32, 8, 3), (128, 64, 32, 4, 3), (64, 64, 32, 4, 4),
+                (128, 128, 32, 8, 2), (64, 128, 32, 4, 3)],
+               [(128, 64, 64, 8, 3), (128, 128, 64, 8, 2), (64, 128, 64, 4, 3),
+                (128, 128, 32, 8, 3)])
+_DOWN_CONFIGS = ([(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4),
+                  (128, 256, 32, 8, 2), (256, 128, 32, 8, 2)],
+                 [(128, 128, 64, 8, 3), (128, 256, 64, 8, 2), (256, 128, 64, 8, 2),
+                  (128, 256, 32, 8, 3)])
+# the entry kernel also stages two [BM, BK] prologue tiles ((L P)_k, (R P)_k)
+_ENTRY_CONFIGS = ([(128, 128, 32, 8, 3), (128, 256, 32, 8, 2), (128, 128, 16, 8, 3),
+                   (64, 256, 32, 8, 3), (64, 128, 32, 4, 3)],
+                  [(128, 128, 64, 8, 3), (128, 256, 64, 8, 2), (128, 256, 32, 8, 3)])
 
 
 def _configs(shapes):
+    both, f16_only = shapes
     if os.environ.get("TRITON_INTERPRET") == "1":     # the CPU interpreter cannot time configs
-        shapes = shapes[:1]
-    return [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
-            for bm, bn, bk, w, s in shapes]
+        both, f16_only = both[:1], []
+    configs = []
+    for f16, group in ((False, both), (True, f16_only)):
+        for bm, bn, bk, w, s in group:
+            config = triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
+            config.f16_only = f16                   # read by `configs_for`, not the kernel
+            configs.append(config)
+    return configs
+
+
+def configs_for(configs: list, f16: bool) -> list:
+    """The autotune shapes tried for one precision."""
+    return [c for c in configs if f16 or not c.f16_only]
+
+
+def _prune(configs, named_args, **kwargs):
+    return configs_for(configs, bool(kwargs.get("F16", named_args.get("F16", False))))
+
+
+_PRUNE = {"early_config_prune": _prune}
 
 
 class Split(NamedTuple):
@@ -146,7 +172,7 @@ def _dot3(w_hi, w_lo, x, acc, x_scale, F16: tl.constexpr):
     return acc
 
 
-@triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D", "F16"])
+@triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D", "F16"], prune_configs_by=_PRUNE)
 @triton.jit
 def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr, xmax_ptr, zmax_ptr,
                   l_scale, r_scale, M, H, per_input, stride_ab,
@@ -201,7 +227,8 @@ def _store_delta(acc, out_ptr, add_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn
     tl.store(out_ptr + out, acc, mask=ok)
 
 
-@triton.autotune(configs=_configs(_DOWN_CONFIGS), key=["H", "D", "ADD", "F16"])
+@triton.autotune(configs=_configs(_DOWN_CONFIGS), key=["H", "D", "ADD", "F16"],
+                 prune_configs_by=_PRUNE)
 @triton.jit
 def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, zmax_ptr, d_scale, M, H,
                  D: tl.constexpr, ADD: tl.constexpr, F16: tl.constexpr,
@@ -233,7 +260,8 @@ def _pow2_of(top):
     return ((k + 127) << 23).to(tl.float32, bitcast=True)
 
 
-@triton.autotune(configs=_configs(_ENTRY_CONFIGS), key=["H", "D", "HAS_Q", "F16"])
+@triton.autotune(configs=_configs(_ENTRY_CONFIGS), key=["H", "D", "HAS_Q", "F16"],
+                 prune_configs_by=_PRUNE)
 @triton.jit
 def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_ptr, a_ptr, b_ptr,
                        dh_ptr, dl_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr,
