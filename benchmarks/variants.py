@@ -48,7 +48,7 @@ def main() -> None:
     if cuda:
         variants += [("fp32", True, "cublas"), ("3xtf32", True, "cublas")]
         if bilens.fused.triton_available():
-            variants += [("3xtf32", True, "triton")]
+            variants += [("3xtf32", True, "triton"), ("3xfp16", True, "triton")]
     has_triton = bilens.fused.triton_available
     results = []
     print(f"{args.n} {source}; {args.layers} x {args.d_hidden} channels, d_model {args.d_model}; "
