@@ -92,7 +92,8 @@ def triton_available() -> bool:
 
 
 class Kernels:
-    """How the steps run: eager or compiled, float32 or 3xTF32 matmuls.
+    """How the steps run: eager or compiled; float32, or split products on cuBLAS or as
+    Triton GEMMs.
 
     Args:
         precision: `"fp32"` (plain float32 matmuls), `"3xtf32"` or `"3xfp16"` (CUDA only;
