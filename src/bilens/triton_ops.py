@@ -122,7 +122,8 @@ def amax(x: Tensor) -> Tensor:
 # fast as TF32 and with the same 11 significant bits. float16 has little range, so every
 # operand is scaled by a power of two (exact) that puts its largest entry just under 2^15:
 # weights once (`split_weight`), activations per call from their max (`amax`, or an
-# `atomic_max` in the epilogue that makes them). Entries far below the max lose low bits of
+# `atomic_max` in the epilogue that makes them), and the entry kernel's `dz`, made in its
+# prologue, per ablation from a bound. Entries far below the max lose low bits of
 # their low half, i.e. precision relative to the max, which is what the normwise agreement
 # counts; the product is undone by the two scales in the epilogue.
 
@@ -142,13 +143,18 @@ def _tile(N, BM: tl.constexpr, BN: tl.constexpr):
 
 
 @triton.jit
+def _pow2_of(top):
+    """Elementwise 2^k with `top * 2^k` in `[2^14, 2^15)` (clamped for zero)."""
+    e = ((top.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127            # floor(log2 top)
+    k = tl.minimum(tl.maximum(14 - e, -120), 120)
+    return ((k + 127) << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _pow2_scale(amax_ptr, F16: tl.constexpr):
-    """2^k with `max * 2^k` in `[2^14, 2^15)` (1.0 without F16)."""
+    """The float16 scale of an operand whose max is at `amax_ptr` (1.0 without F16)."""
     if F16:
-        top = tl.load(amax_ptr)
-        e = ((top.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127        # floor(log2 top)
-        k = tl.minimum(tl.maximum(14 - e, -120), 120)
-        return ((k + 127) << 23).to(tl.float32, bitcast=True)
+        return _pow2_of(tl.load(amax_ptr))
     return 1.0
 
 
@@ -250,14 +256,6 @@ def _down_kernel(z_ptr, dh_ptr, dl_ptr, out_ptr, add_ptr, zmax_ptr, d_scale, M, 
         acc = acc * (1.0 / (z_scale * d_scale))
     _store_delta(acc, out_ptr, add_ptr, add_ptr, add_ptr, add_ptr, add_ptr, rm, rm, rn, M, 1,
                  D, ADD, False)
-
-
-@triton.jit
-def _pow2_of(top):
-    """Elementwise 2^k with `top * 2^k` in `[2^14, 2^15)` (clamped for zero)."""
-    e = ((top.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127            # floor(log2 top)
-    k = tl.minimum(tl.maximum(14 - e, -120), 120)
-    return ((k + 127) << 23).to(tl.float32, bitcast=True)
 
 
 @triton.autotune(configs=_configs(_ENTRY_CONFIGS), key=["H", "D", "HAS_Q", "F16"],
