@@ -17,18 +17,12 @@ import triton.language as tl
 from triton.testing import do_bench
 
 from bilens.fused import round_tf32, split_cols, split_rows
+from bilens.triton_ops import _split  # the kernels' own TF32 split
 
 CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
            for bm, bn, bk, w, s in [(128, 128, 32, 8, 3), (128, 256, 32, 8, 2), (128, 64, 32, 4, 4),
                                     (64, 128, 32, 4, 4), (256, 128, 32, 8, 2),
                                     (128, 128, 64, 8, 2)]]
-
-
-@triton.jit
-def _split(x):
-    bits = x.to(tl.int32, bitcast=True)
-    hi = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
-    return hi, x - hi
 
 
 @triton.autotune(configs=CONFIGS, key=["M", "N", "K", "MODE"])

@@ -186,7 +186,9 @@ class Plan:
             return target_delta(tgt, run.logits, dlogits)
         m = l + 1
         ql, qr = (q @ self.LRt[m]).chunk(2, dim=-1)                              # [Bc, H]
-        if self.k.triton:
+        # (frozen norms with the head right after layer m: the path below, whose entry `dz`
+        # goes straight to `_frozen_head`, has no large product left for Triton to run)
+        if self.k.triton and not (self.frozen and m + 1 == self.n_layers):
             try:
                 return self._suffix_triton(run, tgt, c, alpha, beta, q, ql, qr, l, ks)
             except Exception as err:  # noqa: BLE001 (any Triton failure: cuBLAS from now on)
@@ -222,9 +224,7 @@ class Plan:
         warnings.warn(f"bilens: the Triton GEMMs failed ({self.triton_error}); exhaustive "
                       f"ablation continues with cuBLAS", RuntimeWarning, stacklevel=3)
         self.k = Kernels(self.precision, self.compile, triton=False)
-        self.LRw = [self.k.weight(w) for w in self.LRt]
-        self.Dw = [self.k.weight(w) for w in self.Dt]
-        self.WPw = self.k.weight(self.WP[-1].T)
+        self.WPw = self.k.weight(self.WP[-1].T)     # LRw, Dw were split for cuBLAS already
 
     def _suffix_triton(self, run: Run, tgt: Target, c: Tensor, alpha: Tensor, beta: Tensor,
                        q: Tensor, ql: Tensor, qr: Tensor, l: int, ks: Tensor | slice) -> Tensor:
@@ -237,12 +237,6 @@ class Plan:
         a, b = run.left[:, m], run.right[:, m]
         # what the residual itself carries: alpha P_k + beta q (post) or c D_k (pre)
         own = (alpha, self.Pt[l], beta, q) if self.post else (c, self.Dt[l], None, None)
-        if self.frozen and m + 1 == self.n_layers:          # the frozen head reads dz itself
-            dz = self.k.entry(alpha, beta, self.LPt[l][ks], self.RPt[l][ks], ql, qr, a, b)
-            du = own[0][..., None] * own[1][ks]
-            if self.post:
-                du = du + beta[..., None] * q[:, None, :]
-            return self._frozen_head(run, tgt, du, dz)
         delta = T.entry_down(alpha, beta, ks, self.LPt[l], self.RPt[l], ql, qr, a, b,
                              self.Td[m], *own, lp_max=self.LPmax[l])            # [Bc K, d]
         for m in range(l + 2, self.n_layers):
