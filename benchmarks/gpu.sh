@@ -2,6 +2,7 @@
 # The GPU rows of docs/benchmarks.md, in one device call (the H200 of the `run` tool):
 #   run(command="STEPS=bench,tests,profile,scaling BENCH_EXTRA='--ppe 64' bash benchmarks/gpu.sh",
 #       carry=[".whl"], timeout_s=600)
+# Steps: bench, tests, variants, attribution, profile, scaling (STEPS, comma list).
 # PREC picks the precision of the profile and scaling steps (default 3xfp16).
 # .whl/ holds the captum wheel and .whl/data/mnist-test.npz (benchmarks/export_data.py).
 set -o pipefail
@@ -9,7 +10,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
     --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/src BILENS_DATA_DIR=$PWD/.whl/data PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
-STEPS=${STEPS:-bench,tests,variants,profile,scaling}
+STEPS=${STEPS:-bench,tests,variants,attribution,profile,scaling}
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem,memory.used --format=csv | tee "$OUT/gpu.txt"
 python3 -c "import torch, captum, triton
 print('torch', torch.__version__, 'captum', captum.__version__, 'triton', triton.__version__)"
@@ -19,12 +20,17 @@ if has bench; then
       --precision ${BENCH_PRECISION:-3xtf32,3xfp16} --compile $BENCH_EXTRA --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if has tests; then     # the CUDA-only tests (the Triton kernels against float64)
-  timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_triton_ops.py \
-      tests/test_targets.py 2>&1 | tee "$OUT/tests.log"
+  timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider --durations=8 \
+      tests/test_triton_ops.py tests/test_targets.py 2>&1 | tee "$OUT/tests.log"
 fi
 if has variants; then
   timeout 150 python3 benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 \
       --data mnist --memory ${VARIANTS_MEMORY:-4GiB,16GiB} --out "$OUT/variants.json" 2>&1 | tee "$OUT/variants.log"
+fi
+if has attribution; then   # attribution against captum over batch sizes, and its profile
+  timeout 120 python3 benchmarks/attribution_vs_captum.py --device cuda --batches 100,1000,10000 \
+      --repeats 10 --profile --out "$OUT/attribution.json" > "$OUT/attribution.log" 2>&1
+  head -8 "$OUT/attribution.log"
 fi
 if has profile; then
   timeout 40 python3 benchmarks/profile_ablation.py --device cuda --n 2000 --precision ${PREC:-3xfp16} \

@@ -23,12 +23,18 @@ def _ref(model, x, **kw):
     return [forward_one(model.state_dict(), cfg, xi, **kw) for xi in x]
 
 
+# `run` stores its [B, L, H] results through `out=` under no_grad and stacks them otherwise
+GRAD = pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
+
+
+@GRAD
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("norm,position", CASES)
-def test_forward_equals_reference(norm, position, seed):
+def test_forward_equals_reference(norm, position, seed, grad):
     model = tiny_model(norm, position, seed)
     x = _inputs(model, seed=seed)
-    run = model.run(x)
+    with torch.set_grad_enabled(grad):
+        run = model.run(x)
     ref = _ref(model, x)
     assert_close(run.logits, torch.stack([r[0] for r in ref]), rtol=1e-10, atol=1e-10)
     assert_close(run.z, torch.stack([torch.stack(r[1]) for r in ref]), rtol=1e-10, atol=1e-10)
@@ -38,11 +44,13 @@ def test_forward_equals_reference(norm, position, seed):
     assert_close(model(x), run.logits)
 
 
+@GRAD
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("norm,position", CASES)
-def test_ablation_equals_reference(norm, position, seed):
+def test_ablation_equals_reference(norm, position, seed, grad):
     """`patch` setting one channel to a value is the reference's `z_{l,k} := b`, both with
-    live statistics and with statistics frozen at the clean run's."""
+    live statistics and with statistics frozen at the clean run's; so is a `z_offset` of
+    `b - z` on that channel."""
     model = tiny_model(norm, position, seed)
     x = _inputs(model, n=2, seed=seed)
     clean = model.run(x)
@@ -50,8 +58,14 @@ def test_ablation_equals_reference(norm, position, seed):
     mask = torch.zeros(model.config.d_hidden, dtype=torch.bool)
     mask[channel] = True
     patch = {layer: (mask, torch.full((model.config.d_hidden,), value, dtype=x.dtype))}
-    live = model.run(x, patch=patch)
-    frozen = model.run(x, patch=patch, scale=clean.scale)
+    offset = torch.zeros_like(clean.z)
+    offset[:, layer, channel] = value - clean.z[:, layer, channel]
+    with torch.set_grad_enabled(grad):
+        live = model.run(x, patch=patch)
+        frozen = model.run(x, patch=patch, scale=clean.scale)
+        shifted = model.run(x, z_offset=offset)
+    assert_close(shifted.logits, live.logits, rtol=1e-10, atol=1e-10)
+    assert_close(shifted.z[:, layer, channel], torch.full((len(x),), value, dtype=x.dtype))
     for i in range(len(x)):
         stats = clean.scale[i].tolist()
         ref_live = forward_one(model.state_dict(), model.config.to_dict(), x[i],

@@ -37,6 +37,19 @@ def _error(got, ref):
 PRECISIONS = ["3xtf32", "3xfp16"]
 
 
+@pytest.fixture
+def eager_steps(monkeypatch):
+    """The Triton GEMMs with the elementwise steps left eager: `torch.compile` uses static
+    shapes, so every new batch or chunk size would recompile (tens of seconds each on a
+    cold cache). One test below keeps the compiled steps end to end."""
+    import bilens.ablation
+    from bilens.perturb import Plan
+
+    def plan(model, frozen=False, precision="fp32", compile=False):
+        return Plan(model, frozen, precision, compile=False, triton=True)
+    monkeypatch.setattr(bilens.ablation, "Plan", plan)
+
+
 @needs_triton
 @pytest.mark.parametrize("f16", [False, True])
 def test_kernels_compile_for_hopper(f16):
@@ -71,7 +84,7 @@ def test_kernels_compile_for_hopper(f16):
 @pytest.mark.parametrize("frozen", [False, True])
 @pytest.mark.parametrize("pos", ["post", "pre"])
 @pytest.mark.parametrize("norm", ["rms", "layer", "none"])
-def test_triton_matches_float64(norm, pos, frozen, precision):
+def test_triton_matches_float64(norm, pos, frozen, precision, eager_steps):
     model = _model(norm, pos)
     x = torch.randn(37, 16, device="cuda")
     with warnings.catch_warnings():                  # a fallback to cuBLAS fails the test
@@ -83,8 +96,21 @@ def test_triton_matches_float64(norm, pos, frozen, precision):
 
 
 @needs_gpu
+@pytest.mark.parametrize("precision", PRECISIONS)
+def test_triton_with_compiled_steps(precision):
+    """The path `bilens bench` times: Triton GEMMs and `torch.compile`d steps together."""
+    model = _model("rms", "post", seed=7)
+    x = torch.randn(64, 16, device="cuda")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Triton GEMMs failed")
+        got = ablation_effects(model, x, "predicted", precision=precision, compile=True)
+    ref = ablation_effects(model.double(), x.double(), "predicted")
+    assert _error(got, ref) < 1e-5
+
+
+@needs_gpu
 @pytest.mark.parametrize("scale", [1e-3, 30.0])
-def test_float16_halves_keep_accuracy_far_from_unit_scale(scale):
+def test_float16_halves_keep_accuracy_far_from_unit_scale(scale, eager_steps):
     """float16 has little range: the power-of-two scaling must keep tiny and large
     activations and weights float32-accurate."""
     model = _model("none", "pre", seed=4)
@@ -104,7 +130,7 @@ def test_float16_halves_keep_accuracy_far_from_unit_scale(scale):
 @needs_gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("n_layers", [2, 3, 5])
-def test_triton_subsets_targets_and_depths(n_layers, precision):
+def test_triton_subsets_targets_and_depths(n_layers, precision, eager_steps):
     model = _model("rms", "pre", n_layers=n_layers, seed=n_layers)
     x = torch.randn(23, 16, device="cuda")
     y = torch.randint(0, 10, (23,), device="cuda")

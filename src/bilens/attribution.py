@@ -205,7 +205,7 @@ def attribute_modes(
         if b is not None:
             baselines.append(b.expand_as(run.z))
     return Attribution(
-        predicted={m: torch.cat(p) for m, p in predicted.items()},
+        predicted={m: p[0] if len(p) == 1 else torch.cat(p) for m, p in predicted.items()},
         run=_cat_runs(runs) if keep_run else None,
         target=_cat_targets(targets),
         baseline=torch.cat(baselines) if baselines else None,

@@ -95,7 +95,16 @@ class BilinearNet(nn.Module):
         return self.layers[i].norm if i < self.config.n_layers else self.final_norm
 
     def forward(self, x: Float[Tensor, "batch d_in"]) -> Float[Tensor, "batch n_out"]:
-        return self.run(x).logits
+        """The logits only: one forward pass that keeps no intermediates (`run` keeps them)."""
+        check_inputs(x, self.config.d_in)
+        post = self.config.norm_position == "post"
+        h = self.embed(x)
+        for layer in self.layers:
+            u = h if post else layer.norm(h)[0]
+            h = torch.addmm(h, (u @ layer.L.T) * (u @ layer.R.T), layer.D.T)
+            if post:
+                h = layer.norm(h)[0]
+        return self.head(h if post else self.final_norm(h)[0])
 
     def run(
         self,
@@ -126,7 +135,12 @@ class BilinearNet(nn.Module):
             self._check_stats(x, scale, "scale")
             self._check_stats(x, mean, "mean")
         post = cfg.norm_position == "post"
-        us, lefts, rights, zs, resids, scales, means = [], [], [], [], [], [], []
+        us, resids, scales, means = [], [], [], []
+        # [B, L, H] results written in place, layer by layer (no stacking copies); `out=`
+        # has no autograd, so with gradients on the per-layer tensors are stacked instead
+        shape = (x.shape[0], cfg.n_layers, cfg.d_hidden)
+        keep = None if torch.is_grad_enabled() else [x.new_empty(shape) for _ in range(3)]
+        lefts, rights, zs = [], [], []
 
         def normalize(i: int, r: Tensor) -> Tensor:
             y, s, mu = self.norm(i)(r, None if scale is None else scale[:, i],
@@ -139,14 +153,21 @@ class BilinearNet(nn.Module):
         h = self.embed(x)                                          # h0 = E x      [B, d]
         for l, layer in enumerate(self.layers):
             u = h if post else normalize(l, h)                     # [B, d]
-            left, right = u @ layer.L.T, u @ layer.R.T             # L u, R u      [B, H]
-            z = left * right                                       # [B, H]
+            if keep is None:
+                left, right = u @ layer.L.T, u @ layer.R.T         # L u, R u      [B, H]
+                z = left * right                                   # [B, H]
+            else:
+                left = torch.mm(u, layer.L.T, out=keep[0][:, l])
+                right = torch.mm(u, layer.R.T, out=keep[1][:, l])
+                z = torch.mul(left, right, out=keep[2][:, l])
             if patch is not None and l in patch:
                 mask, values = patch[l]
                 z = torch.where(mask, values, z)
             if z_offset is not None:
                 z = z + z_offset[:, l]
-            h = h + z @ layer.D.T                                  # r = h + D z   [B, d]
+            if keep is not None and z.data_ptr() != keep[2][:, l].data_ptr():
+                z = keep[2][:, l].copy_(z)                         # a patched or offset z
+            h = torch.addmm(h, z, layer.D.T)                       # r = h + D z   [B, d]
             if post:
                 h = normalize(l, h)                                # h <- N_l(r)
             us.append(u)
@@ -154,10 +175,11 @@ class BilinearNet(nn.Module):
             rights.append(right)
             zs.append(z)
         final = h if post else normalize(cfg.n_layers, h)          # [B, d]
+        left, right, z = keep if keep is not None else (
+            torch.stack(lefts, 1), torch.stack(rights, 1), torch.stack(zs, 1))
         return Run(
             logits=self.head(final),                               # W h           [B, n_out]
-            u=torch.stack(us, 1), left=torch.stack(lefts, 1), right=torch.stack(rights, 1),
-            z=torch.stack(zs, 1), resid=torch.stack(resids, 1),
+            u=torch.stack(us, 1), left=left, right=right, z=z, resid=torch.stack(resids, 1),
             scale=torch.stack(scales, 1), mean=torch.stack(means, 1), final=final,
         )
 
