@@ -1,7 +1,9 @@
 #!/bin/bash
-# The GPU rows of docs/benchmarks.md, in one device call (the H200 of the `run` tool):
-#   run(command="STEPS=bench,tests,profile,scaling BENCH_EXTRA='--ppe 64' bash benchmarks/gpu.sh",
+# The GPU rows of docs/benchmarks.md, in two device calls (the H200 of the `run` tool;
+# each call has 10 minutes, and a cold machine compiles every Triton and inductor kernel):
+#   run(command="STEPS=bench,tests BENCH_EXTRA='--ppe 64' bash benchmarks/gpu.sh",
 #       carry=[".whl"], timeout_s=600)
+#   run(command="STEPS=attribution,profile,scaling bash benchmarks/gpu.sh", carry=[".whl"])
 # Steps: bench, tests, variants, attribution, profile, scaling (STEPS, comma list).
 # PREC picks the precision of the profile and scaling steps (default 3xfp16).
 # .whl/ holds the captum wheel and .whl/data/mnist-test.npz (benchmarks/export_data.py).
