@@ -157,23 +157,25 @@ class BilinearNet(nn.Module):
                 left, right = u @ layer.L.T, u @ layer.R.T         # L u, R u      [B, H]
                 z = left * right                                   # [B, H]
             else:
-                left = torch.mm(u, layer.L.T, out=keep[0][:, l])
-                right = torch.mm(u, layer.R.T, out=keep[1][:, l])
-                z = torch.mul(left, right, out=keep[2][:, l])
+                slots = [t[:, l] for t in keep]
+                left = torch.mm(u, layer.L.T, out=slots[0])
+                right = torch.mm(u, layer.R.T, out=slots[1])
+                z = torch.mul(left, right, out=slots[2])
             if patch is not None and l in patch:
                 mask, values = patch[l]
                 z = torch.where(mask, values, z)
             if z_offset is not None:
                 z = z + z_offset[:, l]
-            if keep is not None and z.data_ptr() != keep[2][:, l].data_ptr():
-                z = keep[2][:, l].copy_(z)                         # a patched or offset z
+            if keep is None:
+                lefts.append(left)
+                rights.append(right)
+                zs.append(z)
+            elif z.data_ptr() != slots[2].data_ptr():
+                z = slots[2].copy_(z)                              # a patched or offset z
             h = torch.addmm(h, z, layer.D.T)                       # r = h + D z   [B, d]
             if post:
                 h = normalize(l, h)                                # h <- N_l(r)
             us.append(u)
-            lefts.append(left)
-            rights.append(right)
-            zs.append(z)
         final = h if post else normalize(cfg.n_layers, h)          # [B, d]
         left, right, z = keep if keep is not None else (
             torch.stack(lefts, 1), torch.stack(rights, 1), torch.stack(zs, 1))
