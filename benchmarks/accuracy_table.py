@@ -21,11 +21,11 @@ from pathlib import Path
 
 import torch
 
-from bilens.config import ModelConfig
-from bilens.data import load_dataset
-from bilens.errors import BilensError
-from bilens.io import write_json
-from bilens.train import TrainConfig, train
+from bilens.core.config import ModelConfig
+from bilens.core.data import load_dataset
+from bilens.core.errors import BilensError
+from bilens.core.io import write_json
+from bilens.training.train import TrainConfig, train
 
 NORMS = ("none", "rms", "layer")
 POSITIONS = ("post", "pre")

@@ -4,7 +4,7 @@
         --out benchmarks/results/cpu/attribution-vs-captum.json
     python benchmarks/attribution_vs_captum.py --device cuda --batches 100,1000,10000 --profile
 
-For each batch size, one round-robin run (`bilens.bench.interleaved`) of: one forward pass
+For each batch size, one round-robin run (`bilens.experiments.bench.interleaved`) of: one forward pass
 (logits), `attribute` frozen and live, captum with the four layers in one call (one forward
 and one backward: what any exact method must do), and captum called once per layer. The
 ratios show where captum's per-call overhead dominates (small batches: large speedups) and
@@ -22,8 +22,16 @@ import json
 
 import torch
 
-from bilens.attribution import attribute
-from bilens.bench import BenchConfig, ZNet, agreement, build, captum_gxa, interleaved, machine
+from bilens.attribution.predict import attribute
+from bilens.experiments.bench import (
+    BenchConfig,
+    ZNet,
+    agreement,
+    build,
+    captum_gxa,
+    interleaved,
+    machine,
+)
 
 ROWS = ("forward", "attribute frozen", "attribute live", "captum, one call",
         "captum, per layer")

@@ -20,9 +20,9 @@ import time
 
 import torch
 
-from bilens.attribution import attribute, attribute_modes
-from bilens.config import ModelConfig
-from bilens.model import BilinearNet
+from bilens.attribution.predict import attribute, attribute_modes
+from bilens.core.config import ModelConfig
+from bilens.core.models.mlp import BilinearNet
 
 MNIST_SHAPE = dict(d_in=784, d_model=256, d_hidden=512, n_layers=4, n_out=10, norm="rms",
                    norm_position="post")

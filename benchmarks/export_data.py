@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bilens.data import DATASETS, SPLITS, load_dataset
-from bilens.errors import BilensError
+from bilens.core.data import DATASETS, SPLITS, load_dataset
+from bilens.core.errors import BilensError
 
 SOURCED = tuple(name for name in DATASETS if name != "synthetic")  # synthetic is generated
 

@@ -11,8 +11,8 @@ import time
 
 import torch
 
-from bilens.ablation import ablation_effects
-from bilens.bench import BenchConfig, agreement, build
+from bilens.ablation.ablate import ablation_effects
+from bilens.experiments.bench import BenchConfig, agreement, build
 
 
 def main() -> None:

@@ -10,8 +10,8 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bilens.ablation import ablation_effects
-from bilens.bench import BenchConfig, build
+from bilens.ablation.ablate import ablation_effects
+from bilens.experiments.bench import BenchConfig, build
 
 
 def main() -> None:

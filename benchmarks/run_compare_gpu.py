@@ -95,8 +95,8 @@ def merge_split(work: Path) -> None:
     import json
 
     sys.path.insert(0, str(Path("src").resolve()))
-    from bilens.compare import aggregate
-    from bilens.io import write_json
+    from bilens.core.io import write_json
+    from bilens.experiments.compare import aggregate
 
     for dataset in ("mnist", "fashion-mnist"):
         parts = [json.loads(f.read_text())
@@ -116,7 +116,7 @@ def merge_split(work: Path) -> None:
 def build_reports(out: Path, wall: float | None = None) -> None:
     """One combined report per dataset from the JSONs under `out/work` (what finished)."""
     sys.path.insert(0, str(Path("src").resolve()))
-    from bilens import report
+    from bilens.report import document as report
 
     work = out / "work"
     sweeps = [f"sweep-{s}" for s in ("d_model", "sparsity", "depth", "position")]

@@ -14,8 +14,8 @@ import json
 
 import torch
 
-from bilens.ablation import ablation_effects
-from bilens.bench import BenchConfig, ablation_flops, agreement, build, timed
+from bilens.ablation.ablate import ablation_effects
+from bilens.experiments.bench import BenchConfig, ablation_flops, agreement, build, timed
 
 
 def one(cfg: BenchConfig, precision: str, compile: bool) -> dict:
@@ -25,7 +25,7 @@ def one(cfg: BenchConfig, precision: str, compile: bool) -> dict:
         t_fwd, logits, _ = timed(lambda: model(x), device, 5)
     classes = logits.argmax(-1)
     try:
-        from bilens.attribution import attribute
+        from bilens.attribution.predict import attribute
         t_attr = timed(lambda: attribute(model, x, "predicted", "frozen"), device, 5)[0]
     except ImportError:
         t_attr = float("nan")

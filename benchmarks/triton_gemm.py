@@ -16,8 +16,8 @@ import triton
 import triton.language as tl
 from triton.testing import do_bench
 
-from bilens.fused import round_tf32, split_cols, split_rows
-from bilens.triton_ops import _split  # the kernels' own TF32 split
+from bilens.ablation._engine.steps import round_tf32, split_cols, split_rows
+from bilens.ablation._engine.triton_ops import _split  # the kernels' own TF32 split
 
 CONFIGS = [triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
            for bm, bn, bk, w, s in [(128, 128, 32, 8, 3), (128, 256, 32, 8, 2), (128, 64, 32, 4, 4),

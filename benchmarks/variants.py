@@ -17,9 +17,9 @@ import json
 
 import torch
 
-import bilens.fused
-from bilens.ablation import ablation_effects
-from bilens.bench import BenchConfig, ablation_flops, agreement, build, timed
+import bilens.ablation._engine.steps
+from bilens.ablation.ablate import ablation_effects
+from bilens.experiments.bench import BenchConfig, ablation_flops, agreement, build, timed
 
 
 def main() -> None:
@@ -47,9 +47,9 @@ def main() -> None:
     variants = [("fp32", False, "cublas"), ("3xtf32", False, "cublas")]
     if cuda:
         variants += [("fp32", True, "cublas"), ("3xtf32", True, "cublas")]
-        if bilens.fused.triton_available():
+        if bilens.ablation._engine.steps.triton_available():
             variants += [("3xtf32", True, "triton"), ("3xfp16", True, "triton")]
-    has_triton = bilens.fused.triton_available
+    has_triton = bilens.ablation._engine.steps.triton_available
     results = []
     print(f"{args.n} {source}; {args.layers} x {args.d_hidden} channels, d_model {args.d_model}; "
           f"{flops:.3g} fp32-equivalent flops")
@@ -57,11 +57,11 @@ def main() -> None:
         for prec, comp, kernels in variants:
             fn = lambda p=prec, c=comp, m=memory: ablation_effects(  # noqa: E731
                 model, x, classes, precision=p, compile=c, memory=m)
-            bilens.fused.triton_available = has_triton if kernels == "triton" else lambda: False
+            bilens.ablation._engine.steps.triton_available = has_triton if kernels == "triton" else lambda: False
             try:
                 t, got, peak = timed(fn, device, 3)
             finally:
-                bilens.fused.triton_available = has_triton
+                bilens.ablation._engine.steps.triton_available = has_triton
             err = agreement(got, truth)
             row = dict(precision=prec, compile=comp, kernels=kernels, memory=memory, seconds=t,
                        agree=err, ok=err <= 1e-5, tflops=flops / t / 1e12, peak_gib=peak / 2**30)

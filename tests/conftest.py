@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bilens.config import ModelConfig
-from bilens.model import BilinearNet
+from bilens.core.config import ModelConfig
+from bilens.core.models.mlp import BilinearNet
 
 # One thread: the tests' matrices are tiny, and on a shared 2-core machine torch's default
 # of one thread per core thrashes (measured here: test_train.py 8 s -> 105 s under load).
@@ -45,8 +45,8 @@ def make_model():
 @pytest.fixture(scope="session")
 def synthetic_checkpoint(tmp_path_factory) -> str:
     """A checkpoint trained for a few seconds on the synthetic task, with metadata."""
-    from bilens.checkpoint import save
-    from bilens.train import TrainConfig, train
+    from bilens.core.checkpoint import save
+    from bilens.training.train import TrainConfig, train
 
     cfg = ModelConfig(d_in=16, d_model=16, d_hidden=32, n_layers=2, n_out=4)
     result = train(cfg, TrainConfig(epochs=2, seed=0, device="cpu"), "synthetic", progress=False)

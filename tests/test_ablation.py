@@ -16,7 +16,8 @@ import pytest
 import torch
 from reference import forward_one
 
-from bilens.ablation import (
+from bilens.ablation._engine.plan import Plan
+from bilens.ablation.ablate import (
     _prepare,
     ablation_effects,
     ablation_effects_loop,
@@ -24,10 +25,9 @@ from bilens.ablation import (
     joint_ablation_effect,
     parse_memory,
 )
-from bilens.config import ModelConfig
-from bilens.errors import BilensError
-from bilens.model import BilinearNet
-from bilens.perturb import Plan
+from bilens.core.config import ModelConfig
+from bilens.core.errors import BilensError
+from bilens.core.models.mlp import BilinearNet
 
 NORMS = ["none", "rms", "layer"]
 POSITIONS = ["post", "pre"]
@@ -251,7 +251,7 @@ def test_cpu_workers_and_progress_do_not_change_results():
 @pytest.mark.parametrize("fn", [ablation_effects, ablation_effects_loop])
 def test_resolved_target_of_another_batch_is_refused(fn):
     """A 1-row Target must not silently apply to every input."""
-    from bilens.targets import Target
+    from bilens.core.targets import Target
 
     model = make()
     x = torch.randn(5, 6, dtype=torch.float64)

@@ -7,13 +7,18 @@ import pytest
 import torch
 from reference import forward_one
 
-from bilens.attribution import attribute, attribute_modes, default_batch_size, run_with_cache
-from bilens.backward import gradients, gradients_autograd
-from bilens.baselines import from_inputs
-from bilens.config import ModelConfig
-from bilens.errors import BilensError
-from bilens.model import BilinearNet
-from bilens.targets import resolve_target
+from bilens.attribution.backward import gradients, gradients_autograd
+from bilens.attribution.predict import (
+    attribute,
+    attribute_modes,
+    default_batch_size,
+    run_with_cache,
+)
+from bilens.core.baselines import from_inputs
+from bilens.core.config import ModelConfig
+from bilens.core.errors import BilensError
+from bilens.core.models.mlp import BilinearNet
+from bilens.core.targets import resolve_target
 
 torch.set_num_threads(1)     # tiny float64 models: threads only contend on a shared machine
 
@@ -266,7 +271,7 @@ def test_bad_input_raises_before_any_work(kwargs, message, monkeypatch):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    from bilens.checkpoint import save
+    from bilens.core.checkpoint import save
 
     torch.manual_seed(0)
     cfg = ModelConfig(d_in=16, d_model=12, d_hidden=20, n_layers=2, n_out=4, norm="layer")
@@ -276,7 +281,7 @@ def checkpoint(tmp_path):
 
 
 def test_results_round_trip(tmp_path):
-    from bilens.results import load_results, save_results
+    from bilens.analysis.results import load_results, save_results
 
     tensors = {"predicted": torch.randn(3, 2, 4, dtype=torch.float64).expand(3, 2, 4),
                "label": torch.tensor([1, 0, 2])}
@@ -294,7 +299,7 @@ def test_results_round_trip(tmp_path):
 def test_results_interrupted_while_writing_leave_neither_file(tmp_path, monkeypatch):
     import json
 
-    import bilens.results as results
+    import bilens.analysis.results as results
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -308,8 +313,8 @@ def test_results_interrupted_while_writing_leave_neither_file(tmp_path, monkeypa
 @pytest.mark.parametrize("modes", ["frozen", "frozen,live"])
 def test_cli_writes_spec_result_file(checkpoint, tmp_path, capsys, modes):
     import bilens
+    from bilens.analysis.results import load_results
     from bilens.cli import main
-    from bilens.results import load_results
 
     out = tmp_path / "attr.safetensors"
     argv = [
@@ -331,8 +336,8 @@ def test_cli_writes_spec_result_file(checkpoint, tmp_path, capsys, modes):
 
 
 def test_cli_logprob_records_labels(checkpoint, tmp_path):
+    from bilens.analysis.results import load_results
     from bilens.cli import main
-    from bilens.results import load_results
 
     out = tmp_path / "lp.safetensors"
     assert main(["attribute", str(checkpoint), "--n", "5", "--target", "logprob",
@@ -359,7 +364,7 @@ def test_cli_bad_input_one_line_nonzero(checkpoint, tmp_path, capsys, extra, mes
 
 
 def test_resolved_target_and_labels_must_match_the_batch(monkeypatch):
-    from bilens.targets import Target
+    from bilens.core.targets import Target
 
     model = make_model("rms", "post")
     monkeypatch.setattr(model, "run", lambda *a, **k: pytest.fail("ran before the error"))
@@ -429,8 +434,8 @@ def test_renorm_batched_equals_one_by_one_and_is_not_a_gradient():
 def test_cli_mean_baseline_matches_verify(checkpoint, tmp_path):
     """`attribute --baseline mean` and `verify --baseline mean` use the same reference inputs,
     so the same checkpoint, inputs and target give the same predictions."""
+    from bilens.analysis.results import load_results
     from bilens.cli import main
-    from bilens.results import load_results
 
     common = ["--dataset", "synthetic", "--n", "4", "--target", "predicted", "--baseline",
               "mean", "--reference-n", "50"]

@@ -7,11 +7,18 @@ import json
 import pytest
 import torch
 
-from bilens.ablation import ablation_effects
-from bilens.bench import BenchConfig, ZNet, ablation_flops, captum_ablation, hook_loop, run_bench
+from bilens.ablation.ablate import ablation_effects
 from bilens.cli import main
-from bilens.config import ModelConfig
-from bilens.model import BilinearNet
+from bilens.core.config import ModelConfig
+from bilens.core.models.mlp import BilinearNet
+from bilens.experiments.bench import (
+    BenchConfig,
+    ZNet,
+    ablation_flops,
+    captum_ablation,
+    hook_loop,
+    run_bench,
+)
 
 
 def tiny(**over) -> BenchConfig:
@@ -73,7 +80,7 @@ def test_missing_captum_is_a_clear_error(monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_captum)
-    from bilens.errors import BilensError
+    from bilens.core.errors import BilensError
     with pytest.raises(BilensError, match="--no-captum"):
         run_bench(tiny(), log=lambda _: None)
 

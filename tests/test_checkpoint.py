@@ -10,9 +10,9 @@ import torch
 from conftest import CASES, tiny_model
 from safetensors.torch import load_file, save_file
 
-from bilens import checkpoint
-from bilens.checkpoint import load, save
-from bilens.errors import BilensError
+from bilens.core import checkpoint
+from bilens.core.checkpoint import load, save
+from bilens.core.errors import BilensError
 
 
 @pytest.mark.parametrize("norm,position", CASES)

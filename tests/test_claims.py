@@ -11,8 +11,8 @@ import math
 
 import pytest
 
-from bilens import claims
-from bilens.report import recommend
+from bilens.experiments import claims
+from bilens.report.document import recommend
 
 CONFIGS = [(n, p) for n in ("none", "rms", "layer") for p in ("post", "pre")]
 

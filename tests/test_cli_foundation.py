@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from bilens.checkpoint import load
 from bilens.cli import main
+from bilens.core.checkpoint import load
 
 TINY = ["--dataset", "synthetic", "--d-model", "16", "--d-hidden", "32", "--layers", "2",
         "--epochs", "1", "--n-train", "512", "--device", "cpu", "--no-progress"]

@@ -12,10 +12,18 @@ from dataclasses import replace
 import pytest
 import torch
 
-from bilens.compare import Runner, Spec, aggregate, cache_key, compare, mean_std, summarize
-from bilens.config import ModelConfig
-from bilens.sweeps import sweep
-from bilens.train import TrainConfig
+from bilens.core.config import ModelConfig
+from bilens.experiments.compare import (
+    Runner,
+    Spec,
+    aggregate,
+    cache_key,
+    compare,
+    mean_std,
+    summarize,
+)
+from bilens.experiments.sweeps import sweep
+from bilens.training.train import TrainConfig
 
 TINY = Spec("synthetic", {"d_model": 8, "d_hidden": 8, "n_layers": 2},
             {"epochs": 1, "batch_size": 512, "lr": 3e-3})
@@ -55,10 +63,10 @@ def test_mean_std_and_aggregate_by_hand():
 
 
 def test_summary_rederived_from_tensors():
-    from bilens.verify import verify
+    from bilens.analysis.verify import verify
 
     torch.manual_seed(0)
-    from bilens.model import BilinearNet
+    from bilens.core.models.mlp import BilinearNet
 
     model = BilinearNet(ModelConfig(d_in=6, d_model=10, d_hidden=12, n_layers=2, n_out=3,
                                     norm="rms")).double()

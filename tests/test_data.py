@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from bilens import data
-from bilens.data import DATASETS, load_dataset
-from bilens.errors import BilensError
+from bilens.core import data
+from bilens.core.data import DATASETS, load_dataset
+from bilens.core.errors import BilensError
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_MNIST = importlib.util.find_spec("pureml") is not None

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from bilens.config import ModelConfig
-from bilens.drift import drift_summary, effect_ratio, norm_drift
-from bilens.metrics import normalized_error, pearson
-from bilens.model import BilinearNet
+from bilens.analysis.drift import drift_summary, effect_ratio, norm_drift
+from bilens.analysis.metrics import normalized_error, pearson
+from bilens.core.config import ModelConfig
+from bilens.core.models.mlp import BilinearNet
 
 nan = math.nan
 
@@ -93,7 +93,7 @@ def test_drift_summary_uses_ablated_channels_only():
 def test_inputs_are_moved_to_the_models_dtype(make_model):
     """float32 inputs to a float64 model, as `attribute` and `ablation_effects` accept them
     (the device is handled the same way)."""
-    from bilens.baselines import from_inputs
+    from bilens.core.baselines import from_inputs
 
     model = make_model("rms", "pre")
     x, other = torch.randn(3, 5), torch.randn(3, 5)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bilens.metrics import (
+from bilens.analysis.metrics import (
     decompose,
     error_decomposition,
     evaluate,

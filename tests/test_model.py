@@ -8,7 +8,7 @@ from conftest import CASES, tiny_model
 from reference import forward_one
 from torch.testing import assert_close
 
-from bilens.errors import BilensError
+from bilens.core.errors import BilensError
 
 SEEDS = (0, 1, 2)
 
@@ -113,8 +113,8 @@ def test_batched_equals_one_by_one(norm, position):
 
 
 def test_float32_by_default_and_float64_on_request():
-    from bilens.config import ModelConfig
-    from bilens.model import BilinearNet
+    from bilens.core.config import ModelConfig
+    from bilens.core.models.mlp import BilinearNet
 
     model = BilinearNet(ModelConfig(d_in=5, d_model=6, d_hidden=7, n_layers=2, n_out=3))
     assert model(torch.randn(2, 5)).dtype == torch.float32

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from test_claims import fake_compare, fake_sweep
 
-from bilens import report
+from bilens.report import document as report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -96,7 +96,7 @@ def test_interrupted_write_keeps_previous_report(tmp_path, monkeypatch):
     results = fake_results()
     paths = report.write(results, tmp_path)
     before = paths["html"].read_text()
-    import bilens.report_html as rh
+    import bilens.report.html as rh
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -112,7 +112,7 @@ def test_write_refuses_a_report_directory_it_did_not_write(tmp_path, capsys):
     """`OUT/report` is replaced whole: a user's own `report/` must survive, and the
     commands that write one must refuse before any training."""
     from bilens.cli import main
-    from bilens.errors import BilensError
+    from bilens.core.errors import BilensError
 
     mine = tmp_path / "report"
     mine.mkdir()

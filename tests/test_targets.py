@@ -5,12 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bilens.attribution import attribute
-from bilens.backward import gradients_autograd
-from bilens.config import ModelConfig
-from bilens.errors import BilensError
-from bilens.model import BilinearNet
-from bilens.targets import Target, resolve_target
+from bilens.attribution.backward import gradients_autograd
+from bilens.attribution.predict import attribute
+from bilens.core.config import ModelConfig
+from bilens.core.errors import BilensError
+from bilens.core.models.mlp import BilinearNet
+from bilens.core.targets import Target, resolve_target
 
 torch.set_num_threads(1)
 
@@ -152,7 +152,7 @@ def test_a_resolved_target_passes_through():
 def test_a_resolved_target_follows_the_models_device(model, x):
     """A Target resolved on CPU logits works with a model on the GPU (as a CPU direction
     tensor or CPU labels do)."""
-    from bilens.ablation import ablation_effects
+    from bilens.ablation.ablate import ablation_effects
 
     for spec in ("predicted", "logprob"):
         tgt = resolve_target(spec, model(x), LABELS[: x.shape[0]] % model.config.n_out)

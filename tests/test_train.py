@@ -7,10 +7,10 @@ import pytest
 import torch
 from conftest import tiny_model
 
-from bilens.config import ModelConfig
-from bilens.data import load_dataset
-from bilens.errors import BilensError
-from bilens.train import TrainConfig, accuracy, active_fraction, train
+from bilens.core.config import ModelConfig
+from bilens.core.data import load_dataset
+from bilens.core.errors import BilensError
+from bilens.training.train import TrainConfig, accuracy, active_fraction, train
 
 SYNTH = ModelConfig(d_in=16, d_model=32, d_hidden=64, n_layers=2, n_out=4)
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_ablation import make
 
-from bilens.ablation import ablation_effects
-from bilens.fused import triton_available
+from bilens.ablation._engine.steps import triton_available
+from bilens.ablation.ablate import ablation_effects
 
 needs_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and triton_available()),
@@ -42,12 +42,12 @@ def eager_steps(monkeypatch):
     """The Triton GEMMs with the elementwise steps left eager: `torch.compile` uses static
     shapes, so every new batch or chunk size would recompile (tens of seconds each on a
     cold cache). One test below keeps the compiled steps end to end."""
-    import bilens.ablation
-    from bilens.perturb import Plan
+    import bilens.ablation.ablate
+    from bilens.ablation._engine.plan import Plan
 
     def plan(model, frozen=False, precision="fp32", compile=False):
         return Plan(model, frozen, precision, compile=False, triton=True)
-    monkeypatch.setattr(bilens.ablation, "Plan", plan)
+    monkeypatch.setattr(bilens.ablation.ablate, "Plan", plan)
 
 
 @needs_triton
@@ -59,7 +59,7 @@ def test_kernels_compile_for_hopper(f16):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from bilens import triton_ops as T
+    from bilens.ablation._engine import triton_ops as T
 
     halves = ("dh_ptr", "dl_ptr", "lh_ptr", "ll_ptr", "rh_ptr", "rl_ptr")
     for kernel, extra in [(T._entry_down_kernel, {"HAS_Q": True}), (T._lr_dz_kernel, {}),
@@ -146,7 +146,7 @@ def test_triton_subsets_targets_and_depths(n_layers, precision, eager_steps):
 
 @needs_triton
 def test_float16_only_shapes_are_pruned_for_tf32():
-    from bilens import triton_ops as T
+    from bilens.ablation._engine import triton_ops as T
 
     configs = T._lr_dz_kernel.configs
     tf32 = T._prune(configs, {}, F16=False)

@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bilens.ablation import ablation_effects_loop
+from bilens.ablation.ablate import ablation_effects_loop
+from bilens.analysis.verify import VerifyResult, verify
 from bilens.cli import main
-from bilens.config import ModelConfig
-from bilens.errors import BilensError
-from bilens.model import BilinearNet
-from bilens.verify import VerifyResult, verify
+from bilens.core.config import ModelConfig
+from bilens.core.errors import BilensError
+from bilens.core.models.mlp import BilinearNet
 
 B, L, H = 4, 3, 10
 
@@ -141,12 +141,12 @@ def test_save_and_reload(result, tmp_path):
 
 
 def test_save_is_atomic_and_careful(result, tmp_path, monkeypatch):
-    import bilens.plots
+    import bilens.report.verify_plots
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(bilens.plots, "plot_all", interrupted)
+    monkeypatch.setattr(bilens.report.verify_plots, "plot_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
         result.save(tmp_path / "v")
     assert list(tmp_path.iterdir()) == []                        # nothing half-written
@@ -160,7 +160,7 @@ def test_save_is_atomic_and_careful(result, tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    from bilens.checkpoint import save
+    from bilens.core.checkpoint import save
 
     torch.manual_seed(0)
     cfg = ModelConfig(d_in=64, d_model=16, d_hidden=8, n_layers=2, n_out=10)

@@ -17,26 +17,26 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "BilensError": "bilens.errors",
-    "ModelConfig": "bilens.config",
-    "Norm": "bilens.norms",
-    "BilinearNet": "bilens.model",
-    "Run": "bilens.model",
-    "Target": "bilens.targets",
-    "resolve_target": "bilens.targets",
-    "load_dataset": "bilens.data",
-    "Dataset": "bilens.data",
-    "DATASETS": "bilens.data",
-    "TrainConfig": "bilens.train",
-    "train": "bilens.train",
-    "save": "bilens.checkpoint",
-    "load": "bilens.checkpoint",
-    "attribute": "bilens.attribution",
-    "run_with_cache": "bilens.attribution",
-    "ablation_effects": "bilens.ablation",
-    "verify": "bilens.verify",
-    "VerifyResult": "bilens.verify",
-    "compare": "bilens.compare",
+    "BilensError": "bilens.core.errors",
+    "ModelConfig": "bilens.core.config",
+    "Norm": "bilens.core.norms",
+    "BilinearNet": "bilens.core.models.mlp",
+    "Run": "bilens.core.models.mlp",
+    "Target": "bilens.core.targets",
+    "resolve_target": "bilens.core.targets",
+    "load_dataset": "bilens.core.data",
+    "Dataset": "bilens.core.data",
+    "DATASETS": "bilens.core.data",
+    "TrainConfig": "bilens.training.train",
+    "train": "bilens.training.train",
+    "save": "bilens.core.checkpoint",
+    "load": "bilens.core.checkpoint",
+    "attribute": "bilens.attribution.predict",
+    "run_with_cache": "bilens.attribution.predict",
+    "ablation_effects": "bilens.ablation.ablate",
+    "verify": "bilens.analysis.verify",
+    "VerifyResult": "bilens.analysis.verify",
+    "compare": "bilens.experiments.compare",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -55,23 +55,23 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover  (explicit re-exports for type checkers)
-    from bilens.ablation import ablation_effects as ablation_effects
-    from bilens.attribution import attribute as attribute
-    from bilens.attribution import run_with_cache as run_with_cache
-    from bilens.checkpoint import load as load
-    from bilens.checkpoint import save as save
-    from bilens.compare import compare as compare
-    from bilens.config import ModelConfig as ModelConfig
-    from bilens.data import DATASETS as DATASETS
-    from bilens.data import Dataset as Dataset
-    from bilens.data import load_dataset as load_dataset
-    from bilens.errors import BilensError as BilensError
-    from bilens.model import BilinearNet as BilinearNet
-    from bilens.model import Run as Run
-    from bilens.norms import Norm as Norm
-    from bilens.targets import Target as Target
-    from bilens.targets import resolve_target as resolve_target
-    from bilens.train import TrainConfig as TrainConfig
-    from bilens.train import train as train
-    from bilens.verify import VerifyResult as VerifyResult
-    from bilens.verify import verify as verify
+    from bilens.ablation.ablate import ablation_effects as ablation_effects
+    from bilens.analysis.verify import VerifyResult as VerifyResult
+    from bilens.analysis.verify import verify as verify
+    from bilens.attribution.predict import attribute as attribute
+    from bilens.attribution.predict import run_with_cache as run_with_cache
+    from bilens.core.checkpoint import load as load
+    from bilens.core.checkpoint import save as save
+    from bilens.core.config import ModelConfig as ModelConfig
+    from bilens.core.data import DATASETS as DATASETS
+    from bilens.core.data import Dataset as Dataset
+    from bilens.core.data import load_dataset as load_dataset
+    from bilens.core.errors import BilensError as BilensError
+    from bilens.core.models.mlp import BilinearNet as BilinearNet
+    from bilens.core.models.mlp import Run as Run
+    from bilens.core.norms import Norm as Norm
+    from bilens.core.targets import Target as Target
+    from bilens.core.targets import resolve_target as resolve_target
+    from bilens.experiments.compare import compare as compare
+    from bilens.training.train import TrainConfig as TrainConfig
+    from bilens.training.train import train as train

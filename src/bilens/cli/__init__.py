@@ -29,7 +29,7 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn a `BilensError` into one line and exit status 2."""
-    from bilens.errors import BilensError
+    from bilens.core.errors import BilensError
 
     args = build_parser().parse_args(argv)
     try:

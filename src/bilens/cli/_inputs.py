@@ -7,13 +7,13 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING
 
-from bilens.errors import BilensError
+from bilens.core.errors import BilensError
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from bilens.data import Dataset
-    from bilens.model import BilinearNet
+    from bilens.core.data import Dataset
+    from bilens.core.models.mlp import BilinearNet
 
 
 def add_input_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str) -> None:
@@ -33,7 +33,7 @@ def add_input_arguments(p: argparse.ArgumentParser, n_default: int, n_help: str)
 
 def parse_modes(text: str, flag: str) -> list[str]:
     """`"frozen,live"` -> `["frozen", "live"]`, each a known attribution mode."""
-    from bilens.backward import MODES
+    from bilens.attribution.backward import MODES
 
     modes = [m.strip() for m in text.split(",") if m.strip()]
     if not modes or any(m not in MODES for m in modes):

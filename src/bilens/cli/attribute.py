@@ -13,7 +13,7 @@ import argparse
 import time
 
 from bilens.cli._inputs import add_input_arguments, check_baseline, load_inputs, parse_modes
-from bilens.errors import BilensError
+from bilens.core.errors import BilensError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,8 +36,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
 
     import bilens
-    from bilens.attribution import DEFAULT_METHOD, attribute_modes
-    from bilens.results import save_results
+    from bilens.analysis.results import save_results
+    from bilens.attribution.predict import DEFAULT_METHOD, attribute_modes
 
     modes = parse_modes(args.mode, "--mode")
     check_baseline(args)

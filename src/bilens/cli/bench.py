@@ -46,8 +46,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bilens.bench import BenchConfig, run_bench, write_json
-    from bilens.errors import BilensError
+    from bilens.core.errors import BilensError
+    from bilens.experiments.bench import BenchConfig, run_bench, write_json
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise BilensError(f"--ppe: expected integers like 16,64,256, got {args.ppe!r}") \
                 from None
-    from bilens.fused import PRECISIONS
+    from bilens.ablation._engine.steps import PRECISIONS
     for prec in args.precision.split(","):
         if prec not in PRECISIONS:
             raise BilensError(f"--precision: expected one of {', '.join(PRECISIONS)} (or a "

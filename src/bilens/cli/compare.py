@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.compare import PRESETS
+from bilens.experiments.compare import PRESETS
 
 DATASETS = tuple(PRESETS)
 
@@ -58,8 +58,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bilens import report
-    from bilens.compare import compare
+    from bilens.experiments.compare import compare
+    from bilens.report import document as report
 
     report.check_outdir(args.out)                 # before the work, not after
     setup_threads(args)

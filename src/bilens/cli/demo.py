@@ -26,7 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bilens import demo, report
+    from bilens.experiments import demo
+    from bilens.report import document as report
 
     report.check_outdir(args.out)                 # before the work, not after
     setup_threads(args)

@@ -17,7 +17,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bilens.checkpoint import describe, load
+    from bilens.core.checkpoint import describe, load
 
     info = describe(load(args.directory))
     if not args.history:

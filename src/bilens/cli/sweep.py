@@ -7,7 +7,7 @@ import argparse
 import time
 
 from bilens.cli.compare import DATASETS, add_common, setup_threads
-from bilens.sweeps import SWEEPS
+from bilens.experiments.sweeps import SWEEPS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _values(text: str | None) -> tuple | None:
     if not text:
         return None
-    from bilens.errors import BilensError
+    from bilens.core.errors import BilensError
 
     out = []
     for part in text.split(","):
@@ -46,10 +46,10 @@ def _values(text: str | None) -> tuple | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bilens import report
-    from bilens.compare import DEFAULT_N_VERIFY, Runner
-    from bilens.errors import BilensError
-    from bilens.sweeps import sweep
+    from bilens.core.errors import BilensError
+    from bilens.experiments.compare import DEFAULT_N_VERIFY, Runner
+    from bilens.experiments.sweeps import sweep
+    from bilens.report import document as report
 
     setup_threads(args)
     names = list(SWEEPS) if args.name == "all" else [args.name]

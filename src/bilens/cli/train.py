@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bilens.train import TrainConfig
+from bilens.training.train import TrainConfig
 
 _DEFAULTS = TrainConfig()
 
@@ -59,11 +59,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from bilens.checkpoint import check_replaceable, save
-    from bilens.config import ModelConfig
-    from bilens.data import load_dataset
-    from bilens.errors import BilensError
-    from bilens.train import train
+    from bilens.core.checkpoint import check_replaceable, save
+    from bilens.core.config import ModelConfig
+    from bilens.core.data import load_dataset
+    from bilens.core.errors import BilensError
+    from bilens.training.train import train
 
     if args.threads is not None:
         if args.threads < 1:

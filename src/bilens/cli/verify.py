@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from bilens.cli._inputs import add_input_arguments, check_baseline, load_inputs, parse_modes
-from bilens.errors import BilensError
+from bilens.core.errors import BilensError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     if any(k < 1 for k in ks):
         raise BilensError(f"--circuit-ks: sizes must be >= 1, got {args.circuit_ks!r}")
     out = Path(args.out)
-    from bilens.verify import replaceable
+    from bilens.analysis.verify import replaceable
 
     if not replaceable(out):
         raise BilensError(f"--out: {str(out)!r} exists and is not a bilens verify output; "
@@ -67,8 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from bilens.ablation import parse_memory
-    from bilens.verify import verify
+    from bilens.ablation.ablate import parse_memory
+    from bilens.analysis.verify import verify
 
     parse_memory(args.memory)
     model, dataset, data, reference = load_inputs(args)

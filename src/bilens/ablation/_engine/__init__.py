@@ -1,0 +1,1 @@
+"""The private engine behind `bilens.ablation`: perturbation plan, fused steps, kernels."""

@@ -1,0 +1,72 @@
+"""The model's configuration (SPEC §1 and the `config.json` of SPEC §6)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from bilens.core.errors import BilensError
+
+NORMS = ("none", "rms", "layer")
+POSITIONS = ("post", "pre")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape and normalization of a bilinear residual network.
+
+    Args:
+        d_in: input width (`x` is `[B, d_in]`).
+        d_model: residual width.
+        d_hidden: channels per bilinear layer.
+        n_layers: number of bilinear layers.
+        n_out: number of logits.
+        norm: `"none"`, `"rms"` or `"layer"`.
+        norm_position: `"post"` (the seed's layout) or `"pre"`.
+        eps: added to the mean square inside the square root.
+        learnable_gain: train the norms' `gamma` (and LayerNorm's `beta`); when False
+            they stay at 1 (and 0) but are still stored in the checkpoint.
+    """
+
+    d_in: int
+    d_model: int
+    d_hidden: int
+    n_layers: int
+    n_out: int
+    norm: Literal["none", "rms", "layer"] = "rms"
+    norm_position: Literal["post", "pre"] = "post"
+    eps: float = 1e-5
+    learnable_gain: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("d_in", "d_model", "d_hidden", "n_layers", "n_out"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BilensError(f"config.{name}: expected a positive integer, got {value!r}")
+        if self.norm not in NORMS:
+            raise BilensError(f"config.norm: expected one of {NORMS}, got {self.norm!r}")
+        if self.norm_position not in POSITIONS:
+            raise BilensError(f"config.norm_position: expected one of {POSITIONS}, "
+                              f"got {self.norm_position!r}")
+        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
+            raise BilensError(f"config.eps: expected a number >= 0, got {self.eps!r}")
+
+    @property
+    def n_norms(self) -> int:
+        """Norms in the network: one per layer, plus the final norm in pre-norm."""
+        return self.n_layers + (self.norm_position == "pre")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a `config.json` dict; metadata keys are ignored."""
+        names = {f.name for f in fields(cls)}
+        required = {"d_in", "d_model", "d_hidden", "n_layers", "n_out", "norm", "norm_position",
+                    "eps"}
+        missing = sorted(required - data.keys())
+        if missing:
+            raise BilensError(f"config.json: missing {missing}; SPEC §6 requires "
+                              f"d_in, d_model, d_hidden, n_layers, n_out, norm, norm_position, eps")
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,1 @@
+"""The model families. `mlp`: the bilinear residual network of SPEC §1."""

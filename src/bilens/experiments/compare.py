@@ -1,0 +1,401 @@
+"""`bilens compare`: the seed's comparison table, measured.
+
+For every norm (none, rms, layer) x position (post, pre) and every seed, train a model at
+one equal budget (or reuse a cached one), verify it with both attribution modes against the
+real ablations, and aggregate over seeds into the table the seed sketches:
+
+| norm | position | test accuracy | NE, Pearson, top-10 recall per mode | drift vs gating share |
+
+Models are cached under `cache_dir/<dataset>-<norm>-<position>-<key>/`, where `key` hashes the
+full model config, the training config (the device excepted: it changes floating-point
+rounding, not the experiment) and the dataset; verification summaries are cached beside them
+keyed by the model's key and the verification settings. `force=True` retrains and re-verifies.
+
+Example:
+    >>> result = compare("digits", seeds=1, out="runs/compare")   # doctest: +SKIP
+    >>> print(result.text())                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from bilens.core.config import NORMS, POSITIONS, ModelConfig
+from bilens.core.errors import BilensError
+from bilens.core.io import write_json
+
+CACHE_VERSION = 1
+MODES = ("frozen", "live", "renorm")     # every mode verified; the claims use frozen and live
+TOP_K = 10
+
+# The equal budget per dataset: one architecture and one optimization for every norm.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "digits": {"model": {"d_model": 64, "d_hidden": 128, "n_layers": 3},
+               "train": {"epochs": 12, "batch_size": 64, "lr": 3e-3}},
+    "synthetic": {"model": {"d_model": 32, "d_hidden": 32, "n_layers": 2},
+                  "train": {"epochs": 8, "batch_size": 128, "lr": 3e-3}},
+    # 10 epochs of 118 steps: sized so that 72 models train and verify on one GPU in minutes
+    "mnist": {"model": {"d_model": 256, "d_hidden": 512, "n_layers": 4},
+              "train": {"epochs": 10, "batch_size": 512, "lr": 3e-3}},
+    "fashion-mnist": {"model": {"d_model": 256, "d_hidden": 512, "n_layers": 4},
+                      "train": {"epochs": 10, "batch_size": 512, "lr": 3e-3}},
+}
+DEFAULT_N_VERIFY = {"digits": 64, "synthetic": 128, "mnist": 128, "fashion-mnist": 128}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One model to train and verify.
+
+    Args:
+        dataset: a name from `bilens.core.data.DATASETS`.
+        model: `ModelConfig` fields except `d_in` and `n_out` (taken from the dataset).
+        train: `TrainConfig` fields.
+        tags: what this model stands for in an experiment (e.g. `{"sweep": "depth"}`).
+    """
+
+    dataset: str
+    model: dict[str, Any]
+    train: dict[str, Any]
+    tags: dict[str, Any] = field(default_factory=dict)
+
+    def with_(self, model: dict[str, Any] | None = None, train: dict[str, Any] | None = None,
+              tags: dict[str, Any] | None = None) -> Spec:
+        """A copy with some model, train or tag fields replaced."""
+        return Spec(self.dataset, {**self.model, **(model or {})}, {**self.train, **(train or {})},
+                    {**self.tags, **(tags or {})})
+
+
+def preset_spec(dataset: str, epochs: int | None = None, **model: Any) -> Spec:
+    """The equal-budget spec of `PRESETS[dataset]`, with overrides."""
+    if dataset not in PRESETS:
+        raise BilensError(f"dataset: expected one of {sorted(PRESETS)}, got {dataset!r}")
+    preset = PRESETS[dataset]
+    train = dict(preset["train"])
+    if epochs is not None:
+        train["epochs"] = int(epochs)
+    return Spec(dataset, {**preset["model"], **model}, train)
+
+
+def cache_key(dataset: str, model_config: ModelConfig, train_config: Any) -> str:
+    """A short hash of everything that defines a trained model (the device excepted)."""
+    train = {k: v for k, v in asdict(train_config).items() if k not in ("device",)}
+    blob = json.dumps({"v": CACHE_VERSION, "dataset": dataset, "model": model_config.to_dict(),
+                       "train": train}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+class Runner:
+    """Trains (or reuses) and verifies models, holding datasets in memory between them.
+
+    Args:
+        cache_dir: where trained models and verification summaries are cached.
+        force: retrain and re-verify even when a cached result exists.
+        device: `"auto"`, `"cpu"`, `"cuda"`, ... for training and verification.
+        n_verify: test inputs verified per model (every channel of every layer is ablated).
+        target: what the attributions explain (SPEC §2), resolved on each clean run.
+        log: where progress lines go (default `print`).
+    """
+
+    def __init__(self, cache_dir: str | os.PathLike, *, force: bool = False,
+                 device: str = "auto", n_verify: int = 64, target: str = "predicted",
+                 log: Callable[[str], None] | None = print):
+        self.cache_dir, self.force, self.device = Path(cache_dir), force, device
+        self.n_verify, self.target = int(n_verify), target
+        self.log = log or (lambda _msg: None)
+        self._data: dict[tuple[str, str], Any] = {}
+        if self.n_verify < 1:
+            raise BilensError(f"n_verify: expected a positive integer, got {n_verify!r}")
+
+    def dataset(self, name: str, split: str) -> Any:
+        """A loaded split, loaded once."""
+        from bilens.core.data import load_dataset
+
+        if (name, split) not in self._data:
+            self._data[name, split] = load_dataset(name, split)
+        return self._data[name, split]
+
+    def configs(self, spec: Spec) -> tuple[ModelConfig, Any]:
+        """The `ModelConfig` and `TrainConfig` of a spec (validated)."""
+        from bilens.training.train import TrainConfig
+
+        test = self.dataset(spec.dataset, "test")
+        names = {f.name for f in fields(TrainConfig)}
+        unknown = sorted(set(spec.train) - names)
+        if unknown:
+            raise BilensError(f"train options {unknown} unknown; TrainConfig has {sorted(names)}")
+        mc = ModelConfig(d_in=test.d_in, n_out=test.n_classes, **spec.model)
+        tc = TrainConfig(**{**spec.train, "device": self.device})
+        return mc, tc
+
+    def model(self, spec: Spec) -> tuple[Any, dict[str, Any]]:
+        """Train the spec's model, or load it from the cache; returns `(model, info)`."""
+        from bilens.core.checkpoint import load, save
+        from bilens.training.train import train
+
+        mc, tc = self.configs(spec)
+        key = cache_key(spec.dataset, mc, tc)
+        directory = self.cache_dir / f"{spec.dataset}-{mc.norm}-{mc.norm_position}-{key}"
+        if directory.is_dir() and not self.force:
+            try:
+                model = load(directory)
+                self.log(f"reusing cached model {directory}")
+                return model, {"key": key, "model_dir": str(directory), "reused": True,
+                               **_train_info(model.metadata)}
+            except BilensError as err:
+                self.log(f"cached model {directory} unreadable ({err}); retraining")
+        self.log(f"training {spec.dataset} {mc.norm}/{mc.norm_position} d_model={mc.d_model} "
+                 f"layers={mc.n_layers} l1={tc.l1} seed={tc.seed} -> {directory}")
+        data = (self.dataset(spec.dataset, "train"), self.dataset(spec.dataset, "test"))
+        result = train(mc, tc, data, progress=False)
+        meta = {**result.metadata, "cache_key": key}
+        save(result.model, directory, meta)
+        model = result.model.cpu()
+        return model, {"key": key, "model_dir": str(directory), "reused": False,
+                       **_train_info(meta)}
+
+    def evaluate(self, spec: Spec) -> dict[str, Any]:
+        """Train or reuse the spec's model and verify it: one row (see `summarize`)."""
+        model, info = self.model(spec)
+        vkey = hashlib.sha256(json.dumps(
+            {"n": self.n_verify, "target": self.target, "modes": MODES, "v": CACHE_VERSION},
+            sort_keys=True).encode()).hexdigest()[:8]
+        cached = self.cache_dir / "verify" / f"{Path(info['model_dir']).name}-{vkey}.json"
+        if cached.is_file() and not self.force and info["reused"]:
+            summary = json.loads(cached.read_text())
+        else:
+            summary = self.verify(model, spec.dataset)
+            write_json(cached, summary)
+        cfg = model.config
+        return {"dataset": spec.dataset, "norm": cfg.norm, "position": cfg.norm_position,
+                "seed": int(spec.train.get("seed", 0)), "d_model": cfg.d_model,
+                "d_hidden": cfg.d_hidden, "n_layers": cfg.n_layers,
+                "l1": float(spec.train.get("l1", 0.0)), "tags": dict(spec.tags), **info,
+                **summary}
+
+    def verify(self, model: Any, dataset: str) -> dict[str, Any]:
+        """Verify `model` on the first `n_verify` test inputs of `dataset`: `summarize`."""
+        from bilens.analysis.verify import verify
+        from bilens.training.train import resolve_device
+
+        test = self.dataset(dataset, "test")
+        x, y = test.x[: self.n_verify], test.y[: self.n_verify]
+        device = resolve_device(self.device)
+        start = time.perf_counter()
+        result = verify(model.to(device), x.to(device), target=self.target, modes=MODES,
+                        labels=y.to(device), progress=False)
+        summary = summarize(result.metrics)
+        summary["n_verify"] = int(x.shape[0])
+        summary["verify_time"] = time.perf_counter() - start
+        model.cpu()
+        return summary
+
+
+def _train_info(meta: dict[str, Any]) -> dict[str, Any]:
+    return {"test_accuracy": float(meta.get("test_accuracy", math.nan)),
+            "active_fraction": float(meta.get("active_fraction", math.nan)),
+            "train_time": float(meta.get("wall_time", math.nan))}
+
+
+def summarize(metrics: dict[str, Any]) -> dict[str, Any]:
+    """The numbers bilens's experiments use, read off `VerifyResult.metrics`.
+
+    Returns:
+        `{"frozen": {...}, "live": {...}, "drift": {...}}`: per mode the normalized error
+        `ne`, `pearson`, `spearman`, `top10` recall, `sign` agreement, `ne_per_layer` and the
+        faithfulness curve `circuit` (`[[k, NE of the summed prediction vs the joint
+        ablation], ...]`); under `drift` the frozen mode's error split into norm drift and
+        gating interference (`ne_drift`, `ne_gating`, `drift_share`, per layer too), the
+        measured `|ds/s|` at the first norm after the ablated channel (`ds_over_s` mean,
+        `ds_over_s_median`), the seed's own estimate of it (`seed_estimate`), the seed
+        formula's Pearson correlation with the measurement (`formula_corr`), and the drift's
+        effect on the target relative to the channel's own effect, `|a - a_frozen| / |a|`
+        (`effect_ratio`: median over the channels whose `|a|` is in the upper half).
+    """
+    out: dict[str, Any] = {}
+    for mode, m in metrics["modes"].items():
+        overall = m["overall"]
+        out[mode] = {
+            "ne": overall["normalized_error"], "pearson": overall["pearson"],
+            "spearman": overall["spearman"], "top10": overall.get(f"recall@{TOP_K}", math.nan),
+            "sign": overall["sign_agreement"],
+            "ne_per_layer": [pl["normalized_error"] for pl in m["per_layer"]],
+            "circuit": [[c["k"], c["normalized_error"]] for c in m.get("circuit", [])],
+        }
+    dec = metrics["modes"]["frozen"]["decomposition"]
+    drift = metrics["drift"]["overall"]
+    out["drift"] = {
+        "ne_drift": dec["overall"]["drift_ne"], "ne_gating": dec["overall"]["gating_ne"],
+        "drift_share": dec["overall"]["drift_share"],
+        "ne_drift_per_layer": [pl["drift_ne"] for pl in dec["per_layer"]],
+        "ne_gating_per_layer": [pl["gating_ne"] for pl in dec["per_layer"]],
+        "ds_over_s": drift["abs_ds_over_s"]["mean"],
+        "ds_over_s_median": drift["abs_ds_over_s"]["median"],
+        "seed_estimate": drift["seed_estimate"],
+        "delta_over_r": drift["delta_over_r"]["median"],
+        "formula_corr": drift["formula_pearson"],
+        "effect_ratio": drift["effect_ratio_upper_half"]["median"],
+    }
+    return out
+
+
+# ---------------------------------------------------------------- aggregation over seeds
+
+
+def get(row: dict[str, Any], path: str) -> Any:
+    """`get(row, "frozen.ne")` -> `row["frozen"]["ne"]` (NaN where absent)."""
+    value: Any = row
+    for part in path.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return math.nan
+        value = value[part]
+    return value
+
+
+def mean_std(values: Iterable[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value) of the finite values."""
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    m = sum(vals) / len(vals)
+    if len(vals) == 1:
+        return m, 0.0
+    return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def spearman(xs: list[float], ys: list[float]) -> float:
+    """`metrics.spearman` over a sweep's points (ties averaged); NaN for < 3 finite pairs,
+    too few for a trend."""
+    import torch
+
+    from bilens.analysis.metrics import spearman as rank_correlation
+
+    if sum(math.isfinite(x) and math.isfinite(y) for x, y in zip(xs, ys, strict=True)) < 3:
+        return math.nan
+    return rank_correlation(torch.tensor(xs, dtype=torch.float64),
+                            torch.tensor(ys, dtype=torch.float64))
+
+
+SUMMARY_PATHS = (
+    "test_accuracy", "active_fraction", "train_time",
+    *(f"{m}.{k}" for m in MODES for k in ("ne", "pearson", "spearman", "top10", "sign")),
+    "drift.ne_drift", "drift.ne_gating", "drift.drift_share", "drift.ds_over_s",
+    "drift.ds_over_s_median", "drift.seed_estimate", "drift.delta_over_r",
+    "drift.formula_corr", "drift.effect_ratio", "verify_time",
+)
+LIST_PATHS = (*(f"{m}.ne_per_layer" for m in MODES), "drift.ne_drift_per_layer",
+              "drift.ne_gating_per_layer")
+
+
+def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Group rows by the `by` keys and give every summary number as mean and `_std`.
+
+    Per-layer lists (`LIST_PATHS`) are averaged elementwise.
+    """
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in by), []).append(row)
+    table = []
+    for key, members in groups.items():
+        out: dict[str, Any] = dict(zip(by, key, strict=False))
+        out["n_seeds"] = len(members)
+        for k in ("dataset", "d_model", "d_hidden", "n_layers", "l1"):
+            values = {m.get(k) for m in members}
+            if len(values) == 1 and k not in out:
+                out[k] = values.pop()               # shared by the group: keep it
+        for path in SUMMARY_PATHS:
+            m, s = mean_std(get(r, path) for r in members)
+            out[path] = m
+            out[path + "_std"] = s
+        for path in LIST_PATHS:
+            lists = [get(r, path) for r in members]
+            lists = [v for v in lists if isinstance(v, list)]
+            if lists and all(len(v) == len(lists[0]) for v in lists):
+                out[path] = [mean_std(col)[0] for col in zip(*lists, strict=False)]
+        table.append(out)
+    return table
+
+
+@dataclass
+class CompareResult:
+    """What `compare` returns: per-model rows, the aggregated table and the settings."""
+
+    dataset: str
+    rows: list[dict[str, Any]]
+    table: list[dict[str, Any]]
+    settings: dict[str, Any]
+    wall_time: float = 0.0
+
+    def text(self) -> str:
+        """The comparison table for a terminal."""
+        from bilens.report.document import compare_text
+
+        return compare_text(self.table)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "settings": self.settings, "table": self.table,
+                "rows": self.rows, "wall_time": self.wall_time}
+
+
+def compare_specs(spec: Spec, seeds: int, norms: Iterable[str] = NORMS,
+                  positions: Iterable[str] = POSITIONS, first_seed: int = 0) -> list[Spec]:
+    """The grid norm x position x seed around `spec` (seeds first_seed, first_seed + 1, ...)."""
+    return [spec.with_(model={"norm": n, "norm_position": p}, train={"seed": s})
+            for s in range(first_seed, first_seed + seeds) for n in norms for p in positions]
+
+
+def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | None = None, *,
+            epochs: int | None = None, n_verify: int | None = None, device: str = "auto",
+            force: bool = False, cache_dir: str | os.PathLike | None = None,
+            spec: Spec | None = None, target: str = "predicted", first_seed: int = 0,
+            log: Callable[[str], None] | None = print, runner: Runner | None = None,
+            ) -> CompareResult:
+    """Train and verify none/rms/layer x post/pre at an equal budget; aggregate over seeds.
+
+    Args:
+        dataset: `digits`, `mnist`, `fashion-mnist` or `synthetic`.
+        seeds: seeds per configuration (the table gives mean and standard deviation).
+        out: where `compare.json` is written (None: nowhere; cache default `out/models`).
+        epochs: override the preset's epochs (the budget stays equal across norms).
+        n_verify: test inputs verified per model (default per dataset).
+        device: where to train and verify.
+        force: retrain and re-verify even if cached.
+        cache_dir: where models are cached (default `out/models`, else `runs/cache`).
+        spec: the base spec (default `preset_spec(dataset, epochs)`).
+        target: what the attributions explain (SPEC §2 spec string).
+        first_seed: the first seed (to split the seeds of one table over processes).
+        log: progress lines (None: silent).
+        runner: reuse a `Runner` (its cache, device, target and datasets) instead.
+
+    Returns:
+        A `CompareResult`; `.table` has one row per (norm, position).
+    """
+    if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
+        raise BilensError(f"seeds: expected a positive integer, got {seeds!r}")
+    start = time.perf_counter()
+    base = spec or preset_spec(dataset, epochs)
+    if runner is None:
+        cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
+        runner = Runner(cache, force=force, device=device, log=log, target=target,
+                        n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
+    settings = {"dataset": dataset, "seeds": seeds, "first_seed": first_seed, "model": base.model,
+                "train": base.train, "n_verify": runner.n_verify, "target": runner.target,
+                "device": runner.device}
+    specs = compare_specs(base, seeds, first_seed=first_seed)
+    rows: list[dict[str, Any]] = []
+    for spec in specs:                 # seeds outermost: a partial file holds whole seeds
+        rows.append(runner.evaluate(spec))
+        result = CompareResult(dataset, rows, aggregate(rows, ("norm", "position")),
+                               {**settings, "complete": len(rows) == len(specs)},
+                               time.perf_counter() - start)
+        if out is not None:            # after every model, so a run cut short keeps its rows
+            write_json(Path(out) / "compare.json", result.to_dict())
+    return result
