@@ -1,0 +1,120 @@
+"""The package's layers: every import (function-level ones included) goes down, never up,
+never sideways into a sibling package of the same layer, and no two modules import each
+other, directly or through others. `docs/architecture.md` draws the same picture."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "src" / "bilens"
+
+# layer of each top-level subpackage; a module may import its own package or a lower layer
+LAYERS = {
+    "core": 0,
+    "training": 1, "attribution": 1, "ablation": 1,
+    "analysis": 2,
+    "experiments": 3,
+    "report": 4,
+    "cli": 5,
+}
+TOP_LEVEL = {"__init__", "__main__"}     # the lazy re-exports and `python -m bilens`
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in sorted(ROOT.rglob("*.py")):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path) -> set[str]:
+    """Every `bilens...` module `path` imports, at any depth of the file."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    is_pkg = path.name == "__init__.py"
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.split(".")[0] == "bilens"}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = name.split(".")[: len(name.split(".")) - node.level + is_pkg]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            if mod.split(".")[0] != "bilens":
+                continue
+            found.add(mod)
+            found |= {f"{mod}.{a.name}" for a in node.names}     # `from pkg import module`
+    modules = _modules()
+    return {m for m in found if m in modules and m != name}
+
+
+def _layer(module: str) -> tuple[str, int] | None:
+    parts = module.split(".")
+    if len(parts) < 2 or parts[1] in TOP_LEVEL:
+        return None
+    return parts[1], LAYERS[parts[1]]
+
+
+def test_every_subpackage_has_a_layer():
+    subpackages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert subpackages == set(LAYERS), "add the new subpackage to LAYERS and docs/architecture.md"
+    loose = sorted(p.name for p in ROOT.glob("*.py") if p.stem not in TOP_LEVEL)
+    assert not loose, f"modules outside the layers: {loose}"
+
+
+@pytest.mark.parametrize("name", sorted(_modules()))
+def test_imports_go_down(name):
+    here = _layer(name)
+    if here is None:
+        return
+    bad = []
+    for target in sorted(_imports(name, _modules()[name])):
+        there = _layer(target)
+        if there is None:
+            if target != "bilens":
+                bad.append(target)
+            continue
+        if there[0] != here[0] and there[1] >= here[1]:
+            bad.append(target)
+    assert not bad, f"{name} (layer {here[1]}, {here[0]}) imports upward or sideways: {bad}"
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {m: _imports(m, p) - {"bilens"} for m, p in modules.items()}
+    # a package imports its submodules' names by design (re-exports); those edges are no cycle
+    graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in graph.items()}
+    index, low, stack, on, cycles = {}, {}, [], set(), []
+
+    def visit(v, counter=[0]):        # Tarjan's strongly connected components
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                cycles.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    assert not cycles, f"import cycles: {cycles}"
