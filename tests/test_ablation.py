@@ -27,6 +27,7 @@ from bilens.ablation.ablate import (
 )
 from bilens.core.config import ModelConfig
 from bilens.core.errors import BilensError
+from bilens.core.models.intervention import Intervention
 from bilens.core.models.mlp import BilinearNet
 
 NORMS = ["none", "rms", "layer"]
@@ -130,7 +131,7 @@ def test_frozen_last_layer_is_the_linear_prediction():
         clean = model.run(x)
         direction = torch.nn.functional.one_hot(clean.logits.argmax(-1), 4).double()
         offset = torch.zeros_like(clean.z, requires_grad=True)
-        run = model.run(x, scale=clean.scale, z_offset=offset)      # the frozen network
+        run = model.run(x, Intervention(scale=clean.scale, z_offset=offset))   # frozen network
         (g,) = torch.autograd.grad((run.logits * direction).sum(), offset)
         predicted = (0.0 - clean.z[:, -1]) * g[:, -1]
         actual = ablation_effects(model, x, "predicted", frozen_norm=True, layers=[-1])

@@ -5,6 +5,7 @@ other, directly or through others. `docs/architecture.md` draws the same picture
 from __future__ import annotations
 
 import ast
+import graphlib
 from pathlib import Path
 
 import pytest
@@ -90,31 +91,7 @@ def test_no_import_cycles():
     graph = {m: _imports(m, p) - {"bilens"} for m, p in modules.items()}
     # a package imports its submodules' names by design (re-exports); those edges are no cycle
     graph = {m: {t for t in ts if not m.startswith(t + ".")} for m, ts in graph.items()}
-    index, low, stack, on, cycles = {}, {}, [], set(), []
-
-    def visit(v, counter=[0]):        # Tarjan's strongly connected components
-        index[v] = low[v] = counter[0]
-        counter[0] += 1
-        stack.append(v)
-        on.add(v)
-        for w in graph[v]:
-            if w not in index:
-                visit(w)
-                low[v] = min(low[v], low[w])
-            elif w in on:
-                low[v] = min(low[v], index[w])
-        if low[v] == index[v]:
-            comp = []
-            while True:
-                w = stack.pop()
-                on.discard(w)
-                comp.append(w)
-                if w == v:
-                    break
-            if len(comp) > 1:
-                cycles.append(sorted(comp))
-
-    for v in graph:
-        if v not in index:
-            visit(v)
-    assert not cycles, f"import cycles: {cycles}"
+    try:
+        tuple(graphlib.TopologicalSorter(graph).static_order())
+    except graphlib.CycleError as err:
+        pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")

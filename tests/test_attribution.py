@@ -17,6 +17,7 @@ from bilens.attribution.predict import (
 from bilens.core.baselines import from_inputs
 from bilens.core.config import ModelConfig
 from bilens.core.errors import BilensError
+from bilens.core.models.intervention import Intervention
 from bilens.core.models.mlp import BilinearNet
 from bilens.core.targets import resolve_target
 
@@ -48,12 +49,12 @@ def inputs(seed: int = 1, n: int = B) -> torch.Tensor:
 def ablate_layer(model, x, layer, b, target, scale=None):
     """actual[i, k] = f(x_i | z_{layer,k} := b[i, layer, k]) - f(x_i), for every k at once."""
     n, h = x.shape[0], model.config.d_hidden
-    clean = model.run(x, scale=scale)
+    clean = model.run(x, Intervention(scale=scale))
     rows = x.repeat_interleave(h, 0)                                   # [n*h, d_in]
     mask = torch.eye(h, dtype=torch.bool).repeat(n, 1)                 # row (i, k) ablates k
     values = b[:, layer].repeat_interleave(h, 0)
     frozen = None if scale is None else scale.repeat_interleave(h, 0)
-    run = model.run(rows, scale=frozen, patch={layer: (mask, values)})
+    run = model.run(rows, Intervention(scale=frozen, patch={layer: (mask, values)}))
     return target(run.logits.view(n, h, -1)) - target(clean.logits)[:, None]
 
 
@@ -120,7 +121,7 @@ def test_live_is_the_finite_difference_of_the_real_network(norm, position, spec)
     eps = 1e-5
 
     def f(sign):
-        logits = model.run(rows, z_offset=sign * eps * offset).logits
+        logits = model.run(rows, Intervention(z_offset=sign * eps * offset)).logits
         return target(logits.view(n, n_layers * h, -1)).view(n, n_layers, h)
 
     fd = (f(1) - f(-1)) / (2 * eps)

@@ -10,6 +10,7 @@ import torch
 from bilens.analysis.drift import drift_summary, effect_ratio, norm_drift
 from bilens.analysis.metrics import normalized_error, pearson
 from bilens.core.config import ModelConfig
+from bilens.core.models.intervention import Intervention
 from bilens.core.models.mlp import BilinearNet
 
 nan = math.nan
@@ -40,7 +41,7 @@ def test_measured_drift_equals_the_real_network(norm, position, baseline):
     for l, k in [(0, 0), (1, 7), (2, 3)]:
         one = torch.zeros(model.config.d_hidden, dtype=torch.bool)
         one[k] = True
-        run = model.run(x, patch={l: (one, b[l].expand_as(clean.z[:, l]))})
+        run = model.run(x, Intervention(patch={l: (one, b[l].expand_as(clean.z[:, l]))}))
         real = run.scale[:, l + shift] / clean.scale[:, l + shift] - 1
         torch.testing.assert_close(drift.measured[:, l, k], real, rtol=1e-9, atol=1e-13)
 

@@ -9,6 +9,7 @@ from reference import forward_one
 from torch.testing import assert_close
 
 from bilens.core.errors import BilensError
+from bilens.core.models.intervention import Intervention
 
 SEEDS = (0, 1, 2)
 
@@ -61,9 +62,9 @@ def test_ablation_equals_reference(norm, position, seed, grad):
     offset = torch.zeros_like(clean.z)
     offset[:, layer, channel] = value - clean.z[:, layer, channel]
     with torch.set_grad_enabled(grad):
-        live = model.run(x, patch=patch)
-        frozen = model.run(x, patch=patch, scale=clean.scale)
-        shifted = model.run(x, z_offset=offset)
+        live = model.run(x, Intervention(patch=patch))
+        frozen = model.run(x, Intervention(patch=patch, scale=clean.scale))
+        shifted = model.run(x, Intervention(z_offset=offset))
     assert_close(shifted.logits, live.logits, rtol=1e-10, atol=1e-10)
     assert_close(shifted.z[:, layer, channel], torch.full((len(x),), value, dtype=x.dtype))
     for i in range(len(x)):
@@ -83,8 +84,8 @@ def test_frozen_clean_statistics_change_nothing(norm, position):
     model = tiny_model(norm, position, seed=3)
     x = _inputs(model, n=5)
     clean = model.run(x)
-    frozen = model.run(x, scale=clean.scale)
-    frozen_both = model.run(x, scale=clean.scale, mean=clean.mean)
+    frozen = model.run(x, Intervention(scale=clean.scale))
+    frozen_both = model.run(x, Intervention(scale=clean.scale, mean=clean.mean))
     assert_close(frozen.logits, clean.logits, rtol=1e-12, atol=1e-12)
     assert_close(frozen_both.logits, clean.logits, rtol=1e-12, atol=1e-12)
     assert_close(frozen.scale, clean.scale, rtol=0, atol=0)
@@ -98,7 +99,7 @@ def test_patching_a_channel_with_its_own_value_changes_nothing(norm, position):
     mask = torch.zeros(len(x), model.config.d_hidden, dtype=torch.bool)
     mask[:, ::2] = True
     patch = {i: (mask, clean.z[:, i]) for i in range(model.config.n_layers)}
-    patched = model.run(x, patch=patch)
+    patched = model.run(x, Intervention(patch=patch))
     assert_close(patched.logits, clean.logits, rtol=0, atol=0)
     assert_close(patched.z, clean.z, rtol=0, atol=0)
 

@@ -12,6 +12,7 @@ from bilens.analysis.verify import VerifyResult, verify
 from bilens.cli import main
 from bilens.core.config import ModelConfig
 from bilens.core.errors import BilensError
+from bilens.core.models.intervention import Intervention
 from bilens.core.models.mlp import BilinearNet
 
 B, L, H = 4, 3, 10
@@ -105,7 +106,7 @@ def test_circuit_sizes_never_exceed_the_channels():
     whole_layer = torch.zeros(B, L, H, dtype=torch.bool)
     whole_layer[:, 1] = True
     patch = {1: (whole_layer[:, 1], torch.zeros(B, H, dtype=torch.float64))}
-    clean, ablated = model.run(x), model.run(x, patch=patch)
+    clean, ablated = model.run(x), model.run(x, Intervention(patch=patch))
     rows = torch.arange(B)
     cls = clean.logits.argmax(-1)
     expected = ablated.logits[rows, cls] - clean.logits[rows, cls]

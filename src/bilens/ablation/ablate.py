@@ -13,7 +13,7 @@ Three entry points:
   the suffix in closed form where it can (`bilens.perturb`), batches many ablations per
   matmul and streams in chunks under a memory budget.
 - `ablation_effects_loop`: the plain reference, one channel at a time through
-  `model.run(..., patch=...)` (batched over inputs).
+  `model.run(x, Intervention(patch=...))` (batched over inputs).
 - `joint_ablation_effect`: a set of channels per input ablated together (circuits).
 """
 
@@ -33,6 +33,8 @@ from bilens.ablation._engine.plan import Plan
 from bilens.ablation._engine.steps import PRECISIONS
 from bilens.core.baselines import resolve_baseline
 from bilens.core.errors import BilensError, check_inputs
+from bilens.core.models.fastrun import clean_run
+from bilens.core.models.intervention import Intervention
 from bilens.core.models.mlp import Run
 from bilens.core.targets import Target, resolve_target
 
@@ -129,7 +131,7 @@ def _prepare(model: BilinearNet, inputs: Tensor, target: object, baseline: objec
     """Clean run, fixed target, baseline `b [B, L, H]`."""
     check_inputs(inputs, model.config.d_in)
     x = inputs.to(device=model.device, dtype=model.dtype)
-    clean = model.run(x, check=False)
+    clean = clean_run(model, x)
     if labels is not None:
         labels = torch.as_tensor(labels).to(model.device)
     tgt = resolve_target(target, clean.logits, labels)
@@ -181,7 +183,7 @@ def ablation_effects_loop(
     for l, k in pairs:
         one = torch.zeros(cfg.d_hidden, dtype=torch.bool, device=x.device)
         one[k] = True
-        run = model.run(x, scale=scale, patch={l: (one, b[:, l])}, check=False)
+        run = model.run(x, Intervention(scale=scale, patch={l: (one, b[:, l])}), check=False)
         out[:, l, k] = tgt(run.logits) - f0
     return out
 
@@ -224,7 +226,8 @@ def joint_ablation_effect(
         raise BilensError(f"mask: expected a bool tensor [batch, n_layers, d_hidden] = "
                           f"{list(clean.z.shape)}, got {mask.dtype} {list(mask.shape)}")
     patch = {l: (mask[:, l], b[:, l]) for l in range(model.config.n_layers) if mask[:, l].any()}
-    run = model.run(x, scale=clean.scale if frozen_norm else None, patch=patch, check=False)
+    frozen = Intervention(scale=clean.scale if frozen_norm else None, patch=patch)
+    run = model.run(x, frozen, check=False)
     return tgt(run.logits) - tgt(clean.logits)
 
 

@@ -14,7 +14,7 @@ Starting from the head, `g = W^T d f/d logits`, the loop walks the network backw
 the true gradient. Both are batched matmuls over `[B, d]`; no per-sample loops.
 
 `gradients_autograd` computes the same numbers with `torch.autograd` through
-`BilinearNet.run(z_offset=...)`; the tests hold the two to 1e-10 in float64.
+`BilinearNet.run(x, Intervention(z_offset=...))`; the tests hold the two to 1e-10 in float64.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from bilens.core.errors import BilensError
+from bilens.core.models.intervention import Intervention
 from bilens.core.models.mlp import BilinearNet, Run
 from bilens.core.targets import Target
 
@@ -168,7 +169,7 @@ def gradients_autograd(
     scale = run.scale.detach() if mode == "frozen" else None
     offset = inputs.new_zeros(inputs.shape[0], cfg.n_layers, cfg.d_hidden, requires_grad=True)
     with torch.enable_grad():
-        live = model.run(inputs, scale=scale, z_offset=offset, check=False)
+        live = model.run(inputs, Intervention(scale=scale, z_offset=offset), check=False)
         (g,) = torch.autograd.grad(target(live.logits).sum(), offset)
     if run is None:
         run = _detached(live)

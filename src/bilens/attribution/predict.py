@@ -36,6 +36,7 @@ from bilens.attribution.backward import (
 from bilens.attribution.renorm import renorm_effects
 from bilens.core.baselines import BASELINE_HELP, resolve_baseline
 from bilens.core.errors import BilensError, check_inputs
+from bilens.core.models.fastrun import clean_run
 from bilens.core.models.mlp import BilinearNet, Run
 from bilens.core.targets import Target, resolve_target
 
@@ -182,8 +183,7 @@ def attribute_modes(
     for start in range(0, n, batch_size):
         index = slice(start, min(start + batch_size, n))
         x = x_all[index]
-        with torch.no_grad():
-            run = model.run(x, check=False)
+        run = clean_run(model, x)
         tgt = (resolve_target("predicted", run.logits) if per_chunk
                else full_target.select(index))
         b = None if b_full is None else (b_full if b_full.ndim == 2 else b_full[index])

@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 from bilens.core.errors import BilensError
-
-NORMS = ("none", "rms", "layer")
-POSITIONS = ("post", "pre")
+from bilens.core.types import NORM_KINDS as NORMS
+from bilens.core.types import POSITIONS
 
 
 @dataclass(frozen=True)

@@ -1,30 +1,28 @@
-"""The bilinear residual network of SPEC §1.
+"""The bilinear residual network of SPEC §1, written as the SPEC writes it.
 
     h0 = E x
     post-norm: u = h;        z = (L u) * (R u);  r = h + D z;  h <- N_l(r)      logits = W h
     pre-norm:  u = N_l(h);   z = (L u) * (R u);  h <- h + D z                   logits = W N_f(h)
 
 A channel is `(l, k)`: entry `k` of layer `l`'s hidden vector `z`. `BilinearNet.run` returns
-every intermediate the attribution and ablation code needs, and can run with norm
-statistics handed in (frozen) and with chosen channels of `z` replaced (ablated).
+every intermediate the attribution and ablation code needs, and takes an `Intervention`
+(frozen statistics, patched or offset `z`). The fast engines' allocation-free clean run is
+`bilens.core.models.fastrun`, held equal to `run` by the tests.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
-from jaxtyping import Bool, Float
+from jaxtyping import Float
 from torch import Tensor, nn
 
 from bilens.core.config import ModelConfig
-from bilens.core.errors import BilensError, check_inputs
+from bilens.core.errors import check_inputs
+from bilens.core.models.intervention import NONE, Intervention
 from bilens.core.norms import Norm
-
-# layer -> (mask [B, H] or [H], values broadcastable to [B, H]): z[mask] := values[mask]
-Patch = Mapping[int, tuple[Bool[Tensor, "..."], Float[Tensor, "..."]]]
 
 
 class BilinearLayer(nn.Module):
@@ -37,6 +35,11 @@ class BilinearLayer(nn.Module):
         self.D = nn.Parameter(
             torch.randn(cfg.d_model, cfg.d_hidden) / math.sqrt(cfg.d_hidden) * 0.1)
         self.norm = Norm(cfg.norm, cfg.d_model, cfg.eps, cfg.learnable_gain)
+
+    def forward(self, u: Float[Tensor, "*vec d_model"]) -> tuple[Tensor, Tensor, Tensor]:
+        """`(L u, R u, z)`, each `[*vec, d_hidden]`."""
+        left, right = u @ self.L.T, u @ self.R.T
+        return left, right, left * right
 
 
 @dataclass
@@ -109,87 +112,47 @@ class BilinearNet(nn.Module):
     def run(
         self,
         x: Float[Tensor, "batch d_in"],
+        intervention: Intervention = NONE,
         *,
-        scale: Float[Tensor, "batch norm"] | None = None,
-        mean: Float[Tensor, "batch norm"] | None = None,
-        patch: Patch | None = None,
-        z_offset: Float[Tensor, "batch layer d_hidden"] | None = None,
         check: bool = True,
     ) -> Run:
         """One forward pass returning every intermediate.
 
         Args:
             x: inputs `[B, d_in]`.
-            scale: frozen `s` for every norm `[B, n_norms]` (e.g. a clean run's `.scale`);
-                None recomputes them (the real network).
-            mean: frozen `mu` as well (LayerNorm); None keeps centering live, as the
-                frozen linearization of SPEC §4 does.
-            patch: `{layer: (mask, values)}` replaces `z[mask]` by `values[mask]`.
-            z_offset: added to `z` after any patch (a zero tensor with `requires_grad`
-                makes `d f / d z` available from autograd).
-            check: validate `x` (shape, NaN) first.
+            intervention: frozen statistics (`scale`, `mean` `[B, n_norms]`), patched `z`
+                (`patch`), an offset on `z` (`z_offset` `[B, n_layers, d_hidden]`); the
+                default changes nothing (the real network).
+            check: validate `x` (shape, NaN) and the intervention first.
         """
-        cfg = self.config
+        cfg, iv = self.config, intervention
         if check:
             check_inputs(x, cfg.d_in)
-            self._check_stats(x, scale, "scale")
-            self._check_stats(x, mean, "mean")
+            iv.check((x.shape[0],), cfg.n_norms)
         post = cfg.norm_position == "post"
-        us, resids, scales, means = [], [], [], []
-        # [B, L, H] results written in place, layer by layer (no stacking copies); `out=`
-        # has no autograd, so with gradients on the per-layer tensors are stacked instead
-        shape = (x.shape[0], cfg.n_layers, cfg.d_hidden)
-        keep = None if torch.is_grad_enabled() else [x.new_empty(shape) for _ in range(3)]
-        lefts, rights, zs = [], [], []
-
-        def normalize(i: int, r: Tensor) -> Tensor:
-            y, s, mu = self.norm(i)(r, None if scale is None else scale[:, i],
-                                    None if mean is None else mean[:, i])
-            resids.append(r)
-            scales.append(s)
-            means.append(mu)
-            return y
-
+        norms: list[tuple[Tensor, Tensor, Tensor]] = []            # (r, s, mu) per norm
+        layers: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []   # (u, L u, R u, z) per layer
         h = self.embed(x)                                          # h0 = E x      [B, d]
         for l, layer in enumerate(self.layers):
-            u = h if post else normalize(l, h)                     # [B, d]
-            if keep is None:
-                left, right = u @ layer.L.T, u @ layer.R.T         # L u, R u      [B, H]
-                z = left * right                                   # [B, H]
-            else:
-                slots = [t[:, l] for t in keep]
-                left = torch.mm(u, layer.L.T, out=slots[0])
-                right = torch.mm(u, layer.R.T, out=slots[1])
-                z = torch.mul(left, right, out=slots[2])
-            if patch is not None and l in patch:
-                mask, values = patch[l]
-                z = torch.where(mask, values, z)
-            if z_offset is not None:
-                z = z + z_offset[:, l]
-            if keep is None:
-                lefts.append(left)
-                rights.append(right)
-                zs.append(z)
-            elif z.data_ptr() != slots[2].data_ptr():
-                z = slots[2].copy_(z)                              # a patched or offset z
-            h = torch.addmm(h, z, layer.D.T)                       # r = h + D z   [B, d]
+            u = h if post else self._normalize(l, h, iv, norms)    # u = h | N_l(h)
+            left, right, z = layer(u)                              # z = (L u) * (R u)  [B, H]
+            z = iv.edit_z(l, z)                                    # ablation, offset
+            h = h + z @ layer.D.T                                  # r = h + D z   [B, d]
             if post:
-                h = normalize(l, h)                                # h <- N_l(r)
-            us.append(u)
-        final = h if post else normalize(cfg.n_layers, h)          # [B, d]
-        left, right, z = keep if keep is not None else (
-            torch.stack(lefts, 1), torch.stack(rights, 1), torch.stack(zs, 1))
-        return Run(
-            logits=self.head(final),                               # W h           [B, n_out]
-            u=torch.stack(us, 1), left=left, right=right, z=z, resid=torch.stack(resids, 1),
-            scale=torch.stack(scales, 1), mean=torch.stack(means, 1), final=final,
-        )
+                h = self._normalize(l, h, iv, norms)               # h <- N_l(r)
+            layers.append((u, left, right, z))
+        final = h if post else self._normalize(cfg.n_layers, h, iv, norms)
+        u, left, right, z = (torch.stack(t, 1) for t in zip(*layers, strict=True))
+        resid, scale, mean = (torch.stack(t, 1) for t in zip(*norms, strict=True))
+        return Run(logits=self.head(final), u=u, left=left, right=right, z=z,  # W h
+                   resid=resid, scale=scale, mean=mean, final=final)
 
-    def _check_stats(self, x: Tensor, stats: Tensor | None, name: str) -> None:
-        expected = (x.shape[0], self.config.n_norms)
-        if stats is not None and tuple(stats.shape) != expected:
-            raise BilensError(f"{name}: expected shape [batch, n_norms] = {list(expected)}, got "
-                              f"{list(stats.shape)}; pass a clean run's `.{name}`")
+    def _normalize(self, i: int, r: Tensor, iv: Intervention,
+                   norms: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+        """`N_i(r)` under the intervention's statistics; `(r, s, mu)` appended to `norms`."""
+        y, s, mu = self.norm(i)(r, *iv.stats(i))
+        norms.append((r, s, mu))
+        return y
 
     @property
     def n_params(self) -> int:

@@ -1,0 +1,68 @@
+"""What a run changes in the network: one small object instead of four keyword arguments.
+
+Every model family's `run(inputs, intervention)` reads it the same way:
+
+- `scale`, `mean`: frozen norm statistics (`s`, and LayerNorm's `mu`), indexed by norm on the
+  last axis (`[batch, norm]`, or `[batch, seq, norm]` in a sequence model); None recomputes
+  them (the real network). A clean run's `.scale` / `.mean` are what the linearizations freeze.
+- `pattern`: frozen attention patterns (sequence models only), `[batch, layer, head, seq, seq]`.
+- `patch`: `{layer: (mask, values)}`; `z[mask] := values[mask]` (an ablation).
+- `z_offset`: added to every `z` after any patch, `[batch, layer, ...]` (a zero tensor with
+  `requires_grad` makes `d f / d z` available from autograd).
+
+Example:
+    >>> clean = model.run(x)                                              # doctest: +SKIP
+    >>> frozen = model.run(x, Intervention(scale=clean.scale))            # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+from bilens.core.errors import BilensError
+
+# layer -> (mask, values broadcastable to z's shape): z[mask] := values[mask]
+Patch = Mapping[int, tuple[Bool[Tensor, "..."], Float[Tensor, "..."]]]
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """Frozen statistics, frozen patterns, patched and offset `z` (all optional)."""
+
+    scale: Float[Tensor, "batch *seq norm"] | None = None
+    mean: Float[Tensor, "batch *seq norm"] | None = None
+    pattern: Float[Tensor, "batch layer head seq seq"] | None = None
+    patch: Patch | None = None
+    z_offset: Float[Tensor, "batch layer *seq d_hidden"] | None = None
+
+    def stats(self, i: int) -> tuple[Tensor | None, Tensor | None]:
+        """Norm `i`'s frozen `(s, mu)`, each None where it is recomputed."""
+        return (None if self.scale is None else self.scale[..., i],
+                None if self.mean is None else self.mean[..., i])
+
+    def edit_z(self, l: int, z: Tensor) -> Tensor:  # noqa: E741 (SPEC's layer index)
+        """Layer `l`'s `z` after the patch and the offset."""
+        if self.patch is not None and l in self.patch:
+            mask, values = self.patch[l]
+            z = torch.where(mask, values, z)
+        if self.z_offset is not None:
+            z = z + self.z_offset[:, l]
+        return z
+
+    def check(self, leading: tuple[int, ...], n_norms: int) -> None:
+        """Raise unless the frozen statistics are `[*leading, n_norms]`."""
+        expected = (*leading, n_norms)
+        for name in ("scale", "mean"):
+            stats = getattr(self, name)
+            if stats is not None and tuple(stats.shape) != expected:
+                raise BilensError(f"intervention.{name}: expected shape {list(expected)} "
+                                  f"([batch, ..., n_norms]), got {list(stats.shape)}; pass a "
+                                  f"clean run's `.{name}`")
+
+
+NONE = Intervention()
