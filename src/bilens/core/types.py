@@ -36,6 +36,6 @@ Position = Literal["post", "pre"]
 # a class index, one class per input, a direction [n_out] or [batch, n_out], or a resolved Target
 TargetSpec = Union[str, int, Sequence[int], Tensor, "Target"]
 # what `baselines=` accepts (SPEC §3): "zero", "mean" (with reference=...), or z values
-BaselineSpec = Union[str, Tensor, None]
+BaselineSpec = str | Tensor | None
 # which channels to ablate: all (None), indices for every layer, {layer: indices}, a bool mask
-ChannelSpec = Union[Sequence[int], Mapping[int, Sequence[int]], Tensor, None]
+ChannelSpec = Sequence[int] | Mapping[int, Sequence[int]] | Tensor | None
