@@ -37,6 +37,7 @@ from bilens.analysis.metrics import normalized_error, pearson
 from bilens.core.baselines import resolve_baseline
 from bilens.core.errors import check_inputs
 from bilens.core.models.mlp import BilinearNet, Run
+from bilens.core.norms import perturbed_scale
 
 
 @dataclass
@@ -94,8 +95,9 @@ def norm_drift(
         r_dot = (r @ D) * dz[:, l]                                # r . delta         [B, H]
         delta2 = D.square().sum(0) * dz[:, l].square()            # |delta|^2         [B, H]
         r2 = r.square().sum(-1, keepdim=True)                     # |r|^2             [B, 1]
-        x = (2 * r_dot + delta2) / (cfg.d_model * s.square()[:, None])
-        out["measured"].append(x / ((1 + x).sqrt() + 1))          # sqrt(1 + x) - 1, stably
+        s = s[:, None]
+        s_new, ds2 = perturbed_scale(s, r_dot, delta2, cfg.d_model)    # s' (exact)  [B, H]
+        out["measured"].append(ds2 / (s * (s + s_new)))           # s'/s - 1, stably
         out["formula"].append(r_dot / r2)
         out["ratio"].append((delta2 / r2).sqrt())
         out["cos"].append(r_dot / (delta2 * r2).sqrt().clamp_min(torch.finfo(r.dtype).tiny))

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from bilens.attribution.backward import backward
 from bilens.core.models.mlp import BilinearNet, Run
+from bilens.core.norms import inverse_scale_change, perturbed_scale
 from bilens.core.targets import Target
 
 
@@ -96,9 +97,8 @@ def _norm_change(
     gy = g_out * norm.weight                                               # [B, d]
     r_dot = r @ D                                                          # r . D_k     [B, H]
     sq = (D * D).sum(0)                                                    # |D_k|^2     [H]
-    ds2 = (2 * c * r_dot + c * c * sq) / d                                  # s'^2 - s^2  [B, H]
-    s_new = (s * s + ds2).clamp_min(1e-30).sqrt()
-    inv_change = -ds2 / (s * s_new * (s + s_new))                           # 1/s' - 1/s, stably
+    s_new, ds2 = perturbed_scale(s, c * r_dot, c * c * sq, d)               # s'          [B, H]
+    inv_change = inverse_scale_change(s, s_new, ds2)                        # 1/s' - 1/s
     along_r = (gy * r).sum(-1, keepdim=True)                                # [B, 1]
     if slope is None:
         along_d = gy @ D                                                    # [B, H]

@@ -34,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from bilens.ablation._engine.steps import Kernels
+from bilens.core.norms import inverse_scale_change, perturbed_scale
 from bilens.core.targets import Target
 
 if TYPE_CHECKING:
@@ -172,10 +173,9 @@ class Plan:
             q = r if kind == "none" else gamma * r
         else:
             rD = r @ self.Dc[l][:, ks]                                           # [Bc, K]
-            ds2 = (2 * c * rD + c * c * self.nD[l][ks]) / r.shape[-1]
             s = s_j[:, None]
-            s_new = (s * s + ds2).sqrt()
-            alpha, beta = c / s_new, -ds2 / ((s_new + s) * s * s_new)
+            s_new, ds2 = perturbed_scale(s, c * rD, c * c * self.nD[l][ks], r.shape[-1])
+            alpha, beta = c / s_new, inverse_scale_change(s, s_new, ds2)
             q = gamma * r                                                        # [Bc, d]
         if l + 1 == self.n_layers:                                               # head next
             if tgt.is_linear:

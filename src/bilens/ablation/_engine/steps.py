@@ -18,6 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.core.norms import inverse_scale_change, perturbed_scale
+
 PRECISIONS = ("fp32", "3xtf32", "3xfp16")
 
 
@@ -76,9 +78,9 @@ def norm_delta(
     s = s[:, None]                                                           # [b, 1]
     if frozen:
         return gamma * (delta / s[..., None])
-    ds2 = (2 * (delta * r[:, None, :]).sum(-1) + delta.pow(2).sum(-1)) / delta.shape[-1]
-    s_new = (s * s + ds2).sqrt()
-    beta = -ds2 / ((s_new + s) * s * s_new)                                  # -(s'-s)/(s s')
+    r_dot = (delta * r[:, None, :]).sum(-1)                                   # r . delta [b, k]
+    s_new, ds2 = perturbed_scale(s, r_dot, delta.pow(2).sum(-1), delta.shape[-1])
+    beta = inverse_scale_change(s, s_new, ds2)                               # -(s'-s)/(s s')
     return gamma * (delta / s_new[..., None] + beta[..., None] * r[:, None, :])
 
 
