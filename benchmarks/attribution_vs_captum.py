@@ -4,8 +4,8 @@
         --out benchmarks/results/cpu/attribution-vs-captum.json
     python benchmarks/attribution_vs_captum.py --device cuda --batches 100,1000,10000 --profile
 
-For each batch size, one round-robin run (`bilens.experiments.bench.interleaved`) of: one forward pass
-(logits), `attribute` frozen and live, captum with the four layers in one call (one forward
+For each batch size, one round-robin run (`bilens.experiments.bench.interleaved`) of: one
+forward pass (logits), `attribute` frozen and live, captum with the four layers in one call (one forward
 and one backward: what any exact method must do), and captum called once per layer. The
 ratios show where captum's per-call overhead dominates (small batches: large speedups) and
 where the matmuls do (large batches: the speedup tends to captum's cost in forwards divided
@@ -46,8 +46,8 @@ def measure(cfg: BenchConfig) -> dict:
     znet = ZNet(model)
     fns = dict(zip(ROWS, (
         lambda: model(x),
-        lambda: attribute(model, x, "predicted", "frozen"),
-        lambda: attribute(model, x, "predicted", "live"),
+        lambda: attribute(model, x, target="predicted", mode="frozen"),
+        lambda: attribute(model, x, target="predicted", mode="live"),
         lambda: captum_gxa(znet, x, classes),
         lambda: captum_gxa(znet, x, classes, per_layer=True)), strict=True))
     got = interleaved(fns, device, cfg.repeats)
@@ -71,7 +71,8 @@ def profile_largest(cfg: BenchConfig, rows: int = 14) -> None:
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
     sort = "cuda_time_total" if x.is_cuda else "self_cpu_time_total"
     for name, fn in (("forward", lambda: model(x)),
-                     ("attribute live", lambda: attribute(model, x, "predicted", "live"))):
+                     ("attribute live", lambda: attribute(model, x, target="predicted",
+                                                          mode="live"))):
         with torch.no_grad():
             fn()
             with profile(activities=activities) as prof:

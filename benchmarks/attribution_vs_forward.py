@@ -53,6 +53,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--memory", default="4GiB", help="attribution chunk budget")
     p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
@@ -63,7 +64,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model, x, name = build(args)
-    b = args.batch
+    b, mem = args.batch, args.memory
 
     def sync() -> None:
         if x.is_cuda:
@@ -80,18 +81,15 @@ def main() -> None:
     cases = {
         "forward (logits)": forward,
         "forward (model.run, all intermediates)": forward_run,
-        "attribute frozen, explicit": lambda: attribute(model, x, "predicted", "frozen",
-                                                        batch_size=b, method="explicit"),
-        "attribute live, explicit": lambda: attribute(model, x, "predicted", "live",
-                                                      batch_size=b, method="explicit"),
-        "attribute renorm (live + exact first norm)": lambda: attribute(model, x, "predicted",
-                                                                        "renorm", batch_size=b),
-        "attribute frozen, autograd": lambda: attribute(model, x, "predicted", "frozen",
-                                                        batch_size=b, method="autograd"),
-        "attribute live, autograd": lambda: attribute(model, x, "predicted", "live",
-                                                      batch_size=b, method="autograd"),
+        "attribute frozen, explicit": lambda: attribute(model, x, mode="frozen", memory=mem),
+        "attribute live, explicit": lambda: attribute(model, x, mode="live", memory=mem),
+        "attribute renorm (live + exact first norm)": lambda: attribute(model, x, memory=mem),
+        "attribute frozen, autograd": lambda: attribute(model, x, mode="frozen", memory=mem,
+                                                        method="autograd"),
+        "attribute live, autograd": lambda: attribute(model, x, mode="live", memory=mem,
+                                                      method="autograd"),
         "attribute frozen+live, explicit (one forward)": lambda: attribute_modes(
-            model, x, "predicted", ("frozen", "live"), batch_size=b, method="explicit"),
+            model, x, modes=("frozen", "live"), memory=mem),
     }
     times: dict[str, list[float]] = {k: [] for k in cases}
     for i in range(args.warmup + args.repeats):

@@ -19,7 +19,7 @@ print('torch', torch.__version__, 'captum', captum.__version__, 'triton', triton
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 if has bench; then
   timeout 200 python3 -m bilens bench --device cuda --n 10000 --d-hidden 1024 --data mnist \
-      --precision ${BENCH_PRECISION:-3xtf32,3xfp16} --compile $BENCH_EXTRA --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
+      --precision ${BENCH_PRECISION:-3xtf32,3xfp16} --backend triton $BENCH_EXTRA --out "$OUT/bench.json" 2>&1 | tee "$OUT/bench.log"
 fi
 if has tests; then     # the CUDA-only tests (the Triton kernels against float64)
   timeout ${TESTS_TIMEOUT:-300} python3 -m pytest -q -p no:cacheprovider --durations=8 \
@@ -36,10 +36,10 @@ if has attribution; then   # attribution against captum over batch sizes, and it
 fi
 if has profile; then
   timeout 40 python3 benchmarks/profile_ablation.py --device cuda --n 2000 --precision ${PREC:-3xfp16} \
-      --compile > "$OUT/profile.txt" 2>&1
+      --backend triton > "$OUT/profile.txt" 2>&1
   tail -30 "$OUT/profile.txt"
 fi
 if has scaling; then
-  timeout 130 python3 benchmarks/scaling.py --device cuda --n 2000 --precision ${PREC:-3xfp16} --compile \
+  timeout 130 python3 benchmarks/scaling.py --device cuda --n 2000 --precision ${PREC:-3xfp16} --backend triton \
       --out "$OUT/scaling.json" 2>&1 | tee "$OUT/scaling.log"
 fi

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation import ablation_effects
 from bilens.experiments.bench import BenchConfig, agreement, build
 
 
@@ -36,11 +36,12 @@ def main() -> None:
           f"{c.norm_position} {c.norm}; {args.threads} threads; {cfg.notes}")
     for frozen in (False, True):
         start = time.perf_counter()
-        got = ablation_effects(model, x, "predicted", frozen_norm=frozen)
+        got = ablation_effects(model, x, target="predicted", frozen_norm=frozen)
         t = time.perf_counter() - start
         line = f"  frozen_norm={frozen!s:5}  {t:6.2f} s  ({got.numel()} effects)"
         if args.check:
-            truth = ablation_effects(model.double(), x.double(), "predicted", frozen_norm=frozen)
+            truth = ablation_effects(model.double(), x.double(), target="predicted",
+                                     frozen_norm=frozen)
             model.float()
             line += f"  agree with float64 {agreement(got, truth):.1e}"
         print(line, flush=True)

@@ -1,6 +1,6 @@
 """Where the time of exhaustive ablation goes: a torch.profiler table of one call.
 
-    python benchmarks/profile_ablation.py --device cuda --n 2000 --precision 3xtf32 --compile
+    python benchmarks/profile_ablation.py --device cuda --n 2000 --precision 3xtf32 --backend triton
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation import ablation_effects
 from bilens.experiments.bench import BenchConfig, build
 
 
@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--d-hidden", type=int, default=1024)
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--backend", default="triton", choices=("eager", "compile", "triton"))
     p.add_argument("--rows", type=int, default=18)
     p.add_argument("--threads", type=int, default=None)
     args = p.parse_args()
@@ -32,8 +32,9 @@ def main() -> None:
                       d_hidden=args.d_hidden, device=args.device)
     model, x, _ = build(cfg)
     classes = model(x).argmax(-1)
-    run = lambda: ablation_effects(model, x, classes, precision=args.precision,  # noqa: E731
-                                   compile=args.compile)
+    def run():
+        return ablation_effects(model, x, target=classes, precision=args.precision,
+                                backend=args.backend)
     run()
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if x.is_cuda else [])
     with profile(activities=acts) as prof:

@@ -1,6 +1,6 @@
 """Scaling of exhaustive ablation and attribution with d_hidden (4 layers) and depth.
 
-    python benchmarks/scaling.py --device cuda --n 2000 --precision 3xtf32 --compile \
+    python benchmarks/scaling.py --device cuda --n 2000 --precision 3xtf32 --backend triton \
         --out scaling.json
 
 Per row: one forward, attribution (frozen), exhaustive ablation (every channel), its
@@ -14,11 +14,11 @@ import json
 
 import torch
 
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation import ablation_effects
 from bilens.experiments.bench import BenchConfig, ablation_flops, agreement, build, timed
 
 
-def one(cfg: BenchConfig, precision: str, compile: bool) -> dict:
+def one(cfg: BenchConfig, precision: str, backend: str) -> dict:
     device = torch.device(cfg.device)
     model, x, _ = build(cfg)
     with torch.no_grad():
@@ -26,15 +26,15 @@ def one(cfg: BenchConfig, precision: str, compile: bool) -> dict:
     classes = logits.argmax(-1)
     try:
         from bilens.attribution.predict import attribute
-        t_attr = timed(lambda: attribute(model, x, "predicted", "frozen"), device, 5)[0]
+        t_attr = timed(lambda: attribute(model, x, target="predicted", mode="frozen"), device, 5)[0]
     except ImportError:
         t_attr = float("nan")
-    t, got, peak = timed(lambda: ablation_effects(model, x, classes, precision=precision,
-                                                  compile=compile), device, 2)
+    t, got, peak = timed(lambda: ablation_effects(model, x, target=classes, precision=precision,
+                                                  backend=backend), device, 2)
     m64 = type(model)(model.config).to(device, torch.float64)
     m64.load_state_dict(model.state_dict())
     sub = slice(0, 128)
-    truth = ablation_effects(m64, x[sub].double(), classes[sub])
+    truth = ablation_effects(m64, x[sub].double(), target=classes[sub])
     flops = ablation_flops(model.config, cfg.n)
     return dict(n_layers=cfg.n_layers, d_hidden=cfg.d_hidden, d_model=cfg.d_model, n=cfg.n,
                 forward_ms=t_fwd * 1e3, attribute_ms=t_attr * 1e3, ablation_ms=t * 1e3,
@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--depths", default="1,2,3,4,6,8")
     p.add_argument("--depth-hidden", type=int, default=1024)
     p.add_argument("--precision", default="fp32")
-    p.add_argument("--compile", action="store_true")
+    p.add_argument("--backend", default="triton", choices=("eager", "compile", "triton"))
     p.add_argument("--out", default=None)
     args = p.parse_args()
     shapes = [(4, int(h)) for h in args.hidden.split(",")]
@@ -63,14 +63,14 @@ def main() -> None:
     for n_layers, d_hidden in shapes:
         cfg = BenchConfig(n=args.n, n_layers=n_layers, d_model=args.d_model, d_hidden=d_hidden,
                           device=args.device)
-        r = one(cfg, args.precision, args.compile)
+        r = one(cfg, args.precision, args.backend)
         rows.append(r)
         print(f"{n_layers:6d} {d_hidden:8d} {r['forward_ms']:10.2f} {r['attribute_ms']:8.2f} "
               f"{r['ablation_ms']:11.1f} {r['ablation_over_forward']:7.0f} {r['tflops']:8.1f} "
               f"{r['agree']:9.1e} {r['peak_gib']:8.2f}", flush=True)
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"precision": args.precision, "compile": args.compile, "rows": rows}, f,
+            json.dump({"precision": args.precision, "backend": args.backend, "rows": rows}, f,
                       indent=2)
 
 

@@ -1,7 +1,7 @@
 """Exhaustive ablation variants on one model and inputs: precision x fused steps x chunk size.
 
-`kernels` says how the 3xTF32 matmuls run with `compile`: `cublas` (cuBLAS products of
-split factors, the elementwise steps compiled between them) or `triton` (the Triton GEMMs
+`backend` says how the 3xTF32 matmuls run: `eager`/`compile` (cuBLAS products of
+split factors, the elementwise steps eager or compiled between them) or `triton` (the Triton GEMMs
 of `bilens.triton_ops`, the bilinear steps fused into them).
 
     python benchmarks/variants.py --device cuda --n 10000 --d-hidden 1024 --out variants.json
@@ -18,7 +18,7 @@ import json
 import torch
 
 import bilens.ablation._engine.steps
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation import ablation_effects
 from bilens.experiments.bench import BenchConfig, ablation_flops, agreement, build, timed
 
 
@@ -40,41 +40,36 @@ def main() -> None:
     classes = model(x).argmax(-1)
     m64 = type(model)(model.config).to(device, torch.float64)
     m64.load_state_dict(model.state_dict())
-    truth = ablation_effects(m64, x.double(), classes)
+    truth = ablation_effects(m64, x.double(), target=classes)
     del m64
     flops = ablation_flops(model.config, args.n)
     cuda = device.type == "cuda"
-    variants = [("fp32", False, "cublas"), ("3xtf32", False, "cublas")]
+    variants = [("fp32", "eager"), ("3xtf32", "eager")]
     if cuda:
-        variants += [("fp32", True, "cublas"), ("3xtf32", True, "cublas")]
-        if bilens.ablation._engine.steps.triton_available():
-            variants += [("3xtf32", True, "triton"), ("3xfp16", True, "triton")]
-    has_triton = bilens.ablation._engine.steps.triton_available
+        variants += [("fp32", "compile"), ("3xtf32", "compile")]
+        if bilens.ablation.resolve_backend("triton", "3xtf32", device,
+                                           torch.float32)[0] == "triton":
+            variants += [("3xtf32", "triton"), ("3xfp16", "triton")]
     results = []
     print(f"{args.n} {source}; {args.layers} x {args.d_hidden} channels, d_model {args.d_model}; "
           f"{flops:.3g} fp32-equivalent flops")
     for memory in args.memory.split(","):
-        for prec, comp, kernels in variants:
-            fn = lambda p=prec, c=comp, m=memory: ablation_effects(  # noqa: E731
-                model, x, classes, precision=p, compile=c, memory=m)
-            bilens.ablation._engine.steps.triton_available = has_triton if kernels == "triton" else lambda: False
-            try:
-                t, got, peak = timed(fn, device, 3)
-            finally:
-                bilens.ablation._engine.steps.triton_available = has_triton
+        for prec, backend in variants:
+            t, got, peak = timed(lambda p=prec, b=backend, m=memory: ablation_effects(
+                model, x, target=classes, precision=p, backend=b, memory=m), device, 3)
             err = agreement(got, truth)
-            row = dict(precision=prec, compile=comp, kernels=kernels, memory=memory, seconds=t,
+            row = dict(precision=prec, backend=backend, memory=memory, seconds=t,
                        agree=err, ok=err <= 1e-5, tflops=flops / t / 1e12, peak_gib=peak / 2**30)
             results.append(row)
-            print(f"  {prec:7} compile={comp!s:5} {kernels:6} memory={memory:6} "
+            print(f"  {prec:7} {backend:8} memory={memory:6} "
                   f"{t * 1e3:9.1f} ms  agree {err:.2e}  {flops / t / 1e12:6.1f} TFLOP/s  "
                   f"peak {peak / 2**30:.2f} GiB")
     if cuda:   # plain TF32 (not split): fast but not float32-accurate
         torch.backends.cuda.matmul.allow_tf32 = True
-        t, got, _ = timed(lambda: ablation_effects(model, x, classes), device, 3)
+        t, got, _ = timed(lambda: ablation_effects(model, x, target=classes), device, 3)
         torch.backends.cuda.matmul.allow_tf32 = False
         err = agreement(got, truth)
-        results.append(dict(precision="tf32", compile=False, memory="4GiB", seconds=t, agree=err,
+        results.append(dict(precision="tf32", backend="eager", memory="4GiB", seconds=t, agree=err,
                             ok=err <= 1e-5, tflops=flops / t / 1e12))
         print(f"  tf32 (unsplit)                 {t * 1e3:9.1f} ms  agree {err:.2e}")
     if args.out:

@@ -16,17 +16,17 @@ import pytest
 import torch
 from reference import forward_one
 
-from bilens.ablation._engine.plan import Plan
-from bilens.ablation.ablate import (
-    _prepare,
+from bilens.ablation import (
     ablation_effects,
     ablation_effects_loop,
     channel_mask,
     joint_ablation_effect,
-    parse_memory,
 )
+from bilens.ablation._engine.plan import Plan
+from bilens.ablation.reference import prepare
 from bilens.core.config import ModelConfig
 from bilens.core.errors import BilensError
+from bilens.core.memory import parse_memory
 from bilens.core.models.intervention import Intervention
 from bilens.core.models.mlp import BilinearNet
 
@@ -62,9 +62,9 @@ def test_fast_equals_spec_reference(norm, pos, seed):
     x = torch.randn(2, 5, dtype=torch.float64)
     labels = torch.tensor([0, 2])
     sd, cfg = model.state_dict(), model.config.to_dict()
-    fast = ablation_effects(model, x, "class:1")
-    fast_lp = ablation_effects(model, x, "logprob", labels=labels)
-    fast_fr = ablation_effects(model, x, "class:1", frozen_norm=True)
+    fast = ablation_effects(model, x, target="class:1")
+    fast_lp = ablation_effects(model, x, target="logprob", labels=labels)
+    fast_fr = ablation_effects(model, x, target="class:1", frozen_norm=True)
     for i in range(2):
         logits0, _, stats = forward_one(sd, cfg, x[i])
         lp0 = logits0.log_softmax(-1)[labels[i]]
@@ -88,7 +88,8 @@ def test_fast_equals_loop(norm, pos, target, frozen):
     if target == "direction":
         target = torch.randn(5, 4, dtype=torch.float64)
     kw = dict(labels=labels, frozen_norm=frozen)
-    close(ablation_effects(model, x, target, **kw), ablation_effects_loop(model, x, target, **kw))
+    close(ablation_effects(model, x, target=target, **kw),
+          ablation_effects_loop(model, x, target=target, **kw))
 
 
 @pytest.mark.parametrize("baseline", ["mean", "tensor_lh", "tensor_blh"])
@@ -103,8 +104,8 @@ def test_baselines(baseline, pos):
         baseline = torch.randn(3, 5, dtype=torch.float64)
     else:
         baseline = torch.randn(4, 3, 5, dtype=torch.float64)
-    close(ablation_effects(model, x, "predicted", baseline, **kw),
-          ablation_effects_loop(model, x, "predicted", baseline, **kw))
+    close(ablation_effects(model, x, target="predicted", baselines=baseline, **kw),
+          ablation_effects_loop(model, x, target="predicted", baselines=baseline, **kw))
 
 
 def test_subsets_and_nan():
@@ -134,7 +135,7 @@ def test_frozen_last_layer_is_the_linear_prediction():
         run = model.run(x, Intervention(scale=clean.scale, z_offset=offset))   # frozen network
         (g,) = torch.autograd.grad((run.logits * direction).sum(), offset)
         predicted = (0.0 - clean.z[:, -1]) * g[:, -1]
-        actual = ablation_effects(model, x, "predicted", frozen_norm=True, layers=[-1])
+        actual = ablation_effects(model, x, target="predicted", frozen_norm=True, layers=[-1])
         close(actual[:, -1], predicted.detach(), tol=1e-12)
 
 
@@ -142,8 +143,8 @@ def test_frozen_last_layer_is_the_linear_prediction():
 def test_chunking_does_not_change_results(memory):
     model = make("layer", "post", seed=6, n_layers=3)
     x = torch.randn(7, 6, dtype=torch.float64)
-    ref = ablation_effects(model, x, "logprob", labels=torch.arange(7) % 4, memory="4GiB")
-    got = ablation_effects(model, x, "logprob", labels=torch.arange(7) % 4, memory=memory)
+    ref = ablation_effects(model, x, target="logprob", labels=torch.arange(7) % 4, memory="4GiB")
+    got = ablation_effects(model, x, target="logprob", labels=torch.arange(7) % 4, memory=memory)
     close(got, ref, tol=1e-13)
 
 
@@ -152,8 +153,8 @@ def test_float32_agrees_with_float64(norm, pos):
     model = make(norm, pos, seed=7, d_in=32, d_model=64, d_hidden=96, n_layers=4, n_out=10,
                  spread=0.0, dtype=torch.float32)
     x = torch.randn(16, 32)
-    f32 = ablation_effects(model, x, "predicted")
-    f64 = ablation_effects(model.double(), x.double(), "predicted")
+    f32 = ablation_effects(model, x, target="predicted")
+    f64 = ablation_effects(model.double(), x.double(), target="predicted")
     close(f32.double(), f64, tol=1e-5)
     # the loop subtracts two float32 logits: its error is relative to the logit, not the effect
     assert f32.dtype == torch.float32
@@ -164,11 +165,11 @@ def test_3xtf32_split_is_float32_accurate():
     model = make("rms", "post", seed=8, d_in=32, d_model=64, d_hidden=64, n_layers=4,
                  n_out=10, spread=0.0, dtype=torch.float32)
     x = torch.randn(8, 32)
-    _, clean, tgt, b = _prepare(model, x, "predicted", "zero", None, None)
+    _, clean, tgt, b = prepare(model, x, "predicted", "zero", None, None)
     plan = Plan(model, precision="3xtf32")
     got = torch.stack([plan.effects(clean, tgt, b[:, l] - clean.z[:, l], l, slice(None))
                        for l in range(4)], 1)
-    ref = ablation_effects(model.double(), x.double(), "predicted")
+    ref = ablation_effects(model.double(), x.double(), target="predicted")
     close(got.double(), ref, tol=1e-5)
 
 
@@ -176,9 +177,9 @@ def test_large_logprob_changes_are_finite():
     model = make("none", "pre", seed=0, n_layers=4, n_out=3, spread=0.3)
     x = 3 * torch.randn(7, 6, dtype=torch.float64)
     y = torch.randint(0, 3, (7,))
-    fast = ablation_effects(model, x, "logprob", labels=y)
+    fast = ablation_effects(model, x, target="logprob", labels=y)
     assert torch.isfinite(fast).all()
-    close(fast, ablation_effects_loop(model, x, "logprob", labels=y), tol=1e-9)
+    close(fast, ablation_effects_loop(model, x, target="logprob", labels=y), tol=1e-9)
 
 
 def test_joint_ablation():
@@ -187,7 +188,7 @@ def test_joint_ablation():
     single = ablation_effects(model, x)
     mask = torch.zeros(4, 3, 5, dtype=torch.bool)
     mask[torch.arange(4), torch.tensor([0, 1, 2, 1]), torch.tensor([4, 0, 2, 3])] = True
-    joint = joint_ablation_effect(model, x, "predicted", mask)
+    joint = joint_ablation_effect(model, x, mask, target="predicted")
     close(joint, single[mask])
     both = mask.clone()
     both[:, 0, 1] = True
@@ -195,7 +196,8 @@ def test_joint_ablation():
     with torch.no_grad():
         y = model.head(_forward_zeroing(model, x, both))
     u = torch.nn.functional.one_hot(clean.logits.argmax(-1), 4).double()
-    close(joint_ablation_effect(model, x, "predicted", both), ((y - clean.logits) * u).sum(-1))
+    close(joint_ablation_effect(model, x, both, target="predicted"),
+          ((y - clean.logits) * u).sum(-1))
 
 
 def _forward_zeroing(model, x, mask):
@@ -220,7 +222,7 @@ def test_errors():
     with pytest.raises(BilensError, match="precision"):
         ablation_effects(model, x, precision="fp8")
     with pytest.raises(BilensError, match="labels"):
-        ablation_effects(model, x, "logprob")
+        ablation_effects(model, x, target="logprob")
     assert parse_memory("4GiB") == 4 * 2**30 and parse_memory("512MB") == 512 * 10**6
     assert channel_mask(3, 5, layers=[1]).sum() == 5
 
@@ -258,7 +260,7 @@ def test_resolved_target_of_another_batch_is_refused(fn):
     x = torch.randn(5, 6, dtype=torch.float64)
     one_row = Target(direction=torch.ones(1, 4, dtype=torch.float64))
     with pytest.raises(BilensError, match="one row per input"):
-        fn(model, x, one_row)
+        fn(model, x, target=one_row)
 
 
 def test_triton_failure_falls_back_to_cublas_with_a_warning():
@@ -267,11 +269,11 @@ def test_triton_failure_falls_back_to_cublas_with_a_warning():
     model = make("rms", "post", seed=8, d_in=32, d_model=64, d_hidden=64, n_layers=4,
                  n_out=10, spread=0.0, dtype=torch.float32)
     x = torch.randn(8, 32)
-    _, clean, tgt, b = _prepare(model, x, "predicted", "zero", None, None)
+    _, clean, tgt, b = prepare(model, x, "predicted", "zero", None, None)
     with pytest.warns(RuntimeWarning, match="Triton GEMMs failed"):    # at import or at launch
-        plan = Plan(model, precision="3xtf32", triton=True)
+        plan = Plan(model, precision="3xtf32", backend="triton")
         got = torch.stack([plan.effects(clean, tgt, b[:, l] - clean.z[:, l], l, slice(None))
                            for l in range(4)], 1)
     assert plan.triton_error is not None and not plan.k.triton
-    ref = ablation_effects(model.double(), x.double(), "predicted")
+    ref = ablation_effects(model.double(), x.double(), target="predicted")
     close(got.double(), ref, tol=1e-5)

@@ -11,7 +11,7 @@ from bilens.attribution.backward import gradients, gradients_autograd
 from bilens.attribution.predict import (
     attribute,
     attribute_modes,
-    default_batch_size,
+    batch_size_for,
     run_with_cache,
 )
 from bilens.core.baselines import from_inputs
@@ -28,6 +28,12 @@ POSITIONS = ["post", "pre"]
 CASES = [(n, p) for n in NORMS for p in POSITIONS]
 B, D_IN, N_OUT = 5, 6, 4
 
+
+
+def attribute_with_run(model, x, mode="renorm", **kwargs):
+    """`attribute` and the clean run it used (`attribute_modes` with one mode)."""
+    out = attribute_modes(model, x, modes=(mode,), **kwargs)
+    return out.predicted[mode], out.run
 
 def make_model(norm: str, position: str, n_layers: int = 3, seed: int = 0,
                d_model: int = 8, d_hidden: int = 10) -> BilinearNet:
@@ -68,8 +74,8 @@ def test_frozen_is_exact_for_last_layer(norm, position, baseline):
     spec = {"zero": "zero", "mean": "mean",
             "tensor": torch.randn(B, 3, 10, dtype=torch.float64)}[baseline]
     direction = torch.randn(B, N_OUT, dtype=torch.float64)
-    pred, run = attribute(model, x, target=direction, mode="frozen", baseline=spec,
-                          reference=reference, return_run=True)
+    pred, run = attribute_with_run(model, x, target=direction, mode="frozen", baselines=spec,
+                                   reference=reference)
     b = {"zero": torch.zeros_like(run.z), "mean": model.run(reference).z.mean(0).expand_as(run.z),
          "tensor": spec}[baseline]
     target = resolve_target(direction, run.logits)
@@ -81,7 +87,7 @@ def test_frozen_is_exact_for_last_layer(norm, position, baseline):
 def test_frozen_last_layer_matches_spec_reference(norm, position):
     """The same identity against tests/reference.py (SPEC line by line, no model code)."""
     model, x = make_model(norm, position), inputs(n=1)
-    pred, run = attribute(model, x, target="class:2", mode="frozen", return_run=True)
+    pred, run = attribute_with_run(model, x, target="class:2", mode="frozen")
     sd, cfg = model.state_dict(), model.config.to_dict()
     frozen = run.scale[0].tolist()
     clean = forward_one(sd, cfg, x[0], frozen=frozen)[0][2]
@@ -95,7 +101,7 @@ def test_frozen_last_layer_matches_spec_reference(norm, position):
 def test_no_norm_single_layer_is_exact(position, mode):
     """No norm, one layer: logits are linear in z, so prediction == real ablation."""
     model, x = make_model("none", position, n_layers=1), inputs()
-    pred, run = attribute(model, x, target="diff:0,3", mode=mode, return_run=True)
+    pred, run = attribute_with_run(model, x, target="diff:0,3", mode=mode)
     target = resolve_target("diff:0,3", run.logits)
     actual = ablate_layer(model, x, 0, torch.zeros_like(run.z), target)
     torch.testing.assert_close(pred[:, 0], actual, atol=1e-10, rtol=1e-10)
@@ -153,14 +159,15 @@ def test_explicit_backward_equals_autograd(norm, position, mode, spec):
     explicit = gradients(model, run, target, mode)
     auto, _ = gradients_autograd(model, x, target, mode)
     torch.testing.assert_close(explicit, auto, atol=1e-10, rtol=1e-10)
-    via_api = attribute(model, x, spec, mode, labels=labels, method="autograd")
+    via_api = attribute(model, x, target=spec, mode=mode, labels=labels, method="autograd")
     torch.testing.assert_close(via_api, -run.z * explicit, atol=1e-10, rtol=1e-10)
 
 
 def test_frozen_and_live_agree_without_norms_and_differ_with():
     x = inputs()
     for norm, same in (("none", True), ("rms", False), ("layer", False)):
-        out = attribute_modes(make_model(norm, "post"), x, "predicted", ("frozen", "live"))
+        out = attribute_modes(make_model(norm, "post"), x, target="predicted", modes=("frozen",
+                                                                                      "live"))
         close = torch.allclose(out.predicted["frozen"], out.predicted["live"], atol=1e-12)
         assert close == same, norm
 
@@ -170,12 +177,12 @@ def test_default_chunk_follows_the_memory_budget():
     cfg = model.config
     per_input = 8 * (cfg.n_layers * (2 * cfg.d_model + 6 * cfg.d_hidden)
                      + 3 * cfg.n_norms * cfg.d_model)                       # float64 bytes
-    assert default_batch_size(model, 10_000, memory=per_input * 37) == 37
-    assert default_batch_size(model, 5, memory=per_input * 37) == 5      # never more than n
-    assert default_batch_size(model, 5, memory=1) == 1                   # never fewer than 1
+    assert batch_size_for(model, 10_000, memory=per_input * 37) == 37
+    assert batch_size_for(model, 5, memory=per_input * 37) == 5      # never more than n
+    assert batch_size_for(model, 5, memory=1) == 1                   # never fewer than 1
     x = inputs(n=7)
-    torch.testing.assert_close(attribute(model, x, "predicted", "live"),
-                               attribute(model, x, "predicted", "live", batch_size=2),
+    torch.testing.assert_close(attribute(model, x, target="predicted", mode="live"),
+                               attribute(model, x, target="predicted", mode="live", memory=1),
                                atol=1e-12, rtol=1e-12)
 
 
@@ -187,11 +194,12 @@ def test_batched_equals_one_by_one(norm, position):
     base = torch.randn(7, 3, 10, dtype=torch.float64)
     for spec in ("predicted", "logprob", labels, direction):
         for mode in ("frozen", "live"):
-            whole = attribute(model, x, spec, mode, baseline=base, labels=labels, batch_size=3)
+            whole = attribute(model, x, target=spec, mode=mode, baselines=base, labels=labels,
+                              memory=1)
             for i in range(7):
                 one_spec = spec[i:i + 1] if isinstance(spec, torch.Tensor) else spec
-                one = attribute(model, x[i:i + 1], one_spec, mode, baseline=base[i:i + 1],
-                                labels=labels[i:i + 1])
+                one = attribute(model, x[i:i + 1], target=one_spec, mode=mode,
+                                baselines=base[i:i + 1], labels=labels[i:i + 1])
                 torch.testing.assert_close(whole[i:i + 1], one, atol=1e-12, rtol=1e-12)
 
 
@@ -200,16 +208,19 @@ def test_baselines_shift_the_prediction():
     other, reference = inputs(seed=3), inputs(seed=4, n=30)
     run = model.run(x)
     g = gradients(model, run, resolve_target("predicted", run.logits), "live")
-    mean = attribute(model, x, "predicted", "live", baseline="mean", reference=reference)
+    mean = attribute(model, x, target="predicted", mode="live", baselines="mean",
+                     reference=reference)
     torch.testing.assert_close(mean, (model.run(reference).z.mean(0) - run.z) * g)
-    patched = attribute(model, x, "predicted", "live", baseline=from_inputs(model, other))
+    patched = attribute(model, x, target="predicted", mode="live", baselines=from_inputs(model,
+                                                                                         other))
     torch.testing.assert_close(patched, (model.run(other).z - run.z) * g)
     shared = torch.randn(3, 10, dtype=torch.float64)
-    torch.testing.assert_close(attribute(model, x, "predicted", "live", baseline=shared),
+    torch.testing.assert_close(attribute(model, x, target="predicted", mode="live",
+                                         baselines=shared),
                                (shared - run.z) * g)
 
 
-def test_run_with_cache_and_return_run():
+def test_run_with_cache_and_the_attribution_run():
     model, x = make_model("layer", "pre"), inputs()
     logits, cache = run_with_cache(model, x)
     run = model.run(x)
@@ -218,7 +229,7 @@ def test_run_with_cache_and_return_run():
     torch.testing.assert_close(cache["layers.1.norm.scale"], run.scale[:, 1])
     torch.testing.assert_close(cache["final_norm.scale"], run.scale[:, 3])
     assert {"layers.0.resid", "layers.0.left", "layers.0.right", "final"} <= cache.keys()
-    pred, back = attribute(model, x, return_run=True)
+    pred, back = attribute_with_run(model, x)
     assert pred.shape == (B, 3, 10)
     torch.testing.assert_close(back.z, run.z)
 
@@ -227,8 +238,8 @@ def test_run_with_cache_and_return_run():
 def test_float32_model_stays_float32_and_accurate(mode):
     model = make_model("rms", "post")
     x = inputs()
-    exact = attribute(model, x, "predicted", mode)
-    pred = attribute(model.float(), x.float(), "predicted", mode)
+    exact = attribute(model, x, target="predicted", mode=mode)
+    pred = attribute(model.float(), x.float(), target="predicted", mode=mode)
     assert pred.dtype == torch.float32 and pred.shape == (B, 3, 10)
     assert (pred.double() - exact).abs().sum() / exact.abs().sum() < 1e-5
 
@@ -245,15 +256,15 @@ BAD = [
     (dict(target="bogus"), "unknown spec"),
     (dict(mode="frozn"), "mode"),
     (dict(method="numeric"), "method"),
-    (dict(batch_size=0), "batch_size"),
-    (dict(baseline="mean"), "reference"),
-    (dict(baseline="median"), "baseline"),
-    (dict(baseline=torch.zeros(2, 3, 10)), "baseline"),
-    (dict(baseline=torch.full((3, 10), float("nan"))), "NaN"),
+    (dict(memory=0), "memory"),
+    (dict(baselines="mean"), "reference"),
+    (dict(baselines="median"), "baseline"),
+    (dict(baselines=torch.zeros(2, 3, 10)), "baseline"),
+    (dict(baselines=torch.full((3, 10), float("nan"))), "NaN"),
     (dict(inputs=torch.randn(B, D_IN + 1)), "expected shape"),
     (dict(inputs=torch.randn(D_IN)), "batch axis"),
     (dict(inputs=torch.full((B, D_IN), float("nan"))), "NaN"),
-    (dict(baseline="mean", reference=torch.randn(4, 2)), "reference"),
+    (dict(baselines="mean", reference=torch.randn(4, 2)), "reference"),
 ]
 
 
@@ -261,7 +272,7 @@ BAD = [
 def test_bad_input_raises_before_any_work(kwargs, message, monkeypatch):
     model = make_model("rms", "post")
     calls = []
-    monkeypatch.setattr(model, "run", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(model.embed, "forward", lambda *a, **k: calls.append(1))  # any run
     kwargs = {"inputs": inputs(), **kwargs}
     with pytest.raises(BilensError, match=message):
         attribute(model, **kwargs)
@@ -330,7 +341,8 @@ def test_cli_writes_spec_result_file(checkpoint, tmp_path, capsys, modes):
     assert tensors["target"].shape == (6, 4) and tensors["activation"].shape == (6, 2, 20)
     for mode in modes.split(","):
         key = "predicted" if modes == mode else f"predicted.{mode}"
-        torch.testing.assert_close(tensors[key], attribute(model, data.x, "diff:0,1", mode))
+        torch.testing.assert_close(tensors[key], attribute(model, data.x, target="diff:0,1",
+                                                           mode=mode))
     assert summary["modes"] == modes.split(",") and summary["n"] == 6
     printed = capsys.readouterr().out
     assert printed.count("input ") == 6 and "activation" in printed
@@ -368,18 +380,21 @@ def test_resolved_target_and_labels_must_match_the_batch(monkeypatch):
     from bilens.core.targets import Target
 
     model = make_model("rms", "post")
-    monkeypatch.setattr(model, "run", lambda *a, **k: pytest.fail("ran before the error"))
+    monkeypatch.setattr(model.embed, "forward",
+                        lambda *a, **k: pytest.fail("ran before the error"))  # any run
     with pytest.raises(BilensError, match="one row per input"):
-        attribute(model, inputs(), Target(direction=torch.ones(2, N_OUT, dtype=torch.float64)))
+        attribute(model, inputs(), target=Target(direction=torch.ones(2, N_OUT,
+                                                                      dtype=torch.float64)))
     with pytest.raises(BilensError, match="one per input"):
-        attribute(model, inputs(), "class:1", labels=torch.tensor([0, 1]))
+        attribute(model, inputs(), target="class:1", labels=torch.tensor([0, 1]))
 
 
 def test_keep_run_false_drops_the_run():
     model, x = make_model("rms", "post"), inputs()
-    out = attribute_modes(model, x, "predicted", ("live",), keep_run=False, batch_size=2)
+    out = attribute_modes(model, x, target="predicted", modes=("live",), keep_run=False, memory=1)
     assert out.run is None and out.predicted["live"].shape == (B, 3, 10)
-    torch.testing.assert_close(out.predicted["live"], attribute(model, x, "predicted", "live"))
+    torch.testing.assert_close(out.predicted["live"], attribute(model, x, target="predicted",
+                                                                mode="live"))
 
 
 # ---- mode="renorm": live with the first norm an ablation reaches recomputed exactly ----
@@ -391,7 +406,7 @@ def test_renorm_is_the_real_ablation_for_the_last_layer(norm, position, baseline
     model, x = make_model(norm, position), inputs()
     spec = "zero" if baseline == "zero" else 3 * torch.randn(B, 3, 10, dtype=torch.float64)
     direction = torch.randn(B, N_OUT, dtype=torch.float64)
-    pred, run = attribute(model, x, direction, "renorm", baseline=spec, return_run=True)
+    pred, run = attribute_with_run(model, x, target=direction, mode="renorm", baselines=spec)
     b = torch.zeros_like(run.z) if baseline == "zero" else spec
     actual = ablate_layer(model, x, 2, b, resolve_target(direction, run.logits))
     torch.testing.assert_close(pred[:, 2], actual, atol=1e-10, rtol=1e-10)
@@ -402,9 +417,9 @@ def test_renorm_tends_to_live_for_small_changes(norm, position):
     model, x = make_model(norm, position), inputs()
     run = model.run(x)
     step = 1e-6 * torch.randn(run.z.shape, dtype=torch.float64)
-    renorm = attribute(model, x, "logprob", "renorm", baseline=run.z + step,
+    renorm = attribute(model, x, target="logprob", mode="renorm", baselines=run.z + step,
                        labels=torch.tensor([0, 1, 2, 3, 0]))
-    live = attribute(model, x, "logprob", "live", baseline=run.z + step,
+    live = attribute(model, x, target="logprob", mode="live", baselines=run.z + step,
                      labels=torch.tensor([0, 1, 2, 3, 0]))
     torch.testing.assert_close(renorm / step, live / step, atol=1e-5, rtol=1e-4)
 
@@ -412,10 +427,11 @@ def test_renorm_tends_to_live_for_small_changes(norm, position):
 def test_renorm_equals_live_without_norms_and_is_closer_than_live_with_them():
     x = inputs()
     for position in POSITIONS:
-        out = attribute_modes(make_model("none", position), x, "predicted", ("live", "renorm"))
+        out = attribute_modes(make_model("none", position), x, target="predicted", modes=("live",
+                                                                                          "renorm"))
         torch.testing.assert_close(out.predicted["live"], out.predicted["renorm"])
     model = make_model("rms", "post")
-    out = attribute_modes(model, x, "predicted", ("live", "renorm"))
+    out = attribute_modes(model, x, target="predicted", modes=("live", "renorm"))
     actual = ablate_layer(model, x, 1, torch.zeros_like(out.run.z), out.target)
     err = {m: (p[:, 1] - actual).abs().sum() for m, p in out.predicted.items()}
     assert err["renorm"] < err["live"]
@@ -423,10 +439,10 @@ def test_renorm_equals_live_without_norms_and_is_closer_than_live_with_them():
 
 def test_renorm_batched_equals_one_by_one_and_is_not_a_gradient():
     model, x = make_model("layer", "pre"), inputs(n=7)
-    whole = attribute(model, x, "predicted", "renorm", batch_size=3)
+    whole = attribute(model, x, target="predicted", mode="renorm", memory=1)
     for i in range(7):
-        torch.testing.assert_close(whole[i:i + 1], attribute(model, x[i:i + 1], "predicted",
-                                                             "renorm"))
+        torch.testing.assert_close(whole[i:i + 1], attribute(model, x[i:i + 1], target="predicted",
+                                                             mode="renorm"))
     run = model.run(x)
     with pytest.raises(BilensError, match="mode"):
         gradients(model, run, resolve_target("predicted", run.logits), "renorm")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation import ablation_effects
 from bilens.cli import main
 from bilens.core.config import ModelConfig
 from bilens.core.models.mlp import BilinearNet
@@ -36,7 +36,7 @@ def test_comparison_rows_compute_the_same_effects(position):
     model = BilinearNet(cfg).double()
     x = torch.randn(4, 5, dtype=torch.float64)
     classes = model(x).argmax(-1)
-    ours = ablation_effects(model, x, classes)
+    ours = ablation_effects(model, x, target=classes)
     znet = ZNet(model)
     torch.testing.assert_close(znet(x), model(x))
     torch.testing.assert_close(hook_loop(znet, x, classes), ours)
@@ -88,7 +88,7 @@ def test_missing_captum_is_a_clear_error(monkeypatch):
 def test_precision_list(capsys):
     """A comma list of precisions times each (on a CPU every one runs as float32, and the
     row names say which precision was asked for); an unknown one is refused first."""
-    res = run_bench(tiny(captum=False, loop=False, precision="3xtf32,3xfp16"),
+    res = run_bench(tiny(captum=False, loop=False, precision="3xtf32,3xfp16", backend="triton"),
                     log=lambda _: None)
     rows = [k for k in res["rows"] if k.startswith("ablation bilens")]
     assert rows == ["ablation bilens fp32", "ablation bilens 3xtf32", "ablation bilens 3xfp16"]

@@ -36,7 +36,7 @@ def test_measured_drift_equals_the_real_network(norm, position, baseline):
     model, x = tiny(norm, position)
     clean = model.run(x)
     b = torch.randn_like(clean.z[0]) if baseline == "tensor" else torch.zeros_like(clean.z[0])
-    drift = norm_drift(model, x, baseline=b)
+    drift = norm_drift(model, x, baselines=b)
     shift = 0 if position == "post" else 1
     for l, k in [(0, 0), (1, 7), (2, 3)]:
         one = torch.zeros(model.config.d_hidden, dtype=torch.bool)
@@ -101,6 +101,6 @@ def test_inputs_are_moved_to_the_models_dtype(make_model):
     b = from_inputs(model, other)
     assert b.dtype == torch.float64
     torch.testing.assert_close(b, model.run(other.double()).z)
-    drift = norm_drift(model, x, baseline=b)
-    expected = norm_drift(model, run=model.run(x.double()), baseline=b)
+    drift = norm_drift(model, x, baselines=b)
+    expected = norm_drift(model, run=model.run(x.double()), baselines=b)
     torch.testing.assert_close(drift.measured, expected.measured)

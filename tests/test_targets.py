@@ -109,7 +109,7 @@ def x():
 def test_attribution_is_linear_in_the_target_direction(model, x, mode):
     """Equivalent specs give identical attributions; a difference target is a difference."""
     def attr(spec, **kw):
-        return attribute(model, x, spec, mode, **kw)
+        return attribute(model, x, target=spec, mode=mode, **kw)
 
     pred = model(x).argmax(-1)
     torch.testing.assert_close(attr("predicted"), attr(pred))
@@ -131,16 +131,18 @@ def test_logprob_attribution_is_its_gradient(model, x):
     run = model.run(x)
     target = resolve_target("logprob", run.logits, LABELS)
     g, _ = gradients_autograd(model, x, target, "live")
-    torch.testing.assert_close(attribute(model, x, "logprob", "live", labels=LABELS), -run.z * g)
+    torch.testing.assert_close(attribute(model, x, target="logprob", mode="live", labels=LABELS),
+                               -run.z * g)
     direction = target.grad_logits(run.logits)               # d logprob / d logits, per input
-    torch.testing.assert_close(attribute(model, x, direction, "live"), -run.z * g)
+    torch.testing.assert_close(attribute(model, x, target=direction, mode="live"), -run.z * g)
 
 
 def test_per_input_targets_are_per_input(model, x):
     classes = torch.tensor([0, 3, 1, 4])
-    whole = attribute(model, x, classes, "frozen", batch_size=3)
+    whole = attribute(model, x, target=classes, mode="frozen", memory=1)      # one per chunk
     for i in range(B):
-        torch.testing.assert_close(whole[i], attribute(model, x[i:i + 1], int(classes[i]))[0])
+        one = attribute(model, x[i:i + 1], target=int(classes[i]), mode="frozen")
+        torch.testing.assert_close(whole[i], one[0])
 
 
 def test_a_resolved_target_passes_through():
@@ -152,15 +154,15 @@ def test_a_resolved_target_passes_through():
 def test_a_resolved_target_follows_the_models_device(model, x):
     """A Target resolved on CPU logits works with a model on the GPU (as a CPU direction
     tensor or CPU labels do)."""
-    from bilens.ablation.ablate import ablation_effects
+    from bilens.ablation import ablation_effects
 
     for spec in ("predicted", "logprob"):
         tgt = resolve_target(spec, model(x), LABELS[: x.shape[0]] % model.config.n_out)
         gpu = model.cuda()
         try:
-            p = attribute(gpu, x, tgt, mode="live").cpu()
-            a = ablation_effects(gpu, x, tgt).cpu()
+            p = attribute(gpu, x, target=tgt, mode="live").cpu()
+            a = ablation_effects(gpu, x, target=tgt).cpu()
         finally:
             model.cpu()
-        torch.testing.assert_close(p, attribute(model, x, tgt, mode="live"))
-        torch.testing.assert_close(a, ablation_effects(model, x, tgt))
+        torch.testing.assert_close(p, attribute(model, x, target=tgt, mode="live"))
+        torch.testing.assert_close(a, ablation_effects(model, x, target=tgt))

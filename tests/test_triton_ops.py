@@ -12,8 +12,8 @@ import pytest
 import torch
 from test_ablation import make
 
-from bilens.ablation._engine.steps import triton_available
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation import ablation_effects
+from bilens.ablation._engine.backend import triton_available
 
 needs_gpu = pytest.mark.skipif(
     not (torch.cuda.is_available() and triton_available()),
@@ -45,8 +45,8 @@ def eager_steps(monkeypatch):
     import bilens.ablation.ablate
     from bilens.ablation._engine.plan import Plan
 
-    def plan(model, frozen=False, precision="fp32", compile=False):
-        return Plan(model, frozen, precision, compile=False, triton=True)
+    def plan(model, frozen=False, precision="fp32", backend="triton"):
+        return Plan(model, frozen, precision, backend="triton", compile_steps=False)
     monkeypatch.setattr(bilens.ablation.ablate, "Plan", plan)
 
 
@@ -89,9 +89,9 @@ def test_triton_matches_float64(norm, pos, frozen, precision, eager_steps):
     x = torch.randn(37, 16, device="cuda")
     with warnings.catch_warnings():                  # a fallback to cuBLAS fails the test
         warnings.filterwarnings("error", message=".*Triton GEMMs failed")
-        got = ablation_effects(model, x, "predicted", frozen_norm=frozen, precision=precision,
-                               compile=True)
-    ref = ablation_effects(model.double(), x.double(), "predicted", frozen_norm=frozen)
+        got = ablation_effects(model, x, target="predicted", frozen_norm=frozen,
+                               precision=precision, backend="triton")
+    ref = ablation_effects(model.double(), x.double(), target="predicted", frozen_norm=frozen)
     assert _error(got, ref) < 1e-5
 
 
@@ -103,8 +103,8 @@ def test_triton_with_compiled_steps(precision):
     x = torch.randn(64, 16, device="cuda")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*Triton GEMMs failed")
-        got = ablation_effects(model, x, "predicted", precision=precision, compile=True)
-    ref = ablation_effects(model.double(), x.double(), "predicted")
+        got = ablation_effects(model, x, target="predicted", precision=precision, backend="triton")
+    ref = ablation_effects(model.double(), x.double(), target="predicted")
     assert _error(got, ref) < 1e-5
 
 
@@ -121,8 +121,8 @@ def test_float16_halves_keep_accuracy_far_from_unit_scale(scale, eager_steps):
     x = scale * torch.randn(19, 16, device="cuda")
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*Triton GEMMs failed")
-        got = ablation_effects(model, x, "predicted", precision="3xfp16", compile=True)
-    ref = ablation_effects(model.double(), x.double(), "predicted")
+        got = ablation_effects(model, x, target="predicted", precision="3xfp16", backend="triton")
+    ref = ablation_effects(model.double(), x.double(), target="predicted")
     assert torch.isfinite(got).all()
     assert _error(got, ref) < 1e-5
 
@@ -136,9 +136,10 @@ def test_triton_subsets_targets_and_depths(n_layers, precision, eager_steps):
     y = torch.randint(0, 10, (23,), device="cuda")
     channels = {0: [3, 0, 79, 17], n_layers - 2: list(range(5, 60))}
     for target in ("logprob", "label"):
-        got = ablation_effects(model, x, target, labels=y, channels=channels,
-                               precision=precision, compile=True)
-        ref = ablation_effects(model.double(), x.double(), target, labels=y, channels=channels)
+        got = ablation_effects(model, x, target=target, labels=y, channels=channels,
+                               precision=precision, backend="triton")
+        ref = ablation_effects(model.double(), x.double(), target=target, labels=y,
+                               channels=channels)
         assert torch.equal(got.isnan().cpu(), ref.isnan().cpu())
         keep = ~ref.isnan()
         assert _error(got[keep], ref[keep]) < 1e-5

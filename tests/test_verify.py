@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bilens.ablation.ablate import ablation_effects_loop
+from bilens.ablation import ablation_effects_loop
 from bilens.analysis.verify import VerifyResult, verify
 from bilens.cli import main
 from bilens.core.config import ModelConfig
@@ -86,11 +86,13 @@ def test_subset_of_layers_is_nan_elsewhere():
 
 
 def test_gpu_precision_options_pass_through_and_keep_float64_results(result):
-    """`precision`/`compile` reach the ablation; off CUDA they mean float32 products in the
-    model's own dtype, so a float64 model gives the float64 ground truth unchanged."""
+    """`backend`/`precision` reach the ablation; off CUDA they fall back, with a warning, to
+    eager products in the model's own dtype, so a float64 model gives the float64 ground
+    truth unchanged."""
     model, x = tiny()
-    fast = verify(model, x, modes=("frozen", "live"), circuit_ks=(1, 2, 4), progress=False,
-                  precision="3xfp16", compile=True)
+    with pytest.warns(RuntimeWarning, match="need CUDA"):
+        fast = verify(model, x, modes=("frozen", "live"), circuit_ks=(1, 2, 4), progress=False,
+                      backend="triton", precision="3xfp16")
     for name in ("actual", "actual_frozen_norm"):
         torch.testing.assert_close(fast.tensors[name], result.tensors[name], rtol=0, atol=0)
     with pytest.raises(BilensError, match="precision"):
@@ -116,10 +118,11 @@ def test_circuit_sizes_never_exceed_the_channels():
 def test_logprob_target_and_mean_baseline():
     model, x = tiny("layer", "pre")
     labels, reference = torch.tensor([0, 1, 2, 3]), torch.randn(20, 6, dtype=torch.float64)
-    r = verify(model, x, target="logprob", labels=labels, baseline="mean", reference=reference,
+    r = verify(model, x, target="logprob", labels=labels, baselines="mean", reference=reference,
                circuit_ks=(1,), progress=False)
     assert "target" not in r.tensors and r.tensors["label"].tolist() == [0, 1, 2, 3]
-    loop = ablation_effects_loop(model, x, "logprob", "mean", labels=labels, reference=reference)
+    loop = ablation_effects_loop(model, x, target="logprob", baselines="mean", labels=labels,
+                                 reference=reference)
     torch.testing.assert_close(r.tensors["actual"], loop)
     assert r.metrics["info"]["baseline"] == "mean"
     assert math.isfinite(r.metrics["modes"]["live"]["overall"]["normalized_error"])

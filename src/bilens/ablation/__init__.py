@@ -1,5 +1,18 @@
 """Layer 1: the ground truth. Every channel really ablated, exactly and fast.
 
-The public functions and the plain loop references live here; the fast engine (the
-perturbation plan, the fused steps, the Triton kernels) is private, in `_engine`.
+- `ablation_effects`: every selected channel of every input (the fast engine);
+- `ablation_effects_loop`, `joint_ablation_effect`: the plain references (one rerun per
+  ablation), and circuits (a set of channels ablated together);
+- `channel_mask`: which channels `layers=` / `channels=` select.
+
+The fast engine (the perturbation plan, the fused steps, the Triton kernels and the choice
+of backend) is private, in `_engine`; `resolve_backend` says which backend a call will run.
 """
+
+from bilens.ablation._engine.backend import BACKENDS, PRECISIONS, resolve_backend
+from bilens.ablation.ablate import ablation_effects
+from bilens.ablation.reference import ablation_effects_loop, joint_ablation_effect
+from bilens.ablation.select import channel_mask
+
+__all__ = ["ablation_effects", "ablation_effects_loop", "joint_ablation_effect", "channel_mask",
+           "resolve_backend", "BACKENDS", "PRECISIONS"]

@@ -101,7 +101,7 @@ def faithfulness_curve(
         >>> b = resolve_baseline("zero", model, model.run(x).z)          # doctest: +SKIP
         >>> faithfulness_curve(model, x, pred, resolve_target("predicted", logits), b)
     """
-    from bilens.ablation.ablate import joint_ablation_effect
+    from bilens.ablation import joint_ablation_effect
 
     # a circuit can hold at most the channels there are: sizes past that are clamped, so
     # every reported k is the real number of channels ablated together
@@ -112,7 +112,7 @@ def faithfulness_curve(
     for k in ks:
         mask = top_k_mask(predicted, k, candidates)
         sum_p.append(torch.where(mask, predicted, torch.zeros_like(predicted)).sum((1, 2)))
-        joint.append(joint_ablation_effect(model, inputs, target, mask, baseline=baseline))
+        joint.append(joint_ablation_effect(model, inputs, mask, target=target, baselines=baseline))
         if actual is not None:
             picked = torch.where(mask, actual, torch.zeros_like(actual))
             sum_a.append(picked.sum((1, 2)))          # NaN propagates if one was not ablated

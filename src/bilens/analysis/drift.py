@@ -38,6 +38,7 @@ from bilens.core.baselines import resolve_baseline
 from bilens.core.errors import check_inputs
 from bilens.core.models.mlp import BilinearNet, Run
 from bilens.core.norms import perturbed_scale
+from bilens.core.types import BaselineSpec
 
 
 @dataclass
@@ -56,7 +57,7 @@ def norm_drift(
     inputs: Float[Tensor, "batch d_in"] | None = None,
     *,
     run: Run | None = None,
-    baseline: str | Tensor | None = "zero",
+    baselines: BaselineSpec = "zero",
     reference: Tensor | None = None,
 ) -> Drift:
     """Measured and first-order norm drift for every channel, in one pass.
@@ -64,21 +65,21 @@ def norm_drift(
     Args:
         model: the network.
         inputs: `[B, d_in]`; or pass `run`, a clean `model.run(inputs)`.
-        baseline: what ablation sets `z_{l,k}` to (see `bilens.baselines`).
-        reference: inputs for `baseline="mean"`.
+        baselines: what ablation sets `z_{l,k}` to (see `bilens.core.baselines`).
+        reference: inputs for `baselines="mean"`.
 
     Returns:
         a `Drift` of `[B, n_layers, d_hidden]` tensors. With no norm, all zero.
 
     Example:
-        >>> d = norm_drift(model, x, baseline="zero")              # doctest: +SKIP
+        >>> d = norm_drift(model, x, baselines="zero")             # doctest: +SKIP
         >>> metrics.pearson(d.formula, d.measured)                 # doctest: +SKIP
     """
     cfg = model.config
     if run is None:
         check_inputs(inputs, cfg.d_in)
         run = model.run(inputs.to(device=model.device, dtype=model.dtype), check=False)
-    b = resolve_baseline(baseline, model, run.z, reference)
+    b = resolve_baseline(baselines, model, run.z, reference)
     dz = b - run.z                                                # b - z         [B, L, H]
     if cfg.norm == "none":
         zeros = torch.zeros_like(dz)

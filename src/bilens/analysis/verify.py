@@ -28,15 +28,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
+from bilens.ablation import ablation_effects, channel_mask, resolve_backend
 from bilens.analysis.circuits import DEFAULT_CIRCUIT_KS, faithfulness_curve
-from bilens.analysis.drift import drift_summary, norm_drift
+from bilens.analysis.drift import Drift, drift_summary, norm_drift
 from bilens.analysis.metrics import DEFAULT_KS, error_decomposition, evaluate, format_table
+from bilens.attribution.predict import MODES, Attribution, attribute_modes
 from bilens.core.errors import BilensError
 from bilens.core.io import atomic_dir
+from bilens.core.memory import DEFAULT_MEMORY
 from bilens.core.models.mlp import BilinearNet
+from bilens.core.types import BaselineSpec, ChannelSpec, TargetSpec
 
 RESULT_FILES = ("results.safetensors", "metrics.json", "summary.md")
 
@@ -127,80 +131,85 @@ def replaceable(out: Path) -> bool:
 def verify(
     model: BilinearNet,
     inputs: Float[Tensor, "batch d_in"],
-    target: object = "predicted",
-    modes: Sequence[str] = ("frozen", "live"),
-    baseline: str | Tensor | None = "zero",
-    labels: Tensor | None = None,
-    reference: Tensor | None = None,
+    *,
+    target: TargetSpec = "predicted",
+    baselines: BaselineSpec = "zero",
+    modes: Sequence[str] = MODES,
+    labels: Int[Tensor, " batch"] | None = None,
+    reference: Float[Tensor, "ref d_in"] | None = None,
     layers: Sequence[int] | None = None,
-    channels: Any = None,
+    channels: ChannelSpec = None,
     circuit_ks: Sequence[int] = DEFAULT_CIRCUIT_KS,
     ks: Sequence[int] = DEFAULT_KS,
-    memory: str | int = "4GiB",
+    memory: str | int = DEFAULT_MEMORY,
+    backend: str | None = None,
+    precision: str | None = None,
     progress: bool = True,
-    precision: str = "fp32",
-    compile: bool = False,
 ) -> VerifyResult:
     """Attribute every channel in each mode and check it against the real ablation.
 
     Args:
         model: the network.
         inputs: `[N, d_in]`.
-        target: target spec (SPEC §2), resolved once on the clean run.
-        modes: attribution modes to check (`"frozen"`, `"live"`).
-        baseline: `"zero"`, `"mean"` (over `reference`) or `z` values.
+        target: target spec (docs/spec.md, targets), resolved once on the clean run.
+        baselines: `"zero"`, `"mean"` (over `reference`) or `z` values.
+        modes: attribution modes to check (default all: `"frozen"`, `"live"`, `"renorm"`).
         labels: true classes `[N]` (for `"label"`, `"logprob"`).
         reference: inputs for the `"mean"` baseline.
         layers, channels: which channels to ablate (default all; see
-            `bilens.ablation.ablate.channel_mask`); the others are NaN in `actual`.
+            `bilens.ablation.channel_mask`); the others are NaN in `actual`.
         circuit_ks: circuit sizes of the faithfulness curve (empty: skip it).
         ks: the `k` of top-k recall.
-        memory: the ablation's working-memory budget.
+        memory: the working-memory budget of the attribution and the ablation.
+        backend, precision: how the ablation runs (see `bilens.ablation_effects`; on an
+            H200 `backend="triton", precision="3xfp16"` is the fastest, and agrees with
+            float64 to ~1e-6); a CPU always runs eager float32 products.
         progress: progress bars.
-        precision, compile: how the ablation's products run on a GPU (see
-            `bilens.ablation_effects`; `"3xfp16", compile=True` is the fastest there, and
-            agrees with float64 to ~1e-6); a CPU always uses float32.
 
     Returns:
         a `VerifyResult`.
 
     Example:
-        >>> cfg = ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3)
-        >>> r = verify(BilinearNet(cfg), torch.randn(4, 8), progress=False)
+        >>> from bilens import BilinearNet, ModelConfig
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> r = verify(model, torch.randn(4, 8), progress=False)
         >>> r.metrics["modes"]["frozen"]["overall"]["n"]
         256
     """
-    from bilens.ablation._engine.steps import PRECISIONS
-    from bilens.ablation.ablate import ablation_effects, channel_mask
-    from bilens.attribution.predict import attribute_modes
-
     cfg = model.config
-    if precision not in PRECISIONS:
-        raise BilensError(f"precision: expected one of {PRECISIONS}, got {precision!r}")
+    resolve_backend(backend, precision, model.device, model.dtype)      # bad names: before work
     if not channel_mask(cfg.n_layers, cfg.d_hidden, layers, channels).any():
         raise BilensError(f"layers/channels: no channel selected to ablate (layers={layers!r}); "
                           f"select at least one, or leave both as None for all")
     was_training = model.training
     model.eval()
     try:
-        att = attribute_modes(model, inputs, target, tuple(modes), baseline, labels, reference)
-        run, tgt = att.run, att.target
-        b = torch.zeros_like(run.z) if att.baseline is None else att.baseline.expand_as(run.z)
+        att = attribute_modes(model, inputs, target=target, baselines=baselines,
+                              modes=tuple(modes), labels=labels, reference=reference,
+                              memory=memory)
+        b = torch.zeros_like(att.run.z) if att.baselines is None else att.baselines
         x = inputs.to(device=model.device, dtype=model.dtype)
-        common = dict(labels=labels, layers=layers, channels=channels, memory=memory,
-                      progress=progress, precision=precision, compile=compile)
-        actual = ablation_effects(model, x, tgt, b, **common)
-        actual_fn = ablation_effects(model, x, tgt, b, frozen_norm=True, **common)
-        drift = norm_drift(model, run=run, baseline=b)
+        common = dict(target=att.target, baselines=b, labels=labels, layers=layers,
+                      channels=channels, memory=memory, progress=progress, backend=backend,
+                      precision=precision)
+        actual = ablation_effects(model, x, **common)
+        actual_fn = ablation_effects(model, x, frozen_norm=True, **common)
+        drift = norm_drift(model, run=att.run, baselines=b)
     finally:
         model.train(was_training)
+    return _result(model, x, att, b, actual, actual_fn, drift, baselines, circuit_ks, ks)
+
+
+def _result(model: BilinearNet, x: Tensor, att: Attribution, b: Tensor, actual: Tensor,
+            actual_fn: Tensor, drift: Drift, baselines: BaselineSpec,
+            circuit_ks: Sequence[int], ks: Sequence[int]) -> VerifyResult:
+    """The SPEC §7 tensors and the §5 metrics of one verification."""
+    run, tgt = att.run, att.target
     ablated = torch.isfinite(actual)
     nan = torch.full_like(actual, math.nan)
-    tensors: dict[str, Tensor] = {"inputs": x}
-    tensors.update(tgt.to_tensors())                      # target [N, n_out] or label [N]
-    tensors["activation"] = run.z
-    metrics: dict[str, Any] = {"info": _info(model, x, tgt, baseline, ablated, modes),
-                               "modes": {}}
+    tensors: dict[str, Tensor] = {"inputs": x, **tgt.to_tensors(), "activation": run.z}
+    metrics: dict[str, Any] = {"info": _info(model, x, tgt, baselines, ablated,
+                                             list(att.predicted)), "modes": {}}
     for mode, p in att.predicted.items():
         tensors[f"predicted.{mode}"] = p
         m = evaluate(p, actual, ks)

@@ -2,7 +2,7 @@
 pass, captum and a plain per-channel hook loop, with agreement checked first.
 
     bilens bench --quick --out bench.json                   # CPU-sized, under a minute
-    bilens bench --device cuda --n 10000 --d-hidden 1024 --precision 3xtf32 --compile
+    bilens bench --device cuda --n 10000 --d-hidden 1024 --precision 3xtf32 --backend triton
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--memory", default="4GiB", help="ablation working-memory budget")
     p.add_argument("--precision", default="fp32",
                    help="fp32 | 3xtf32 | 3xfp16 (CUDA matmuls); a comma list times each")
-    p.add_argument("--compile", action="store_true", help="fuse elementwise steps (CUDA)")
+    p.add_argument("--backend", default="eager", choices=("eager", "compile", "triton"),
+                   help="how the ablation runs on CUDA: eager, compiled elementwise steps, or "
+                        "Triton GEMMs (default eager; fp32 rows use compile under triton)")
     p.add_argument("--data", default="random",
                    help="random, or a dataset whose test inputs to use (e.g. mnist)")
     p.add_argument("--ppe", default=None,
@@ -64,13 +66,13 @@ def run(args: argparse.Namespace) -> int:
         except ValueError:
             raise BilensError(f"--ppe: expected integers like 16,64,256, got {args.ppe!r}") \
                 from None
-    from bilens.ablation._engine.steps import PRECISIONS
+    from bilens.ablation import PRECISIONS
     for prec in args.precision.split(","):
         if prec not in PRECISIONS:
             raise BilensError(f"--precision: expected one of {', '.join(PRECISIONS)} (or a "
                               f"comma list of them), got {prec!r}")
     over.update(norm=args.norm, position=args.position, device=args.device,
-                memory=args.memory, precision=args.precision, compile=args.compile,
+                memory=args.memory, precision=args.precision, backend=args.backend,
                 data=args.data, captum=not args.no_captum, loop=not args.no_loop)
     cfg = BenchConfig.quick(**over) if args.quick else BenchConfig(**over)
     res = run_bench(cfg)

@@ -26,12 +26,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "norms, compare with the attribution of each mode (SPEC §5), and write "
                     "results.safetensors, metrics.json, summary.md and PNGs to --out.")
     add_input_arguments(p, n_default=256, n_help="number of inputs (default 256)")
-    p.add_argument("--modes", default="frozen,live", help="comma-separated (default frozen,live)")
+    p.add_argument("--modes", default="frozen,live,renorm",
+                   help="comma-separated attribution modes (default: all three)")
     p.add_argument("--layers", default=None,
                    help="layers to ablate, e.g. 0,3 (default all; others are NaN)")
     p.add_argument("--circuit-ks", default="1,2,4,8,16,32,64",
                    help="circuit sizes of the faithfulness curve ('' to skip)")
     p.add_argument("--memory", default="4GiB", help="ablation working-memory budget")
+    p.add_argument("--backend", default=None, choices=("eager", "compile", "triton"),
+                   help="how the ablation runs (default eager; compile and triton need CUDA)")
+    p.add_argument("--precision", default=None, choices=("fp32", "3xtf32", "3xfp16"),
+                   help="the ablation's large products (default fp32; 3xfp16 under triton)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output directory")
@@ -67,16 +72,17 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from bilens.ablation.ablate import parse_memory
     from bilens.analysis.verify import verify
+    from bilens.core.memory import parse_memory
 
     parse_memory(args.memory)
     model, dataset, data, reference = load_inputs(args)
 
     start = time.perf_counter()
-    result = verify(model, data.x, target=args.target, modes=modes, baseline=args.baseline,
+    result = verify(model, data.x, target=args.target, modes=modes, baselines=args.baseline,
                     labels=data.y, reference=reference, layers=layers, circuit_ks=ks,
-                    memory=args.memory, progress=not args.no_progress)
+                    memory=args.memory, backend=args.backend, precision=args.precision,
+                    progress=not args.no_progress)
     seconds = time.perf_counter() - start
     with torch.no_grad():
         logits = model(data.x.to(model.dtype))

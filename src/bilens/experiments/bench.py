@@ -24,8 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import Tensor, nn
 
-from bilens.ablation._engine.steps import Kernels
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation import ablation_effects, resolve_backend
 from bilens.core.config import ModelConfig
 from bilens.core.errors import BilensError
 from bilens.core.models.mlp import BilinearNet
@@ -49,7 +48,7 @@ class BenchConfig:
     device: str = "cpu"
     memory: str = "4GiB"
     precision: str = "fp32"
-    compile: bool = False
+    backend: str = "eager"              # eager | compile | triton (fp32 rows: compile)
     data: str = "random"                 # "random" or a dataset name (its test inputs)
     captum: bool = True
     loop: bool = True
@@ -202,8 +201,8 @@ def captum_ablation(znet: ZNet, x: Tensor, classes: Tensor, ppe: int) -> Tensor:
     picked = _Picked(znet, classes)
     outs = []
     for layer in znet.z:
-        attr = LayerFeatureAblation(picked, layer).attribute(
-            x, layer_baselines=0.0, perturbations_per_eval=ppe)
+        attr = LayerFeatureAblation(picked, layer).attribute(x, layer_baselines=0.0,
+                                                             perturbations_per_eval=ppe)
         outs.append(-attr)                        # captum: f(clean) - f(ablated)
     return torch.stack(outs, 1)
 
@@ -280,7 +279,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         cfg.notes.append("bilens.attribution.predict missing: attribution rows skipped")
     if attribute is not None:
         for mode in ("frozen", "live"):
-            fast[f"attribute {mode}"] = lambda m=mode: attribute(model, x, "predicted", m)
+            fast[f"attribute {mode}"] = lambda m=mode: attribute(model, x, target="predicted",
+                                                                 mode=m)
         if cfg.captum:
             fast["captum LayerGradientXActivation"] = lambda: captum_gxa(znet, x, classes)
             fast["captum LayerGradientXActivation per layer"] = (
@@ -306,25 +306,26 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     # exhaustive ablation ------------------------------------------------------------------
     m64 = BilinearNet(mcfg).to(device, torch.float64)
     m64.load_state_dict(model.state_dict())
-    truth = ablation_effects(m64, x.double(), classes, memory=cfg.memory)
+    truth = ablation_effects(m64, x.double(), target=classes, memory=cfg.memory)
     del m64
-    kw = dict(memory=cfg.memory, compile=cfg.compile)
     for prec in dict.fromkeys(("fp32", *cfg.precision.split(","))):
+        backend = "compile" if cfg.backend == "triton" and prec == "fp32" else cfg.backend
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            t, ours, peak = timed(lambda p=prec: ablation_effects(model, x, classes, precision=p,
-                                                                  **kw), device, cfg.repeats)
+            ran = resolve_backend(backend, prec, device, torch.float32)
+            t, ours, peak = timed(lambda p=prec, b=backend: ablation_effects(
+                model, x, target=classes, precision=p, backend=b, memory=cfg.memory),
+                device, cfg.repeats)
         err = agreement(ours, truth)
         flops = ablation_flops(mcfg, cfg.n)
         name = f"ablation bilens {prec}"
-        kernels = Kernels(prec, cfg.compile and device.type == "cuda")
-        if kernels.triton:
-            failed = [str(w.message) for w in caught if "Triton GEMMs failed" in str(w.message)]
-            name += (" (Triton GEMMs fell back to cuBLAS)" if failed
-                     else " (Triton GEMMs)" if not kernels.f16 else " (Triton GEMMs, float16)")
-            cfg.notes.extend(failed[:1])
-        elif prec == "3xfp16" and device.type == "cuda":
-            name += " (ran as 3xtf32 cuBLAS: needs --compile and Triton)"
+        if ran[0] == "triton":
+            name += " (Triton GEMMs, float16)" if ran[1] == "3xfp16" else " (Triton GEMMs)"
+        fell_back = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)
+                     and str(w.message).startswith("bilens:")]
+        if fell_back:                     # (on a CPU every row runs eager fp32: no label)
+            name += " (fell back: see notes)" if device.type == "cuda" else ""
+            cfg.notes.extend(dict.fromkeys(fell_back))
         row(name, t, agree=err, ok=err <= TOL, flops_per_s=flops / t, peak_bytes=peak)
         rows[name]["over_forward"] = t / t_fwd
     best = min((r for r in rows if r.startswith("ablation bilens") and rows[r]["ok"]),

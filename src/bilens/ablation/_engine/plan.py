@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.ablation._engine.backend import fallback, triton_available
 from bilens.ablation._engine.steps import Kernels
 from bilens.core.norms import inverse_scale_change, perturbed_scale
 from bilens.core.targets import Target
@@ -56,6 +57,21 @@ def target_delta(
     return dlogits.gather(-1, y).squeeze(-1) - lse
 
 
+def _triton_unusable(model: BilinearNet) -> str | None:
+    """Why the Triton GEMMs cannot run this model, or None when they can."""
+    if not triton_available():
+        return "Triton is not installed"
+    if model.device.type != "cuda":
+        return f"they run on CUDA tensors only, the model is on {model.device.type}"
+    return None
+
+
+def triton_errors() -> tuple[type[Exception], ...]:
+    """The errors a Triton kernel raises when it cannot compile or launch."""
+    from bilens.ablation._engine.triton_ops import TRITON_ERRORS
+    return TRITON_ERRORS
+
+
 class Plan:
     """Per-model precomputation (weights only), reused for every chunk of inputs.
 
@@ -63,13 +79,16 @@ class Plan:
         model: the network.
         frozen: hold every norm's `s` at its clean value.
         precision: `"fp32"`, `"3xtf32"` or `"3xfp16"` for the large matmuls.
+        backend: `"eager"`, `"compile"` or `"triton"` (see `backend.resolve_backend`).
+        compile_steps: see `Kernels`.
     """
 
     def __init__(self, model: BilinearNet, frozen: bool = False, precision: str = "fp32",
-                 compile: bool = False, triton: bool | None = None):
+                 backend: str = "eager", compile_steps: bool | None = None):
         cfg = model.config
-        self.cfg, self.frozen, self.precision, self.compile = cfg, frozen, precision, compile
-        self.k = Kernels(precision, compile, triton)
+        self.cfg, self.frozen, self.precision = cfg, frozen, precision
+        self.compile_steps = backend != "eager" if compile_steps is None else compile_steps
+        self.k = Kernels(precision, backend, self.compile_steps)
         self.triton_error: str | None = None
         self.post = cfg.norm_position == "post"
         self.n_layers = cfg.n_layers
@@ -107,10 +126,11 @@ class Plan:
         self.WG = self.W if cfg.norm == "none" else self.W * self.gamma[last]  # [n_out, d]
         self.WPw = self.k.weight(self.WP[-1].T)                              # [H, n_out]
         if self.k.triton:
-            try:
+            reason = _triton_unusable(model)
+            if reason is None:
                 self._prepare_triton()
-            except Exception as err:  # noqa: BLE001 (no Triton, or it cannot run: cuBLAS)
-                self._drop_triton(err)
+            else:
+                self._drop_triton(reason)
 
     def _prepare_triton(self) -> None:
         """The Triton GEMMs' weights, split once."""
@@ -191,8 +211,8 @@ class Plan:
         if self.k.triton and not (self.frozen and m + 1 == self.n_layers):
             try:
                 return self._suffix_triton(run, tgt, c, alpha, beta, q, ql, qr, l, ks)
-            except Exception as err:  # noqa: BLE001 (any Triton failure: cuBLAS from now on)
-                self._drop_triton(err)
+            except triton_errors() as err:        # a kernel that cannot compile or launch
+                self._drop_triton(f"{type(err).__name__}: {str(err)[:300]}")
         dz = self.k.entry(alpha, beta, self.LPt[l][ks], self.RPt[l][ks], ql, qr,
                           run.left[:, m], run.right[:, m])                       # [Bc, K, H]
         if self.post:                                                            # r' = du + D dz
@@ -217,13 +237,12 @@ class Plan:
         dfinal = self.norm_delta(run, self.cfg.n_norms - 1, delta)
         return target_delta(tgt, run.logits, dfinal @ self.W.T)
 
-    def _drop_triton(self, err: Exception) -> None:
-        """Fall back from the Triton GEMMs to cuBLAS (same numbers), saying so once."""
-        import warnings
-        self.triton_error = f"{type(err).__name__}: {str(err)[:300]}"
-        warnings.warn(f"bilens: the Triton GEMMs failed ({self.triton_error}); exhaustive "
-                      f"ablation continues with cuBLAS", RuntimeWarning, stacklevel=3)
-        self.k = Kernels(self.precision, self.compile, triton=False)
+    def _drop_triton(self, reason: str) -> None:
+        """Fall back from the Triton GEMMs to 3xTF32 cuBLAS (same accuracy), saying why."""
+        self.triton_error = reason
+        fallback(f"the Triton GEMMs failed ({reason}); exhaustive ablation continues with "
+                 f"cuBLAS")
+        self.k = Kernels(self.precision, "compile" if self.compile_steps else "eager")
         self.WPw = self.k.weight(self.WP[-1].T)     # LRw, Dw were split for cuBLAS already
 
     def _suffix_triton(self, run: Run, tgt: Target, c: Tensor, alpha: Tensor, beta: Tensor,

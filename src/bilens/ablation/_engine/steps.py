@@ -18,9 +18,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.ablation._engine.backend import fallback
 from bilens.core.norms import inverse_scale_change, perturbed_scale
-
-PRECISIONS = ("fp32", "3xtf32", "3xfp16")
 
 
 def round_tf32(x: Tensor) -> Tensor:
@@ -84,35 +83,22 @@ def norm_delta(
     return gamma * (delta / s_new[..., None] + beta[..., None] * r[:, None, :])
 
 
-def triton_available() -> bool:
-    """Whether Triton can be imported (CUDA builds of torch ship it)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 class Kernels:
-    """How the steps run: eager or compiled; float32, or split products on cuBLAS or as
-    Triton GEMMs.
+    """How the steps run for one backend (`bilens.ablation._engine.backend`): eager or
+    compiled elementwise steps; float32 or split products, on cuBLAS or as Triton GEMMs.
 
     Args:
-        precision: `"fp32"` (plain float32 matmuls), `"3xtf32"` or `"3xfp16"` (CUDA only;
-            float32-level accuracy from three products of halves, see `bilens.triton_ops`).
-        compile: fuse the elementwise steps with `torch.compile` (CUDA only); with a split
-            precision the matmuls then run as Triton GEMMs with the bilinear steps fused
-            in (`bilens.triton_ops`), where Triton is installed.
-        triton: force the Triton GEMMs on (`True`, needs a split precision) or off
-            (`False`); None chooses as above. `"3xfp16"` exists only as Triton GEMMs:
-            without them it runs as `"3xtf32"` (`self.f16` then False).
+        precision: `"fp32"` (plain float32 matmuls), `"3xtf32"` or `"3xfp16"` (float32-level
+            accuracy from three products of halves, see `triton_ops`).
+        backend: `"eager"`, `"compile"` or `"triton"`, as resolved by `resolve_backend`.
+        compile_steps: compile the elementwise steps (default: for `compile` and `triton`);
+            False keeps them eager under the Triton GEMMs (the CUDA tests' fixture).
     """
 
-    def __init__(self, precision: str = "fp32", compile: bool = False,
-                 triton: bool | None = None):
+    def __init__(self, precision: str = "fp32", backend: str = "eager",
+                 compile_steps: bool | None = None):
         self.split = precision in ("3xtf32", "3xfp16")
-        self.triton = (self.split and compile and triton_available()) if triton is None \
-            else bool(triton) and self.split
+        self.triton = backend == "triton"
         self.f16 = self.triton and precision == "3xfp16"
         self.entry = entry_dz
         self.layer = layer_dz
@@ -120,22 +106,28 @@ class Kernels:
         self.compile_error: str | None = None
         if self.split and not self.triton:      # Triton splits its own factors as it loads
             self.entry, self.layer = self._entry, self._layer
-        if compile:
+        if compile_steps is None:
+            compile_steps = backend != "eager"
+        if compile_steps:
             self.entry = self._compiled(self.entry)
             self.layer = self._compiled(self.layer)
             self.norm = self._compiled(norm_delta)
             self.norm_rows = self._compiled(self.norm_rows)
 
     def _compiled(self, fn):
-        """`torch.compile(fn)`, falling back to `fn` (noted in `compile_error`) if it fails."""
+        """`torch.compile(fn)`; if the compiler fails, warn once and run `fn` eager."""
+        from torch._dynamo.exc import TorchDynamoException
+
         fast = torch.compile(fn, dynamic=False)     # static shapes: cheaper index arithmetic
 
         def call(*args):
             if self.compile_error is None:
                 try:
                     return fast(*args)
-                except Exception as err:  # noqa: BLE001 (any compiler failure: run eager)
+                except TorchDynamoException as err:
                     self.compile_error = f"{type(err).__name__}: {str(err)[:200]}"
+                    fallback(f"torch.compile failed on {fn.__name__} ({self.compile_error}); "
+                             f"its steps run eager")
             return fn(*args)
         return call
 

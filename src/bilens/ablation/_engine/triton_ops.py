@@ -2,7 +2,7 @@
 
 The suffix of an ablated layer is, per full layer, `dz = a * dR + dL * (b + dR)` with
 `[dL | dR] = rows @ [L; R]^T`, then `delta = du + dz @ D^T`. Run as cuBLAS calls plus
-fused elementwise steps (`bilens.fused`), every `[ablations, d_hidden]` intermediate
+fused elementwise steps (`_engine.steps`), every `[ablations, d_hidden]` intermediate
 (`[dL | dR]`, `dz`, their TF32 halves) goes through memory, and that traffic was a third
 of the GPU time. Here:
 
@@ -10,7 +10,7 @@ of the GPU time. Here:
   `[dL | dR]` never.
 - `down`: `dz @ D^T (+ du)`: the left factor is split into halves as it is loaded.
 - `entry_down`: the layer right after the ablated one. Its input perturbation is rank 2
-  (`du = alpha P_k + beta q`, see `bilens.perturb`), so each tile of its `dz` is made in
+  (`du = alpha P_k + beta q`, see `_engine.plan`), so each tile of its `dz` is made in
   the prologue from `(L P)_k`, `(R P)_k` and per-input rows; that `dz` never exists in
   memory. The epilogue adds the residual's own `du` in the same rank-2 form.
 
@@ -20,9 +20,9 @@ The halves are TF32 (`"3xtf32"`) or scaled float16 (`"3xfp16"`, see below). The 
 come split (`split_weight`); the activations are split in registers.
 
 Import this module only where Triton is installed (it is on CUDA builds of torch);
-`bilens.ablation._engine.steps.triton_available` says whether it is. With `TRITON_INTERPRET=1` set before
-the import the kernels run on the CPU, slowly (a way to check index arithmetic without a
-GPU; Triton 3.5's interpreter needs numpy < 2.4). `tests/test_triton_ops.py` compiles every
+`bilens.ablation._engine.backend.triton_available` says whether it is. With
+`TRITON_INTERPRET=1` set before the import the kernels run on the CPU, slowly (a way to
+check index arithmetic without a GPU; Triton 3.5's interpreter needs numpy < 2.4). `tests/test_triton_ops.py` compiles every
 kernel for sm_90 where Triton is installed and runs them against float64 on a GPU.
 """
 
@@ -38,6 +38,14 @@ import triton.language as tl
 from torch import Tensor
 
 from bilens.ablation._engine.steps import round_tf32
+
+try:                                       # the base class of every Triton error (3.x)
+    from triton.errors import TritonError
+    TRITON_ERRORS: tuple[type[Exception], ...] = (TritonError,)
+except ImportError:                        # older Triton: what compiling or launching raises
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+    TRITON_ERRORS = (CompilationError, OutOfResources)
 
 # (BM, BN, BK, warps, stages): a few shapes for the autotuner; every one is tried once per
 # (d_model, d_hidden, precision) on the first call. BM runs over ablations, BN over output
