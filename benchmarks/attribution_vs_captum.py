@@ -5,8 +5,9 @@
     python benchmarks/attribution_vs_captum.py --device cuda --batches 100,1000,10000 --profile
 
 For each batch size, one round-robin run (`bilens.experiments.bench.interleaved`) of: one
-forward pass (logits), `attribute` frozen and live, captum with the four layers in one call (one forward
-and one backward: what any exact method must do), and captum called once per layer. The
+forward pass (logits), `attribute` frozen and live, captum with the four layers in one call
+(one forward and one backward: what any exact method must do), and captum called once per
+layer. The
 ratios show where captum's per-call overhead dominates (small batches: large speedups) and
 where the matmuls do (large batches: the speedup tends to captum's cost in forwards divided
 by ours, both of which are bounded below by one forward plus one backward).

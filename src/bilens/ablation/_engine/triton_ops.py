@@ -22,8 +22,9 @@ come split (`split_weight`); the activations are split in registers.
 Import this module only where Triton is installed (it is on CUDA builds of torch);
 `bilens.ablation._engine.backend.triton_available` says whether it is. With
 `TRITON_INTERPRET=1` set before the import the kernels run on the CPU, slowly (a way to
-check index arithmetic without a GPU; Triton 3.5's interpreter needs numpy < 2.4). `tests/test_triton_ops.py` compiles every
-kernel for sm_90 where Triton is installed and runs them against float64 on a GPU.
+check index arithmetic without a GPU; Triton 3.5's interpreter needs numpy < 2.4).
+`tests/test_triton_ops.py` compiles every kernel for sm_90 where Triton is installed and
+runs them against float64 on a GPU.
 """
 
 from __future__ import annotations
