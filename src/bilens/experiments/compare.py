@@ -184,7 +184,7 @@ class Runner:
     def verify(self, model: Any, dataset: str) -> dict[str, Any]:
         """Verify `model` on the first `n_verify` test inputs of `dataset`: `summarize`."""
         from bilens.analysis.verify import verify
-        from bilens.training.train import resolve_device
+        from bilens.core.device import resolve_device
 
         test = self.dataset(dataset, "test")
         x, y = test.x[: self.n_verify], test.y[: self.n_verify]
