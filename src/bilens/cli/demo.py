@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli.compare import setup_threads
+from bilens.cli._common import setup_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

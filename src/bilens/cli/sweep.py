@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli.compare import DATASETS, add_common, setup_threads
+from bilens.cli._common import DATASETS, add_common, setup_threads
 from bilens.experiments.sweeps import SWEEPS
 
 
