@@ -28,8 +28,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bilens import report
     from bilens.experiments.compare import compare
-    from bilens.report import document as report
+    from bilens.experiments.summary import build
 
     report.check_outdir(args.out)                 # before the work, not after
     setup_threads(args)
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     result = compare(args.dataset, seeds=args.seeds, out=args.out, epochs=args.epochs,
                      n_verify=args.n_verify, device=args.device, force=args.force,
                      cache_dir=args.cache, target=args.target, first_seed=args.first_seed)
-    results = report.build({
+    results = build({
         "title": f"bilens compare: {args.dataset}, {args.seeds} seed(s)",
         "commands": [report.command_line()], "compare": result.to_dict(),
         "timing": {"compare": time.perf_counter() - start}})
