@@ -12,10 +12,10 @@ they overlap well):
     bilens sweep d_model|sparsity|depth|position --dataset mnist     (one process each)
 
 each under `timeout LIMIT`, then builds one combined report per dataset from whatever
-finished (`report.collect` + `report.build`), and packs reports, JSONs and logs (no
-models) into `OUT/results.tar.gz`. Data come from `--data`: `{name}-{split}.npz` files
-(BILENS_DATA_DIR) and, for fashion-mnist, Debian's raw `*.gz` under `--data/fashion`,
-copied to where `bilens.data` looks for them.
+finished (`experiments.summary.collect` + `build`, then `report.write`), and packs
+reports, JSONs and logs (no models) into `OUT/results.tar.gz`. Data come from `--data`:
+`{name}-{split}.npz` files (BILENS_DATA_DIR) and, for fashion-mnist, Debian's raw `*.gz`
+under `--data/fashion`, copied to where `bilens.data` looks for them.
 
 `docs` unpacks nothing: it reads OUT (an unpacked results folder) and writes
 docs/results.md's generated part and docs/img/results/*.png.
@@ -96,7 +96,7 @@ def merge_split(work: Path) -> None:
 
     sys.path.insert(0, str(Path("src").resolve()))
     from bilens.core.io import write_json
-    from bilens.experiments.compare import aggregate
+    from bilens.experiments.stats import aggregate
 
     for dataset in ("mnist", "fashion-mnist"):
         parts = [json.loads(f.read_text())
@@ -116,13 +116,14 @@ def merge_split(work: Path) -> None:
 def build_reports(out: Path, wall: float | None = None) -> None:
     """One combined report per dataset from the JSONs under `out/work` (what finished)."""
     sys.path.insert(0, str(Path("src").resolve()))
-    from bilens.report import document as report
+    from bilens import report
+    from bilens.experiments.summary import build, collect
 
     work = out / "work"
     sweeps = [f"sweep-{s}" for s in ("d_model", "sparsity", "depth", "position")]
     for dataset, dirs in (("mnist", ["compare-mnist", *sweeps]),
                           ("fashion-mnist", ["compare-fashion-mnist"])):
-        results = report.collect(*[work / d for d in dirs])
+        results = collect(*[work / d for d in dirs])
         if not results.get("compare") and not results["sweeps"]:
             continue
         results.update(title=f"bilens on {dataset}: the seed's claims measured (GPU)",
@@ -130,7 +131,7 @@ def build_reports(out: Path, wall: float | None = None) -> None:
                                  if (work / d).is_dir()])
         if wall is not None:
             results["timing"] = {"wall": wall}
-        paths = report.write(report.build(results), out / dataset)
+        paths = report.write(build(results), out / dataset)
         print(f"{dataset}: {paths['html']}", flush=True)
 
 

@@ -12,7 +12,7 @@ import math
 import pytest
 
 from bilens.experiments import claims
-from bilens.report.document import recommend
+from bilens.experiments.recommend import recommend
 
 CONFIGS = [(n, p) for n in ("none", "rms", "layer") for p in ("post", "pre")]
 

@@ -19,9 +19,9 @@ from bilens.experiments.compare import (
     aggregate,
     cache_key,
     compare,
-    mean_std,
     summarize,
 )
+from bilens.experiments.stats import mean_std
 from bilens.experiments.sweeps import sweep
 from bilens.training.train import TrainConfig
 

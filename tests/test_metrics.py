@@ -9,13 +9,13 @@ from bilens.analysis.metrics import (
     decompose,
     error_decomposition,
     evaluate,
-    format_table,
     normalized_error,
     pearson,
     sign_agreement,
     spearman,
     topk_recall,
 )
+from bilens.report.tables import metrics_table
 
 nan = math.nan
 T = torch.tensor
@@ -136,6 +136,6 @@ def test_format_table_prints_nan_and_numbers():
     m = {"modes": {"frozen": {**evaluate(p, p.clone(), ks=(2,)),
                               "decomposition": error_decomposition(p, p, p)}}}
     m["modes"]["frozen"]["per_layer"][1]["pearson"] = nan
-    text = format_table(m)
+    text = metrics_table(m)
     assert "frozen all" in text and "frozen 1" in text and "nan" in text
     assert "0.0000" in text                                  # exact predictions: NE 0

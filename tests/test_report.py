@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 from test_claims import fake_compare, fake_sweep
 
-from bilens.report import document as report
+from bilens import report
+from bilens.experiments.recommend import recommend
+from bilens.experiments.summary import build
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -34,7 +36,7 @@ def fake_results() -> dict:
         "position": fake_sweep("position", [1, 3], [dict(ne=0.1), dict(ne=math.nan)],
                                variants=(("rms", "post"), ("rms", "pre"))),
     }
-    return report.build({"title": "test report <&>", "commands": ["bilens demo --out x"],
+    return build({"title": "test report <&>", "commands": ["bilens demo --out x"],
                          "compare": fake_compare(), "sweeps": sweeps,
                          "timing": {"total": 12.5}})
 
@@ -205,5 +207,5 @@ def test_columns_follow_the_modes_measured():
         row["renorm.ne"], row["renorm.pearson"], row["renorm.top10"] = 0.002, 0.99, 0.95
     header, rows = report.compare_rows(cmp["table"])
     assert header[4:7] == ["NE frozen", "NE live", "NE renorm"] and rows[2][6] == "0.2%"
-    rec = report.recommend(cmp)
+    rec = recommend(cmp)
     assert rec["mode"] == "renorm" and any("renorm mode" in t for t in rec["text"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bilens import report
 from bilens.ablation import ablation_effects_loop
 from bilens.analysis.verify import VerifyResult, verify
 from bilens.cli import main
@@ -82,7 +83,7 @@ def test_subset_of_layers_is_nan_elsewhere():
     assert r.metrics["modes"]["frozen"]["overall"]["n"] == B * H
     assert math.isnan(r.metrics["modes"]["frozen"]["per_layer"][0]["normalized_error"])
     assert math.isfinite(r.metrics["modes"]["frozen"]["circuit"][0]["additivity_error"])
-    assert "nan" in r.table()
+    assert "nan" in report.verify_table(r)
 
 
 def test_gpu_precision_options_pass_through_and_keep_float64_results(result):
@@ -129,7 +130,7 @@ def test_logprob_target_and_mean_baseline():
 
 
 def test_save_and_reload(result, tmp_path):
-    out = result.save(tmp_path / "v")
+    out = report.save_verify(result, tmp_path / "v")
     for name in ("results.safetensors", "metrics.json", "summary.md", "scatter.png",
                  "error_per_layer.png", "drift.png", "faithfulness.png"):
         assert (out / name).is_file(), name
@@ -140,8 +141,8 @@ def test_save_and_reload(result, tmp_path):
     assert set(back.tensors) == set(result.tensors)
     assert back.metrics["modes"]["live"]["overall"] == pytest.approx(
         result.metrics["modes"]["live"]["overall"])
-    assert back.table() == result.table()
-    result.save(out)                                             # a result may be replaced
+    assert report.verify_table(back) == report.verify_table(result)
+    report.save_verify(result, out)                              # a result may be replaced
 
 
 def test_save_is_atomic_and_careful(result, tmp_path, monkeypatch):
@@ -152,14 +153,37 @@ def test_save_is_atomic_and_careful(result, tmp_path, monkeypatch):
 
     monkeypatch.setattr(bilens.report.verify_plots, "plot_all", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        result.save(tmp_path / "v")
+        report.save_verify(result, tmp_path / "v")
     assert list(tmp_path.iterdir()) == []                        # nothing half-written
     precious = tmp_path / "ckpt"
     precious.mkdir()
     (precious / "config.json").write_text("{}")
     with pytest.raises(BilensError, match="not a bilens verify result"):
-        result.save(precious)
+        report.save_verify(result, precious)
     assert (precious / "config.json").exists()
+
+
+def test_result_save_writes_the_data_files_only(result, tmp_path, monkeypatch):
+    """`VerifyResult.save` is the data layer's: the two SPEC §7 files, atomically, with the
+    same refusal to replace another tool's directory; the rendering is `report.save_verify`."""
+    out = result.save(tmp_path / "v")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "results.safetensors"]
+    assert set(VerifyResult.load(out).tensors) == set(result.tensors)
+    import bilens.analysis.results
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bilens.analysis.results, "save_results", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        result.save(tmp_path / "w")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v"]   # nothing half-written
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(BilensError, match="not a bilens verify result"):
+        result.save(other)
+    assert (other / "notes.txt").exists()
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +247,7 @@ def test_a_lone_metrics_json_is_not_a_previous_result(result, checkpoint, tmp_pa
     (other / "metrics.json").write_text("{}")
     (other / "notes.txt").write_text("keep me")
     with pytest.raises(BilensError, match="not a bilens verify result"):
-        result.save(other, plots=False)
+        report.save_verify(result, other, plots=False)
     rc = main(["verify", str(checkpoint), "--n", "3", "--no-progress", "--out", str(other)])
     assert rc == 2 and "not a bilens verify output" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["metrics.json", "notes.txt"]

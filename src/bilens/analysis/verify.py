@@ -9,13 +9,15 @@
 3. the norm drift `ds/s` at the ablated layer against the seed's formula,
 4. the faithfulness curve (top-k channels by `|predicted|` ablated together),
 
-and returns a `VerifyResult` holding the tensors (SPEC §7 names), the metrics as a dict,
-a plain-text table, PNG plots and an atomic `save`.
+and returns a `VerifyResult`: the tensors (SPEC §7 names) and the metrics as a dict, with
+an atomic `save` of the data files. Its table, summary.md and plots are rendered by
+`bilens.report` (`verify_table`, `plot_verify`, `save_verify`).
 
 Example:
+    >>> from bilens import report
     >>> result = bilens.verify(model, x, modes=("frozen", "live"))   # doctest: +SKIP
-    >>> print(result)                                                        # doctest: +SKIP
-    >>> result.save("out/verify")                                            # doctest: +SKIP
+    >>> print(report.verify_table(result))                           # doctest: +SKIP
+    >>> report.save_verify(result, "out/verify")                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from torch import Tensor
 from bilens.ablation import ablation_effects, channel_mask, resolve_backend
 from bilens.analysis.circuits import DEFAULT_CIRCUIT_KS, faithfulness_curve
 from bilens.analysis.drift import Drift, drift_summary, norm_drift
-from bilens.analysis.metrics import DEFAULT_KS, error_decomposition, evaluate, format_table
+from bilens.analysis.metrics import DEFAULT_KS, error_decomposition, evaluate
 from bilens.attribution.predict import MODES, Attribution, attribute_modes
 from bilens.core.errors import BilensError
 from bilens.core.io import atomic_dir
@@ -42,7 +44,7 @@ from bilens.core.memory import DEFAULT_MEMORY
 from bilens.core.models.mlp import BilinearNet
 from bilens.core.types import BaselineSpec, ChannelSpec, TargetSpec
 
-RESULT_FILES = ("results.safetensors", "metrics.json", "summary.md")
+RESULT_FILES = ("results.safetensors", "metrics.json")   # the data; the report adds the rest
 
 
 @dataclass
@@ -60,7 +62,6 @@ class VerifyResult:
 
     tensors: dict[str, Tensor]
     metrics: dict[str, Any]
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def modes(self) -> list[str]:
@@ -69,40 +70,26 @@ class VerifyResult:
     def predicted(self, mode: str) -> Float[Tensor, "batch layer hidden"]:
         return self.tensors[f"predicted.{mode}"]
 
-    def table(self) -> str:
-        """The metrics as a plain-text table (overall and per layer, drift, circuits)."""
-        return format_table(self.metrics)
+    def write(self, directory: str | os.PathLike) -> None:
+        """Write `results.safetensors` and `metrics.json` into the existing `directory`, as
+        they are (not atomic: `save` and `bilens.report.save_verify` wrap it)."""
+        from bilens.analysis.results import save_results
 
-    def __str__(self) -> str:
-        return self.table()
+        d = Path(directory)
+        save_results(d / "results.safetensors", self.tensors, self.metrics,
+                     summary_path=d / "metrics.json")
 
-    def plot(self, outdir: str | os.PathLike) -> list[Path]:
-        """Write the PNGs (scatter per mode, error per layer, drift formula, faithfulness)
-        into `outdir`; returns their paths."""
-        from bilens.report.verify_plots import plot_all
-
-        out = Path(outdir)
-        out.mkdir(parents=True, exist_ok=True)
-        return plot_all(self, out)
-
-    def save(self, outdir: str | os.PathLike, plots: bool = True) -> Path:
-        """Write `results.safetensors`, `metrics.json`, `summary.md` (and the PNGs) into
-        `outdir`, atomically: all appear together or, on error or Ctrl-C, none.
+    def save(self, outdir: str | os.PathLike) -> Path:
+        """Write the data files (`results.safetensors`, `metrics.json`) into `outdir`,
+        atomically: both appear together or, on error or Ctrl-C, neither. With the table,
+        `summary.md` and the PNGs beside them: `bilens.report.save_verify`.
 
         An existing `outdir` is replaced only if it is empty or holds a previous result.
         """
-        from bilens.analysis.results import save_results
-
         out = Path(outdir)
-        if not replaceable(out):
-            raise BilensError(f"out: {str(out)!r} exists and is not a bilens verify result; "
-                              f"choose a new directory (it would be replaced)")
+        check_replaceable(out)
         with atomic_dir(out) as tmp:
-            save_results(tmp / "results.safetensors", self.tensors, self.metrics,
-                         summary_path=tmp / "metrics.json")
-            images = self.plot(tmp) if plots else []
-            (tmp / "summary.md").write_text(summary_markdown(
-                self.metrics, [p.name for p in images], self.extra.get("command")))
+            self.write(tmp)
         return out
 
     @classmethod
@@ -111,7 +98,7 @@ class VerifyResult:
         from bilens.analysis.results import load_results
 
         out = Path(outdir)
-        missing = [f for f in RESULT_FILES[:2] if not (out / f).exists()]
+        missing = [f for f in RESULT_FILES if not (out / f).exists()]
         if missing:
             raise BilensError(f"{str(out)!r}: missing {missing}; is it a `bilens verify` output?")
         tensors, metrics = load_results(out / "results.safetensors", out / "metrics.json")
@@ -125,7 +112,14 @@ def replaceable(out: Path) -> bool:
         return True
     if not out.is_dir():
         return False
-    return not any(out.iterdir()) or all((out / f).is_file() for f in RESULT_FILES[:2])
+    return not any(out.iterdir()) or all((out / f).is_file() for f in RESULT_FILES)
+
+
+def check_replaceable(out: Path) -> None:
+    """Raise unless `out` is `replaceable`: saving replaces the directory whole."""
+    if not replaceable(out):
+        raise BilensError(f"out: {str(out)!r} exists and is not a bilens verify result; "
+                          f"choose a new directory (it would be replaced)")
 
 
 def verify(
@@ -254,19 +248,3 @@ def _from_json(obj: Any) -> Any:
     if isinstance(obj, list):
         return [_from_json(v) for v in obj]
     return obj
-
-
-def summary_markdown(metrics: dict[str, Any], images: Sequence[str],
-                     command: str | None = None) -> str:
-    """A short Markdown report: what was run, the table, the plots."""
-    info = metrics.get("info", {})
-    cfg = info.get("model", {})
-    lines = ["# bilens verify", ""]
-    if command:
-        lines += ["```", command, "```", ""]
-    if cfg:
-        lines += [f"Model: {cfg['n_layers']} layers, d_model {cfg['d_model']}, d_hidden "
-                  f"{cfg['d_hidden']}, norm {cfg['norm']} ({cfg['norm_position']}).", ""]
-    lines += ["```", format_table(metrics), "```", ""]
-    lines += [f"![{Path(name).stem}]({name})" for name in images]
-    return "\n".join(lines) + "\n"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli.compare import setup_threads
+from bilens.cli._common import setup_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -26,16 +26,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bilens import report
     from bilens.experiments import demo
-    from bilens.report import document as report
 
     report.check_outdir(args.out)                 # before the work, not after
     setup_threads(args)
     start = time.perf_counter()
-    results, paths = demo.run_demo(
+    results = demo.run_demo(
         args.out, device=args.device, force=args.force, seeds=args.seeds or demo.SEEDS,
         epochs=args.epochs or demo.EPOCHS, command=report.command_line(),
         log=None if args.quiet else print)
+    paths = report.write(results, args.out)
     print()
     print("Comparison (digits):")
     print(report.compare_text(results["compare"]["table"]))

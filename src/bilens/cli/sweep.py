@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli.compare import DATASETS, add_common, setup_threads
+from bilens.cli._common import DATASETS, add_common, setup_threads
 from bilens.experiments.sweeps import SWEEPS
 
 
@@ -46,10 +46,11 @@ def _values(text: str | None) -> tuple | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bilens import report
     from bilens.core.errors import BilensError
     from bilens.experiments.compare import DEFAULT_N_VERIFY, Runner
+    from bilens.experiments.summary import build
     from bilens.experiments.sweeps import sweep
-    from bilens.report import document as report
 
     setup_threads(args)
     names = list(SWEEPS) if args.name == "all" else [args.name]
@@ -68,8 +69,8 @@ def run(args: argparse.Namespace) -> int:
         sweeps[name] = result.to_dict()
         print()
         print(f"sweep {name} ({args.dataset}):")
-        print(result.text())
-    results = report.build({"title": f"bilens sweep {args.name}: {args.dataset}",
+        print(report.sweep_text(sweeps[name]))
+    results = build({"title": f"bilens sweep {args.name}: {args.dataset}",
                             "commands": [report.command_line()], "sweeps": sweeps,
                             "timing": {"sweep": time.perf_counter() - start}})
     paths = report.write(results, args.out)

@@ -72,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
+    from bilens import report
     from bilens.analysis.verify import verify
     from bilens.core.memory import parse_memory
 
@@ -90,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=str(args.checkpoint), dataset=dataset, split=args.split, seed=args.seed,
         accuracy=(logits.argmax(-1).cpu() == data.y).double().mean().item(),
         seconds=round(seconds, 2))
-    result.extra["command"] = _command(args, dataset, modes)
-    result.save(out, plots=not args.no_plots)
-    print(result.table())
+    report.save_verify(result, out, plots=not args.no_plots,
+                       command=_command(args, dataset, modes))
+    print(report.verify_table(result))
     print(f"\nwrote {out}/ (results.safetensors, metrics.json, summary.md"
           f"{'' if args.no_plots else ', PNGs'}) in {seconds:.1f} s")
     return 0

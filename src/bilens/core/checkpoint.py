@@ -109,7 +109,7 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None,
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True)
     model.metadata = {k: v for k, v in raw.items() if k not in _CONFIG_KEYS}
     if device is not None:
-        from bilens.training.train import resolve_device
+        from bilens.core.device import resolve_device
         device = resolve_device(str(device))
     return model.to(device or "cpu").eval()
 

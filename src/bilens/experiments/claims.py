@@ -25,7 +25,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-from bilens.experiments.compare import spearman
+from bilens.core.units import num, pct
+from bilens.experiments.stats import spearman
 
 FACTOR = 2.0
 SMALL_NE = 0.05
@@ -37,20 +38,6 @@ COUPLING_RANGE = (0.10, 0.50)        # the seed's "~10-50% coupling error" of La
 SEED_DRIFT = 0.006                   # the seed's "~0.6%" at d_model 256, ~10% active
 SEED_ACTIVE = 0.10
 SEED_ACC_GAP_PP = 9.0                # the seed's "no norm: worse (-9%)"
-
-
-def pct(x: float, digits: int = 1) -> str:
-    """`0.0123` -> `"1.2%"`; a nonzero value that would round to zero keeps two significant
-    digits (`0.0000123` -> `"0.0012%"`); NaN -> `"n/a"`."""
-    if x is None or not math.isfinite(x):
-        return "n/a"
-    if x != 0 and abs(100 * x) < 0.5 * 10 ** -digits:
-        return f"{100 * x:.2g}%"
-    return f"{100 * x:.{digits}f}%"
-
-
-def num(x: float, digits: int = 3) -> str:
-    return "n/a" if x is None or not math.isfinite(x) else f"{x:.{digits}g}"
 
 
 def within(x: float, target: float, factor: float = FACTOR) -> bool:

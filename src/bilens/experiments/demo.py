@@ -2,12 +2,14 @@
 
 It runs a small version of everything bilens exists for: the comparison of none/rms/layer
 x post/pre (three seeds), the four sweeps of the seed's error analysis on their small grids,
-the claims table, the recommendation and the report, in under 3 minutes on 2 CPU cores.
-Models are cached under `OUT/models`, so a second run only rebuilds the report.
+the claims table and the recommendation, in under 3 minutes on 2 CPU cores; `bilens demo`
+then writes the report (`bilens.report.write`). Models are cached under `OUT/models`, so a
+second run only rebuilds the report.
 
 Example:
-    >>> results, paths = run_demo("runs/demo")     # doctest: +SKIP
-    >>> paths["html"]                              # doctest: +SKIP
+    >>> from bilens import report
+    >>> results = run_demo("runs/demo")                     # doctest: +SKIP
+    >>> report.write(results, "runs/demo")["html"]          # doctest: +SKIP
     PosixPath('runs/demo/report/report.html')
 """
 
@@ -28,11 +30,12 @@ N_VERIFY = 64
 def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force: bool = False,
              seeds: int = SEEDS, epochs: int = EPOCHS, n_verify: int = N_VERIFY,
              cache_dir: str | os.PathLike | None = None, command: str = "bilens demo",
-             log: Callable[[str], None] | None = print) -> tuple[dict[str, Any], dict[str, Path]]:
-    """Compare, sweep (small grids), evaluate the claims and write the report.
+             log: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Compare, sweep (small grids), evaluate the claims and recommend.
 
     Args:
-        out: output directory; the report goes to `out/report/`.
+        out: output directory (`compare.json`, `sweep-*.json`; the CLI writes the report
+            to `out/report/`).
         device: where to train and verify (the demo is sized for the CPU).
         force: retrain everything instead of reusing cached models.
         seeds: seeds per configuration in the comparison.
@@ -43,12 +46,12 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
         log: progress lines (None: silent).
 
     Returns:
-        `(results, paths)`: the report's dict (compare, sweeps, claims, recommendation,
-        timing) and the written files.
+        the report's dict (title, commands, compare, sweeps, claims, recommendation, timing;
+        see `bilens.experiments.summary`).
     """
     from bilens.experiments.compare import Runner, compare
+    from bilens.experiments.summary import build
     from bilens.experiments.sweeps import SWEEPS, sweep
-    from bilens.report import document as report
 
     start = time.perf_counter()
     runner = Runner(cache_dir or Path(out) / "models", force=force, device=device,
@@ -62,9 +65,8 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
         sweeps[name] = sweep(name, DATASET, out=out, fast=True, epochs=epochs,
                              runner=runner).to_dict()
         timing[f"sweep {name}"] = time.perf_counter() - t
-    results = report.build({
+    results = build({
         "title": f"bilens demo: the seed's claims measured on {DATASET}",
         "commands": [command], "compare": cmp.to_dict(), "sweeps": sweeps, "timing": timing})
     timing["total"] = time.perf_counter() - start
-    paths = report.write(results, out)
-    return results, paths
+    return results

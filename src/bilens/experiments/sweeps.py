@@ -26,7 +26,8 @@ from typing import Any
 
 from bilens.core.errors import BilensError
 from bilens.core.io import write_json
-from bilens.experiments.compare import DEFAULT_N_VERIFY, Runner, Spec, aggregate, preset_spec
+from bilens.experiments.compare import DEFAULT_N_VERIFY, Runner, Spec, preset_spec
+from bilens.experiments.stats import aggregate
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,6 @@ class SweepResult:
         return {"name": self.name, "dataset": self.dataset, "param": self.param,
                 "label": self.label, "log_x": self.log_x, "settings": self.settings,
                 "table": self.table, "rows": self.rows, "wall_time": self.wall_time}
-
-    def text(self) -> str:
-        """The sweep's table for a terminal."""
-        from bilens.report.document import sweep_text
-
-        return sweep_text(self.to_dict())
 
 
 def sweep_specs(definition: SweepDef, base: Spec, values: tuple, seeds: int = 1) -> list[Spec]:

@@ -9,7 +9,7 @@
 - `faithfulness.png`: top-k circuits, sum of predictions against the joint ablation
 
 Example:
-    >>> paths = plot_all(result, Path("out"))      # doctest: +SKIP
+    >>> paths = plot_verify(result, "out/plots")      # doctest: +SKIP
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -206,3 +207,11 @@ def plot_all(result: VerifyResult, outdir: Path) -> list[Path]:
     if any(result.metrics["modes"][m].get("circuit") for m in result.modes):
         paths.append(plot_faithfulness(result, outdir / "faithfulness.png"))
     return paths
+
+
+def plot_verify(result: VerifyResult, outdir: str | os.PathLike) -> list[Path]:
+    """Write the PNGs (scatter per mode, error per layer, drift formula, faithfulness) into
+    `outdir` (created if needed); returns their paths."""
+    out = Path(outdir)
+    out.mkdir(parents=True, exist_ok=True)
+    return plot_all(result, out)

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from bilens.core.config import ModelConfig
 from bilens.core.data import Dataset, load_dataset
+from bilens.core.device import resolve_device
 from bilens.core.errors import BilensError, check_inputs
 from bilens.core.models.mlp import BilinearNet
 
@@ -94,20 +95,6 @@ class TrainResult:
     wall_time: float
     history: list[dict[str, float]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def resolve_device(device: str) -> torch.device:
-    """`"auto"` -> CUDA when available, else CPU; anything else as torch reads it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError as err:
-        raise BilensError(f"device: cannot parse {device!r}; use auto, cpu or cuda") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BilensError(f"device: {device!r} asked for but CUDA is not available; use "
-                          f"--device cpu")
-    return dev
 
 
 @torch.no_grad()

@@ -1,0 +1,46 @@
+"""One experiment's results as one JSON-ready dict, with the claims and the recommendation.
+
+    {"title": str, "commands": [str], "compare": CompareResult.to_dict(),
+     "sweeps": {name: SweepResult.to_dict()}, "timing": {...}}
+
+`build` adds `claims` (see `bilens.experiments.claims`) and `recommendation` (see
+`bilens.experiments.recommend`); `collect` gathers the JSON files `bilens compare` and
+`bilens sweep` wrote. `bilens.report.write` renders the dict.
+
+Example:
+    >>> from bilens import report
+    >>> results = build({"title": "digits", "compare": cmp.to_dict()})   # doctest: +SKIP
+    >>> report.write(results, "runs/demo")                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from bilens.experiments.claims import evaluate_claims
+from bilens.experiments.recommend import NOTHING, recommend
+
+
+def build(results: dict[str, Any]) -> dict[str, Any]:
+    """Add `claims` and `recommendation` to `results` (returns a new dict)."""
+    out = dict(results)
+    out["claims"] = evaluate_claims(results)
+    out["recommendation"] = (recommend(results["compare"]) if results.get("compare")
+                             else {"text": [NOTHING]})
+    return out
+
+
+def collect(*directories: str | os.PathLike) -> dict[str, Any]:
+    """Gather `compare.json` and `sweep-*.json` written by `bilens compare` / `bilens sweep`
+    into one `results` dict for `build` (the last `compare.json` found wins)."""
+    results: dict[str, Any] = {"sweeps": {}}
+    for d in map(Path, directories):
+        if (d / "compare.json").is_file():
+            results["compare"] = json.loads((d / "compare.json").read_text())
+        for f in sorted(d.glob("sweep-*.json")):
+            data = json.loads(f.read_text())
+            results["sweeps"][data["name"]] = data
+    return results
