@@ -24,15 +24,9 @@ import json
 import torch
 
 from bilens.attribution.predict import attribute
-from bilens.experiments.bench import (
-    BenchConfig,
-    ZNet,
-    agreement,
-    build,
-    captum_gxa,
-    interleaved,
-    machine,
-)
+from bilens.experiments.bench import BenchConfig, build
+from bilens.experiments.competitors import ZNet, captum_gxa
+from bilens.experiments.timing import agreement, interleaved, machine
 
 ROWS = ("forward", "attribute frozen", "attribute live", "captum, one call",
         "captum, per layer")

@@ -12,7 +12,8 @@ import time
 import torch
 
 from bilens.ablation import ablation_effects
-from bilens.experiments.bench import BenchConfig, agreement, build
+from bilens.experiments.bench import BenchConfig, build
+from bilens.experiments.timing import agreement
 
 
 def main() -> None:

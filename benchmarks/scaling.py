@@ -15,7 +15,8 @@ import json
 import torch
 
 from bilens.ablation import ablation_effects
-from bilens.experiments.bench import BenchConfig, ablation_flops, agreement, build, timed
+from bilens.experiments.bench import BenchConfig, ablation_flops, build
+from bilens.experiments.timing import agreement, timed
 
 
 def one(cfg: BenchConfig, precision: str, backend: str) -> dict:

@@ -19,7 +19,8 @@ import torch
 
 import bilens.ablation._engine.steps
 from bilens.ablation import ablation_effects
-from bilens.experiments.bench import BenchConfig, ablation_flops, agreement, build, timed
+from bilens.experiments.bench import BenchConfig, ablation_flops, build
+from bilens.experiments.timing import agreement, timed
 
 
 def main() -> None:

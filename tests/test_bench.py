@@ -11,14 +11,8 @@ from bilens.ablation import ablation_effects
 from bilens.cli import main
 from bilens.core.config import ModelConfig
 from bilens.core.models.mlp import BilinearNet
-from bilens.experiments.bench import (
-    BenchConfig,
-    ZNet,
-    ablation_flops,
-    captum_ablation,
-    hook_loop,
-    run_bench,
-)
+from bilens.experiments.bench import BenchConfig, ablation_flops, run_bench
+from bilens.experiments.competitors import ZNet, captum_ablation, hook_loop
 
 
 def tiny(**over) -> BenchConfig:
