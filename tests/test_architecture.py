@@ -95,3 +95,28 @@ def test_no_import_cycles():
         tuple(graphlib.TopologicalSorter(graph).static_order())
     except graphlib.CycleError as err:
         pytest.fail(f"import cycle: {' -> '.join(err.args[1])}")
+
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60            # of code: the docstring is not counted
+SIZE_EXCEPTIONS = {"bilens.ablation._engine.triton_ops"}   # the Triton kernels, kept together
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    length = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+            and isinstance(first.value.value, str):
+        length -= first.end_lineno - first.lineno + 1
+    return length
+
+
+@pytest.mark.parametrize("name", sorted(set(_modules()) - SIZE_EXCEPTIONS))
+def test_modules_and_functions_stay_small(name):
+    path = _modules()[name]
+    text = path.read_text()
+    assert text.count("\n") <= MAX_MODULE_LINES, f"{name}: over {MAX_MODULE_LINES} lines; split it"
+    long = [f"{node.name} ({_code_lines(node)} lines)" for node in ast.walk(ast.parse(text))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and _code_lines(node) > MAX_FUNCTION_LINES]
+    assert not long, f"{name}: functions over {MAX_FUNCTION_LINES} lines of code: {long}"
