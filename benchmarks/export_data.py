@@ -16,18 +16,21 @@ from pathlib import Path
 
 import numpy as np
 
-from bilens.core.data import DATASETS, SPLITS, load_dataset
+from bilens.core.data import _RAW, DATASETS, SPLITS, load_dataset
 from bilens.core.errors import BilensError
 
 SOURCED = tuple(name for name in DATASETS if name != "synthetic")  # synthetic is generated
 
 
-def export(directory: str | Path, names: tuple[str, ...] = SOURCED) -> list[Path]:
+def export(directory: str | Path, names: tuple[str, ...] = SOURCED, raw: bool = False
+           ) -> list[Path]:
     """Write every split of `names` into `directory`.
 
     Args:
         directory: the output folder (created if needed).
         names: datasets to export.
+        raw: write the raw pixels as uint8 (about 4x smaller; `load_dataset` preprocesses
+            them exactly as from the source).
 
     Returns:
         The files written.
@@ -38,17 +41,18 @@ def export(directory: str | Path, names: tuple[str, ...] = SOURCED) -> list[Path
     for name in names:
         for split in SPLITS:
             try:
-                ds = load_dataset(name, split)
+                x, y = _RAW[name](split) if raw else (lambda d: (d.x.numpy(), d.y.numpy()))(
+                    load_dataset(name, split))
             except BilensError as err:
                 print(f"skipping {name} {split}: {err}", file=sys.stderr)
                 continue
             path = out / f"{name}-{split}.npz"
             tmp = out / f".{name}-{split}.tmp.npz"
-            np.savez_compressed(tmp, x=ds.x.numpy().astype(np.float32),
-                                y=ds.y.numpy().astype(np.int64))
+            x = np.asarray(x, dtype=np.uint8 if raw else np.float32)
+            np.savez_compressed(tmp, x=x, y=np.asarray(y).astype(np.int64))
             tmp.replace(path)
             written.append(path)
-            print(f"{path}: x {tuple(ds.x.shape)}, y {tuple(ds.y.shape)}")
+            print(f"{path}: x {x.shape} {x.dtype}, y {np.shape(y)}")
     return written
 
 
@@ -56,8 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("directory")
     parser.add_argument("--datasets", default=",".join(SOURCED))
+    parser.add_argument("--raw", action="store_true", help="raw uint8 pixels (smaller files)")
     args = parser.parse_args(argv)
-    export(args.directory, tuple(n for n in args.datasets.split(",") if n))
+    export(args.directory, tuple(n for n in args.datasets.split(",") if n), raw=args.raw)
     return 0
 
 

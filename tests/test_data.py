@@ -113,3 +113,16 @@ def test_data_dir_round_trip(monkeypatch, tmp_path):
 
 def test_every_dataset_is_listed():
     assert DATASETS == ("digits", "mnist", "fashion-mnist", "synthetic")
+
+
+def test_raw_exported_files_load_exactly_as_the_source(tmp_path, monkeypatch):
+    """`export_data.py --raw` writes uint8 pixels; reading them back through BILENS_DATA_DIR
+    gives the same preprocessed tensors as the source package."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from export_data import export
+
+    export(tmp_path, ("digits",), raw=True)
+    source = load_dataset("digits", "test")
+    monkeypatch.setenv("BILENS_DATA_DIR", str(tmp_path))
+    exported = load_dataset("digits", "test")
+    assert torch.equal(source.x, exported.x) and torch.equal(source.y, exported.y)

@@ -13,8 +13,9 @@ fixed pair of constants per dataset, `(x - mean) / std`, computed once on that d
 train split and written below (`_STATS`). Images are flattened row-major. The synthetic
 inputs are standard normal already and are left as they are.
 
-`BILENS_DATA_DIR`: when set and holding `{name}-{split}.npz` (arrays `x` float32 already
-preprocessed, `y` int), the data are read from there instead (`benchmarks/export_data.py`
+`BILENS_DATA_DIR`: when set and holding `{name}-{split}.npz` (arrays `x` and `y` int; `x`
+float32 already preprocessed, or the raw pixels, preprocessed here as from the source), the
+data are read from there instead (`benchmarks/export_data.py`
 writes such files; it is how a machine without the source packages gets the data). The
 synthetic task is always generated, since its draw depends on `seed`.
 """
@@ -124,14 +125,13 @@ def load_dataset(name: str, split: str = "train", n: int | None = None, seed: in
     if split not in SPLITS:
         raise BilensError(f"split: expected 'train' or 'test', got {split!r}")
     found = None if name == "synthetic" else _from_data_dir(name, split)
-    if found is not None:
-        x, y = found
-    elif name == "synthetic":
+    if name == "synthetic":
         x, y = _synthetic(split, seed)
     else:
-        x, y = _RAW[name](split)
-        scale, mean, std = _STATS[name]
-        x = ((x.astype(np.float32) / scale - mean) / std).astype(np.float32)
+        x, y = found if found is not None else _RAW[name](split)
+        if x.dtype != np.float32:             # raw pixels (a source, or an exported raw file)
+            scale, mean, std = _STATS[name]
+            x = ((x.astype(np.float32) / scale - mean) / std).astype(np.float32)
     x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     y_t = torch.from_numpy(np.ascontiguousarray(y).astype(np.int64))
     if n is not None:
