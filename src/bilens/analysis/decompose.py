@@ -31,6 +31,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from bilens.analysis.direct_path import DirectPath, direct_path
+from bilens.analysis.interaction import interaction_matrix, sorted_eigh
 from bilens.core.errors import BilensError
 from bilens.core.io import atomic_dir, dump_json
 
@@ -180,29 +181,6 @@ def resolve_layers(layers: int | Sequence[int] | None, n_layers: int) -> list[in
     if not out:
         raise BilensError("layers: the list is empty; pass None for every layer")
     return out
-
-
-def interaction_matrix(
-    L: Float[Tensor, "d_hidden d_model"],
-    R: Float[Tensor, "d_hidden d_model"],
-    D: Float[Tensor, "d_model d_hidden"],
-    w: Float[Tensor, "target d_model"],
-) -> Float[Tensor, "target d_model d_model"]:
-    """`Q(w) = sym(L^T diag(D^T w) R)` for each row of `w`."""
-    g = w @ D                                                   # D^T w      [T, H]
-    A = torch.einsum("hi,th,hj->tij", L, g, R)                  # L^T diag(g) R  [T, d, d]
-    return (A + A.transpose(1, 2)) / 2
-
-
-def sorted_eigh(Q: Float[Tensor, "*batch d d"]) -> tuple[Tensor, Tensor]:
-    """`eigh`, sorted by `|lambda|` descending; each eigenvector's sign is fixed so that its
-    largest-magnitude entry is positive (a deterministic output)."""
-    lam, V = torch.linalg.eigh(Q)
-    order = lam.abs().argsort(dim=-1, descending=True, stable=True)
-    lam = lam.gather(-1, order)
-    V = V.gather(-1, order.unsqueeze(-2).expand_as(V))
-    peak = V.gather(-2, V.abs().argmax(-2, keepdim=True))      # [*, 1, d]
-    return lam, V * torch.where(peak < 0, -1.0, 1.0).to(V.dtype)
 
 
 def decompose(

@@ -40,12 +40,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from bilens.analysis.decompose import interaction_matrix, sorted_eigh
+from bilens.analysis.interaction import interaction_matrix, sorted_eigh
 from bilens.core.errors import BilensError, check_inputs
 
 if TYPE_CHECKING:
-    from bilens.analysis.decompose import Decomposition
     from bilens.analysis.direct_path import DirectPath
+
+Decomposition = Any     # bilens.analysis.decompose.Decomposition (which imports this module)
 
 STABILITY_KS = (1, 4, 16)
 
