@@ -191,7 +191,7 @@ def decompose(
     inputs: Float[Tensor, "batch d_in"] | None = None,
     ks: Sequence[int] | None = None,
     baseline: str | Tensor = "mean",
-    stability_n: int = 64,
+    stability_n: int = 16,
 ) -> Decomposition:
     """Each layer's interaction matrix `Q_l(w)` for each target, and its eigendecomposition.
 

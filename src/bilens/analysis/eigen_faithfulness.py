@@ -103,7 +103,7 @@ def faithfulness(
     *,
     ks: Sequence[int] | None = None,
     baseline: str | Tensor = "mean",
-    stability_n: int = 64,
+    stability_n: int = 16,
 ) -> dict[str, Any]:
     """Measure `dec` on inputs `x` (see the module docstring); a JSON-ready dict."""
     check_inputs(x, path.d_in)

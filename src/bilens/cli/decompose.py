@@ -33,14 +33,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset of the faithfulness inputs (default: the "
                                      "checkpoint's)")
     p.add_argument("--split", default="test", help="train | test (default test)")
-    p.add_argument("--n", type=int, default=512, help="faithfulness inputs (default 512, at most the "
-                                                      "split; 0 skips the measurement)")
+    p.add_argument("--n", type=int, default=512,
+                   help="faithfulness inputs (default 512, at most the split; 0 skips it)")
     p.add_argument("--seed", type=int, default=0, help="seed of the input subset (default 0)")
     p.add_argument("--ks", default=None, help="top-k grid, e.g. 1,4,16 (default 1,2,4,..,d)")
     p.add_argument("--baseline", default="mean",
                    help="reference input of the direct-path share: mean | zero (default mean)")
-    p.add_argument("--stability-n", type=int, default=64,
-                   help="inputs on which live-norm eigenvectors are compared (default 64)")
+    p.add_argument("--stability-n", type=int, default=16,
+                   help="inputs on which live-norm eigenvectors are compared (default 16)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output directory")

@@ -68,12 +68,12 @@ def plot_spectrum(dec: Decomposition) -> bytes:
     n = len(dec.layers)
     fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
     for ax, l in zip(axes[0], dec.layers, strict=True):
-        lam = dec.eigenvalues[l].cpu()
-        rank = torch.arange(1, lam.shape[1] + 1)
+        lam = dec.eigenvalues[l].cpu().numpy()
+        rank = list(range(1, lam.shape[1] + 1))
         for t, name in enumerate(dec.targets):
             ax.plot(rank, lam[t], lw=0.9, label=name)
         ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=max(lam.abs().max().item() * 1e-3, 1e-12))
+        ax.set_yscale("symlog", linthresh=max(float(abs(lam).max()) * 1e-3, 1e-12))
         ax.axhline(0, color="gray", lw=0.5)
         ax.set_title(f"layer {l}", fontsize=10)
         ax.set_xlabel("rank (by |eigenvalue|)")
@@ -108,7 +108,7 @@ def plot_eigenvectors(dec: Decomposition, l: int, input_map: torch.Tensor,
                 continue
             img = (M.T @ V[:, cols[j]]).reshape(shape)                      # E^T v
             lim = img.abs().max().item() or 1.0
-            ax.imshow(img, cmap="RdBu_r", vmin=-lim, vmax=lim)
+            ax.imshow(img.numpy(), cmap="RdBu_r", vmin=-lim, vmax=lim)
             ax.set_title(f"λ={lam[cols[j]].item():.3g}", fontsize=7)
         axes[r][0].set_ylabel(dec.targets[t], fontsize=7)
     fig.suptitle(f"layer {l}: top + / − eigenvectors (red +, blue −)", fontsize=9)
