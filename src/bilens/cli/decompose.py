@@ -121,8 +121,8 @@ def table(dec: Any) -> str:
     lines = []
     for l in dec.layers:
         lam = dec.eigenvalues[l]
-        top = ", ".join(f"{v:.3g}" for v in lam[:, :3].mean(0).tolist())
-        line = f"layer {l}: mean top-3 eigenvalues over {len(dec.targets)} targets [{top}]"
+        top = ", ".join(f"{v:.3g}" for v in lam[:, :3].abs().mean(0).tolist())
+        line = f"layer {l}: top-3 |eigenvalues| (mean over {len(dec.targets)} targets) [{top}]"
         layer = faith.get("layers", {}).get(str(l))
         if layer:
             ks = faith["ks"]
