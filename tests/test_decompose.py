@@ -393,3 +393,24 @@ def test_cli_bad_input_is_one_line_and_writes_nothing(digits_checkpoint, tmp_pat
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_report_section_embeds_tables_and_figures(make_model):
+    from bilens.report.decomposition import (
+        decomposition_html,
+        plot_faithfulness_compare,
+        render_figures,
+    )
+
+    model = make_model("rms", "pre", 0, d_in=64, n_out=10)
+    dec = decompose(model, target=["class:1", "diff:2,3"], inputs=_x(model))
+    pngs = render_figures(dec, model, dataset="digits")
+    assert set(pngs) == {"spectrum.png", "faithfulness.png", "eigenvectors_layer0.png",
+                         "eigenvectors_layer1.png", "eigenvectors_layer2.png"}
+    assert all(p.startswith(b"\x89PNG") for p in pngs.values())
+    section = decomposition_html(dec.summary(), pngs)
+    assert section.startswith("<section") and section.count("data:image/png;base64,") == 5
+    assert "class:1" in section and "Last layer (2)" in section
+    both = plot_faithfulness_compare([{"norm": "rms", "position": "pre",
+                                       "faithfulness": dec.faithfulness}])
+    assert both.startswith(b"\x89PNG")
