@@ -37,6 +37,8 @@ _EXPORTS = {
     "verify": "bilens.analysis.verify",
     "VerifyResult": "bilens.analysis.verify",
     "compare": "bilens.experiments.compare",
+    "decompose": "bilens.analysis.decompose",
+    "Decomposition": "bilens.analysis.decompose",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -56,6 +58,8 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover  (explicit re-exports for type checkers)
     from bilens.ablation.ablate import ablation_effects as ablation_effects
+    from bilens.analysis.decompose import Decomposition as Decomposition
+    from bilens.analysis.decompose import decompose as decompose
     from bilens.analysis.verify import VerifyResult as VerifyResult
     from bilens.analysis.verify import verify as verify
     from bilens.attribution.predict import attribute as attribute

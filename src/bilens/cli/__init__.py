@@ -7,7 +7,8 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench")
+COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench",
+            "decompose")
 
 
 def build_parser() -> argparse.ArgumentParser:
