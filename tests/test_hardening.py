@@ -30,3 +30,31 @@ def test_attribute_into_a_closed_pipe_exits_quietly(synthetic_checkpoint, tmp_pa
     assert proc.wait(timeout=120) == 141, err
     assert first.startswith(b"input 0:")
     assert err == "", err                    # ~200 kB of table: the pipe did break
+
+
+# ---- 10. Ctrl-C during training -----------------------------------------------------------
+
+def test_ctrl_c_in_training_closes_the_bar_before_the_message(tmp_path, capsys, monkeypatch):
+    """The bar is finished on its own line first, the message follows on a line of its own,
+    and nothing redraws the bar after it (tqdm's own close at garbage collection did)."""
+    import gc
+
+    import bilens.training.train as train_module
+    from bilens.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "accuracy", interrupted)     # after the first epoch
+    status = main(["train", "--dataset", "synthetic", "--d-model", "8", "--d-hidden", "8",
+                   "--layers", "1", "--epochs", "2", "--n-train", "256", "--device", "cpu",
+                   "--out", str(tmp_path / "run")])
+    gc.collect()                             # where an unclosed bar would draw itself again
+    err = capsys.readouterr().err
+    assert status == 130
+    message = "bilens train: interrupted"
+    assert err.count(message) == 1
+    before, after = err.split(message)
+    assert after.strip() == "; no partial output was left", repr(after)
+    assert "train:" in before and before.endswith("\n"), repr(before[-200:])
+    assert not (tmp_path / "run").exists()
