@@ -58,3 +58,32 @@ def test_ctrl_c_in_training_closes_the_bar_before_the_message(tmp_path, capsys, 
     assert after.strip() == "; no partial output was left", repr(after)
     assert "train:" in before and before.endswith("\n"), repr(before[-200:])
     assert not (tmp_path / "run").exists()
+
+
+# ---- 11. permissions follow the umask ------------------------------------------------------
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_written_files_and_directories_follow_the_umask(tmp_path, synthetic_checkpoint):
+    """Like any other tool's output: 0644 / 0755 under umask 022, 0640 / 0750 under 027 (a
+    `tempfile` temporary renamed into place was 0600 / 0700 whatever the umask)."""
+    from bilens.cli import main
+    from bilens.core.checkpoint import load, save
+
+    model = load(synthetic_checkpoint)
+    for mask, file_mode, dir_mode in ((0o022, 0o644, 0o755), (0o027, 0o640, 0o750)):
+        old = os.umask(mask)
+        try:
+            ck = tmp_path / f"ck-{mask:o}"
+            save(model, ck, model.metadata)
+            attr = tmp_path / f"attr-{mask:o}.safetensors"
+            assert main(["attribute", synthetic_checkpoint, "--dataset", "synthetic", "--n", "4",
+                         "--out", str(attr)]) == 0
+        finally:
+            os.umask(old)
+        assert _mode(ck) == dir_mode, oct(_mode(ck))
+        written = [*ck.iterdir(), attr, attr.with_suffix(".json")]
+        assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(file_mode)
+                                                            for p in written}
