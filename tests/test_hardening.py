@@ -87,3 +87,72 @@ def test_written_files_and_directories_follow_the_umask(tmp_path, synthetic_chec
         written = [*ck.iterdir(), attr, attr.with_suffix(".json")]
         assert {p.name: oct(_mode(p)) for p in written} == {p.name: oct(file_mode)
                                                             for p in written}
+
+
+# ---- 6. a degenerate target, and metrics with nothing to measure ----------------------------
+
+def test_degenerate_targets_are_refused_in_one_line(synthetic_checkpoint, tmp_path, capsys):
+    import pytest
+    import torch
+
+    from bilens.cli import main
+    from bilens.core.errors import BilensError
+    from bilens.core.targets import resolve_target
+
+    logits = torch.randn(3, 4)
+    for spec, fragment in (("diff:1,1", "subtracts class 1 from itself"),
+                           (torch.zeros(4), "the direction is all zeros,"),
+                           (torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1.0, 0, 0]]),
+                            r"all zeros for input\(s\) 1,")):
+        with pytest.raises(BilensError, match=fragment):
+            resolve_target(spec, logits)
+    assert resolve_target("diff:1,2", logits).direction.abs().sum() == 6
+    for command in ("attribute", "verify"):
+        out = tmp_path / (command + (".safetensors" if command == "attribute" else ""))
+        assert main([command, synthetic_checkpoint, "--dataset", "synthetic", "--n", "4",
+                     "--target", "diff:1,1", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "diff:1,1" in err, err
+        assert not out.exists()
+
+
+def test_metrics_over_an_all_zero_ground_truth_are_undefined():
+    """Nothing to explain: every metric is NaN (undefined), not recall 1.0 or a silent NE."""
+    import math
+
+    import torch
+
+    from bilens.analysis.metrics import evaluate, topk_recall
+
+    p, a = torch.randn(4, 2, 5), torch.zeros(4, 2, 5)
+    overall = evaluate(p, a, ks=(1, 3))["overall"]
+    assert overall["n"] == 40
+    undefined = {k: v for k, v in overall.items() if k != "n"}
+    assert all(math.isnan(v) for v in undefined.values()), undefined
+    # a row that has effects still counts; the all-zero row is left out, not scored 1 or 0
+    a[0, 0, 0] = 1.0
+    p[0].zero_()
+    p[0, 0, 0] = 2.0
+    assert topk_recall(p.flatten(1), a.flatten(1), 1) == 1.0
+
+
+def test_verify_over_an_all_zero_ground_truth_says_undefined(make_model, tmp_path):
+    """A head of zeros: no channel changes the target. The table says "undefined", and
+    metrics.json holds null, not a perfect recall."""
+    import json
+
+    import torch
+
+    from bilens.analysis.verify import verify
+
+    model = make_model("rms", "post")
+    with torch.no_grad():
+        model.head.weight.zero_()
+    result = verify(model, torch.randn(3, 5, dtype=torch.float64), target="class:0",
+                    modes=("frozen", "live"), circuit_ks=(), progress=False)
+    assert "undefined (nan above) for frozen, live: every actual effect" in result.table()
+    result.save(tmp_path / "v", plots=False)
+    saved = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    overall = saved["modes"]["live"]["overall"]
+    assert overall["normalized_error"] is None and overall["recall@1"] is None, overall
+    assert "undefined" in (tmp_path / "v" / "summary.md").read_text()

@@ -67,7 +67,7 @@ class VerifyResult:
 
     def table(self) -> str:
         """The metrics as a plain-text table (overall and per layer, drift, circuits)."""
-        return format_table(self.metrics)
+        return _with_undefined_note(format_table(self.metrics), self.metrics)
 
     def __str__(self) -> str:
         return self.table()
@@ -236,6 +236,17 @@ def _info(model: BilinearNet, x: Tensor, tgt: Any, baseline: object, ablated: Te
     }
 
 
+def _with_undefined_note(table: str, metrics: dict[str, Any]) -> str:
+    """The table, and a line saying which of its `nan`s are undefined metrics, not results."""
+    modes = [mode for mode, m in metrics.get("modes", {}).items()
+             if not math.isfinite(m["overall"]["normalized_error"])]
+    if not modes:
+        return table
+    return (f"{table}\n\nundefined (nan above) for {', '.join(modes)}: every actual effect "
+            f"measured is 0 (or none was measured), so there is nothing to explain; NE, the "
+            f"correlations, recall and sign agreement are not results")
+
+
 def _from_json(obj: Any) -> Any:
     """None -> NaN inside metric dicts (inverse of `_json_ready` for numbers)."""
     if obj is None:
@@ -258,6 +269,6 @@ def summary_markdown(metrics: dict[str, Any], images: Sequence[str],
     if cfg:
         lines += [f"Model: {cfg['n_layers']} layers, d_model {cfg['d_model']}, d_hidden "
                   f"{cfg['d_hidden']}, norm {cfg['norm']} ({cfg['norm_position']}).", ""]
-    lines += ["```", format_table(metrics), "```", ""]
+    lines += ["```", _with_undefined_note(format_table(metrics), metrics), "```", ""]
     lines += [f"![{Path(name).stem}]({name})" for name in images]
     return "\n".join(lines) + "\n"
