@@ -156,3 +156,50 @@ def test_verify_over_an_all_zero_ground_truth_says_undefined(make_model, tmp_pat
     overall = saved["modes"]["live"]["overall"]
     assert overall["normalized_error"] is None and overall["recall@1"] is None, overall
     assert "undefined" in (tmp_path / "v" / "summary.md").read_text()
+
+
+# ---- 4. setup.sh and another apt-get --------------------------------------------------------
+
+def test_setup_waits_for_a_held_dpkg_lock_and_says_so(tmp_path):
+    """A process holds the dpkg lock for 3 s: setup.sh names it, waits, and runs apt-get with
+    apt's own lock timeout once it is gone (it failed at once before). apt-get, dpkg and the
+    venv are stand-ins; the lock is a real POSIX lock on a file of our own."""
+    import shutil
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    work = tmp_path / "clone"
+    work.mkdir()
+    shutil.copy(repo / "setup.sh", work / "setup.sh")
+    (work / ".venv" / "bin").mkdir(parents=True)
+    bin_ = tmp_path / "bin"
+    bin_.mkdir()
+    log = tmp_path / "apt.log"
+    stubs = {".venv/bin/python": "exit 0", "id": "echo 0", "dpkg": "exit 1",
+             "apt-get": f'echo "$(date +%s.%N) $*" >> {log}'}
+    for name, body in stubs.items():
+        path = (work / name) if name.startswith(".") else (bin_ / name)
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    lock = tmp_path / "lock-frontend"
+    lock.touch()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'w'); "
+         "fcntl.lockf(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(3)", str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    held_since = time.time()
+    env = {**os.environ, "PATH": f"{bin_}{os.pathsep}{os.environ['PATH']}",
+           "BILENS_DPKG_LOCK": str(lock), "BILENS_APT_LISTS_LOCK": str(tmp_path / "none")}
+    proc = subprocess.run(["bash", str(work / "setup.sh")], env=env, capture_output=True,
+                          text=True, timeout=60)
+    holder.wait(timeout=10)
+    assert proc.returncode == 0, proc.stderr
+    assert (f"waiting up to 600 s for the dpkg lock ({lock}), held by process {holder.pid} "
+            f"(python") in proc.stderr, proc.stderr
+    calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
+    assert [c[1].split()[-4:] if "install" in c[1] else c[1].split() for c in calls] == [
+        ["-o", "DPkg::Lock::Timeout=600", "update", "-qq"],
+        ["install", "-y", "-qq", "dataset-fashion-mnist"]]
+    assert "-o DPkg::Lock::Timeout=600 install" in calls[1][1]
+    assert float(calls[1][0]) >= held_since + 2.5          # install waited for the holder
