@@ -1,4 +1,4 @@
-"""Verification: every channel's predicted effect against its real ablation (SPEC §3, §5).
+"""Verification: every channel's predicted effect against its real ablation (docs/spec.md §3, §5).
 
 `verify` runs, on one batch of inputs:
 
@@ -9,7 +9,7 @@
 3. the norm drift `ds/s` at the ablated layer against the seed's formula,
 4. the faithfulness curve (top-k channels by `|predicted|` ablated together),
 
-and returns a `VerifyResult` holding the tensors (SPEC §7 names), the metrics as a dict,
+and returns a `VerifyResult` holding the tensors (docs/spec.md §7 names), the metrics as a dict,
 a plain-text table, PNG plots and an atomic `save`.
 
 Example:
@@ -46,7 +46,7 @@ class VerifyResult:
     """What `verify` measured.
 
     Attributes:
-        tensors: SPEC §7 names: `inputs [N, d_in]`, `target [N, n_out]` (or `label [N]`),
+        tensors: docs/spec.md §7 names: `inputs [N, d_in]`, `target [N, n_out]` (or `label [N]`),
             `activation`, `predicted.<mode>`, `actual`, `actual_frozen_norm` (all
             `[N, L, H]`, NaN where not ablated), plus `drift.measured`, `drift.formula`
             (`ds/s`, `[N, L, H]`) and `circuit.<mode>.{sum_predicted,joint,sum_actual}` `[K, N]`.
@@ -146,7 +146,7 @@ def verify(
     Args:
         model: the network.
         inputs: `[N, d_in]`.
-        target: target spec (SPEC §2), resolved once on the clean run.
+        target: target spec (docs/spec.md §2), resolved once on the clean run.
         modes: attribution modes to check (`"frozen"`, `"live"`).
         baseline: `"zero"`, `"mean"` (over `reference`) or `z` values.
         labels: true classes `[N]` (for `"label"`, `"logprob"`).

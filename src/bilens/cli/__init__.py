@@ -1,4 +1,4 @@
-"""The `bilens` command line (SPEC §8). Each command lives in its own module here, with
+"""The `bilens` command line (docs/spec.md §8). Each command lives in its own module here, with
 `add_parser(subparsers)` and `run(args) -> int`."""
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""The scalar `f(x)` that attribution and ablation explain (SPEC §2).
+"""The scalar `f(x)` that attribution and ablation explain (docs/spec.md §2).
 
 A `Target` is resolved once per batch, from the clean logits, and is then fixed:
 ablating a channel must not change *which* logit is read, only its value.
 
-Specs accepted by `resolve_target` (captum's `target=` idiom, plus SPEC §8's strings):
+Specs accepted by `resolve_target` (captum's `target=` idiom, plus docs/spec.md §8's strings):
 
 - `"predicted"`: the clean run's arg-max logit; `"label"`: the true class's logit
 - `"class:C"` or an int `C`; `"diff:C1,C2"`: `logit_C1 - logit_C2`
@@ -64,7 +64,7 @@ class Target:
         )
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """SPEC §7: `target [N, n_out]` for a logit-linear target, else `label [N]`."""
+        """docs/spec.md §7: `target [N, n_out]` for a logit-linear target, else `label [N]`."""
         if self.direction is not None:
             return {"target": self.direction}
         return {"label": self.label}
