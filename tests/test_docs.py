@@ -1,11 +1,44 @@
-"""The docs stand on their own: links land, nothing cites files outside the clone."""
+"""The docs' printed outputs are re-run (`benchmarks/check_docs.py`): the cheapest example
+here, every one with `python benchmarks/check_docs.py`."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("check_docs", ROOT / "benchmarks" / "check_docs.py")
+check_docs = sys.modules["check_docs"] = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(check_docs)
+
+
+def test_matching_rules():
+    match = check_docs.matches
+    assert match(["a 1.5 s", "b"], ["a 99.0 s", "b"])                  # durations aside
+    assert not match(["accuracy 0.9889"], ["accuracy 0.9861"])          # every other digit
+    assert match(["a", "...", "z"], ["a", "b", "c", "z"])
+    assert match(["a", "...", "z"], ["a", "z"])                         # `...`: zero lines too
+    assert not match(["a", "z"], ["a", "b", "z"])
+    assert match(["a", "..."], ["a", "b"]) and not match(["a"], ["a", "b"])
+
+
+def test_parse_reads_commands_continuations_and_outputs(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("text\n<!-- check: two -->\n```text\n$ bilens train --a \\\n      --b\n"
+                    "out 1\n$ python x.py\n...\n```\n")
+    (example,) = check_docs.parse(page)
+    assert example.name == "two"
+    assert [(c.line, c.expected) for c in example.commands] == [
+        ("bilens train --a --b", ["out 1"]), ("python x.py", ["..."])]
+
+
+def test_the_digits_worked_example_still_prints_what_the_docs_say(capsys):
+    """docs/attribution.md's first example (train a digits model, attribute two inputs):
+    its numbers, re-run, must be the ones printed (a few seconds)."""
+    status = check_docs.main([str(ROOT / "docs" / "attribution.md"), "--only",
+                              "digits-worked-example"])
+    assert status == 0, capsys.readouterr().out
 
 
 def _slug(heading: str) -> str:
