@@ -10,9 +10,38 @@ apt_pkgs="dataset-fashion-mnist"
 [ "$dev" = 1 ] && apt_pkgs="$apt_pkgs chromium"
 missing=""
 for p in $apt_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
+# Another apt-get (or unattended-upgrades) may hold a package lock: wait for it, saying who
+# holds it, instead of failing at once. `apt-get install` waits for the dpkg lock itself
+# (apt's DPkg::Lock::Timeout); `apt-get update`'s lists lock has no such option, so both
+# are also polled here. (The two BILENS_* lock paths exist for the tests.)
+lock_wait=${BILENS_APT_LOCK_TIMEOUT:-600}
+dpkg_lock=${BILENS_DPKG_LOCK:-/var/lib/dpkg/lock-frontend}
+lists_lock=${BILENS_APT_LISTS_LOCK:-/var/lib/apt/lists/lock}
+lock_holder() {   # "PID (NAME)" of the process holding file $1's POSIX lock, or nothing
+  local ino pid
+  ino=$(stat -c %i "$1" 2>/dev/null) || return 0
+  pid=$(awk -v ino="$ino" '$2 != "->" { n = split($6, a, ":"); if (a[n] == ino) { print $5; exit } }' \
+        /proc/locks 2>/dev/null) || true
+  [ -z "$pid" ] || echo "$pid ($(cat "/proc/$pid/comm" 2>/dev/null || echo unknown))"
+}
+wait_for_lock() {   # FILE WHAT: wait up to $lock_wait s while another process holds FILE
+  local holder waited=0
+  holder=$(lock_holder "$1")
+  [ -z "$holder" ] && return 0
+  echo "setup.sh: waiting up to ${lock_wait} s for $2 ($1), held by process $holder;" \
+       "setup.sh goes on when it is released" >&2
+  while [ -n "$holder" ] && [ "$waited" -lt "$lock_wait" ]; do
+    sleep 2; waited=$((waited + 2)); holder=$(lock_holder "$1")
+  done
+  [ -z "$holder" ] || echo "setup.sh: $2 is still held after ${lock_wait} s; trying anyway" >&2
+}
 if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+    wait_for_lock "$lists_lock" "the apt package-lists lock"
+    apt-get -o DPkg::Lock::Timeout="$lock_wait" update -qq
+    wait_for_lock "$dpkg_lock" "the dpkg lock"
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout="$lock_wait" \
+      install -y -qq $missing >/dev/null
   else
     echo "setup.sh: run as root (or: sudo apt-get install -y$missing) for the optional datasets/browser" >&2
   fi

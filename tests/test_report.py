@@ -20,9 +20,22 @@ from bilens.experiments.summary import build
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Fully offline: the services that phone home at start (component and extension updates,
+# network time, sign-in, field trials, safe-browsing, crash reports, metrics) are turned off,
+# and what is left (Chromium 156 still starts an update check and an account lookup) cannot
+# resolve a name: every host but localhost maps to nothing. The render test checks it in
+# Chromium's own net log.
 CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync", "--no-first-run",
-                "--disable-default-apps", "--mute-audio"]
+                "--disable-default-apps", "--mute-audio", "--no-default-browser-check",
+                "--disable-extensions", "--disable-component-extensions-with-background-pages",
+                "--disable-field-trial-config", "--disable-breakpad",
+                "--disable-domain-reliability", "--disable-client-side-phishing-detection",
+                "--no-pings", "--metrics-recording-only", "--allow-browser-signin=false",
+                "--disable-features=NetworkTimeServiceQuerying,Translate,MediaRouter,"
+                "OptimizationHints,AutofillServerCommunication",
+                "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost"]
+LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "~notfound"}
 
 
 def fake_results() -> dict:
@@ -129,6 +142,54 @@ def test_write_refuses_a_report_directory_it_did_not_write(tmp_path, capsys):
     assert sorted(p.name for p in mine.iterdir()) == ["draft.tex"]
 
 
+def network_attempts(net_log: dict) -> list[str]:
+    """What in a Chromium net log (`--log-net-log=FILE`) reached for the network: a DNS query,
+    a name looked up other than localhost, a TCP connection or a UDP datagram to an address
+    off this machine. (A UDP `connect` alone sends nothing: Chromium's IPv6 reachability
+    probe makes one to 2001:4860:4860::8888 to ask the kernel for a route, and is let be.)"""
+    names = {v: k for k, v in net_log["constants"]["logEventTypes"].items()}
+    seen, udp_off_machine = [], {}
+    for event in net_log["events"]:
+        kind, params = names.get(event["type"], "?"), event.get("params") or {}
+        source = (event.get("source") or {}).get("id")
+        address = str(params.get("address", ""))
+        off_machine = address and not address.startswith(("127.", "[::1]"))
+        if kind == "DNS_TRANSACTION" and "hostname" in params:
+            seen.append(f"DNS query for {params['hostname']}")
+        elif kind.startswith("HOST_RESOLVER") and "host" in params:
+            host = re.sub(r"^[a-z]+://", "", str(params["host"])).rsplit(":", 1)[0]
+            if host.lower() not in LOCAL_HOSTS:
+                seen.append(f"lookup of {params['host']}")
+        elif kind == "TCP_CONNECT_ATTEMPT" and off_machine:
+            seen.append(f"connection to {address}")
+        elif kind == "UDP_CONNECT" and off_machine:
+            udp_off_machine[source] = address
+        elif kind == "UDP_BYTES_SENT" and (off_machine or source in udp_off_machine):
+            seen.append(f"datagram to {address or udp_off_machine[source]}")
+    return seen
+
+
+def test_network_check_sees_lookups_and_connections():
+    """The check must see what Chromium logs when it does go online (types numbered as in
+    a real log), or the offline assertion proves nothing."""
+    types = {"DNS_TRANSACTION": 1, "HOST_RESOLVER_MANAGER_REQUEST": 2, "TCP_CONNECT_ATTEMPT": 3,
+             "UDP_CONNECT": 4, "UDP_BYTES_SENT": 5}
+    log = {"constants": {"logEventTypes": types}, "events": [
+        {"type": 1, "params": {"hostname": "update.googleapis.com"}},
+        {"type": 2, "params": {"host": "https://accounts.google.com"}},
+        {"type": 2, "params": {"host": "https://~notfound"}},
+        {"type": 2, "params": {"host": "http://localhost:8000"}},
+        {"type": 3, "params": {"address": "142.250.74.78:443"}},
+        {"type": 3, "params": {"address": "127.0.0.1:8000"}},
+        {"type": 4, "source": {"id": 7}, "params": {"address": "[2001:4860:4860::8888]:443"}},
+        {"type": 4, "source": {"id": 8}, "params": {"address": "8.8.8.8:53"}},
+        {"type": 5, "source": {"id": 8}, "params": {"byte_count": 40}}]}
+    assert network_attempts(log) == ["DNS query for update.googleapis.com",
+                                     "lookup of https://accounts.google.com",
+                                     "connection to 142.250.74.78:443",
+                                     "datagram to 8.8.8.8:53"]
+
+
 def _chromium(args: list[str], timeout: float = 90) -> subprocess.CompletedProcess:
     profile = tempfile.mkdtemp(prefix="bilens-chromium-")
     try:
@@ -144,9 +205,12 @@ def test_report_renders_in_headless_chromium(written, tmp_path):
     _, paths = written
     url = paths["html"].resolve().as_uri()
     shot = tmp_path / "screenshot.png"
+    net_log = tmp_path / "net-log.json"
     res = _chromium(["--enable-logging=stderr", "--v=0", "--window-size=1280,2400",
-                     f"--screenshot={shot}", "--virtual-time-budget=5000", url])
+                     f"--log-net-log={net_log}", f"--screenshot={shot}",
+                     "--virtual-time-budget=5000", url])
     assert shot.is_file() and shot.read_bytes().startswith(PNG_MAGIC), res.stderr[-2000:]
+    assert network_attempts(json.loads(net_log.read_text())) == []       # fully offline
     assert shot.stat().st_size > 20_000                      # not a blank page
     # Chromium logs every console message (log, error, uncaught exception) as INFO:CONSOLE;
     # the page writes none when all is well, so any message is a failure.

@@ -21,7 +21,7 @@ Example:
     torch.Size([B, n_layers, d_hidden])
 """
 
-# ruff: noqa: E741  (`l` is the layer index, as in SPEC)
+# ruff: noqa: E741  (`l` is the layer index, as in docs/spec.md)
 
 from __future__ import annotations
 

@@ -10,6 +10,10 @@ NaN in either marks a pair that was not measured and is ignored):
 - sign agreement: the share of pairs with `sign(p) == sign(a)` among those whose `|a|`
   is at least the median `|a|` (the upper half) and nonzero
 
+A metric with nothing to measure is **undefined**, NaN here (and in `metrics.json`), never
+a perfect-looking number: NE, the correlations, recall and sign agreement all are when
+every actual effect is 0 (there is no channel that matters, so none can be found).
+
 `evaluate` reports them overall, per layer and per input; `error_decomposition` splits
 the total error `a - p` into norm drift `a - a_frozen_norm` and gating interference
 `a_frozen_norm - p` (SPEC §3).
@@ -87,7 +91,8 @@ def topk_recall(
 ) -> float:
     """Per input (row), the share of the `k` largest-`|a|` channels among the `k` largest-`|p|`
     ones, averaged over inputs. Only finite pairs compete; a row with `n < k` of them uses
-    `k = n`; rows with none are skipped (NaN if all are).
+    `k = n`; rows with none, or whose actual effects are all 0 (no channel matters, so the
+    "largest" are arbitrary), are skipped: NaN, undefined, if all are.
 
     Args:
         p, a: `[B, C]` (any trailing axes are flattened into channels).
@@ -102,7 +107,7 @@ def topk_recall(
     for row_p, row_a, row_v in zip(p, a, valid, strict=True):
         n = int(row_v.sum())
         kk = min(k, n)
-        if kk == 0:
+        if kk == 0 or not row_a[row_v].any():
             continue
         top_a = torch.where(row_v, row_a.abs(), ninf).topk(kk).indices
         top_p = torch.where(row_v, row_p.abs(), ninf).topk(kk).indices

@@ -1,4 +1,4 @@
-"""Result files (SPEC §7): tensors in safetensors, a JSON summary beside them.
+"""Result files (docs/spec.md §7): tensors in safetensors, a JSON summary beside them.
 
 `bilens attribute` writes `FILE` (tensors) and `FILE` with suffix `.json` (summary);
 `bilens verify` writes `OUTDIR/results.safetensors` and `OUTDIR/metrics.json`. Both go
@@ -45,7 +45,7 @@ def save_results(
 
     Args:
         path: the tensor file, e.g. `attr.safetensors` or `OUTDIR/results.safetensors`.
-        tensors: name -> tensor (SPEC §7 names: `inputs`, `target` or `label`,
+        tensors: name -> tensor (docs/spec.md §7 names: `inputs`, `target` or `label`,
             `activation`, `predicted` or `predicted.frozen`, ..., `actual`, ...).
             Moved to CPU and made contiguous; float tensors other than float32/float64
             are stored as float32.

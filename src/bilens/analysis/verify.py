@@ -1,4 +1,4 @@
-"""Verification: every channel's predicted effect against its real ablation (SPEC §3, §5).
+"""Verification: every channel's predicted effect against its real ablation (docs/spec.md §3, §5).
 
 `verify` runs, on one batch of inputs:
 
@@ -52,7 +52,7 @@ class VerifyResult:
     """What `verify` measured.
 
     Attributes:
-        tensors: SPEC §7 names: `inputs [N, d_in]`, `target [N, n_out]` (or `label [N]`),
+        tensors: docs/spec.md §7 names: `inputs [N, d_in]`, `target [N, n_out]` (or `label [N]`),
             `activation`, `predicted.<mode>`, `actual`, `actual_frozen_norm` (all
             `[N, L, H]`, NaN where not ablated), plus `drift.measured`, `drift.formula`
             (`ds/s`, `[N, L, H]`) and `circuit.<mode>.{sum_predicted,joint,sum_actual}` `[K, N]`.

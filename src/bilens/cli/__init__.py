@@ -1,10 +1,12 @@
-"""The `bilens` command line (SPEC §8). Each command lives in its own module here, with
+"""The `bilens` command line (docs/spec.md §8). Each command lives in its own module here, with
 `add_parser(subparsers)` and `run(args) -> int`."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
 
 COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench",
@@ -29,18 +31,39 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, run, and turn a `BilensError` into one line and exit status 2."""
+    """Entry point: parse, run, and turn a `BilensError` into one line and exit status 2.
+
+    A reader that stops early (`bilens attribute ... | head`) ends the command quietly with
+    the status of a process killed by SIGPIPE (141), as `cat` or `grep` would, not with a
+    traceback.
+    """
     from bilens.core.errors import BilensError
 
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()                  # a closed pipe shows here, not at interpreter exit
+        return status
+    except BrokenPipeError:
+        return _stdout_closed()
     except BilensError as err:
         print(f"bilens {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bilens {args.command}: interrupted; no partial output was left", file=sys.stderr)
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away: send what is still buffered nowhere (so Python's own
+    flush at exit does not fail again) and exit as a process killed by SIGPIPE does."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):           # stdout is not a real file (captured in tests)
+        pass
+    return 128 + int(getattr(signal, "SIGPIPE", 13))
 
 
 if __name__ == "__main__":

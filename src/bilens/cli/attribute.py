@@ -1,4 +1,4 @@
-"""`bilens attribute`: every channel's predicted ablation effect on N inputs (SPEC §8, §7).
+"""`bilens attribute`: every channel's predicted ablation effect on N inputs (docs/spec.md §8, §7).
 
     bilens attribute runs/digits --dataset digits --split test --n 100 \\
         --target predicted --mode renorm,frozen --out attr.safetensors --top 5
@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "attribute", help="predict every channel's ablation effect (one backward pass)",
         description="Attribute every channel of every layer through the linearized network "
-                    "and write SPEC §7's result file.")
+                    "and write docs/spec.md §7's result file.")
     add_input_arguments(p, n_default=100, n_help="number of inputs (seeded subset)")
     p.add_argument("--mode", default="renorm",
                    help="renorm | live | frozen, or several comma-separated, e.g. frozen,live "

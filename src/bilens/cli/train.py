@@ -1,4 +1,4 @@
-"""`bilens train`: train a bilinear residual network and write its SPEC §6 checkpoint."""
+"""`bilens train`: train a bilinear residual network and write its docs/spec.md §6 checkpoint."""
 
 from __future__ import annotations
 

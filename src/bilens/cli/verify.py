@@ -1,9 +1,9 @@
-"""`bilens verify`: check every channel's attribution against its real ablation (SPEC §8).
+"""`bilens verify`: check every channel's attribution against its real ablation (docs/spec.md §8).
 
     bilens verify runs/mnist-rms-post --dataset mnist --split test --n 256 \\
         --modes frozen,live --out out/verify-mnist
 
-writes `OUTDIR/results.safetensors` and `metrics.json` (SPEC §7), `summary.md` and PNG
+writes `OUTDIR/results.safetensors` and `metrics.json` (docs/spec.md §7), `summary.md` and PNG
 plots, all at once (a temporary directory renamed into place; Ctrl-C leaves nothing), and
 prints the metrics table.
 """
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "verify", help="check attributions against real ablations (metrics, plots)",
         description="Ablate every channel on N inputs in the real network and with frozen "
-                    "norms, compare with the attribution of each mode (SPEC §5), and write "
+                    "norms, compare with the attribution of each mode (docs/spec.md §5), and write "
                     "results.safetensors, metrics.json, summary.md and PNGs to --out.")
     add_input_arguments(p, n_default=256, n_help="number of inputs (default 256)")
     p.add_argument("--modes", default="frozen,live,renorm",

@@ -1,4 +1,4 @@
-"""The value `b` an ablated channel takes (SPEC §3): zero, the channel's mean over a
+"""The value `b` an ablated channel takes (docs/spec.md §3): zero, the channel's mean over a
 reference set, or the channel's value on another input.
 
 Attribution (`predicted = (b - z) * g`) and ablation (`z_{l,k} := b`) share this, so they

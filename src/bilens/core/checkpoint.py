@@ -1,4 +1,4 @@
-"""The checkpoint of SPEC §6: a directory with `config.json` and `model.safetensors`.
+"""The checkpoint of docs/spec.md §6: a directory with `config.json` and `model.safetensors`.
 
 Only JSON and safetensors, never pickle, so any tool can read a checkpoint without bilens
 and loading one can run no code. `save` writes the directory atomically (an interrupted
@@ -28,7 +28,7 @@ _CONFIG_KEYS = {f.name for f in fields(ModelConfig)}
 
 
 def save(model: BilinearNet, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write `model` (and `metadata`) to `directory` as SPEC §6, atomically.
+    """Write `model` (and `metadata`) to `directory` as docs/spec.md §6, atomically.
 
     Args:
         model: the network to save; its tensors are stored in their own dtype.
@@ -79,7 +79,7 @@ def check_replaceable(directory: str | os.PathLike) -> None:
 
 def load(directory: str | os.PathLike, device: str | torch.device | None = None,
          dtype: torch.dtype | None = None) -> BilinearNet:
-    """Read a SPEC §6 checkpoint, checking every tensor against the config.
+    """Read a docs/spec.md §6 checkpoint, checking every tensor against the config.
 
     Args:
         directory: the checkpoint directory.
@@ -118,7 +118,7 @@ def _read_config(root: Path) -> dict[str, Any]:
     path = root / CONFIG_FILE
     if not path.is_file():
         raise BilensError(f"checkpoint: {path} not found; a checkpoint directory holds "
-                          f"{CONFIG_FILE} and {TENSOR_FILE} (SPEC §6)")
+                          f"{CONFIG_FILE} and {TENSOR_FILE} (docs/spec.md §6)")
     try:
         raw = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -136,7 +136,7 @@ def _read_tensors(root: Path) -> dict[str, torch.Tensor]:
     path = root / TENSOR_FILE
     if not path.is_file():
         raise BilensError(f"checkpoint: {path} not found; a checkpoint directory holds "
-                          f"{CONFIG_FILE} and {TENSOR_FILE} (SPEC §6)")
+                          f"{CONFIG_FILE} and {TENSOR_FILE} (docs/spec.md §6)")
     try:
         return load_file(str(path), device="cpu")
     except Exception as err:  # safetensors raises its own error type for corrupt files

@@ -1,4 +1,4 @@
-"""The model's configuration (SPEC §1 and the `config.json` of SPEC §6)."""
+"""The model's configuration (docs/spec.md §1 and the `config.json` of docs/spec.md §6)."""
 
 from __future__ import annotations
 
@@ -66,6 +66,6 @@ class ModelConfig:
                     "eps"}
         missing = sorted(required - data.keys())
         if missing:
-            raise BilensError(f"config.json: missing {missing}; SPEC §6 requires "
+            raise BilensError(f"config.json: missing {missing}; docs/spec.md §6 requires "
                               f"d_in, d_model, d_hidden, n_layers, n_out, norm, norm_position, eps")
         return cls(**{k: v for k, v in data.items() if k in names})

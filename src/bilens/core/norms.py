@@ -1,4 +1,4 @@
-"""The three norms of SPEC §1, with their statistics exposed by name, and the one closed
+"""The three norms of docs/spec.md §1, with their statistics exposed by name, and the one closed
 form of how a statistic moves when the residual does.
 
     none:  N(r) = r
@@ -8,7 +8,7 @@ form of how a statistic moves when the residual does.
 Statistics are per vector, over the feature (last) axis; any leading axes (batch, or batch
 and position in a sequence model) are kept. Passing `scale` freezes `s` at a value computed
 elsewhere (a clean run): the norm is then linear in `r`. LayerNorm keeps its centering live,
-because centering is linear already (SPEC §4 "frozen"); pass `mean` as well to freeze `mu`.
+because centering is linear already (docs/spec.md §4 "frozen"); pass `mean` as well to freeze `mu`.
 """
 
 from __future__ import annotations

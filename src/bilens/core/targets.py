@@ -1,9 +1,9 @@
-"""The scalar `f(x)` that attribution and ablation explain (SPEC §2).
+"""The scalar `f(x)` that attribution and ablation explain (docs/spec.md §2).
 
 A `Target` is resolved once per batch, from the clean logits, and is then fixed:
 ablating a channel must not change *which* logit is read, only its value.
 
-Specs accepted by `resolve_target` (captum's `target=` idiom, plus SPEC §8's strings):
+Specs accepted by `resolve_target` (captum's `target=` idiom, plus docs/spec.md §8's strings):
 
 - `"predicted"`: the clean run's arg-max logit; `"label"`: the true class's logit
 - `"class:C"` or an int `C`; `"diff:C1,C2"`: `logit_C1 - logit_C2`
@@ -64,7 +64,7 @@ class Target:
         )
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """SPEC §7: `target [N, n_out]` for a logit-linear target, else `label [N]`."""
+        """docs/spec.md §7: `target [N, n_out]` for a logit-linear target, else `label [N]`."""
         if self.direction is not None:
             return {"target": self.direction}
         return {"label": self.label}
@@ -147,6 +147,10 @@ def resolve_target(
             if len(parts) != 2:
                 raise BilensError(f"target: expected diff:C1,C2 (two classes), got {spec!r}")
             c1, c2 = (_class_index(p, n_out, "diff:C1,C2") for p in parts)
+            if c1 == c2:
+                raise BilensError(f"target: {spec!r} subtracts class {c1} from itself, so f = 0 "
+                                  f"on every input and there is nothing to explain; name two "
+                                  f"different classes, e.g. diff:{c1},{(c1 + 1) % n_out}")
             u = onehot(torch.full((batch,), c1)) - onehot(torch.full((batch,), c2))
             return Target(direction=u, spec=spec)
         if name.lstrip("-").isdigit() and not arg:
@@ -175,5 +179,12 @@ def resolve_target(
                               f"[{batch}, {n_out}] (n_out = {n_out}), got {list(spec.shape)}")
         if not torch.isfinite(spec).all():
             raise BilensError("target: the direction contains NaN or inf")
+        zero = (spec == 0).all(-1).nonzero().flatten().tolist()
+        if zero:
+            rows = "" if spec.shape[0] == 1 or len(zero) == batch else (
+                f" for input(s) {', '.join(map(str, zero[:5]))}{', ...' if len(zero) > 5 else ''}")
+            raise BilensError(f"target: the direction is all zeros{rows}, so f = 0 there and "
+                              f"there is nothing to explain; give a nonzero direction u "
+                              f"(f = u . logits)")
         return Target(direction=spec.to(device=device, dtype=dtype).clone(), spec="direction")
     raise BilensError(f"target: cannot use {type(spec).__name__}; expected {TARGET_HELP}")

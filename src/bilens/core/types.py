@@ -5,7 +5,7 @@ Axis names, the same in every module's jaxtyping annotations:
 | name       | axis                                                     |
 | ---------- | -------------------------------------------------------- |
 | `batch`    | inputs (or sequences) of one call                        |
-| `d_in`     | input features of the MLP network (SPEC §1)              |
+| `d_in`     | input features of the MLP network (docs/spec.md §1)      |
 | `d_model`  | the residual stream                                      |
 | `d_hidden` | channels of one bilinear layer                           |
 | `layer`    | bilinear layers                                          |
@@ -32,10 +32,11 @@ POSITIONS = ("post", "pre")
 NormKind = Literal["none", "rms", "layer"]
 Position = Literal["post", "pre"]
 
-# what `target=` accepts (SPEC §2): "predicted", "label", "logprob", "class:C", "diff:C1,C2",
-# a class index, one class per input, a direction [n_out] or [batch, n_out], or a resolved Target
+# what `target=` accepts (docs/spec.md §2): "predicted", "label", "logprob", "class:C",
+# "diff:C1,C2", a class index, one class per input, a direction [n_out] or [batch, n_out],
+# or a resolved Target
 TargetSpec = Union[str, int, Sequence[int], Tensor, "Target"]
-# what `baselines=` accepts (SPEC §3): "zero", "mean" (with reference=...), or z values
+# what `baselines=` accepts (docs/spec.md §3): "zero", "mean" (with reference=...), or z values
 BaselineSpec = str | Tensor | None
 # which channels to ablate: all (None), indices for every layer, {layer: indices}, a bool mask
 ChannelSpec = Sequence[int] | Mapping[int, Sequence[int]] | Tensor | None

@@ -164,6 +164,12 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         parts.append("faithfulness: top-k channels by |predicted| ablated together "
                      "(NE = sum|sum_p - joint|/sum|joint| over inputs)\n"
                      + numeric_table(header, rows))
+    undefined = [mode for mode, m in metrics["modes"].items()
+                 if not math.isfinite(m["overall"]["normalized_error"])]
+    if undefined:
+        parts.append(f"undefined (nan above) for {', '.join(undefined)}: every actual effect "
+                     f"measured is 0 (or none was measured), so there is nothing to explain; "
+                     f"NE, the correlations, recall and sign agreement are not results")
     return "\n\n".join(parts)
 
 

@@ -13,6 +13,7 @@ layers and channels.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -191,44 +192,49 @@ def train(model_config: ModelConfig, train_config: TrainConfig | None = None,
     history: list[dict[str, float]] = []
     bar = _progress(total, progress)
     step = 0
-    for epoch in range(tc.epochs):
-        t_epoch, loss_sum, correct = time.perf_counter(), 0.0, 0
-        for idx in torch.randperm(len(y), generator=shuffle).split(tc.batch_size):
-            idx = idx.to(device)
-            xb, yb = x[idx], y[idx]
-            if tc.input_noise > 0:
-                xb = xb + tc.input_noise * torch.randn(xb.shape, generator=noise, device=device)
-            out = model.run(xb, check=False)
-            loss = F.cross_entropy(out.logits, yb)
-            if tc.l1 > 0:
-                loss = loss + tc.l1 * out.z.abs().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            optimizer.step()
-            schedule.step()
-            step += 1
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                bar.close()
-                raise BilensError(f"training diverged at epoch {epoch + 1}, step {step} (loss "
-                                  f"{loss_value}); lower --lr, keep --grad-clip > 0, or use a norm")
-            loss_sum += loss_value * len(idx)
-            correct += int((out.logits.argmax(-1) == yb).sum())
-            bar.update(1)
-            if step % 10 == 0:
-                seen = min(len(y), (step - epoch * steps_per_epoch) * tc.batch_size)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4f}",
-                                acc=f"{correct / seen:.4f}")
-        model.eval()
-        test_acc = accuracy(model, test_set.x, test_set.y, tc.eval_batch_size)
-        model.train()
-        history.append({"epoch": epoch + 1, "loss": loss_sum / len(y),
-                        "train_accuracy_running": correct / len(y), "test_accuracy": test_acc,
-                        "lr": schedule.get_last_lr()[0], "seconds": time.perf_counter() - t_epoch})
-        bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / len(y):.4f}", test=f"{test_acc:.4f}")
-    bar.close()
+    # closed before any exception leaves (Ctrl-C included): the bar ends on its own line
+    # and is not drawn again, by tqdm's own close, after the CLI's message
+    with contextlib.closing(bar):
+        for epoch in range(tc.epochs):
+            t_epoch, loss_sum, correct = time.perf_counter(), 0.0, 0
+            for idx in torch.randperm(len(y), generator=shuffle).split(tc.batch_size):
+                idx = idx.to(device)
+                xb, yb = x[idx], y[idx]
+                if tc.input_noise > 0:
+                    xb = xb + tc.input_noise * torch.randn(xb.shape, generator=noise,
+                                                           device=device)
+                out = model.run(xb, check=False)
+                loss = F.cross_entropy(out.logits, yb)
+                if tc.l1 > 0:
+                    loss = loss + tc.l1 * out.z.abs().mean()
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+                optimizer.step()
+                schedule.step()
+                step += 1
+                loss_value = loss.item()
+                if not math.isfinite(loss_value):
+                    raise BilensError(f"training diverged at epoch {epoch + 1}, step {step} "
+                                      f"(loss {loss_value}); lower --lr, keep --grad-clip > 0, "
+                                      f"or use a norm")
+                loss_sum += loss_value * len(idx)
+                correct += int((out.logits.argmax(-1) == yb).sum())
+                bar.update(1)
+                if step % 10 == 0:
+                    seen = min(len(y), (step - epoch * steps_per_epoch) * tc.batch_size)
+                    bar.set_postfix(epoch=epoch + 1, loss=f"{loss_value:.4f}",
+                                    acc=f"{correct / seen:.4f}")
+            model.eval()
+            test_acc = accuracy(model, test_set.x, test_set.y, tc.eval_batch_size)
+            model.train()
+            history.append({"epoch": epoch + 1, "loss": loss_sum / len(y),
+                            "train_accuracy_running": correct / len(y),
+                            "test_accuracy": test_acc, "lr": schedule.get_last_lr()[0],
+                            "seconds": time.perf_counter() - t_epoch})
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / len(y):.4f}",
+                            test=f"{test_acc:.4f}")
     model.eval()
     test_acc = accuracy(model, test_set.x, test_set.y, tc.eval_batch_size)
     train_acc = accuracy(model, train_set.x, train_set.y, tc.eval_batch_size)
