@@ -115,76 +115,94 @@ def resolve_target(
         (1.0, -1.0)
     """
     batch, n_out = logits.shape
-    dtype, device = logits.dtype, logits.device
     if isinstance(spec, Target):                    # resolved elsewhere: onto these logits' device
-        held = spec.direction if spec.direction is not None else spec.label
-        if held is not None and held.shape[0] != batch:
-            raise BilensError(f"target: a resolved Target must hold one row per input; got "
-                              f"{held.shape[0]} for {batch} inputs; resolve it on this batch's "
-                              f"logits")
-        if held is None or held.device == device:
-            return spec
-        return Target(direction=None if spec.direction is None else spec.direction.to(device),
-                      label=None if spec.label is None else spec.label.to(device),
-                      spec=spec.spec)
-
-    def onehot(cls: Tensor) -> Tensor:
-        return torch.nn.functional.one_hot(cls.to(device), n_out).to(dtype)
-
+        return _moved(spec, batch, logits.device)
     if isinstance(spec, str):
-        name, _, arg = spec.partition(":")
-        if name == "predicted" and not arg:
-            return Target(direction=onehot(logits.argmax(-1)), spec=spec)
-        if name == "label" and not arg:
-            return Target(direction=onehot(_needs_labels(labels, spec, batch, n_out)), spec=spec)
-        if name == "logprob" and not arg:
-            return Target(label=_needs_labels(labels, spec, batch, n_out).to(device), spec=spec)
-        if name == "class":
-            c = _class_index(arg, n_out, "class:C")
-            return Target(direction=onehot(torch.full((batch,), c)), spec=spec)
-        if name == "diff":
-            parts = arg.split(",")
-            if len(parts) != 2:
-                raise BilensError(f"target: expected diff:C1,C2 (two classes), got {spec!r}")
-            c1, c2 = (_class_index(p, n_out, "diff:C1,C2") for p in parts)
-            if c1 == c2:
-                raise BilensError(f"target: {spec!r} subtracts class {c1} from itself, so f = 0 "
-                                  f"on every input and there is nothing to explain; name two "
-                                  f"different classes, e.g. diff:{c1},{(c1 + 1) % n_out}")
-            u = onehot(torch.full((batch,), c1)) - onehot(torch.full((batch,), c2))
-            return Target(direction=u, spec=spec)
-        if name.lstrip("-").isdigit() and not arg:
-            return resolve_target(int(name), logits, labels)
-        raise BilensError(f"target: unknown spec {spec!r}; expected {TARGET_HELP}")
+        return _from_string(spec, logits, labels)
     if isinstance(spec, bool):
         raise BilensError(f"target: got a bool; expected {TARGET_HELP}")
     if isinstance(spec, int):
         c = _class_index(spec, n_out, "an int target")
-        return Target(direction=onehot(torch.full((batch,), c)), spec=f"class:{c}")
+        return Target(direction=_onehot(torch.full((batch,), c), logits), spec=f"class:{c}")
     if isinstance(spec, (list, tuple)):
         spec = torch.as_tensor(spec)
     if isinstance(spec, Tensor):
-        if not spec.is_floating_point():
-            cls = spec.flatten().long()
-            if cls.shape[0] != batch:
-                raise BilensError(f"target: an integer tensor gives one class per input; expected "
-                                  f"{batch} entries, got {cls.shape[0]}")
-            for c in (cls.min().item(), cls.max().item()):
-                _class_index(c, n_out, "each entry")
-            return Target(direction=onehot(cls), spec="classes")
-        if spec.shape == (n_out,):
-            spec = spec.expand(batch, n_out)
-        if spec.shape != (batch, n_out):
-            raise BilensError(f"target: a direction must have shape [{n_out}] or "
-                              f"[{batch}, {n_out}] (n_out = {n_out}), got {list(spec.shape)}")
-        if not torch.isfinite(spec).all():
-            raise BilensError("target: the direction contains NaN or inf")
-        zero = (spec == 0).all(-1).nonzero().flatten().tolist()
-        if zero:
-            rows = "" if spec.shape[0] == 1 or len(zero) == batch else (
-                f" for input(s) {', '.join(map(str, zero[:5]))}{', ...' if len(zero) > 5 else ''}")
-            raise BilensError(f"target: the direction is all zeros{rows}, so f = 0 there and "
-                              f"there is nothing to explain; give a nonzero direction u "
-                              f"(f = u . logits)")
-        return Target(direction=spec.to(device=device, dtype=dtype).clone(), spec="direction")
+        return _from_tensor(spec, logits)
     raise BilensError(f"target: cannot use {type(spec).__name__}; expected {TARGET_HELP}")
+
+
+def _onehot(cls: Tensor, logits: Tensor) -> Tensor:
+    return torch.nn.functional.one_hot(cls.to(logits.device), logits.shape[-1]).to(logits.dtype)
+
+
+def _moved(spec: Target, batch: int, device: torch.device) -> Target:
+    """A resolved `Target` checked against the batch and moved onto `device`."""
+    held = spec.direction if spec.direction is not None else spec.label
+    if held is not None and held.shape[0] != batch:
+        raise BilensError(f"target: a resolved Target must hold one row per input; got "
+                          f"{held.shape[0]} for {batch} inputs; resolve it on this batch's "
+                          f"logits")
+    if held is None or held.device == device:
+        return spec
+    return Target(direction=None if spec.direction is None else spec.direction.to(device),
+                  label=None if spec.label is None else spec.label.to(device), spec=spec.spec)
+
+
+def _from_string(spec: str, logits: Tensor, labels: Tensor | None) -> Target:
+    """`predicted`, `label`, `logprob`, `class:C`, `diff:C1,C2` or a class index."""
+    batch, n_out = logits.shape
+    name, _, arg = spec.partition(":")
+    if name == "predicted" and not arg:
+        return Target(direction=_onehot(logits.argmax(-1), logits), spec=spec)
+    if name == "label" and not arg:
+        return Target(direction=_onehot(_needs_labels(labels, spec, batch, n_out), logits),
+                      spec=spec)
+    if name == "logprob" and not arg:
+        return Target(label=_needs_labels(labels, spec, batch, n_out).to(logits.device),
+                      spec=spec)
+    if name == "class":
+        c = _class_index(arg, n_out, "class:C")
+        return Target(direction=_onehot(torch.full((batch,), c), logits), spec=spec)
+    if name == "diff":
+        parts = arg.split(",")
+        if len(parts) != 2:
+            raise BilensError(f"target: expected diff:C1,C2 (two classes), got {spec!r}")
+        c1, c2 = (_class_index(p, n_out, "diff:C1,C2") for p in parts)
+        if c1 == c2:
+            raise BilensError(f"target: {spec!r} subtracts class {c1} from itself, so f = 0 "
+                              f"on every input and there is nothing to explain; name two "
+                              f"different classes, e.g. diff:{c1},{(c1 + 1) % n_out}")
+        u = _onehot(torch.full((batch,), c1), logits) - _onehot(torch.full((batch,), c2), logits)
+        return Target(direction=u, spec=spec)
+    if name.lstrip("-").isdigit() and not arg:
+        return resolve_target(int(name), logits, labels)
+    raise BilensError(f"target: unknown spec {spec!r}; expected {TARGET_HELP}")
+
+
+def _from_tensor(spec: Tensor, logits: Tensor) -> Target:
+    """One class per input (an integer tensor `[B]`) or a direction `[n_out]` / `[B, n_out]`."""
+    batch, n_out = logits.shape
+    if not spec.is_floating_point():
+        cls = spec.flatten().long()
+        if cls.shape[0] != batch:
+            raise BilensError(f"target: an integer tensor gives one class per input; expected "
+                              f"{batch} entries, got {cls.shape[0]}")
+        for c in (cls.min().item(), cls.max().item()):
+            _class_index(c, n_out, "each entry")
+        return Target(direction=_onehot(cls, logits), spec="classes")
+    if spec.shape == (n_out,):
+        spec = spec.expand(batch, n_out)
+    if spec.shape != (batch, n_out):
+        raise BilensError(f"target: a direction must have shape [{n_out}] or "
+                          f"[{batch}, {n_out}] (n_out = {n_out}), got {list(spec.shape)}")
+    if not torch.isfinite(spec).all():
+        raise BilensError("target: the direction contains NaN or inf")
+    zero = (spec == 0).all(-1).nonzero().flatten().tolist()
+    if zero:
+        rows = "" if spec.shape[0] == 1 or len(zero) == batch else (
+            f" for input(s) {', '.join(map(str, zero[:5]))}{', ...' if len(zero) > 5 else ''}")
+        raise BilensError(f"target: the direction is all zeros{rows}, so f = 0 there and "
+                          f"there is nothing to explain; give a nonzero direction u "
+                          f"(f = u . logits)")
+    return Target(direction=spec.to(device=logits.device, dtype=logits.dtype).clone(),
+                  spec="direction")

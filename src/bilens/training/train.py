@@ -146,6 +146,32 @@ def active_fraction(model: BilinearNet, x: Float[Tensor, "n d_in"], threshold: f
     return active / (x.shape[0] * model.config.n_layers * model.config.d_hidden)
 
 
+def _check_sizes(model_config: ModelConfig, *splits: Dataset) -> None:
+    for split in splits:
+        if (model_config.d_in, model_config.n_out) != (split.d_in, split.n_classes):
+            raise BilensError(f"model_config: d_in={model_config.d_in}, "
+                              f"n_out={model_config.n_out} but dataset {split.name!r} "
+                              f"({split.split}) has d_in={split.d_in}, {split.n_classes} "
+                              f"classes; build the config from the dataset")
+
+
+def _step(model: BilinearNet, xb: Tensor, yb: Tensor, tc: TrainConfig,
+          optimizer: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler
+          ) -> tuple[Tensor, float]:
+    """One optimizer step on a batch; returns the logits and the loss."""
+    out = model.run(xb, check=False)
+    loss = F.cross_entropy(out.logits, yb)
+    if tc.l1 > 0:
+        loss = loss + tc.l1 * out.z.abs().mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+    optimizer.step()
+    schedule.step()
+    return out.logits.detach(), loss.item()
+
+
 def train(model_config: ModelConfig, train_config: TrainConfig | None = None,
           dataset: str | tuple[Dataset, Dataset] = "digits", progress: bool = True) -> TrainResult:
     """Train a `BilinearNet` and evaluate it.
@@ -168,12 +194,7 @@ def train(model_config: ModelConfig, train_config: TrainConfig | None = None,
     tc = train_config or TrainConfig()
     train_set, test_set = ((load_dataset(dataset, "train"), load_dataset(dataset, "test"))
                            if isinstance(dataset, str) else dataset)
-    for split in (train_set, test_set):
-        if (model_config.d_in, model_config.n_out) != (split.d_in, split.n_classes):
-            raise BilensError(f"model_config: d_in={model_config.d_in}, "
-                              f"n_out={model_config.n_out} but dataset {split.name!r} "
-                              f"({split.split}) has d_in={split.d_in}, {split.n_classes} "
-                              f"classes; build the config from the dataset")
+    _check_sizes(model_config, train_set, test_set)
     device = resolve_device(tc.device)
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
@@ -203,24 +224,14 @@ def train(model_config: ModelConfig, train_config: TrainConfig | None = None,
                 if tc.input_noise > 0:
                     xb = xb + tc.input_noise * torch.randn(xb.shape, generator=noise,
                                                            device=device)
-                out = model.run(xb, check=False)
-                loss = F.cross_entropy(out.logits, yb)
-                if tc.l1 > 0:
-                    loss = loss + tc.l1 * out.z.abs().mean()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if tc.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-                optimizer.step()
-                schedule.step()
+                logits, loss_value = _step(model, xb, yb, tc, optimizer, schedule)
                 step += 1
-                loss_value = loss.item()
                 if not math.isfinite(loss_value):
                     raise BilensError(f"training diverged at epoch {epoch + 1}, step {step} "
                                       f"(loss {loss_value}); lower --lr, keep --grad-clip > 0, "
                                       f"or use a norm")
                 loss_sum += loss_value * len(idx)
-                correct += int((out.logits.argmax(-1) == yb).sum())
+                correct += int((logits.argmax(-1) == yb).sum())
                 bar.update(1)
                 if step % 10 == 0:
                     seen = min(len(y), (step - epoch * steps_per_epoch) * tc.batch_size)
@@ -235,11 +246,16 @@ def train(model_config: ModelConfig, train_config: TrainConfig | None = None,
                             "seconds": time.perf_counter() - t_epoch})
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / len(y):.4f}",
                             test=f"{test_acc:.4f}")
+    return _result(model, train_set, test_set, tc, device, history, time.perf_counter() - start)
+
+
+def _result(model: BilinearNet, train_set: Dataset, test_set: Dataset, tc: TrainConfig,
+            device: torch.device, history: list[dict[str, float]], wall: float) -> TrainResult:
+    """The trained model evaluated: accuracies, active fraction, metadata."""
     model.eval()
     test_acc = accuracy(model, test_set.x, test_set.y, tc.eval_batch_size)
     train_acc = accuracy(model, train_set.x, train_set.y, tc.eval_batch_size)
     active = active_fraction(model, test_set.x, batch_size=tc.eval_batch_size)
-    wall = time.perf_counter() - start
     metadata = _metadata(train_set, test_set, tc, device, test_acc, train_acc, active, wall,
                          history)
     model.metadata = metadata  # as on a model from bilens.load
