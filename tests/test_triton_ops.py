@@ -46,7 +46,7 @@ def eager_steps(monkeypatch):
     from bilens.ablation._engine.plan import Plan
 
     def plan(model, frozen=False, precision="fp32", backend="triton"):
-        return Plan(model, frozen, precision, backend="triton", compile_steps=False)
+        return Plan(model, frozen, precision, backend=backend, compile_steps=False)
     monkeypatch.setattr(bilens.ablation.ablate, "Plan", plan)
 
 

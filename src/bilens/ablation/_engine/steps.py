@@ -98,7 +98,7 @@ class Kernels:
     def __init__(self, precision: str = "fp32", backend: str = "eager",
                  compile_steps: bool | None = None):
         self.split = precision in ("3xtf32", "3xfp16")
-        self.triton = backend == "triton"
+        self.triton = backend == "triton" and self.split      # Triton runs split products
         self.f16 = self.triton and precision == "3xfp16"
         self.entry = entry_dz
         self.layer = layer_dz
