@@ -213,10 +213,13 @@ def joint_ablation_effect(
         `[B]` joint effects.
 
     Example:
-        >>> top = pred.abs().flatten(1).topk(8).indices                 # doctest: +SKIP
-        >>> mask = torch.zeros_like(pred, dtype=torch.bool).flatten(1)  # doctest: +SKIP
-        >>> mask.scatter_(1, top, True)                                 # doctest: +SKIP
-        >>> joint_ablation_effect(model, x, "predicted", mask.view_as(pred))  # doctest: +SKIP
+        >>> from bilens.core.config import ModelConfig
+        >>> from bilens.core.models.mlp import BilinearNet
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> mask = torch.zeros(4, 2, 32, dtype=torch.bool)
+        >>> mask[:, 1, :8] = True                          # layer 1's first 8 channels together
+        >>> joint_ablation_effect(model, torch.randn(4, 8), target="predicted", mask=mask).shape
+        torch.Size([4])
     """
     x, clean, tgt, b = _prepare(model, inputs, target, baseline, labels, reference)
     mask = torch.as_tensor(mask, device=x.device)
@@ -274,9 +277,12 @@ def ablation_effects(
         `[B, n_layers, d_hidden]` effects `f(ablated) - f(clean)`; NaN where not ablated.
 
     Example:
-        >>> actual = ablation_effects(model, x, target="predicted")   # doctest: +SKIP
-        >>> actual.shape                                               # doctest: +SKIP
-        torch.Size([256, 4, 512])
+        >>> from bilens.core.config import ModelConfig
+        >>> from bilens.core.models.mlp import BilinearNet
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> actual = ablation_effects(model, torch.randn(5, 8), target="predicted")
+        >>> actual.shape
+        torch.Size([5, 2, 32])
     """
     return _fast_effects(model, inputs, target, baseline, labels, reference, layers, channels,
                          frozen_norm, memory, progress, precision, compile)

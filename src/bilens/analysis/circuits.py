@@ -12,8 +12,18 @@ Per input `x` and `k`, with `C_k(x)` the top-k channels by `|predicted|`:
 `sum_actual` isolates how additive the real effects are.
 
 Example:
-    >>> curve = faithfulness_curve(model, x, predicted, target, b)   # doctest: +SKIP
-    >>> curve["summary"][0]["normalized_error"]                     # doctest: +SKIP
+    >>> from bilens.attribution.predict import attribute
+    >>> from bilens.core.config import ModelConfig
+    >>> from bilens.core.targets import resolve_target
+    >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+    >>> x = torch.randn(4, 8)
+    >>> run = model.run(x)
+    >>> target = resolve_target("predicted", run.logits)
+    >>> predicted = attribute(model, x, target=target, mode="live")
+    >>> curve = faithfulness_curve(model, x, predicted=predicted, target=target,
+    ...                            baseline=torch.zeros_like(run.z), ks=(1, 8))
+    >>> curve["ks"], curve["joint"].shape
+    ([1, 8], torch.Size([2, 4]))
 """
 
 from __future__ import annotations
@@ -98,8 +108,18 @@ def faithfulness_curve(
         additivity_error]}`.
 
     Example:
-        >>> b = resolve_baseline("zero", model, model.run(x).z)          # doctest: +SKIP
-        >>> faithfulness_curve(model, x, pred, resolve_target("predicted", logits), b)
+        >>> from bilens.attribution.predict import attribute
+        >>> from bilens.core.config import ModelConfig
+        >>> from bilens.core.targets import resolve_target
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> x = torch.randn(4, 8)
+        >>> run = model.run(x)
+        >>> target = resolve_target("predicted", run.logits)
+        >>> predicted = attribute(model, x, target=target, mode="live")
+        >>> curve = faithfulness_curve(model, x, predicted=predicted, target=target,
+        ...                            baseline=torch.zeros_like(run.z), ks=(1, 2, 4))
+        >>> curve["ks"], sorted(curve["summary"][0])
+        ([1, 2, 4], ['mean_joint', 'mean_sum_predicted', 'normalized_error', 'pearson'])
     """
     from bilens.ablation.ablate import joint_ablation_effect
 

@@ -13,9 +13,18 @@ and returns a `VerifyResult` holding the tensors (SPEC §7 names), the metrics a
 a plain-text table, PNG plots and an atomic `save`.
 
 Example:
-    >>> result = bilens.verify(model, x, modes=("frozen", "live"))   # doctest: +SKIP
-    >>> print(result)                                                        # doctest: +SKIP
-    >>> result.save("out/verify")                                            # doctest: +SKIP
+    >>> import bilens
+    >>> model = bilens.BilinearNet(bilens.ModelConfig(d_in=8, d_model=16, d_hidden=32,
+    ...                                               n_layers=2, n_out=3))
+    >>> result = bilens.verify(model, torch.randn(4, 8), modes=("frozen", "live"),
+    ...                        progress=False)
+    >>> result.modes, result.tensors["actual"].shape
+    (['frozen', 'live'], torch.Size([4, 2, 32]))
+    >>> print(result)                                                 # doctest: +ELLIPSIS
+    4 inputs, target predicted, baseline zero, 256 (input, channel) pairs ablated, float32
+    ...
+    frozen all ...
+    >>> result.save("out/verify")                                     # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -165,6 +174,7 @@ def verify(
         a `VerifyResult`.
 
     Example:
+        >>> from bilens.core.config import ModelConfig
         >>> cfg = ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3)
         >>> r = verify(BilinearNet(cfg), torch.randn(4, 8), progress=False)
         >>> r.metrics["modes"]["frozen"]["overall"]["n"]

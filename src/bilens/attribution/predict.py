@@ -116,6 +116,7 @@ def attribute(
         when channel `(l, k)` is set to `b`; or `(predicted, run)` with `return_run`.
 
     Example:
+        >>> from bilens.core.config import ModelConfig
         >>> cfg = ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3)
         >>> model = BilinearNet(cfg)
         >>> attribute(model, torch.randn(5, 8), target="class:1", mode="live").shape
@@ -149,8 +150,12 @@ def attribute_modes(
         An `Attribution` (predicted per mode, clean run, resolved target, baseline).
 
     Example:
-        >>> out = attribute_modes(model, x, "predicted", ("frozen", "live"))   # doctest: +SKIP
-        >>> out.predicted["frozen"].shape, out.run.z.shape                    # doctest: +SKIP
+        >>> from bilens.core.config import ModelConfig
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> out = attribute_modes(model, torch.randn(5, 8), target="predicted",
+        ...                       modes=("frozen", "live"))
+        >>> out.predicted["frozen"].shape, out.run.z.shape
+        (torch.Size([5, 2, 32]), torch.Size([5, 2, 32]))
     """
     cfg = model.config
     # ---- validate everything before any work ----
@@ -229,8 +234,10 @@ def run_with_cache(
         `final` (what the head reads) and `logits`.
 
     Example:
-        >>> logits, cache = run_with_cache(model, x)       # doctest: +SKIP
-        >>> cache["layers.1.norm.scale"].shape             # doctest: +SKIP
+        >>> from bilens.core.config import ModelConfig
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> logits, cache = run_with_cache(model, torch.randn(5, 8))
+        >>> cache["layers.1.norm.scale"].shape
         torch.Size([5])
     """
     check_inputs(inputs, model.config.d_in)
