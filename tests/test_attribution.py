@@ -3,9 +3,14 @@ reference, for every norm x position, in float64."""
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from reference import forward_one
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from bilens.attribution.backward import gradients, gradients_autograd
 from bilens.attribution.predict import (
@@ -172,13 +177,57 @@ def test_frozen_and_live_agree_without_norms_and_differ_with():
         assert close == same, norm
 
 
-def test_default_chunk_follows_the_memory_budget():
+class PeakBytes(TorchDispatchMode):
+    """The peak of the bytes held by tensors that the ops inside allocated, counted per
+    storage when an op returns it and released when the storage is freed: a measurement of
+    the real code's memory, independent of any formula for it."""
+
+    def __init__(self):
+        super().__init__()
+        self.live, self.peak, self.held = 0, 0, set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                key, size = storage.data_ptr(), storage.nbytes()
+                if size and key not in self.held:              # views share their storage
+                    self.held.add(key)
+                    self.live += size
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(storage, self._free, key, size)
+        return out
+
+    def _free(self, key: int, size: int) -> None:
+        self.held.discard(key)
+        self.live -= size
+
+
+@pytest.mark.parametrize("modes", [("frozen",), ("live",), ("frozen", "live"),
+                                   pytest.param(("renorm",), marks=pytest.mark.xfail(
+                                       strict=True, reason="renorm's per-channel temporaries "
+                                       "are not in batch_size_for's estimate (measured "
+                                       "1.09-1.35x the budget on these models)"))],
+                         ids=lambda modes: "+".join(modes))
+@pytest.mark.parametrize("norm,position", [("rms", "post"), ("layer", "pre"), ("none", "post")])
+def test_default_chunk_follows_the_memory_budget(norm, position, modes):
+    """A chunk of `batch_size_for` inputs really stays under the budget: the peak memory
+    of its clean run and backward, measured, is at most `memory` (and not far below it)."""
+    model = make_model(norm, position, d_model=16, d_hidden=32)
+    memory = 2**20
+    n = batch_size_for(model, 10_000, memory=memory)
+    assert 10 < n < 10_000
+    x = inputs(n=n)
+    gc.collect()
+    with PeakBytes() as measured:
+        attribute_modes(model, x, target="predicted", modes=modes, memory=memory)
+    assert memory / 2 < measured.peak <= memory, (measured.peak, memory)
+
+
+def test_default_chunk_is_between_one_and_n():
     model = make_model("rms", "post")
-    cfg = model.config
-    per_input = 8 * (cfg.n_layers * (2 * cfg.d_model + 6 * cfg.d_hidden)
-                     + 3 * cfg.n_norms * cfg.d_model)                       # float64 bytes
-    assert batch_size_for(model, 10_000, memory=per_input * 37) == 37
-    assert batch_size_for(model, 5, memory=per_input * 37) == 5      # never more than n
+    assert batch_size_for(model, 5, memory=2**30) == 5               # never more than n
     assert batch_size_for(model, 5, memory=1) == 1                   # never fewer than 1
     x = inputs(n=7)
     torch.testing.assert_close(attribute(model, x, target="predicted", mode="live"),

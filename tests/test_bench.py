@@ -6,12 +6,13 @@ import json
 
 import pytest
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from bilens.ablation import ablation_effects
 from bilens.cli import main
 from bilens.core.config import ModelConfig
 from bilens.core.models.mlp import BilinearNet
-from bilens.experiments.bench import BenchConfig, ablation_flops, run_bench
+from bilens.experiments.bench import BenchConfig, ablation_flops, forward_flops, run_bench
 from bilens.experiments.competitors import ZNet, captum_ablation, hook_loop
 
 
@@ -57,10 +58,35 @@ def test_without_captum_and_loop():
     assert "ablation_speedup_vs_captum" not in res and res["ablation_seconds"] > 0
 
 
-def test_flop_count():
-    cfg = ModelConfig(d_in=1, d_model=2, d_hidden=3, n_layers=4, n_out=1)
-    # per channel: l=0: 2dH + 12dH, l=1: 2dH + 6dH, l=2: 2dH, l=3: 0  -> 24 dH
-    assert ablation_flops(cfg, 5) == 5 * 3 * 24 * 2 * 3
+def _counted_flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+@pytest.mark.parametrize("n_layers", [2, 4])
+@pytest.mark.parametrize("norm,position", [("rms", "post"), ("layer", "pre")])
+def test_flop_counts_match_what_the_code_does(norm, position, n_layers):
+    """`forward_flops` is what `FlopCounterMode` counts in a forward pass; `ablation_flops` is
+    the per-input matmul work of a real `ablation_effects` run (two batch sizes, so the
+    weight-only precomputation cancels), less the clean forward and the per-input and head
+    products it leaves out (a few per cent at these sizes: it may only undercount)."""
+    cfg = ModelConfig(d_in=4, d_model=16, d_hidden=256, n_layers=n_layers, n_out=2, norm=norm,
+                      norm_position=position)
+    torch.manual_seed(0)
+    model = BilinearNet(cfg)
+    x = torch.randn(4, cfg.d_in)
+    assert _counted_flops(lambda: model(x)) == forward_flops(cfg, 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                   # one thread: every op under the counter
+    try:
+        per_input = (_counted_flops(lambda: ablation_effects(model, x))
+                     - _counted_flops(lambda: ablation_effects(model, x[:2]))) / 2
+    finally:
+        torch.set_num_threads(threads)
+    suffix = per_input - forward_flops(cfg, 1)
+    assert 0.97 * suffix <= ablation_flops(cfg, 1) <= suffix, (ablation_flops(cfg, 1), suffix)
+    assert ablation_flops(cfg, 5) == 5 * ablation_flops(cfg, 1)
 
 
 def test_missing_captum_is_a_clear_error(monkeypatch):

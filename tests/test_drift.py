@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from reference_mlp import drift_reference, literal_params
 
 from bilens.analysis.drift import drift_summary, effect_ratio, norm_drift
 from bilens.analysis.metrics import normalized_error, pearson
@@ -102,5 +103,9 @@ def test_inputs_are_moved_to_the_models_dtype(make_model):
     assert b.dtype == torch.float64
     torch.testing.assert_close(b, model.run(other.double()).z)
     drift = norm_drift(model, x, baselines=b)
-    expected = norm_drift(model, run=model.run(x.double()), baselines=b)
-    torch.testing.assert_close(drift.measured, expected.measured)
+    sd, cfg = literal_params(model)                 # the SPEC reference, on float64 inputs
+    expected = [drift_reference(sd, cfg, x[i].double(), b[i]) for i in range(3)]
+    torch.testing.assert_close(drift.measured, torch.stack([e.measured for e in expected]),
+                               rtol=1e-9, atol=1e-13)
+    torch.testing.assert_close(drift.formula, torch.stack([e.formula for e in expected]),
+                               rtol=1e-10, atol=1e-12)

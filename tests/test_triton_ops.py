@@ -1,12 +1,24 @@
 """The Triton GEMMs of exhaustive ablation (`bilens.triton_ops`) against float64.
 
-They run only on a CUDA device with Triton; on the CPU these tests skip (the GPU run of
-`benchmarks/gpu.sh` runs them, and `bilens bench` re-checks every timed result). Where
-Triton is installed without a GPU, every kernel is still compiled for Hopper (sm_90), which
-catches type errors that the CPU interpreter lets through.
+Where Triton is installed (`./setup.sh --dev` installs it beside the CPU build of torch):
+- every kernel runs on the CPU under Triton's interpreter against float64, alone and as the
+  Triton suffix of `Plan.effects` (`tests/triton_interpreted.py`, in a subprocess, since
+  `TRITON_INTERPRET=1` must be set before Triton is first imported);
+- every kernel is compiled for Hopper (sm_90) without a GPU, which catches type errors that
+  the interpreter lets through: one autotune shape per kernel and precision on a machine
+  without CUDA (each compile takes seconds), every shape on a GPU machine or with
+  `BILENS_TEST_ALL_SHAPES=1`.
+On a CUDA device the kernels also run for real (the GPU run of `benchmarks/gpu.sh`), and
+`bilens bench` re-checks every timed result.
 """
 
+import importlib.util
+import os
+import subprocess
+import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -21,6 +33,7 @@ needs_gpu = pytest.mark.skipif(
 needs_triton = pytest.mark.skipif(
     not triton_available(), reason="needs Triton (it ships with CUDA builds of torch)")
 SHARED_MEMORY = 232448                   # bytes a Hopper block may use (227 KiB)
+ALL_SHAPES = torch.cuda.is_available() or os.environ.get("BILENS_TEST_ALL_SHAPES") == "1"
 
 
 def _model(norm, pos, n_layers=4, seed=0):
@@ -53,8 +66,9 @@ def eager_steps(monkeypatch):
 @needs_triton
 @pytest.mark.parametrize("f16", [False, True])
 def test_kernels_compile_for_hopper(f16):
-    """Every kernel and autotune shape of each precision compiles for sm_90 (no GPU needed),
-    and for each kernel at least one shape fits in shared memory (all of them in float16)."""
+    """Every kernel compiles for sm_90 in each precision (no GPU needed), and for each kernel
+    at least one autotune shape fits in shared memory (all of them in float16). Without
+    CUDA only the first shape of each precision is compiled (see the module docstring)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -65,7 +79,10 @@ def test_kernels_compile_for_hopper(f16):
     for kernel, extra in [(T._entry_down_kernel, {"HAS_Q": True}), (T._lr_dz_kernel, {}),
                           (T._down_kernel, {"ADD": 1})]:
         fits = 0
-        for cfg in T.configs_for(kernel.configs, f16):
+        configs = T.configs_for(kernel.configs, f16)
+        if not ALL_SHAPES:   # the first shape this precision tries; for float16 the first
+            configs = [next(c for c in configs if c.f16_only == f16)]  # only it can afford
+        for cfg in configs:
             consts = dict(D=256, F16=f16, **extra, **cfg.kwargs)
             sig = {n: "constexpr" if n in consts else "*i64" if n == "ks_ptr"
                    else ("*fp16" if f16 and n in halves else "*fp32") if n.endswith("_ptr")
@@ -154,3 +171,34 @@ def test_float16_only_shapes_are_pruned_for_tf32():
     f16 = T._prune(configs, {}, F16=True)
     assert set(map(id, tf32)) < set(map(id, f16)) == set(map(id, configs))
     assert all(c.kwargs["BK"] <= 32 for c in tf32) and any(c.kwargs["BK"] == 64 for c in f16)
+
+
+INTERPRETED = Path(__file__).with_name("triton_interpreted.py")
+
+
+def _interpreter_problem() -> str | None:
+    """Why Triton's CPU interpreter cannot run here, or None."""
+    from importlib.metadata import version
+
+    if importlib.util.find_spec("triton") is None:
+        return "needs Triton: ./setup.sh --dev installs it (CUDA builds of torch ship it)"
+    triton_v, numpy_v = version("triton"), version("numpy")
+    major_minor = lambda v: tuple(int(p) for p in v.split(".")[:2])  # noqa: E731
+    if major_minor(triton_v) < (3, 9) and major_minor(numpy_v) >= (2, 4):
+        return (f"Triton {triton_v}'s CPU interpreter fails with numpy {numpy_v} (3.5.1 does; "
+                f"3.9.0 works): pip install 'triton>=3.9' or 'numpy<2.4'")
+    return None
+
+
+@pytest.mark.skipif(_interpreter_problem() is not None, reason=str(_interpreter_problem()))
+def test_kernels_under_the_interpreter_match_float64():
+    """`tests/triton_interpreted.py` in a fresh interpreter with `TRITON_INTERPRET=1` (set
+    before Triton's import; this process may have imported Triton already)."""
+    env = {**os.environ, "TRITON_INTERPRET": "1", "TRITON_DEFAULT_FP_FUSION": "1"}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(INTERPRETED)], cwd=INTERPRETED.parent.parent, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-3000:]
+    assert " passed" in done.stdout, done.stdout[-2000:]
+    print(f"interpreted kernels: {time.perf_counter() - start:.1f} s")

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from reference_mlp import effects_reference, forward, literal_params
 from safetensors.torch import load_file
 
 from bilens import report
@@ -86,16 +87,36 @@ def test_subset_of_layers_is_nan_elsewhere():
     assert "nan" in report.verify_table(r)
 
 
-def test_gpu_precision_options_pass_through_and_keep_float64_results(result):
-    """`backend`/`precision` reach the ablation; off CUDA they fall back, with a warning, to
-    eager products in the model's own dtype, so a float64 model gives the float64 ground
-    truth unchanged."""
+def test_gpu_precision_options_pass_through_and_keep_float64_results(monkeypatch):
+    """`backend`/`precision` reach both ablations; off CUDA they mean products in the model's
+    own dtype, so a float64 model's ground truth is the float64 SPEC reference's."""
+    import bilens.ablation.ablate
+    import bilens.analysis.verify
+
     model, x = tiny()
-    with pytest.warns(RuntimeWarning, match="need CUDA"):
-        fast = verify(model, x, modes=("frozen", "live"), circuit_ks=(1, 2, 4), progress=False,
+    seen = []
+    real = bilens.ablation.ablate.ablation_effects
+
+    def spy(*args, **kwargs):
+        seen.append((kwargs.get("backend"), kwargs.get("precision")))
+        return real(*args, **kwargs)
+
+    for module in (bilens.ablation.ablate, bilens.analysis.verify):
+        if hasattr(module, "ablation_effects"):
+            monkeypatch.setattr(module, "ablation_effects", spy)
+    with pytest.warns(RuntimeWarning, match="need CUDA"):     # CPU: eager, with a warning
+        fast = verify(model, x, modes=("frozen",), circuit_ks=(), progress=False,
                       backend="triton", precision="3xfp16")
-    for name in ("actual", "actual_frozen_norm"):
-        torch.testing.assert_close(fast.tensors[name], result.tensors[name], rtol=0, atol=0)
+    assert seen == [("triton", "3xfp16")] * 2              # real and frozen-norm ablation
+    sd, cfg = literal_params(model)
+    zero = torch.zeros(L, H, dtype=torch.float64)
+    for i in range(B):
+        with torch.no_grad():
+            cls = int(forward(sd, cfg, x[i]).logits.argmax())
+        onehot = torch.nn.functional.one_hot(torch.tensor(cls), cfg["n_out"]).double()
+        for name, frozen in (("actual", False), ("actual_frozen_norm", True)):
+            want = effects_reference(sd, cfg, x[i], zero, direction=onehot, frozen_norm=frozen)
+            torch.testing.assert_close(fast.tensors[name][i], want, rtol=1e-9, atol=1e-12)
     with pytest.raises(BilensError, match="precision"):
         verify(model, x, modes=("frozen",), progress=False, precision="bf16")
 

@@ -12,8 +12,18 @@ Per input `x` and `k`, with `C_k(x)` the top-k channels by `|predicted|`:
 `sum_actual` isolates how additive the real effects are.
 
 Example:
-    >>> curve = faithfulness_curve(model, x, predicted, target, b)   # doctest: +SKIP
-    >>> curve["summary"][0]["normalized_error"]                     # doctest: +SKIP
+    >>> from bilens.attribution.predict import attribute
+    >>> from bilens.core.config import ModelConfig
+    >>> from bilens.core.targets import resolve_target
+    >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+    >>> x = torch.randn(4, 8)
+    >>> run = model.run(x)
+    >>> target = resolve_target("predicted", run.logits)
+    >>> predicted = attribute(model, x, target=target, mode="live")
+    >>> curve = faithfulness_curve(model, x, predicted=predicted, target=target,
+    ...                            baselines=torch.zeros_like(run.z), ks=(1, 8))
+    >>> curve["ks"], curve["joint"].shape
+    ([1, 8], torch.Size([2, 4]))
 """
 
 from __future__ import annotations
@@ -73,7 +83,7 @@ def faithfulness_curve(
     inputs: Float[Tensor, "batch d_in"],
     predicted: Float[Tensor, "batch layer hidden"],
     target: Target,
-    baseline: Float[Tensor, "batch layer hidden"],
+    baselines: Float[Tensor, "batch layer hidden"],
     ks: Sequence[int] = DEFAULT_CIRCUIT_KS,
     actual: Float[Tensor, "batch layer hidden"] | None = None,
     candidates: Bool[Tensor, "batch layer hidden"] | None = None,
@@ -85,7 +95,7 @@ def faithfulness_curve(
         inputs: `[B, d_in]`.
         predicted: predicted effects `[B, L, H]` (one mode).
         target: the resolved `Target` (see `bilens.core.targets.resolve_target`).
-        baseline: the resolved `b` `[B, L, H]` (see `bilens.core.baselines.resolve_baseline`).
+        baselines: the resolved `b` `[B, L, H]` (see `bilens.core.baselines.resolve_baseline`).
         ks: circuit sizes; a size above the number of candidate channels becomes that
             number (duplicates dropped), so the returned `ks` are the sizes really ablated.
         actual: single-channel actual effects, to report `sum_actual` (NaN if a chosen
@@ -98,8 +108,18 @@ def faithfulness_curve(
         additivity_error]}`.
 
     Example:
-        >>> b = resolve_baseline("zero", model, model.run(x).z)          # doctest: +SKIP
-        >>> faithfulness_curve(model, x, pred, resolve_target("predicted", logits), b)
+        >>> from bilens.attribution.predict import attribute
+        >>> from bilens.core.config import ModelConfig
+        >>> from bilens.core.targets import resolve_target
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> x = torch.randn(4, 8)
+        >>> run = model.run(x)
+        >>> target = resolve_target("predicted", run.logits)
+        >>> predicted = attribute(model, x, target=target, mode="live")
+        >>> curve = faithfulness_curve(model, x, predicted=predicted, target=target,
+        ...                            baselines=torch.zeros_like(run.z), ks=(1, 2, 4))
+        >>> curve["ks"], sorted(curve["summary"][0])
+        ([1, 2, 4], ['mean_joint', 'mean_sum_predicted', 'normalized_error', 'pearson'])
     """
     from bilens.ablation import joint_ablation_effect
 
@@ -112,7 +132,7 @@ def faithfulness_curve(
     for k in ks:
         mask = top_k_mask(predicted, k, candidates)
         sum_p.append(torch.where(mask, predicted, torch.zeros_like(predicted)).sum((1, 2)))
-        joint.append(joint_ablation_effect(model, inputs, mask, target=target, baselines=baseline))
+        joint.append(joint_ablation_effect(model, inputs, mask, target=target, baselines=baselines))
         if actual is not None:
             picked = torch.where(mask, actual, torch.zeros_like(actual))
             sum_a.append(picked.sum((1, 2)))          # NaN propagates if one was not ablated

@@ -97,9 +97,14 @@ def gradients(
         `g`, `[B, n_layers, d_hidden]`, in the run's dtype.
 
     Example:
-        >>> run = model.run(x)                                        # doctest: +SKIP
-        >>> g = gradients(model, run, resolve_target("predicted", run.logits), "live")
+        >>> from bilens.core.config import ModelConfig
+        >>> from bilens.core.targets import resolve_target
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> run = model.run(torch.randn(5, 8))
+        >>> g = gradients(model, run, target=resolve_target("predicted", run.logits), mode="live")
         >>> predicted = -run.z * g                                    # zero ablation
+        >>> predicted.shape
+        torch.Size([5, 2, 32])
     """
     check_mode(mode, allowed=GRADIENT_MODES)
     return backward(model, run, target, mode)[0]

@@ -233,8 +233,10 @@ def run_with_cache(
         `final` (what the head reads) and `logits`.
 
     Example:
-        >>> logits, cache = run_with_cache(model, x)       # doctest: +SKIP
-        >>> cache["layers.1.norm.scale"].shape             # doctest: +SKIP
+        >>> from bilens.core.config import ModelConfig
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> logits, cache = run_with_cache(model, torch.randn(5, 8))
+        >>> cache["layers.1.norm.scale"].shape
         torch.Size([5])
     """
     check_inputs(inputs, model.config.d_in)

@@ -53,8 +53,13 @@ def renorm_effects(
         `predicted [B, n_layers, d_hidden]`.
 
     Example:
-        >>> run = model.run(x)                                           # doctest: +SKIP
-        >>> p = renorm_effects(model, run, resolve_target("predicted", run.logits))
+        >>> from bilens.core.config import ModelConfig
+        >>> from bilens.core.targets import resolve_target
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+        >>> run = model.run(torch.randn(5, 8))
+        >>> p = renorm_effects(model, run, target=resolve_target("predicted", run.logits))
+        >>> p.shape
+        torch.Size([5, 2, 32])
     """
     cfg = model.config
     c = -run.z if baseline is None else baseline - run.z                   # b - z  [B, L, H]

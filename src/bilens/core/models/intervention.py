@@ -11,8 +11,14 @@ Every model family's `run(inputs, intervention)` reads it the same way:
   `requires_grad` makes `d f / d z` available from autograd).
 
 Example:
-    >>> clean = model.run(x)                                              # doctest: +SKIP
-    >>> frozen = model.run(x, Intervention(scale=clean.scale))            # doctest: +SKIP
+    >>> from bilens.core.config import ModelConfig
+    >>> from bilens.core.models.mlp import BilinearNet
+    >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+    >>> x = torch.randn(5, 8)
+    >>> clean = model.run(x)
+    >>> frozen = model.run(x, Intervention(scale=clean.scale))  # norms hold the clean s
+    >>> torch.allclose(frozen.logits, clean.logits)             # nothing else changed: same run
+    True
 """
 
 from __future__ import annotations

@@ -1,0 +1,125 @@
+"""The Triton GEMMs (`bilens.ablation._engine.triton_ops`) on the CPU, under Triton's
+interpreter, against float64: the index arithmetic, masks, strides and the float16 scaling
+of every kernel, and the whole Triton suffix of `Plan.effects` end to end.
+
+Not collected by the main suite (the name has no `test_` prefix): `TRITON_INTERPRET=1` must
+be set before Triton is first imported, so `tests/test_triton_ops.py` runs this file in a
+fresh `python -m pytest` with that variable set. Shapes are tiny and not multiples of any
+tile, so every mask is exercised; one autotune shape per kernel is used (the interpreter
+cannot time shapes).
+"""
+
+# ruff: noqa: E741  (`l` is SPEC's layer index)
+from __future__ import annotations
+
+import os
+import warnings
+
+import pytest
+
+if os.environ.get("TRITON_INTERPRET") != "1":       # pragma: no cover (a misuse, not a test)
+    raise RuntimeError("run this file with TRITON_INTERPRET=1 (see tests/test_triton_ops.py)")
+
+import torch  # noqa: E402
+from test_ablation import make  # noqa: E402
+
+from bilens.ablation._engine import triton_ops as T  # noqa: E402
+from bilens.ablation._engine.plan import Plan  # noqa: E402
+from bilens.ablation.ablate import _prepare, ablation_effects_loop  # noqa: E402
+
+TOL = 1e-5                   # normwise, as `bilens bench` and the GPU tests hold them
+# entry_down with float16 halves: a masked-out row (no ablation) has a zero bound, so its
+# scale is 2^120 and `1 / (z_scale * d_scale)` overflows to inf and gives 0, in a row that
+# is never stored. numpy warns; the results below would show any overflow that mattered.
+pytestmark = pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
+
+
+def rand(*shape, seed, scale=1.0):
+    return scale * torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def error(got, ref):
+    got, ref = got.double(), ref.double()
+    return ((got - ref).abs().max() / ref.abs().max()).item()
+
+
+@pytest.mark.parametrize("f16", [False, True], ids=["3xtf32", "3xfp16"])
+def test_lr_dz(f16):
+    n, per_input, d, H = 3, 5, 10, 21
+    rows = rand(n * per_input, d, seed=0)
+    L, R = rand(H, d, seed=1), rand(H, d, seed=2)
+    clean = rand(n, 4, H, seed=3)                           # like run.left: a strided view
+    a, b = clean[:, 1], clean[:, 2]
+    dz, zmax = T.lr_dz(rows, T.split_weight(L, f16), T.split_weight(R, f16), a, b, per_input)
+    i = torch.arange(n * per_input) // per_input
+    dl, dr = rows.double() @ L.double().T, rows.double() @ R.double().T
+    ref = a.double()[i] * dr + dl * (b.double()[i] + dr)
+    assert error(dz, ref) < TOL
+    if f16:
+        assert zmax.item() == pytest.approx(dz.abs().max().item(), rel=1e-6)
+    else:
+        assert zmax is None
+
+
+@pytest.mark.parametrize("add", [False, True])
+@pytest.mark.parametrize("f16", [False, True], ids=["3xtf32", "3xfp16"])
+def test_down(f16, add):
+    M, H, d = 13, 37, 11
+    z, D = rand(M, H, seed=4), rand(d, H, seed=5, scale=1e-3)   # float16 range: scaled
+    extra = rand(M, d, seed=6) if add else None
+    out = T.down(z, T.split_weight(D, f16), add=extra)
+    ref = z.double() @ D.double().T + (0 if extra is None else extra.double())
+    assert error(out, ref) < TOL
+
+
+@pytest.mark.parametrize("has_q", [False, True])
+@pytest.mark.parametrize("f16", [False, True], ids=["3xtf32", "3xfp16"])
+def test_entry_down(f16, has_q):
+    n, K, H, H_abl, d = 2, 7, 19, 9, 12
+    ks = torch.tensor([8, 0, 3, 3, 5, 1, 7])                  # ablated channels (repeats ok)
+    alpha, beta = rand(n, K, seed=7), rand(n, K, seed=8)
+    lp, rp = rand(H_abl, H, seed=9), rand(H_abl, H, seed=10)  # (L P)^T, (R P)^T by channel
+    q_lr = rand(n, 2, H, seed=11)
+    ql, qr = q_lr[:, 0], q_lr[:, 1]                           # same strides, as the plan's
+    clean = rand(n, 3, H, seed=12)
+    a, b = clean[:, 0], clean[:, 1]
+    D = rand(d, H, seed=13)
+    u1, v = rand(n, K, seed=14), rand(H_abl, d, seed=15)
+    u2, q = (rand(n, K, seed=16), rand(n, d, seed=17)) if has_q else (None, None)
+    out = T.entry_down(alpha, beta, ks, lp, rp, ql, qr, a, b, T.split_weight(D, f16),
+                       u1, v, u2, q)
+    ref = torch.empty(n * K, d, dtype=torch.float64)
+    for i in range(n):                                      # the docstring, one row at a time
+        for j in range(K):
+            k = int(ks[j])
+            d_left = alpha[i, j] * lp[k] + beta[i, j] * ql[i]
+            d_right = alpha[i, j] * rp[k] + beta[i, j] * qr[i]
+            dz = (a[i] * d_right + d_left * (b[i] + d_right)).double()
+            row = D.double() @ dz + u1[i, j].double() * v[k].double()
+            if has_q:
+                row = row + u2[i, j].double() * q[i].double()
+            ref[i * K + j] = row
+    assert error(out, ref) < TOL
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("position", ["post", "pre"])
+@pytest.mark.parametrize("norm", ["rms", "layer", "none"])
+def test_plan_with_triton_gemms_matches_float64(norm, position, frozen):
+    """Every ablation of a 4-layer network through the Triton suffix (entry_down, lr_dz,
+    down), against the float64 per-channel loop; a fallback to cuBLAS fails the test. The
+    precision alternates so that each position and each of frozen / real sees both (the
+    kernels' own tests above run both precisions everywhere)."""
+    precision = "3xfp16" if frozen == (position == "pre") else "3xtf32"
+    model = make(norm, position, seed=0, d_in=5, d_model=10, d_hidden=12, n_layers=4, n_out=3,
+                 spread=0.0, dtype=torch.float32)
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
+    _, clean, tgt, b = _prepare(model, x, "predicted", "zero", None, None)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*Triton GEMMs failed")
+        plan = Plan(model, frozen=frozen, precision=precision, triton=True)
+        got = torch.stack([plan.effects(clean, tgt, b[:, l] - clean.z[:, l], l,
+                                        torch.arange(12)) for l in range(4)], 1)
+    assert plan.k.triton and plan.triton_error is None
+    ref = ablation_effects_loop(model.double(), x.double(), "predicted", frozen_norm=frozen)
+    assert error(got, ref) < TOL
