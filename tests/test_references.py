@@ -29,7 +29,7 @@ from reference_mlp import (
     target_value,
 )
 
-from bilens.ablation.ablate import joint_ablation_effect
+from bilens.ablation import joint_ablation_effect
 from bilens.analysis.drift import drift_summary, norm_drift
 from bilens.analysis.verify import verify
 from bilens.attribution.backward import gradients

@@ -8,8 +8,11 @@ along the direct path with every norm folded in and every statistic set to 1
 (`bilens.analysis.direct_path`); an input's own statistics multiply the form by one
 scalar, its statistic factor, so `Q` and its eigenvectors do not depend on the input.
 
-    >>> dec = decompose(model, target="class:3")                 # doctest: +SKIP
+    >>> from bilens import BilinearNet, ModelConfig
+    >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
+    >>> dec = decompose(model, target="class:2")
     >>> dec.eigenvalues[0].shape                                  # [n_targets, d_model]
+    torch.Size([1, 16])
 
 Everything is computed in float64. `decompose(..., inputs=x)` also measures how faithful
 the decomposition is on data (`bilens.analysis.eigen_faithfulness`).
@@ -211,8 +214,12 @@ def decompose(
         A `Decomposition` (float64).
 
     Example:
-        >>> dec = bilens.decompose(model, target=["class:3", "diff:3,5"], layers=[0])
-        >>> dec.eigenvectors[0].shape          # [2, d_model, d_model]   # doctest: +SKIP
+        >>> from bilens import BilinearNet, ModelConfig
+        >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2,
+        ...                                 n_out=6))
+        >>> dec = decompose(model, target=["class:3", "diff:3,5"], layers=[0])
+        >>> dec.eigenvectors[0].shape          # [2 targets, d_model, d_model]
+        torch.Size([2, 16, 16])
     """
     path = direct_path(model)
     names, c = resolve_targets(target, path.n_out)

@@ -50,14 +50,19 @@ DEFAULT_METHOD = "explicit"     # measured faster than autograd: see docs/attrib
 DEFAULT_MODE = "renorm"         # the most faithful mode measured (docs/results.md)
 
 
-def batch_size_for(model: BilinearNet, n: int, memory: str | int = DEFAULT_MEMORY) -> int:
-    """Inputs per chunk so that one chunk's clean run and backward stay under `memory` bytes.
+def batch_size_for(model: BilinearNet, n: int, memory: str | int = DEFAULT_MEMORY,
+                   modes: Sequence[str] = ("live",)) -> int:
+    """Inputs per chunk so that one chunk's clean run and backward (and, with `renorm` among
+    `modes`, its per-channel closed form) stay under `memory` bytes.
 
     A fixed small chunk leaves a GPU launch-bound (10,000 MNIST inputs in chunks of 1,024
     took 6.6x a forward pass on the H200); one chunk as large as memory allows does not.
     """
     cfg = model.config
     floats = cfg.n_layers * (2 * cfg.d_model + 6 * cfg.d_hidden) + 3 * cfg.n_norms * cfg.d_model
+    if "renorm" in modes:      # renorm's [B, H] temporaries per layer, and its stacked result
+        floats += (cfg.n_layers + 8) * cfg.d_hidden
+    floats += (len(modes) - 1) * cfg.n_layers * cfg.d_hidden     # each further mode's result
     per_input = floats * torch.finfo(model.dtype).bits // 8
     return max(1, min(n, parse_memory(memory) // per_input))
 
@@ -188,7 +193,7 @@ def _validate(model: BilinearNet, inputs: Tensor, target: TargetSpec, baselines:
         raise BilensError(f"method: expected one of {list(METHODS)}, got {method!r}")
     check_inputs(inputs, cfg.d_in)
     n = inputs.shape[0]
-    batch = batch_size_for(model, n, memory)
+    batch = batch_size_for(model, n, memory, modes)
     if labels is not None:
         labels = torch.as_tensor(labels).to(model.device).long().flatten()
         if labels.shape[0] != n:
