@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench")
+DISTRIBUTED = ("verify",)      # the commands that split their work under torchrun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,18 +30,59 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, run, and turn a `BilensError` into one line and exit status 2."""
+    """Entry point: parse, run, and turn a `BilensError` into one line and exit status 2.
+
+    Under `torchrun` (docs/distributed.md) every rank runs the command; a failure on any
+    rank ends every rank, and rank 0 prints one line naming the failed ranks."""
+    from bilens.core import distributed
     from bilens.core.errors import BilensError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--"]:   # `torchrun ... -m bilens -- verify ... --n N` (docs/distributed.md)
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        return _run(args)
+    except distributed.RankFailed as err:
+        cause = err.__context__         # this rank's own error, if it was one that failed
+        if cause is not None and not isinstance(cause, BilensError):
+            traceback.print_exception(cause)
+        if distributed.world().rank == 0:
+            print(f"bilens {args.command}: error: {err}; no output was written",
+                  file=sys.stderr)
+        distributed.barrier()           # every rank saw the same failure: leave together
+        return 2 if err.usage else 1
     except BilensError as err:
-        print(f"bilens {args.command}: error: {err}", file=sys.stderr)
+        if distributed.world().rank == 0:
+            print(f"bilens {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bilens {args.command}: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; under torchrun in a process group, any error reaches every rank."""
+    from bilens.core import distributed
+
+    _check_launch(args.command)
+    distributed.init_if_launched()
+    with distributed.guard():
+        return int(args.func(args) or 0)
+
+
+def _check_launch(command: str) -> None:
+    """Refuse to run a command that does not split its work as several processes (each
+    would do all of it, and write the same files)."""
+    from bilens.core import distributed
+    from bilens.core.errors import BilensError
+
+    if distributed.launched() and command not in DISTRIBUTED:
+        raise BilensError(f"{command} runs as one process; under torchrun only "
+                          f"{', '.join(DISTRIBUTED)} splits its work (run `python -m bilens "
+                          f"{command} ...` instead)")
 
 
 if __name__ == "__main__":
