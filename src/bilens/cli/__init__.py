@@ -47,10 +47,11 @@ def main(argv: list[str] | None = None) -> int:
         cause = err.__context__         # this rank's own error, if it was one that failed
         if cause is not None and not isinstance(cause, BilensError):
             traceback.print_exception(cause)
-        if distributed.world().rank == 0:
-            print(f"bilens {args.command}: error: {err}; no output was written",
-                  file=sys.stderr)
-        distributed.barrier()           # every rank saw the same failure: leave together
+            sys.stderr.flush()
+        distributed.barrier()           # every rank saw the same failure: tracebacks first,
+        if distributed.world().rank == 0:                               # then the one line
+            sys.stderr.write(f"bilens {args.command}: error: {err}; no output was written\n")
+            sys.stderr.flush()
         return 2 if err.usage else 1
     except BilensError as err:
         if distributed.world().rank == 0:
