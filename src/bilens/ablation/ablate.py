@@ -26,6 +26,7 @@ from bilens.core.models.mlp import BilinearNet, Run
 from bilens.core.types import BaselineSpec, ChannelSpec, TargetSpec
 
 CPU_CHUNK_FLOATS = 2**20   # 4 MB per [ablations, d_hidden] tensor: fastest measured on CPU
+LAST_LAYER_COST = 0.1      # a last-layer chunk (closed form at the head), in suffix layers
 Job = tuple[int, Tensor | slice, slice]        # (layer, channels, input rows)
 
 
@@ -134,8 +135,9 @@ def ablation_split(
 
     The chunks are the one-process chunks, unchanged (so every element is computed as in
     one process); a chunk of layer `l` with `n` ablations is estimated to cost
-    `n * (n_layers - l)` (the suffix it reruns), and the chunks go to the ranks largest
-    first, each to the least-loaded rank (longest processing time first).
+    `n * (n_layers - 1 - l + LAST_LAYER_COST)`: the layers its suffix reruns, plus the closed
+    form at the head (measured on a CPU, docs/distributed.md). The chunks go to the ranks
+    largest first, each to the least-loaded rank (longest processing time first).
 
     Returns:
         `{"world_size", "split", "jobs", "jobs_per_rank", "estimated_cost_per_rank",
@@ -155,8 +157,8 @@ def ablation_split(
     return {"world_size": world_size,
             "split": "ablation chunks (layer, channels, input rows) by estimated cost (LPT)",
             "jobs": len(jobs), "jobs_per_rank": [len(s) for s in shares],
-            "estimated_cost_per_rank": per_rank,
-            "balance": sum(per_rank) / world_size / max(max(per_rank), 1)}
+            "estimated_cost_per_rank": [round(c, 2) for c in per_rank],
+            "balance": round(sum(per_rank) / world_size / max(max(per_rank), 1e-9), 4)}
 
 
 def _budget(plan: Plan, memory: str | int, device: torch.device) -> int:
@@ -167,14 +169,15 @@ def _budget(plan: Plan, memory: str | int, device: torch.device) -> int:
     return budget
 
 
-def _cost(spec: Job, n: int, n_layers: int) -> int:
-    """Estimated cost of a chunk: its ablations times the layers its suffix reruns."""
+def _cost(spec: Job, n: int, n_layers: int) -> float:
+    """Estimated cost of a chunk: its ablations times the layers its suffix reruns (the
+    last layer's closed form at the head counted as `LAST_LAYER_COST` of a layer)."""
     l, kk, rows = spec
     k = kk.stop - kk.start if isinstance(kk, slice) else kk.numel()
-    return k * len(range(*rows.indices(n))) * (n_layers - l)
+    return k * len(range(*rows.indices(n))) * (n_layers - 1 - l + LAST_LAYER_COST)
 
 
-def _shares(costs: list[int], world_size: int) -> list[list[int]]:
+def _shares(costs: list[float], world_size: int) -> list[list[int]]:
     """Each rank's chunks (indices into the job list); one rank: all of them, in order."""
     if world_size == 1:
         return [list(range(len(costs)))]
