@@ -76,7 +76,8 @@ def ablation_effects(
 
     Under `torchrun` (an active `torch.distributed` process group) the chunks are split
     across the ranks by estimated cost (`ablation_split`), each rank computes its share, and
-    every rank returns the whole result, the same chunks computed as in one process.
+    every rank returns the whole result, the same chunks computed as in one process. It is
+    then a collective: every rank must call it, with the same arguments.
 
     Example:
         >>> from bilens import BilinearNet, ModelConfig
