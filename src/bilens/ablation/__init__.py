@@ -3,16 +3,18 @@
 - `ablation_effects`: every selected channel of every input (the fast engine);
 - `ablation_effects_loop`, `joint_ablation_effect`: the plain references (one rerun per
   ablation), and circuits (a set of channels ablated together);
-- `channel_mask`: which channels `layers=` / `channels=` select.
+- `channel_mask`: which channels `layers=` / `channels=` select;
+- `ablation_split`: how `ablation_effects` splits its chunks over the ranks of a
+  `torchrun` launch (docs/distributed.md).
 
 The fast engine (the perturbation plan, the fused steps, the Triton kernels and the choice
 of backend) is private, in `_engine`; `resolve_backend` says which backend a call will run.
 """
 
 from bilens.ablation._engine.backend import BACKENDS, PRECISIONS, resolve_backend
-from bilens.ablation.ablate import ablation_effects
+from bilens.ablation.ablate import ablation_effects, ablation_split
 from bilens.ablation.reference import ablation_effects_loop, joint_ablation_effect
 from bilens.ablation.select import channel_mask
 
-__all__ = ["ablation_effects", "ablation_effects_loop", "joint_ablation_effect", "channel_mask",
-           "resolve_backend", "BACKENDS", "PRECISIONS"]
+__all__ = ["ablation_effects", "ablation_split", "ablation_effects_loop", "joint_ablation_effect",
+           "channel_mask", "resolve_backend", "BACKENDS", "PRECISIONS"]

@@ -33,7 +33,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from bilens.ablation import ablation_effects, channel_mask, resolve_backend
+from bilens.ablation import ablation_effects, ablation_split, channel_mask, resolve_backend
 from bilens.analysis.circuits import DEFAULT_CIRCUIT_KS, faithfulness_curve
 from bilens.analysis.drift import Drift, drift_summary, norm_drift
 from bilens.analysis.metrics import DEFAULT_KS, error_decomposition, evaluate
@@ -161,7 +161,12 @@ def verify(
         progress: progress bars.
 
     Returns:
-        a `VerifyResult`.
+        a `VerifyResult`; `metrics["info"]` records `world_size` and, under `distributed`,
+        how the ablation was split (`bilens.ablation.ablation_split`).
+
+    Under `torchrun` the two exhaustive ablations are split across the ranks and gathered
+    to every rank (`ablation_effects`); the attribution, drift, circuits and metrics are
+    cheap and computed on every rank, so every rank returns the same result.
 
     Example:
         >>> from bilens import BilinearNet, ModelConfig
@@ -191,7 +196,11 @@ def verify(
         drift = norm_drift(model, run=att.run, baselines=b)
     finally:
         model.train(was_training)
-    return _result(model, x, att, b, actual, actual_fn, drift, baselines, circuit_ks, ks)
+    result = _result(model, x, att, b, actual, actual_fn, drift, baselines, circuit_ks, ks)
+    split = ablation_split(model, x.shape[0], layers=layers, channels=channels, memory=memory,
+                           backend=backend, precision=precision)
+    result.metrics["info"].update(world_size=split["world_size"], distributed=split)
+    return result
 
 
 def _result(model: BilinearNet, x: Tensor, att: Attribution, b: Tensor, actual: Tensor,

@@ -8,9 +8,11 @@ import importlib
 import os
 import signal
 import sys
+import traceback
 
 COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench",
             "decompose")
+DISTRIBUTED = ("verify",)      # the commands that split their work under torchrun
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,23 +37,63 @@ def main(argv: list[str] | None = None) -> int:
 
     A reader that stops early (`bilens attribute ... | head`) ends the command quietly with
     the status of a process killed by SIGPIPE (141), as `cat` or `grep` would, not with a
-    traceback.
+    traceback. Under `torchrun` (docs/distributed.md) every rank runs the command; a failure
+    on any rank ends every rank, and rank 0 prints one line naming the failed ranks.
     """
+    from bilens.core import distributed
     from bilens.core.errors import BilensError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--"]:   # `torchrun ... -m bilens -- verify ... --n N` (docs/distributed.md)
+        argv = argv[1:]
     args = build_parser().parse_args(argv)
     try:
-        status = int(args.func(args) or 0)
+        status = _run(args)
         sys.stdout.flush()                  # a closed pipe shows here, not at interpreter exit
         return status
     except BrokenPipeError:
         return _stdout_closed()
+    except distributed.RankFailed as err:
+        cause = err.__context__         # this rank's own error, if it was one that failed
+        if cause is not None and not isinstance(cause, BilensError):
+            traceback.print_exception(cause)
+            sys.stderr.flush()
+        distributed.barrier()           # every rank saw the same failure: tracebacks first,
+        if distributed.world().rank == 0:                               # then the one line
+            sys.stderr.write(f"bilens {args.command}: error: {err}; no output was written\n")
+            sys.stderr.flush()
+        return 2 if err.usage else 1
     except BilensError as err:
-        print(f"bilens {args.command}: error: {err}", file=sys.stderr)
+        if distributed.world().rank == 0:
+            print(f"bilens {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bilens {args.command}: interrupted; no partial output was left", file=sys.stderr)
         return 130
+    finally:
+        distributed.shutdown()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command; under torchrun in a process group, any error reaches every rank."""
+    from bilens.core import distributed
+
+    _check_launch(args.command)
+    distributed.init_if_launched()
+    with distributed.guard():
+        return int(args.func(args) or 0)
+
+
+def _check_launch(command: str) -> None:
+    """Refuse to run a command that does not split its work as several processes (each
+    would do all of it, and write the same files)."""
+    from bilens.core import distributed
+    from bilens.core.errors import BilensError
+
+    if distributed.launched() and command not in DISTRIBUTED:
+        raise BilensError(f"{command} runs as one process; under torchrun only "
+                          f"{', '.join(DISTRIBUTED)} splits its work (run `python -m bilens "
+                          f"{command} ...` instead)")
 
 
 def _stdout_closed() -> int:

@@ -6,6 +6,11 @@
 writes `OUTDIR/results.safetensors` and `metrics.json` (docs/spec.md §7), `summary.md` and PNG
 plots, all at once (a temporary directory renamed into place; Ctrl-C leaves nothing), and
 prints the metrics table.
+
+    torchrun --nproc-per-node 4 -m bilens verify ... --device cuda --out OUTDIR
+
+splits the exhaustive ablation over the ranks (docs/distributed.md); rank 0 alone prints
+and writes, once every rank has agreed that it succeeded.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="how the ablation runs (default eager; compile and triton need CUDA)")
     p.add_argument("--precision", default=None, choices=("fp32", "3xtf32", "3xfp16"),
                    help="the ablation's large products (default fp32; 3xfp16 under triton)")
+    p.add_argument("--device", default="cpu",
+                   help="cpu | cuda | auto (default cpu); under torchrun cuda means each "
+                        "rank's GPU LOCAL_RANK")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--out", required=True, metavar="OUTDIR", help="output directory")
@@ -74,10 +82,13 @@ def run(args: argparse.Namespace) -> int:
 
     from bilens import report
     from bilens.analysis.verify import verify
+    from bilens.core import distributed
     from bilens.core.memory import parse_memory
 
     parse_memory(args.memory)
+    device = _device(args.device)
     model, dataset, data, reference = load_inputs(args)
+    model.to(device)
 
     start = time.perf_counter()
     result = verify(model, data.x, target=args.target, modes=modes, baselines=args.baseline,
@@ -86,17 +97,31 @@ def run(args: argparse.Namespace) -> int:
                     progress=not args.no_progress)
     seconds = time.perf_counter() - start
     with torch.no_grad():
-        logits = model(data.x.to(model.dtype))
+        logits = model(data.x.to(device, model.dtype))
     result.metrics["info"].update(
         checkpoint=str(args.checkpoint), dataset=dataset, split=args.split, seed=args.seed,
         accuracy=(logits.argmax(-1).cpu() == data.y).double().mean().item(),
         seconds=round(seconds, 2))
+    if not distributed.is_main():
+        distributed.agree()                          # rank 0 writes; wait for its verdict
+        return 0
     report.save_verify(result, out, plots=not args.no_plots,
-                       command=_command(args, dataset, modes))
+                       command=_command(args, dataset, modes), before_commit=distributed.agree)
     print(report.verify_table(result))
     print(f"\nwrote {out}/ (results.safetensors, metrics.json, summary.md"
           f"{'' if args.no_plots else ', PNGs'}) in {seconds:.1f} s")
     return 0
+
+
+def _device(name: str):
+    """`--device`; under torchrun, `cuda` (or `auto` on a GPU host) is GPU `LOCAL_RANK`."""
+    from bilens.core import distributed
+    from bilens.core.device import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and distributed.world().active:
+        return distributed.device()
+    return device
 
 
 def _command(args: argparse.Namespace, dataset: str, modes: list[str]) -> str:

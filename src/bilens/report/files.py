@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,8 @@ def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]
 
 
 def save_verify(result: VerifyResult, outdir: str | os.PathLike, *, plots: bool = True,
-                command: str | None = None) -> Path:
+                command: str | None = None,
+                before_commit: Callable[[], None] | None = None) -> Path:
     """Write `results.safetensors`, `metrics.json` (`VerifyResult.write`), `summary.md` and
     the PNGs into `outdir`, atomically: all appear together or, on error or Ctrl-C, none.
 
@@ -77,6 +79,8 @@ def save_verify(result: VerifyResult, outdir: str | os.PathLike, *, plots: bool 
         outdir: replaced only if absent, empty or a previous result.
         plots: draw the PNGs (`plot_verify`).
         command: the command line recorded in `summary.md`.
+        before_commit: called once every file is written, before the rename into place;
+            if it raises, nothing is left (a distributed run agrees on success here).
 
     Returns:
         `outdir`.
@@ -92,6 +96,8 @@ def save_verify(result: VerifyResult, outdir: str | os.PathLike, *, plots: bool 
         images = plot_verify(result, tmp) if plots else []
         (tmp / "summary.md").write_text(summary_markdown(
             result.metrics, [p.name for p in images], command))
+        if before_commit is not None:
+            before_commit()
     return out
 
 
