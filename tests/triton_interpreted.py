@@ -23,9 +23,9 @@ if os.environ.get("TRITON_INTERPRET") != "1":       # pragma: no cover (a misuse
 import torch  # noqa: E402
 from test_ablation import make  # noqa: E402
 
+from bilens.ablation import _prepare, ablation_effects_loop  # noqa: E402
 from bilens.ablation._engine import triton_ops as T  # noqa: E402
 from bilens.ablation._engine.plan import Plan  # noqa: E402
-from bilens.ablation import _prepare, ablation_effects_loop  # noqa: E402
 
 TOL = 1e-5                   # normwise, as `bilens bench` and the GPU tests hold them
 # entry_down with float16 halves: a masked-out row (no ablation) has a zero bound, so its

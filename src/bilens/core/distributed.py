@@ -14,7 +14,7 @@ Example:
     >>> (w.rank, w.world_size, w.active)
     (0, 1, False)
     >>> assign_lpt([4.0, 3.0, 3.0, 2.0, 2.0], 2)
-    [[0, 3], [1, 2, 4]]
+    [[0, 3, 4], [1, 2]]
 """
 
 from __future__ import annotations
