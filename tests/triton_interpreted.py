@@ -23,9 +23,10 @@ if os.environ.get("TRITON_INTERPRET") != "1":       # pragma: no cover (a misuse
 import torch  # noqa: E402
 from test_ablation import make  # noqa: E402
 
-from bilens.ablation import _prepare, ablation_effects_loop  # noqa: E402
+from bilens.ablation import ablation_effects_loop  # noqa: E402
 from bilens.ablation._engine import triton_ops as T  # noqa: E402
 from bilens.ablation._engine.plan import Plan  # noqa: E402
+from bilens.ablation.reference import prepare  # noqa: E402
 
 TOL = 1e-5                   # normwise, as `bilens bench` and the GPU tests hold them
 # entry_down with float16 halves: a masked-out row (no ablation) has a zero bound, so its
@@ -114,12 +115,14 @@ def test_plan_with_triton_gemms_matches_float64(norm, position, frozen):
     model = make(norm, position, seed=0, d_in=5, d_model=10, d_hidden=12, n_layers=4, n_out=3,
                  spread=0.0, dtype=torch.float32)
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(1))
-    _, clean, tgt, b = _prepare(model, x, "predicted", "zero", None, None)
+    _, clean, tgt, b = prepare(model, x, "predicted", "zero", None, None)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*Triton GEMMs failed")
-        plan = Plan(model, frozen=frozen, precision=precision, triton=True)
+        plan = Plan(model, frozen=frozen, precision=precision, backend="triton",
+                    compile_steps=False)
         got = torch.stack([plan.effects(clean, tgt, b[:, l] - clean.z[:, l], l,
                                         torch.arange(12)) for l in range(4)], 1)
     assert plan.k.triton and plan.triton_error is None
-    ref = ablation_effects_loop(model.double(), x.double(), "predicted", frozen_norm=frozen)
+    ref = ablation_effects_loop(model.double(), x.double(), target="predicted",
+                                frozen_norm=frozen)
     assert error(got, ref) < TOL
