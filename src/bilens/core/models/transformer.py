@@ -216,7 +216,8 @@ class BilinearTransformer(nn.Module):
             intervention: frozen statistics (`scale`, `mean` `[B, T, n_norms]`), frozen
                 attention patterns (`pattern` `[B, n_layers, n_heads, T, T]`), patched `z`
                 (`patch`, `{layer: (mask, values)}` on `z_l` `[B, T, d_hidden]`), an offset
-                on `z` (`z_offset` `[B, n_layers, T, d_hidden]`). The default changes nothing.
+                on `z` (`z_offset` `[B, n_layers, T, d_hidden]`) and on every norm's output
+                (`norm_offset` `[B, T, n_norms, d_model]`). The default changes nothing.
             check: validate the tokens and the intervention's shapes first.
 
         Returns:
@@ -253,6 +254,8 @@ class BilinearTransformer(nn.Module):
                    norms: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """`N_i(r)` under the intervention's statistics; `(r, s, mu)` appended to `norms`."""
         y, s, mu = self.norm(i)(r, *iv.stats(i))
+        if iv.norm_offset is not None:
+            y = y + iv.norm_offset[:, :, i]
         norms.append((r, s, mu))
         return y
 
@@ -262,7 +265,8 @@ class BilinearTransformer(nn.Module):
         B, T = tokens.shape
         iv.check((B, T), cfg.n_norms)
         want = {"pattern": (B, cfg.n_layers, cfg.n_heads, T, T),
-                "z_offset": (B, cfg.n_layers, T, cfg.d_hidden)}
+                "z_offset": (B, cfg.n_layers, T, cfg.d_hidden),
+                "norm_offset": (B, T, cfg.n_norms, cfg.d_model)}
         for name, shape in want.items():
             value = getattr(iv, name)
             if value is not None and tuple(value.shape) != shape:
