@@ -91,3 +91,70 @@ def test_bad_input(kw, match):
         bilens.verify(model, tokens_for(model), progress=False, **kw)
     with pytest.raises(BilensError, match="n_ctx"):
         bilens.verify(model, torch.zeros(2, 20, dtype=torch.long), progress=False)
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory):
+    """A transformer checkpoint as another tool would write it (config.json with
+    kind: transformer, SPEC §9 tensor names) and a tokens file."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = tiny_transformer("rms", "pre")
+    root = tmp_path_factory.mktemp("lm")
+    ckpt = root / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(model.config.to_dict()))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+              str(ckpt / "model.safetensors"))
+    save_file({"tokens": tokens_for(model, n=4, seq=8)}, str(root / "tokens.safetensors"))
+    return ckpt, root / "tokens.safetensors"
+
+
+def test_cli_verify_sequence(lm_dir, tmp_path, capsys):
+    from bilens.cli import main
+
+    ckpt, tokens = lm_dir
+    out = tmp_path / "v"
+    rc = main(["verify", str(ckpt), "--tokens", str(tokens), "--n", "2", "--seq-len", "6",
+               "--target", "next", "--circuit-ks", "1,2", "--no-progress", "--float64",
+               "--out", str(out)])
+    assert rc == 0
+    assert "error split" in capsys.readouterr().out
+    t = load_file(str(out / "results.safetensors"))
+    assert t["tokens"].shape == (2, 6) and t["actual"].shape == (2, 2, 6, 5)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--position", "9"], "beyond the sequence"),
+    (["--seq-len", "7", "--target", "class:1"], ""),
+    (["--modes", "frozen,exact"], "sequence-model attribution mode"),
+])
+def test_cli_sequence_one_line_errors(lm_dir, tmp_path, capsys, argv, message):
+    from bilens.cli import main
+
+    ckpt, tokens = lm_dir
+    out = tmp_path / "never"
+    rc = main(["verify", str(ckpt), "--tokens", str(tokens), "--n", "2", "--no-progress",
+               "--out", str(out), *argv])
+    err = capsys.readouterr().err
+    if not message:                          # 7 tokens read: fine (n_ctx is 8)
+        assert rc == 0
+        return
+    assert rc == 2 and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_cli_sequence_longer_than_context(lm_dir, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from bilens.cli import main
+
+    ckpt, _ = lm_dir
+    long = tmp_path / "long.safetensors"
+    save_file({"tokens": torch.zeros(2, 12, dtype=torch.long)}, str(long))
+    rc = main(["verify", str(ckpt), "--tokens", str(long), "--no-progress", "--out",
+               str(tmp_path / "never")])
+    assert rc == 2 and "n_ctx" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
