@@ -154,7 +154,8 @@ def attribute_sequence_modes(
     model.eval()
     try:
         parts = [_predict_chunk(model, tokens[i:i + chunk], tgt.select(slice(i, i + chunk)),
-                                b[i:i + chunk], modes) for i in range(0, B, chunk)]
+                                b[i:i + chunk], modes, run if chunk >= B else None)
+                 for i in range(0, B, chunk)]
     finally:
         model.train(was_training)
     predicted = {m: torch.cat([p[m] for p in parts]) for m in modes}
@@ -162,9 +163,11 @@ def attribute_sequence_modes(
 
 
 def _predict_chunk(model: BilinearTransformer, tokens: Tensor, tgt: SequenceTarget, b: Tensor,
-                   modes: tuple[str, ...]) -> dict[str, Tensor]:
-    with torch.no_grad():
-        run = model.run(tokens, check=False)
+                   modes: tuple[str, ...], run: TransformerRun | None = None
+                   ) -> dict[str, Tensor]:
+    if run is None:                                  # one chunk of several: its clean run
+        with torch.no_grad():
+            run = model.run(tokens, check=False)
     c = b - run.z                                                        # b - z  [B, L, T, H]
     keep = node_mask(tgt.position, tokens.shape[1])
     out = {}

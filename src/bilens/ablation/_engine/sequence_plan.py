@@ -18,7 +18,9 @@ sequences x a batch of channels, carrying `dh` `[b, K, S, d]` for positions `t..
 
 Nothing is recomputed and subtracted, so each effect is accurate relative to its own size.
 The last layer's node at `t` changes only position `t`'s residual, which no attention reads
-again: only `S = 1` is carried there.
+again: only `S = 1` is carried there; and in the last layer only the query position `p` is
+computed (its attention reads the perturbed keys and values of `t..p`), since no later
+attention reads the others.
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
@@ -71,102 +73,127 @@ class SequencePlan:
     def effects(self, l: int, t: int, rows: slice, ks: Tensor | slice) -> Float[Tensor, "b k"]:
         """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`."""
         run, layer = self.run, self.model.layers[l]
-        end = self.end(rows)
-        S = 1 if l == self.L - 1 else end - t + 1              # positions carried: t..t+S-1
+        S = 1 if l == self.L - 1 else self.end(rows) - t + 1   # positions carried: t..t+S-1
         c = (self.b[rows, l, t] - run.z[rows, l, t])[:, ks]                    # [b, K]
         delta = c[..., None] * layer.D.T[ks]                                   # [b, K, d]
-        dh = delta.new_zeros(*delta.shape[:2], S, delta.shape[-1])             # [b, K, S, d]
+        b = delta.shape[0]
+        dh = delta.new_zeros(b, delta.shape[1], S, delta.shape[-1])            # [b, K, S, d]
         dh[:, :, 0] = delta
-        span = slice(t, t + S)
+        pos = torch.arange(t, t + S, device=delta.device)[None].expand(b, S)   # [b, S]
         if not self.pre:                                       # layer l's MLP norm sees it
-            dh = self.norm_delta(2 * l + 1, dh, rows, span)
+            dh = self.norm_delta(2 * l + 1, dh, rows, pos)
         for m in range(l + 1, self.L):
-            dh = self.layer_step(m, dh, rows, t)
+            query = None
+            if m == self.L - 1 and not self.target.every_position:
+                query = (self.last[rows] - t).clamp(0, S - 1)[:, None]         # [b, 1]: p - t
+            dh = self.layer_step(m, dh, rows, pos, query)
+            if query is not None:
+                pos = t + query
         if self.pre:
-            dh = self.norm_delta(2 * self.L, dh, rows, span)
-        return self.readout(dh, rows, t)
+            dh = self.norm_delta(2 * self.L, dh, rows, pos)
+        return self.readout(dh, rows, pos)
 
-    def norm_delta(self, i: int, dh: Tensor, rows: slice, span: slice) -> Tensor:
-        """`N_i(r + dh) - N_i(r)` per position, without cancellation."""
+    def norm_delta(self, i: int, dh: Tensor, rows: slice, pos: Tensor) -> Tensor:
+        """`N_i(r + dh) - N_i(r)` at positions `pos` `[b, S]`, without cancellation."""
         norm = self.model.norm(i)
         if norm.kind == "none":
             return dh
         if norm.kind == "layer":
             dh = dh - dh.mean(-1, keepdim=True)
-        s = self.run.scale[rows, span, i][:, None, :, None]                    # [b, 1, S, 1]
+        s = _at(self.run.scale[rows, :, i], pos)[:, None, :, None]             # [b, 1, S, 1]
         if self.frozen_norm:
             return norm.weight * (dh / s)
-        r = self.centred[rows, span, i][:, None]                               # [b, 1, S, d]
+        r = _at(self.centred[rows, :, i], pos)[:, None]                        # [b, 1, S, d]
         s_new, ds2 = perturbed_scale(s, (r * dh).sum(-1, keepdim=True),
                                      dh.pow(2).sum(-1, keepdim=True), dh.shape[-1])
         return norm.weight * (dh / s_new + inverse_scale_change(s, s_new, ds2) * r)
 
-    def layer_step(self, m: int, dh: Tensor, rows: slice, t: int) -> Tensor:
-        """The perturbation of the residual after layer `m`, given the one before it."""
-        span = slice(t, t + dh.shape[2])
+    def layer_step(self, m: int, dh: Tensor, rows: slice, pos: Tensor,
+                   query: Tensor | None = None) -> Tensor:
+        """The perturbation of the residual after layer `m`, given the one before it at
+        positions `pos`; with `query` (`[b, 1]`, an index into `pos`) only at that position
+        (the last layer, whose other positions no target reads)."""
         alpha = self.model.config.attn_scale
-        if self.pre:
-            dh = dh + alpha * self.attention(m, self.norm_delta(2 * m, dh, rows, span), rows, t)
-            return dh + self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, span), rows, span)
-        dh = self.norm_delta(2 * m, dh + alpha * self.attention(m, dh, rows, t), rows, span)
-        return self.norm_delta(2 * m + 1, dh + self.mlp(m, dh, rows, span), rows, span)
+        out_pos = pos if query is None else torch.take_along_dim(pos, query, 1)
 
-    def mlp(self, m: int, du: Tensor, rows: slice, span: slice) -> Tensor:
+        def at_query(x: Tensor) -> Tensor:
+            return x if query is None else torch.take_along_dim(x, query[:, None, :, None], 2)
+
+        if self.pre:
+            da = self.norm_delta(2 * m, dh, rows, pos)
+            dh = at_query(dh) + alpha * self.attention(m, da, rows, pos, out_pos)
+            return dh + self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos)
+        dh = at_query(dh) + alpha * self.attention(m, dh, rows, pos, out_pos)
+        dh = self.norm_delta(2 * m, dh, rows, out_pos)
+        return self.norm_delta(2 * m + 1, dh + self.mlp(m, dh, rows, out_pos), rows, out_pos)
+
+    def mlp(self, m: int, du: Tensor, rows: slice, pos: Tensor) -> Tensor:
         """`D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`."""
         layer = self.model.layers[m]
-        a = self.run.left[rows, m, span][:, None]                              # [b, 1, S, H]
-        bb = self.run.right[rows, m, span][:, None]
+        a = _at(self.run.left[rows, m], pos)[:, None]                          # [b, 1, S, H]
+        bb = _at(self.run.right[rows, m], pos)[:, None]
         dL, dR = du @ layer.L.T, du @ layer.R.T                                # [b, K, S, H]
         return (a * dR + dL * (bb + dR)) @ layer.D.T
 
-    def attention(self, m: int, da: Tensor, rows: slice, t: int) -> Tensor:
-        """`Attn(a + da) - Attn(a)` at positions `t..t+S-1` (the pattern exact, or frozen)."""
+    def attention(self, m: int, da: Tensor, rows: slice, pos: Tensor, qpos: Tensor) -> Tensor:
+        """`Attn(a + da) - Attn(a)` at the query positions `qpos` `[b, Sq]`, `da` given at
+        the key positions `pos` = `t..t+S-1` (the pattern exact, or frozen)."""
         attn = self.model.layers[m].attn
         b, K, S, d = da.shape
         nh, dh_ = attn.n_heads, attn.d_head
+        t = int(pos[0, 0])
         J = t + S                                                              # keys 0..J-1
-        cos, sin = self.cos[t:J], self.sin[t:J]
+        Sq = qpos.shape[1]
 
-        def heads(x: Tensor) -> Tensor:                                        # [b, K, nh, S, dh]
-            return x.view(b, K, S, nh, dh_).transpose(2, 3)
+        def heads(x: Tensor, n: int) -> Tensor:                                # [b, K, nh, n, dh]
+            return x.view(b, K, n, nh, dh_).transpose(2, 3)
 
-        dv = heads(attn.v(da))
-        q, k, v = (x[rows][:, None] for x in self.qkv[m])                      # [b, 1, nh, T, dh]
-        P = self.run.pattern[rows, m][:, None, :, t:J, :J]                     # [b, 1, nh, S, J]
+        def rows_at(x: Tensor) -> Tensor:                                      # [b, 1, nh, Sq, .]
+            return torch.take_along_dim(x, qpos[:, None, :, None], 2)[:, None]
+
+        dv = heads(attn.v(da), S)
+        q, k, v = (x[rows] for x in self.qkv[m])                               # [b, nh, T, dh]
+        k, v = k[:, None, :, :J], v[:, None, :, :J]                            # [b, 1, nh, J, dh]
+        P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, 1, nh, Sq, J]
         if self.frozen_attn:
             do = P[..., t:] @ dv
         else:
-            dq = rope(heads(attn.q(da)), cos, sin)
-            dk = rope(heads(attn.k(da)), cos, sin)
-            scale = 1 / math.sqrt(dh_)
-            dS = dq @ k[..., :J, :].transpose(-1, -2)                          # [b, K, nh, S, J]
-            dS[..., t:] += (q[..., t:J, :] + dq) @ dk.transpose(-1, -2)
-            dS = dS * scale
-            causal = torch.ones(S, J, dtype=torch.bool, device=da.device).tril(t)
-            dS = dS.masked_fill(~causal, 0.0)
+            da_q = da if Sq == S else torch.take_along_dim(da, (qpos - t)[:, None, :, None], 2)
+            cos, sin = (x[qpos][:, None, None] for x in (self.cos, self.sin))  # [b,1,1,Sq,dh]
+            dq = rope(heads(attn.q(da_q), Sq), cos, sin)
+            dk = rope(heads(attn.k(da), S), self.cos[t:J], self.sin[t:J])
+            dS = dq @ k.transpose(-1, -2)                                      # [b, K, nh, Sq, J]
+            dS[..., t:] += (rows_at(q) + dq) @ dk.transpose(-1, -2)
+            dS = dS * (1 / math.sqrt(dh_))
+            causal = torch.arange(J, device=da.device)[None, None, :] <= qpos[:, :, None]
+            dS = dS.masked_fill(~causal[:, None, None], 0.0)
             dP = pattern_change(P, dS)
-            do = dP @ v[..., :J, :] + (dP[..., t:] + P[..., t:]) @ dv
-        return attn.o(do.transpose(2, 3).reshape(b, K, S, d))
+            do = dP @ v + (dP[..., t:] + P[..., t:]) @ dv
+        return attn.o(do.transpose(2, 3).reshape(b, K, Sq, d))
 
-    def readout(self, dfinal: Tensor, rows: slice, t: int) -> Tensor:
-        """The target's change from the perturbation of the vector the head reads."""
+    def readout(self, dfinal: Tensor, rows: slice, pos: Tensor) -> Tensor:
+        """The target's change from the perturbation of the vector the head reads at the
+        positions `pos` `[b, S]`."""
         W = self.model.head.weight                                             # [V, d]
         tgt, logits = self.target, self.run.logits[rows]
         b, K, S, _ = dfinal.shape
         if tgt.every_position:                                                 # mean-logprob
             dlogits = (dfinal @ W.T).transpose(1, 2).flatten(0, 1)             # [b*S, K, V]
-            label = tgt.next_tokens[rows, t:t + S].flatten()
-            out = target_delta(Target(label=label), logits[:, t:t + S].flatten(0, 1), dlogits)
+            label = _at(tgt.next_tokens[rows], pos).flatten()
+            out = target_delta(Target(label=label), _at(logits, pos).flatten(0, 1), dlogits)
             return out.view(b, S, K).sum(1) / self.T
-        s = self.last[rows] - t                                                # where p reads
+        s = self.last[rows] - pos[:, 0]                                        # where p reads
         valid = (s >= 0) & (s < S)
-        idx = s.clamp(0, S - 1)
-        at_p = dfinal[torch.arange(b, device=s.device), :, idx]                # [b, K, d]
         rows_b = torch.arange(b, device=s.device)
-        inner = tgt.target.select(rows)
+        at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
         dlogits = at_p @ W.T                                                   # [b, K, V]
-        out = target_delta(inner, logits[rows_b, self.last[rows]], dlogits)
+        out = target_delta(tgt.target.select(rows), logits[rows_b, self.last[rows]], dlogits)
         return torch.where(valid[:, None], out, torch.zeros_like(out))
+
+
+def _at(x: Tensor, pos: Tensor) -> Tensor:
+    """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`: `[b, S, ...]`."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
 
 
 def pattern_change(P: Tensor, dS: Tensor) -> Tensor:
