@@ -90,7 +90,7 @@ def prefix_loop(model, run, tgt, b, groups) -> dict:
                 q, k, v = lm.attn.qkv(torch.cat([prefix, a], 1))
                 q = q[:, :, t:]
                 scores = q @ k.transpose(-1, -2) / math.sqrt(lm.attn.d_head)
-                mask = torch.ones(p + 1 - t, p + 1, dtype=torch.bool).tril(t)
+                mask = torch.ones(p + 1 - t, p + 1, dtype=torch.bool, device=h.device).tril(t)
                 o = scores.masked_fill(~mask, -math.inf).softmax(-1) @ v
                 h = h + model.config.attn_scale * lm.attn.o(o.transpose(1, 2).flatten(2))
                 h = h + lm.mlp(lm.mlp_norm(h)[0])[2] @ lm.D.T
@@ -232,7 +232,7 @@ def _hook_and_captum(znet, model, one, groups, t_ours, sync, no_captum, cfg):
                     handle.remove()
         return out
 
-    t_hook, _ = timed(hooks, sync)
+    t_hook, _ = timed(hooks, sync, warm=False)          # thousands of forwards: warm
     print(f"  per-node hook loop {t_hook:.2f} s: bilens {t_hook / t_ours:.0f}x faster")
     if no_captum:
         return
@@ -247,7 +247,8 @@ def _hook_and_captum(znet, model, one, groups, t_ours, sync, no_captum, cfg):
     best = math.inf
     for ppe in (16, 64, 256, 1024):
         t_fa, _ = timed(lambda ppe=ppe: fa.attribute(one, layer_mask=mask,
-                                                     perturbations_per_eval=ppe), sync)
+                                                     perturbations_per_eval=ppe), sync,
+                        warm=False)
         best = min(best, t_fa)
         print(f"  captum LayerFeatureAblation ppe={ppe}: {t_fa:.2f} s")
     print(f"  captum best {best:.2f} s: bilens {best / t_ours:.0f}x faster")
