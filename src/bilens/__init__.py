@@ -35,6 +35,10 @@ _EXPORTS = {
     "run_with_cache": "bilens.attribution.predict",
     "ablation_effects": "bilens.ablation.ablate",
     "verify": "bilens.analysis.verify",
+    "attribute_sequence": "bilens.attribution.sequence",
+    "sequence_ablation_effects": "bilens.ablation.sequence",
+    "BilinearTransformer": "bilens.core.models.transformer",
+    "TransformerConfig": "bilens.core.config",
     "VerifyResult": "bilens.analysis.verify",
     "compare": "bilens.experiments.compare",
     "decompose": "bilens.analysis.decompose",
@@ -58,21 +62,25 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover  (explicit re-exports for type checkers)
     from bilens.ablation.ablate import ablation_effects as ablation_effects
+    from bilens.ablation.sequence import sequence_ablation_effects as sequence_ablation_effects
     from bilens.analysis.decompose import Decomposition as Decomposition
     from bilens.analysis.decompose import decompose as decompose
     from bilens.analysis.verify import VerifyResult as VerifyResult
     from bilens.analysis.verify import verify as verify
     from bilens.attribution.predict import attribute as attribute
     from bilens.attribution.predict import run_with_cache as run_with_cache
+    from bilens.attribution.sequence import attribute_sequence as attribute_sequence
     from bilens.core.checkpoint import load as load
     from bilens.core.checkpoint import save as save
     from bilens.core.config import ModelConfig as ModelConfig
+    from bilens.core.config import TransformerConfig as TransformerConfig
     from bilens.core.data import DATASETS as DATASETS
     from bilens.core.data import Dataset as Dataset
     from bilens.core.data import load_dataset as load_dataset
     from bilens.core.errors import BilensError as BilensError
     from bilens.core.models.mlp import BilinearNet as BilinearNet
     from bilens.core.models.mlp import Run as Run
+    from bilens.core.models.transformer import BilinearTransformer as BilinearTransformer
     from bilens.core.norms import Norm as Norm
     from bilens.core.targets import Target as Target
     from bilens.core.targets import resolve_target as resolve_target

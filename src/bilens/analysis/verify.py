@@ -23,10 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,89 +34,19 @@ from bilens.ablation import ablation_effects, ablation_split, channel_mask, reso
 from bilens.analysis.circuits import DEFAULT_CIRCUIT_KS, faithfulness_curve
 from bilens.analysis.drift import Drift, drift_summary, norm_drift
 from bilens.analysis.metrics import DEFAULT_KS, error_decomposition, evaluate
+from bilens.analysis.verify_result import (
+    RESULT_FILES,
+    VerifyResult,
+    check_replaceable,
+    replaceable,
+)
 from bilens.attribution.predict import MODES, Attribution, attribute_modes
 from bilens.core.errors import BilensError
-from bilens.core.io import atomic_dir
 from bilens.core.memory import DEFAULT_MEMORY
 from bilens.core.models.mlp import BilinearNet
 from bilens.core.types import BaselineSpec, ChannelSpec, TargetSpec
 
-RESULT_FILES = ("results.safetensors", "metrics.json")   # the data; the report adds the rest
-
-
-@dataclass
-class VerifyResult:
-    """What `verify` measured.
-
-    Attributes:
-        tensors: docs/spec.md §7 names: `inputs [N, d_in]`, `target [N, n_out]` (or `label [N]`),
-            `activation`, `predicted.<mode>`, `actual`, `actual_frozen_norm` (all
-            `[N, L, H]`, NaN where not ablated), plus `drift.measured`, `drift.formula`
-            (`ds/s`, `[N, L, H]`) and `circuit.<mode>.{sum_predicted,joint,sum_actual}` `[K, N]`.
-        metrics: `{"info", "modes": {mode: {"overall", "per_layer", "per_input",
-            "decomposition", "circuit"}}, "drift"}` (JSON-ready).
-    """
-
-    tensors: dict[str, Tensor]
-    metrics: dict[str, Any]
-
-    @property
-    def modes(self) -> list[str]:
-        return list(self.metrics["modes"])
-
-    def predicted(self, mode: str) -> Float[Tensor, "batch layer hidden"]:
-        return self.tensors[f"predicted.{mode}"]
-
-    def write(self, directory: str | os.PathLike) -> None:
-        """Write `results.safetensors` and `metrics.json` into the existing `directory`, as
-        they are (not atomic: `save` and `bilens.report.save_verify` wrap it)."""
-        from bilens.analysis.results import save_results
-
-        d = Path(directory)
-        save_results(d / "results.safetensors", self.tensors, self.metrics,
-                     summary_path=d / "metrics.json")
-
-    def save(self, outdir: str | os.PathLike) -> Path:
-        """Write the data files (`results.safetensors`, `metrics.json`) into `outdir`,
-        atomically: both appear together or, on error or Ctrl-C, neither. With the table,
-        `summary.md` and the PNGs beside them: `bilens.report.save_verify`.
-
-        An existing `outdir` is replaced only if it is empty or holds a previous result.
-        """
-        out = Path(outdir)
-        check_replaceable(out)
-        with atomic_dir(out) as tmp:
-            self.write(tmp)
-        return out
-
-    @classmethod
-    def load(cls, outdir: str | os.PathLike) -> VerifyResult:
-        """Read a directory written by `save`."""
-        from bilens.analysis.results import load_results
-
-        out = Path(outdir)
-        missing = [f for f in RESULT_FILES if not (out / f).exists()]
-        if missing:
-            raise BilensError(f"{str(out)!r}: missing {missing}; is it a `bilens verify` output?")
-        tensors, metrics = load_results(out / "results.safetensors", out / "metrics.json")
-        return cls(tensors, _from_json(metrics))
-
-
-def replaceable(out: Path) -> bool:
-    """True if `save` may write `out`: absent, an empty directory, or a previous result
-    (`results.safetensors` and `metrics.json`; a lone `metrics.json` may be another tool's)."""
-    if not out.exists():
-        return True
-    if not out.is_dir():
-        return False
-    return not any(out.iterdir()) or all((out / f).is_file() for f in RESULT_FILES)
-
-
-def check_replaceable(out: Path) -> None:
-    """Raise unless `out` is `replaceable`: saving replaces the directory whole."""
-    if not replaceable(out):
-        raise BilensError(f"out: {str(out)!r} exists and is not a bilens verify result; "
-                          f"choose a new directory (it would be replaced)")
+__all__ = ["verify", "VerifyResult", "RESULT_FILES", "replaceable", "check_replaceable"]
 
 
 def verify(
@@ -139,6 +66,7 @@ def verify(
     backend: str | None = None,
     precision: str | None = None,
     progress: bool = True,
+    position: int | Tensor | None = None,
 ) -> VerifyResult:
     """Attribute every channel in each mode and check it against the real ablation.
 
@@ -159,6 +87,11 @@ def verify(
             H200 `backend="triton", precision="3xfp16"` is the fastest, and agrees with
             float64 to ~1e-6); a CPU always runs eager float32 products.
         progress: progress bars.
+        position: a sequence model's target position `p` (see below).
+
+    A `BilinearTransformer` is verified node by node (`analysis.verify_sequence`): `inputs`
+    are token ids, `modes` default to its four (`frozen`, `frozen-norm`, `live`, `renorm`),
+    `channels`, `backend` and `precision` do not apply.
 
     Returns:
         a `VerifyResult`; `metrics["info"]` records `world_size` and, under `distributed`,
@@ -175,6 +108,21 @@ def verify(
         >>> r.metrics["modes"]["frozen"]["overall"]["n"]
         256
     """
+    from bilens.core.models.transformer import BilinearTransformer
+
+    if isinstance(model, BilinearTransformer):
+        from bilens.analysis.verify_sequence import verify_sequence
+
+        if channels is not None or backend is not None or precision is not None:
+            raise BilensError("channels/backend/precision: not used for a sequence model; "
+                              "select nodes with layers=..., leave the others None")
+        return verify_sequence(model, inputs, target=target, position=position,
+                               baselines=baselines, labels=labels, reference=reference,
+                               modes=None if modes is MODES else modes, layers=layers,
+                               circuit_ks=circuit_ks, ks=ks, memory=memory, progress=progress)
+    if position is not None:
+        raise BilensError("position: only a sequence model (BilinearTransformer) reads its "
+                          "target at a position; leave position=None")
     cfg = model.config
     resolve_backend(backend, precision, model.device, model.dtype)      # bad names: before work
     if not channel_mask(cfg.n_layers, cfg.d_hidden, layers, channels).any():
@@ -246,14 +194,3 @@ def _info(model: BilinearNet, x: Tensor, tgt: Any, baseline: object, ablated: Te
         "model": cfg.to_dict(),
         "dtype": str(model.dtype).replace("torch.", ""),
     }
-
-
-def _from_json(obj: Any) -> Any:
-    """None -> NaN inside metric dicts (inverse of `_json_ready` for numbers)."""
-    if obj is None:
-        return math.nan
-    if isinstance(obj, dict):
-        return {k: (v if k == "baseline" else _from_json(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_from_json(v) for v in obj]
-    return obj

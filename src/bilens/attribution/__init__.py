@@ -5,7 +5,9 @@ under a linearization (`frozen`, `live`, `renorm`).
 - `attribute_modes`: several modes from one clean run, as an `Attribution`;
 - `gradients`, `gradients_autograd`: `d f / d z` under a linearization (the written-out
   backward, and autograd for checking); `renorm_effects`: the `renorm` closed form;
-- `run_with_cache`: every intermediate under a TransformerLens-style name.
+- `run_with_cache`: every intermediate under a TransformerLens-style name;
+- `attribute_sequence`, `attribute_sequence_modes`: every node `(l, t, k)` of the bilinear
+  transformer (`frozen`, `frozen-norm`, `live`, `renorm`; docs/lm-verification.md).
 """
 
 from bilens.attribution.backward import GRADIENT_MODES, MODES, gradients, gradients_autograd
@@ -17,6 +19,14 @@ from bilens.attribution.predict import (
     run_with_cache,
 )
 from bilens.attribution.renorm import renorm_effects
+from bilens.attribution.sequence import (
+    SEQUENCE_MODES,
+    SequenceAttribution,
+    attribute_sequence,
+    attribute_sequence_modes,
+)
 
 __all__ = ["attribute", "attribute_modes", "Attribution", "run_with_cache", "gradients",
-           "gradients_autograd", "renorm_effects", "MODES", "GRADIENT_MODES", "DEFAULT_MODE"]
+           "gradients_autograd", "renorm_effects", "MODES", "GRADIENT_MODES", "DEFAULT_MODE",
+           "attribute_sequence", "attribute_sequence_modes", "SequenceAttribution",
+           "SEQUENCE_MODES"]

@@ -31,8 +31,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "norms, compare with the attribution of each mode (docs/spec.md §5), and write "
                     "results.safetensors, metrics.json, summary.md and PNGs to --out.")
     add_input_arguments(p, n_default=256, n_help="number of inputs (default 256)")
-    p.add_argument("--modes", default="frozen,live,renorm",
-                   help="comma-separated attribution modes (default: all three)")
+    p.add_argument("--modes", default=None,
+                   help="comma-separated attribution modes (default: all three; for a "
+                        "sequence model all four: frozen,frozen-norm,live,renorm)")
+    p.add_argument("--tokens", default=None, metavar="FILE",
+                   help="sequence models: a safetensors file with tokens [N, T]")
+    p.add_argument("--position", type=int, default=None,
+                   help="sequence models: the target position p (default the last)")
+    p.add_argument("--seq-len", type=int, default=None,
+                   help="sequence models: tokens read per sequence (default all)")
     p.add_argument("--layers", default=None,
                    help="layers to ablate, e.g. 0,3 (default all; others are NaN)")
     p.add_argument("--circuit-ks", default="1,2,4,8,16,32,64",
@@ -62,7 +69,12 @@ def _ints(text: str | None, flag: str) -> list[int] | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from bilens.cli.verify_sequence import is_sequence_checkpoint, run_sequence
+
+    if args.tokens or is_sequence_checkpoint(args.checkpoint):
+        return run_sequence(args)
     # ---- validate everything cheap before loading anything ----
+    args.modes = args.modes or "frozen,live,renorm"
     modes = parse_modes(args.modes, "--modes")
     check_baseline(args)
     if args.n < 1:

@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 def plot_verify(result: VerifyResult, outdir: str | os.PathLike) -> list[Path]:
     """Write a `VerifyResult`'s PNGs into `outdir`; see `bilens.report.verify_plots`
     (imported on first use: matplotlib is slow to import)."""
+    if result.metrics.get("kind") == "sequence":
+        from bilens.report.verify_sequence_plots import plot_sequence
+
+        return plot_sequence(result, outdir)
     from bilens.report.verify_plots import plot_verify as plot
 
     return plot(result, outdir)

@@ -87,13 +87,16 @@ def save_verify(result: VerifyResult, outdir: str | os.PathLike, *, plots: bool 
     """
     from bilens.analysis.verify import check_replaceable
     from bilens.report.verify_plots import plot_verify
+    from bilens.report.verify_sequence_plots import plot_sequence
     from bilens.report.verify_summary import summary_markdown
+
+    plot = plot_sequence if result.metrics.get("kind") == "sequence" else plot_verify
 
     out = Path(outdir)
     check_replaceable(out)
     with atomic_dir(out) as tmp:
         result.write(tmp)
-        images = plot_verify(result, tmp) if plots else []
+        images = plot(result, tmp) if plots else []
         (tmp / "summary.md").write_text(summary_markdown(
             result.metrics, [p.name for p in images], command))
         if before_commit is not None:

@@ -146,6 +146,8 @@ def verify_table(result: VerifyResult) -> str:
 def metrics_table(metrics: dict[str, Any]) -> str:
     """The `verify` metrics dict as plain text: accuracy per mode and layer, the error split,
     the norm drift, and the faithfulness curve."""
+    if metrics.get("kind") == "sequence":
+        return sequence_table(metrics)
     info = metrics.get("info", {})
     parts = []
     if info:
@@ -207,3 +209,62 @@ def _drift_table(dr: dict[str, Any]) -> str:
                      s["effect_ratio_upper_half"]["median"], s["effect_ne"]])
     return ("norm drift at the ablated layer: measured ds/s vs the seed's "
             "(r.delta)/|r|^2, and its effect on the target\n" + numeric_table(header, rows))
+
+
+# ------------------------------------------------------------------ sequence models
+
+SPLIT_KEYS = ("frozen_ne", "norm_drift", "attention_change", "gating",
+              "attention_change_norms_live", "interaction")
+
+
+def sequence_table(metrics: dict[str, Any]) -> str:
+    """The metrics as plain text: per mode and layer, node types, the split, circuits."""
+    info = metrics.get("info", {})
+    modes = metrics["modes"]
+    recall = [k for k in next(iter(modes.values()))["overall"] if k.startswith("recall@")]
+    header = ["mode / layer", "NE", "pearson", "spearman", *recall, "sign",
+              "r at p", "r before p", "sign err"]
+    rows = []
+    for mode, m in modes.items():
+        types = m["node_types"]
+        sign_err = 1 - m["overall"]["sign_agreement"]
+        rows.append([f"{mode} all", *_cells(m["overall"], recall), types["at_p"]["pearson"],
+                     types["before_p"]["pearson"], sign_err])
+        rows += [[f"{mode} {l}", *_cells(s, recall), "", "", ""]
+                 for l, s in enumerate(m["per_layer"])]
+    parts = [f"{info.get('n_inputs')} sequences of {info.get('seq_len')} tokens, target "
+             f"{info.get('target')}, baseline {info.get('baseline')}, {info.get('n_ablated')} "
+             f"nodes that reach the target, {info.get('dtype', '')}",
+             "node attribution vs exact ablation (NE = sum|p-a|/sum|a|)\n"
+             + numeric_table(header, rows)]
+    split = metrics["split"]
+    srows = [["all", *[split["overall"][k] for k in SPLIT_KEYS]]]
+    srows += [[str(l), *[s[k] for k in SPLIT_KEYS]] for l, s in enumerate(split["per_layer"])]
+    parts.append("error split of frozen, each sum|.|/sum|a|: a - p_f = (a - a_n) norm drift "
+                 "+ (a_n - a_b) attention + (a_b - p_f) gating\n"
+                 + numeric_table(["layer", "frozen NE", "norm drift", "attention", "gating",
+                                  "attn (norms live)", "interaction"], srows))
+    dist = next(iter(modes.values()))["by_distance"]
+    drows = [[str(d["distance"]), *[_by(modes[m], d["distance"]) for m in modes]]
+             for d in dist]
+    parts.append("NE by distance p - t\n" + numeric_table(["p - t", *modes], drows))
+    curves = [(mode, m["circuit"]) for mode, m in modes.items() if m.get("circuit")]
+    if curves:
+        crows = [[mode, c["k"], c["mean_sum_predicted"], c["mean_joint"],
+                  c["normalized_error"], c.get("additivity_error")]
+                 for mode, curve in curves for c in curve]
+        parts.append("top-k nodes by |predicted| ablated together\n" + numeric_table(
+            ["mode", "k", "mean sum pred", "mean joint", "NE", "additivity NE"], crows))
+    return "\n\n".join(parts)
+
+
+def _cells(s: dict[str, Any], recall: list[str]) -> list[Any]:
+    return [s["normalized_error"], s["pearson"], s["spearman"], *[s[k] for k in recall],
+            s["sign_agreement"]]
+
+
+def _by(m: dict[str, Any], distance: int) -> Any:
+    for d in m["by_distance"]:
+        if d["distance"] == distance:
+            return d["normalized_error"]
+    return ""

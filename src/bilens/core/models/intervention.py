@@ -9,6 +9,8 @@ Every model family's `run(inputs, intervention)` reads it the same way:
 - `patch`: `{layer: (mask, values)}`; `z[mask] := values[mask]` (an ablation).
 - `z_offset`: added to every `z` after any patch, `[batch, layer, ...]` (a zero tensor with
   `requires_grad` makes `d f / d z` available from autograd).
+- `norm_offset`: added to every norm's output (sequence models), `[batch, seq, norm, d_model]`
+  (a zero tensor with `requires_grad` makes `d f / d N_i(r)` available, for `renorm`).
 
 Example:
     >>> from bilens.core.config import ModelConfig
@@ -45,6 +47,7 @@ class Intervention:
     pattern: Float[Tensor, "batch layer head seq seq"] | None = None
     patch: Patch | None = None
     z_offset: Float[Tensor, "batch layer *seq d_hidden"] | None = None
+    norm_offset: Float[Tensor, "batch seq norm d_model"] | None = None
 
     def stats(self, i: int) -> tuple[Tensor | None, Tensor | None]:
         """Norm `i`'s frozen `(s, mu)`, each None where it is recomputed."""

@@ -1,0 +1,258 @@
+"""Node attribution and the exact oracle of the bilinear transformer, timed side by side.
+
+    python benchmarks/lm_oracle.py              # CPU: 2 layers, d_model 64, d_hidden 128, 32 tokens
+    python benchmarks/lm_oracle.py --gpu        # 4 layers, d_model 256, d_hidden 1024, 64 tokens,
+                                                # 128 sequences (the issue's H200 target)
+    python benchmarks/lm_oracle.py --gpu --n 8  # a quick run
+
+Random weights (float32), pre-norm RMS, target `next` at the last position. Rows:
+
+1. attribution of every node (`live`, `frozen`) against one forward pass and against captum's
+   `LayerGradientXActivation` over the layers' `z`;
+2. the oracle (every node of every sequence), first checked against the float64 oracle
+   (normwise relative error <= 1e-5) before any time counts; its FLOP count and FLOP/s;
+3. on a subset (sequence 0, layer 0, the positions `--subset-every`): the oracle against
+   captum's `LayerFeatureAblation` (best `perturbations_per_eval`), a per-node hook loop that
+   reruns the network, and a plain prefix-reusing batched loop (layers < l and positions < t
+   reused, all channels of one (l, t) per batch, recompute and subtract).
+"""
+
+# ruff: noqa: E741
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from torch import Tensor, nn
+
+from bilens.ablation._engine.sequence_plan import SequencePlan
+from bilens.ablation.sequence import ablate_prepared, sequence_ablation_effects
+from bilens.attribution.sequence import attribute_sequence
+from bilens.core.config import TransformerConfig
+from bilens.core.models.transformer import BilinearTransformer
+from bilens.core.sequence import prepare_sequence
+
+
+def timed(fn, sync, repeat: int = 1, warm: bool = True):
+    """Best wall time of `repeat` calls (after one warm-up unless `warm=False`), and the
+    last result."""
+    if warm:
+        fn()
+        sync()
+    best, out = math.inf, None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best, out
+
+
+class ZSeq(nn.Module):
+    """The transformer's forward with an `nn.Identity` on every `z` (for captum and hooks),
+    returning `log p(next token)` at the last position."""
+
+    def __init__(self, model: BilinearTransformer, nxt: Tensor):
+        super().__init__()
+        self.model, self.nxt = model, nxt
+        self.z = nn.ModuleList(nn.Identity() for _ in model.layers)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        m = self.model
+        h = m.embed(tokens)
+        for l, layer in enumerate(m.layers):
+            h = h + m.config.attn_scale * layer.attn.fast(layer.attn_norm(h)[0])
+            left, right, _ = layer.mlp(layer.mlp_norm(h)[0])
+            h = h + self.z[l](left * right) @ layer.D.T
+        logp = m.head(m.final_norm(h[:, -1])[0]).log_softmax(-1)
+        nxt = self.nxt.repeat(tokens.shape[0] // self.nxt.shape[0])
+        return logp.gather(1, nxt[:, None])[:, 0]
+
+
+def prefix_loop(model, run, tgt, b, groups) -> dict:
+    """The careful hand-written loop (pre-norm): per (l, t), H copies of the residual after
+    layer l at positions t..p with c_k D_k added at t, the later layers run on those
+    positions with the clean keys and values of positions < t, then subtract."""
+    out = {}
+    p = int(tgt.position[0])
+    with torch.no_grad():
+        for l, t in groups:
+            layer = model.layers[l]
+            c = b[0, l, t] - run.z[0, l, t]                                   # [H]
+            h = run.resid[0, t:p + 1, 2 * l + 2].clone().expand(c.shape[0], -1, -1).clone()
+            h[:, 0] += c[:, None] * layer.D.T
+            for m in range(l + 1, model.config.n_layers):
+                lm = model.layers[m]
+                a = lm.attn_norm(h)[0]
+                prefix = run.attn_in[0:1, m, :t].expand(h.shape[0], -1, -1)
+                q, k, v = lm.attn.qkv(torch.cat([prefix, a], 1))
+                q = q[:, :, t:]
+                scores = q @ k.transpose(-1, -2) / math.sqrt(lm.attn.d_head)
+                mask = torch.ones(p + 1 - t, p + 1, dtype=torch.bool, device=h.device).tril(t)
+                o = scores.masked_fill(~mask, -math.inf).softmax(-1) @ v
+                h = h + model.config.attn_scale * lm.attn.o(o.transpose(1, 2).flatten(2))
+                h = h + lm.mlp(lm.mlp_norm(h)[0])[2] @ lm.D.T
+            logp = model.head(model.final_norm(h[:, -1])[0]).log_softmax(-1)
+            f0 = run.logits[0, p].log_softmax(-1)[tgt.target.label[0]]
+            out[(l, t)] = logp[:, tgt.target.label[0]] - f0
+    return out
+
+
+def oracle_flops(cfg: TransformerConfig, n: int, T: int) -> float:
+    """2 x the multiply-adds of the oracle's products, every node of `n` sequences (target
+    at the last position): per later layer over the S = T - t carried positions the k, v
+    projections, and q, o, the MLP and the scores only where they are computed (every
+    position, or in the last layer the query p alone)."""
+    d, H, V = cfg.d_model, cfg.d_hidden, cfg.vocab_size
+    total = 0.0
+    for l in range(cfg.n_layers):
+        for t in range(T):
+            if l == cfg.n_layers - 1 and t != T - 1:
+                continue                                     # exactly 0, not computed
+            S = T - t
+            per = 2 * d * V + 2 * d                                   # readout, entry
+            for m in range(l + 1, cfg.n_layers):
+                Sq = 1 if m == cfg.n_layers - 1 else S
+                per += 2 * 2 * d * d * S + 2 * 2 * d * d * Sq          # k, v; q, o
+                per += 2 * 3 * d * H * Sq                              # L, R, D
+                per += 2 * 2 * Sq * T * d                              # scores, values
+            total += n * H * per
+    return total
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--gpu", action="store_true", help="the H200 configuration on CUDA")
+    ap.add_argument("--n", type=int, default=None, help="sequences (default 8 CPU, 128 GPU)")
+    ap.add_argument("--subset-every", type=int, default=None,
+                    help="subset positions: every k-th of layer 0 (default 1 CPU, 8 GPU)")
+    ap.add_argument("--memory", default=None, help="oracle memory budget (default 1GiB/16GiB)")
+    ap.add_argument("--no-captum", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="CPU threads (default 1: a shared 2-core machine thrashes with more)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    dev = torch.device("cuda" if args.gpu else "cpu")
+    if args.gpu:
+        cfg = TransformerConfig(vocab_size=4096, n_ctx=64, d_model=256, d_hidden=1024,
+                                n_layers=4, n_heads=4)
+        n, T, every, memory = args.n or 128, 64, args.subset_every or 8, args.memory or "16GiB"
+        torch.backends.cuda.matmul.allow_tf32 = False
+    else:
+        cfg = TransformerConfig(vocab_size=512, n_ctx=32, d_model=64, d_hidden=128,
+                                n_layers=2, n_heads=4)
+        n, T, every, memory = args.n or 8, 32, args.subset_every or 1, args.memory or "1GiB"
+    sync = torch.cuda.synchronize if args.gpu else (lambda: None)
+    torch.manual_seed(0)
+    model = BilinearTransformer(cfg).to(dev).eval()
+    data = torch.randint(cfg.vocab_size, (n, T + 1), device=dev)
+    tokens = data[:, :-1]
+    print(f"{dev.type}: {cfg.n_layers} layers, d_model {cfg.d_model}, d_hidden {cfg.d_hidden}, "
+          f"{cfg.n_heads} heads, {T} tokens, {n} sequences, {n * cfg.n_layers * T * cfg.d_hidden:,}"
+          f" nodes; target next at the last position; float32")
+
+    # ---- 1. attribution
+    t_fwd, _ = timed(lambda: model(tokens), sync, 3)
+    t_live, p_live = timed(lambda: attribute_sequence(model, data, target="next", mode="live"),
+                           sync, 3)
+    t_frozen, _ = timed(lambda: attribute_sequence(model, data, target="next", mode="frozen"),
+                        sync, 3)
+    print(f"forward {t_fwd * 1e3:.1f} ms | attribution live {t_live * 1e3:.1f} ms "
+          f"({t_live / t_fwd:.1f}x forward), frozen {t_frozen * 1e3:.1f} ms "
+          f"({t_frozen / t_fwd:.1f}x)")
+    znet = ZSeq(model, data[:, -1])
+    if not args.no_captum:
+        from captum.attr import LayerGradientXActivation
+
+        gxa = LayerGradientXActivation(znet, list(znet.z))
+        t_cap, attr = timed(lambda: gxa.attribute(tokens), sync, 3)
+        err = (torch.stack(attr, 1) + p_live).norm() / p_live.norm()
+        print(f"captum LayerGradientXActivation {t_cap * 1e3:.1f} ms: bilens live is "
+              f"{t_cap / t_live:.1f}x faster (same numbers: rel. diff {err:.1e})")
+
+    # ---- 2. the oracle, checked against float64 first
+    check = slice(0, min(n, 2))
+    a64 = sequence_ablation_effects(model.double(), data[check],
+                                    target="next", memory=memory)
+    model.float()
+    a32 = sequence_ablation_effects(model, data[check], target="next", memory=memory)
+    err = ((a32.double() - a64).norm() / a64.norm()).item()
+    print(f"oracle float32 vs float64 (2 sequences): normwise rel. error {err:.2e} "
+          f"({'ok' if err <= 1e-5 else 'ABOVE 1e-5'})")
+    if err > 1e-5:
+        raise SystemExit("the oracle's float32 effects disagree with float64; no timing")
+    _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
+    t_oracle, _ = timed(lambda: ablate_prepared(model, run, tgt, b, frozen_norm=False,
+                                                frozen_attn=False,
+                                                layers=list(range(cfg.n_layers)),
+                                                memory=memory, progress=False), sync,
+                           warm=False)                    # warmed by the float32 check
+    flops = oracle_flops(cfg, n, T)
+    per_node = t_oracle / (n * cfg.n_layers * T * cfg.d_hidden)
+    print(f"oracle, every node: {t_oracle:.2f} s ({per_node * 1e9:.0f} ns/node), "
+          f"{flops:.3g} FLOP, {flops / t_oracle / 1e12:.3f} TFLOP/s")
+
+    # ---- 3. the subset: sequence 0, layer 0, positions every `every`
+    one = data[:1]
+    _, run1, tgt1, b1 = prepare_sequence(model, one, "next", None, "zero", None, None)
+    groups = [(0, t) for t in range(0, T, every)]
+    plan = SequencePlan(model, run1, tgt1, b1)
+    t_ours, ours = timed(lambda: {g: plan.effects(*g, slice(0, 1), slice(None))[0]
+                                  for g in groups}, sync)
+    nodes = len(groups) * cfg.d_hidden
+    print(f"subset: sequence 0, layer 0, {len(groups)} positions = {nodes} nodes; bilens "
+          f"{t_ours * 1e3:.1f} ms")
+    t_pre, pre = timed(lambda: prefix_loop(model, run1, tgt1, b1, groups), sync)
+    diff = max((pre[g] - ours[g]).abs().max().item() for g in groups)
+    scale = max(ours[g].abs().max().item() for g in groups)
+    print(f"  prefix-reusing batched loop {t_pre * 1e3:.1f} ms: bilens {t_pre / t_ours:.1f}x "
+          f"faster (max diff {diff / scale:.1e} of the largest effect)")
+    _hook_and_captum(znet, model, one, groups, t_ours, sync, args.no_captum, cfg)
+
+
+def _hook_and_captum(znet, model, one, groups, t_ours, sync, no_captum, cfg):
+    """The per-node hook loop and captum's LayerFeatureAblation on the subset."""
+    znet.nxt = znet.nxt[:1]
+    H = cfg.d_hidden
+
+    def hooks():
+        out = []
+        with torch.no_grad():
+            f0 = znet(one)
+            for _, t in groups:
+                for k in range(H):
+                    def hook(_m, _i, z, t=t, k=k):
+                        z = z.clone()
+                        z[:, t, k] = 0.0
+                        return z
+                    handle = znet.z[0].register_forward_hook(hook)
+                    out.append(znet(one) - f0)
+                    handle.remove()
+        return out
+
+    t_hook, _ = timed(hooks, sync, warm=False)          # thousands of forwards: warm
+    print(f"  per-node hook loop {t_hook:.2f} s: bilens {t_hook / t_ours:.0f}x faster")
+    if no_captum:
+        return
+    from captum.attr import LayerFeatureAblation
+
+    T = one.shape[1]
+    mask = torch.full((1, T, H), -1, dtype=torch.long, device=one.device)
+    for i, (_, t) in enumerate(groups):
+        mask[0, t] = torch.arange(H, device=one.device) + i * H
+    mask = torch.where(mask < 0, mask.max() + 1, mask)      # the rest: one extra feature
+    fa = LayerFeatureAblation(znet, znet.z[0])
+    best = math.inf
+    for ppe in (16, 64, 256, 1024):
+        t_fa, _ = timed(lambda ppe=ppe: fa.attribute(one, layer_mask=mask,
+                                                     perturbations_per_eval=ppe), sync,
+                        warm=False)
+        best = min(best, t_fa)
+        print(f"  captum LayerFeatureAblation ppe={ppe}: {t_fa:.2f} s")
+    print(f"  captum best {best:.2f} s: bilens {best / t_ours:.0f}x faster")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""Exact node ablation in the bilinear transformer, by propagating the perturbation.
+
+Ablating node `(l, t, k)` adds `delta = c D_l[:, k]` (`c = b - z_l[t, k]`) to the residual
+at position `t` only. Layers before `l` and positions before `t` are untouched (the
+attention is causal), so the clean run is the prefix; for a target read at `p` only
+positions `t..p` of the later layers matter. One call handles one `(l, t)` with a batch of
+sequences x a batch of channels, carrying `dh` `[b, K, S, d]` for positions `t..t+S-1`:
+
+    norm:       N(r + dh) - N(r) = gamma (dh / s' + r (1/s' - 1/s))   (r, dh centred for LN)
+                s'^2 = s^2 + (2 r.dh + |dh|^2) / d                     (frozen: gamma dh / s)
+    attention:  dq, dk, dv linear (rotary is linear: rope(dq)); keys before t are clean
+                dS = (dq.k + (q + dq).dk) / sqrt(d_head)
+                dL = log sum_j P_j exp(dS_j) = log1p(sum_j P_j expm1(dS_j))
+                dP = P expm1(dS - dL)                                   (frozen: 0)
+                do = dP (v + dv) + P dv;  written back as alpha W_O do
+    bilinear:   dz = a dR + dL (b + dR),  a = L u, b = R u clean, dL = L du, dR = R du
+    head:       dlogits = W dfinal_p;  f's change by `target_delta` (stable log-softmax)
+
+Nothing is recomputed and subtracted, so each effect is accurate relative to its own size.
+The last layer's node at `t` changes only position `t`'s residual, which no attention reads
+again: only `S = 1` is carried there; and in the last layer only the query position `p` is
+computed (its attention reads the perturbed keys and values of `t..p`), since no later
+attention reads the others.
+"""
+
+# ruff: noqa: E741  (`l` is the layer index, as in SPEC)
+from __future__ import annotations
+
+import math
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from bilens.ablation._engine.plan import target_delta
+from bilens.core.models.transformer import BilinearTransformer, TransformerRun, rope, rope_angles
+from bilens.core.norms import inverse_scale_change, perturbed_scale
+from bilens.core.sequence import SequenceTarget
+from bilens.core.targets import Target
+
+
+class SequencePlan:
+    """The clean quantities of one batch of sequences, reused for every `(l, t)`.
+
+    Args:
+        model: the transformer.
+        run: its clean run on the batch.
+        target: the resolved target.
+        b: the baselines `[B, L, T, H]`.
+        frozen_norm: hold every norm's `s` at its clean value (LayerNorm's centring kept).
+        frozen_attn: hold every attention pattern at its clean value.
+    """
+
+    def __init__(self, model: BilinearTransformer, run: TransformerRun, target: SequenceTarget,
+                 b: Tensor, frozen_norm: bool = False, frozen_attn: bool = False):
+        cfg = model.config
+        self.model, self.run, self.target, self.b = model, run, target, b
+        self.frozen_norm, self.frozen_attn = frozen_norm, frozen_attn
+        self.pre = cfg.norm_position == "pre"
+        self.L, self.T = cfg.n_layers, run.z.shape[2]
+        with torch.no_grad():
+            self.qkv = [layer.attn.qkv(run.attn_in[:, m]) for m, layer in enumerate(model.layers)]
+        self.cos, self.sin = rope_angles(self.T, cfg.d_head, cfg.rope_base, run.z.dtype,
+                                         run.z.device)
+        self.centred = run.resid - run.mean[..., None]                    # [B, T, n_norms, d]
+        self.last = target.position                                       # p per sequence [B]
+
+    def end(self, rows: slice) -> int:
+        """The last position any of these rows' targets reads."""
+        return self.T - 1 if self.target.every_position else int(self.last[rows].max())
+
+    @torch.no_grad()
+    def effects(self, l: int, t: int, rows: slice, ks: Tensor | slice) -> Float[Tensor, "b k"]:
+        """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`."""
+        run, layer = self.run, self.model.layers[l]
+        S = 1 if l == self.L - 1 else self.end(rows) - t + 1   # positions carried: t..t+S-1
+        c = (self.b[rows, l, t] - run.z[rows, l, t])[:, ks]                    # [b, K]
+        delta = c[..., None] * layer.D.T[ks]                                   # [b, K, d]
+        b = delta.shape[0]
+        dh = delta.new_zeros(b, delta.shape[1], S, delta.shape[-1])            # [b, K, S, d]
+        dh[:, :, 0] = delta
+        pos = torch.arange(t, t + S, device=delta.device)[None].expand(b, S)   # [b, S]
+        if not self.pre:                                       # layer l's MLP norm sees it
+            dh = self.norm_delta(2 * l + 1, dh, rows, pos)
+        for m in range(l + 1, self.L):
+            query = None
+            if m == self.L - 1 and not self.target.every_position:
+                query = (self.last[rows] - t).clamp(0, S - 1)[:, None]         # [b, 1]: p - t
+            dh = self.layer_step(m, dh, rows, pos, query)
+            if query is not None:
+                pos = t + query
+        if self.pre:
+            dh = self.norm_delta(2 * self.L, dh, rows, pos)
+        return self.readout(dh, rows, pos)
+
+    def norm_delta(self, i: int, dh: Tensor, rows: slice, pos: Tensor) -> Tensor:
+        """`N_i(r + dh) - N_i(r)` at positions `pos` `[b, S]`, without cancellation."""
+        norm = self.model.norm(i)
+        if norm.kind == "none":
+            return dh
+        if norm.kind == "layer":
+            dh = dh - dh.mean(-1, keepdim=True)
+        s = _at(self.run.scale[rows, :, i], pos)[:, None, :, None]             # [b, 1, S, 1]
+        if self.frozen_norm:
+            return norm.weight * (dh / s)
+        r = _at(self.centred[rows, :, i], pos)[:, None]                        # [b, 1, S, d]
+        s_new, ds2 = perturbed_scale(s, (r * dh).sum(-1, keepdim=True),
+                                     dh.pow(2).sum(-1, keepdim=True), dh.shape[-1])
+        return norm.weight * (dh / s_new + inverse_scale_change(s, s_new, ds2) * r)
+
+    def layer_step(self, m: int, dh: Tensor, rows: slice, pos: Tensor,
+                   query: Tensor | None = None) -> Tensor:
+        """The perturbation of the residual after layer `m`, given the one before it at
+        positions `pos`; with `query` (`[b, 1]`, an index into `pos`) only at that position
+        (the last layer, whose other positions no target reads)."""
+        alpha = self.model.config.attn_scale
+        out_pos = pos if query is None else torch.take_along_dim(pos, query, 1)
+
+        def at_query(x: Tensor) -> Tensor:
+            return x if query is None else torch.take_along_dim(x, query[:, None, :, None], 2)
+
+        if self.pre:
+            da = self.norm_delta(2 * m, dh, rows, pos)
+            dh = at_query(dh) + alpha * self.attention(m, da, rows, pos, out_pos)
+            return dh + self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos)
+        dh = at_query(dh) + alpha * self.attention(m, dh, rows, pos, out_pos)
+        dh = self.norm_delta(2 * m, dh, rows, out_pos)
+        return self.norm_delta(2 * m + 1, dh + self.mlp(m, dh, rows, out_pos), rows, out_pos)
+
+    def mlp(self, m: int, du: Tensor, rows: slice, pos: Tensor) -> Tensor:
+        """`D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`."""
+        layer = self.model.layers[m]
+        a = _at(self.run.left[rows, m], pos)[:, None]                          # [b, 1, S, H]
+        bb = _at(self.run.right[rows, m], pos)[:, None]
+        dL, dR = du @ layer.L.T, du @ layer.R.T                                # [b, K, S, H]
+        return (a * dR + dL * (bb + dR)) @ layer.D.T
+
+    def attention(self, m: int, da: Tensor, rows: slice, pos: Tensor, qpos: Tensor) -> Tensor:
+        """`Attn(a + da) - Attn(a)` at the query positions `qpos` `[b, Sq]`, `da` given at
+        the key positions `pos` = `t..t+S-1` (the pattern exact, or frozen)."""
+        attn = self.model.layers[m].attn
+        b, K, S, d = da.shape
+        nh, dh_ = attn.n_heads, attn.d_head
+        t = int(pos[0, 0])
+        J = t + S                                                              # keys 0..J-1
+        Sq = qpos.shape[1]
+
+        def heads(x: Tensor, n: int) -> Tensor:                                # [b, K, nh, n, dh]
+            return x.view(b, K, n, nh, dh_).transpose(2, 3)
+
+        def rows_at(x: Tensor) -> Tensor:                                      # [b, 1, nh, Sq, .]
+            return torch.take_along_dim(x, qpos[:, None, :, None], 2)[:, None]
+
+        dv = heads(attn.v(da), S)
+        q, k, v = (x[rows] for x in self.qkv[m])                               # [b, nh, T, dh]
+        k, v = k[:, None, :, :J], v[:, None, :, :J]                            # [b, 1, nh, J, dh]
+        P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, 1, nh, Sq, J]
+        if self.frozen_attn:
+            do = P[..., t:] @ dv
+        else:
+            da_q = da if Sq == S else torch.take_along_dim(da, (qpos - t)[:, None, :, None], 2)
+            cos, sin = (x[qpos][:, None, None] for x in (self.cos, self.sin))  # [b,1,1,Sq,dh]
+            dq = rope(heads(attn.q(da_q), Sq), cos, sin)
+            dk = rope(heads(attn.k(da), S), self.cos[t:J], self.sin[t:J])
+            dS = dq @ k.transpose(-1, -2)                                      # [b, K, nh, Sq, J]
+            dS[..., t:] += (rows_at(q) + dq) @ dk.transpose(-1, -2)
+            dS = dS * (1 / math.sqrt(dh_))
+            causal = torch.arange(J, device=da.device)[None, None, :] <= qpos[:, :, None]
+            dS = dS.masked_fill(~causal[:, None, None], 0.0)
+            dP = pattern_change(P, dS)
+            do = dP @ v + (dP[..., t:] + P[..., t:]) @ dv
+        return attn.o(do.transpose(2, 3).reshape(b, K, Sq, d))
+
+    def readout(self, dfinal: Tensor, rows: slice, pos: Tensor) -> Tensor:
+        """The target's change from the perturbation of the vector the head reads at the
+        positions `pos` `[b, S]`."""
+        W = self.model.head.weight                                             # [V, d]
+        tgt, logits = self.target, self.run.logits[rows]
+        b, K, S, _ = dfinal.shape
+        if tgt.every_position:                                                 # mean-logprob
+            dlogits = (dfinal @ W.T).transpose(1, 2).flatten(0, 1)             # [b*S, K, V]
+            label = _at(tgt.next_tokens[rows], pos).flatten()
+            out = target_delta(Target(label=label), _at(logits, pos).flatten(0, 1), dlogits)
+            return out.view(b, S, K).sum(1) / self.T
+        s = self.last[rows] - pos[:, 0]                                        # where p reads
+        valid = (s >= 0) & (s < S)
+        rows_b = torch.arange(b, device=s.device)
+        at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
+        dlogits = at_p @ W.T                                                   # [b, K, V]
+        out = target_delta(tgt.target.select(rows), logits[rows_b, self.last[rows]], dlogits)
+        return torch.where(valid[:, None], out, torch.zeros_like(out))
+
+
+def _at(x: Tensor, pos: Tensor) -> Tensor:
+    """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`: `[b, S, ...]`."""
+    return x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
+
+
+def pattern_change(P: Tensor, dS: Tensor) -> Tensor:
+    """`softmax(S + dS) - softmax(S)` from the clean pattern `P` and the scores' change
+    `dS`, accurate relative to its own size: `P expm1(dS - dL)`, `dL = log sum P e^dS`."""
+    small = torch.log1p((P * torch.expm1(dS.clamp(max=1.0))).sum(-1, keepdim=True))
+    large = torch.logsumexp(P.log() + dS, -1, keepdim=True)
+    dL = torch.where(dS.abs().amax(-1, keepdim=True) < 0.5, small, large)
+    return P * torch.expm1(dS - dL)

@@ -1,0 +1,135 @@
+"""Every node of the bilinear transformer really ablated (SPEC §9, ablation): the oracle.
+
+    actual(l, t, k) = f(x | z_l[t, k] := b) - f(x)
+
+in the real network, every norm and every attention pattern recomputed at every position
+(or, with `frozen_norm` / `frozen_attn`, held at their clean values: `actual_frozen_norm`,
+`actual_frozen_attn`, `actual_frozen_both`). The perturbation is propagated from the clean
+run (`_engine/sequence_plan.py`): layers before `l` and positions before `t` are reused,
+only positions `t..p` are carried, one `(l, t)` at a time with a batch of sequences x a
+batch of channels, as many as the memory budget allows. Nodes after `p` have no effect: 0.
+"""
+
+# ruff: noqa: E741  (`l` is the layer index, as in SPEC)
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from bilens.ablation._engine.sequence_plan import SequencePlan
+from bilens.core.errors import BilensError
+from bilens.core.memory import DEFAULT_MEMORY, parse_memory
+from bilens.core.models.transformer import BilinearTransformer
+from bilens.core.sequence import prepare_sequence
+
+__all__ = ["sequence_ablation_effects", "check_layers"]
+
+
+def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
+    """The layers to ablate (None: all), each checked."""
+    if layers is None:
+        return list(range(n_layers))
+    out = sorted(set(int(l) for l in layers))
+    if not out or out[0] < 0 or out[-1] >= n_layers:
+        raise BilensError(f"layers: expected indices in 0..{n_layers - 1}, got {list(layers)}")
+    return out
+
+
+def _chunks(model: BilinearTransformer, n_rows: int, seq: int, memory: str | int
+            ) -> tuple[int, int]:
+    """(rows, channels) per batch: the working set of one `(l, t)` within `memory`."""
+    cfg = model.config
+    per_pair = seq * (14 * cfg.d_model + 4 * cfg.d_hidden + 4 * cfg.n_heads * seq)
+    units = max(1, parse_memory(memory) // (per_pair * torch.finfo(model.dtype).bits // 8))
+    H = cfg.d_hidden
+    if units >= H:
+        return max(1, min(n_rows, units // H)), H
+    return 1, units
+
+
+def sequence_ablation_effects(
+    model: BilinearTransformer,
+    tokens: Int[Tensor, "batch seq"],
+    *,
+    target: object = "predicted",
+    position: int | Tensor | None = None,
+    baselines: object = "zero",
+    labels: Int[Tensor, "batch seq"] | None = None,
+    reference: Int[Tensor, "ref seq"] | None = None,
+    frozen_norm: bool = False,
+    frozen_attn: bool = False,
+    layers: Sequence[int] | None = None,
+    memory: str | int = DEFAULT_MEMORY,
+    progress: bool = False,
+) -> Float[Tensor, "batch layer seq d_hidden"]:
+    """The effect on the target of really ablating every node `(l, t, k)`.
+
+    Args:
+        model: the transformer.
+        tokens, target, position, baselines, labels, reference: as in
+            `bilens.attribution.attribute_sequence` (the same target and baselines).
+        frozen_norm: hold every norm's statistic at its clean value.
+        frozen_attn: hold every attention pattern at its clean value.
+        layers: layers to ablate (default all); the others are NaN.
+        memory: bound on one batch's working set, e.g. `"4GiB"`.
+        progress: a progress bar over the `(l, t)` groups.
+
+    Returns:
+        `actual [B, n_layers, T, d_hidden]`: 0 for nodes after `p`, NaN for layers not
+        ablated.
+
+    Example:
+        >>> from bilens.core.config import TransformerConfig
+        >>> model = BilinearTransformer(TransformerConfig(vocab_size=20, n_ctx=8, d_model=8,
+        ...                             d_hidden=16, n_layers=2, n_heads=2)).double()
+        >>> sequence_ablation_effects(model, torch.randint(20, (3, 6))).shape
+        torch.Size([3, 2, 6, 16])
+    """
+    parse_memory(memory)
+    chosen = check_layers(layers, model.config.n_layers)
+    tokens, run, tgt, b = prepare_sequence(model, tokens, target, position, baselines, labels,
+                                           reference)
+    return ablate_prepared(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn,
+                           layers=chosen, memory=memory, progress=progress)
+
+
+@torch.no_grad()
+def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_norm: bool,
+                    frozen_attn: bool, layers: list[int], memory: str | int,
+                    progress: bool) -> Tensor:
+    """`sequence_ablation_effects` on a prepared batch (clean run, target, baselines)."""
+    B, L, T, H = run.z.shape
+    out = torch.full_like(run.z, float("nan"))
+    out[:, layers] = 0.0
+    plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn)
+    rows_per, ks_per = _chunks(model, B, T, memory)
+    groups = [(l, t) for l in layers for t in range(T)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(groups), desc="node ablation", unit="(l,t)")
+    for l, t in groups:
+        for r0 in range(0, B, rows_per):
+            rows = slice(r0, min(r0 + rows_per, B))
+            if not _reaches(plan, l, t, rows):
+                continue
+            for k0 in range(0, H, ks_per):
+                ks = slice(k0, min(k0 + ks_per, H))
+                out[rows, l, t, ks] = plan.effects(l, t, rows, ks)
+        if bar is not None:
+            bar.update()
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _reaches(plan: SequencePlan, l: int, t: int, rows: slice) -> bool:
+    """Whether any node `(l, t, .)` of these rows can change the target: `t <= p`, and for
+    the last layer (which no attention reads again) `t == p` unless every position counts."""
+    if plan.target.every_position:
+        return True
+    p = plan.target.position[rows]
+    return bool((p == t).any()) if l == plan.L - 1 else bool((p >= t).any())
