@@ -7,7 +7,9 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench")
+COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench", "sample",
+            "import")
+_MODULES = {"import": "import_ckpt"}          # a command whose module name differs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bilens {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"bilens.cli.{name}").add_parser(sub)
+        importlib.import_module(f"bilens.cli.{_MODULES.get(name, name)}").add_parser(sub)
     return parser
 
 

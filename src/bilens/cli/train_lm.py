@@ -16,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=int, default=2, help="attention heads per layer")
     g.add_argument("--seq-len", type=int, default=None,
                    help="tokens per training row, also n_ctx (synthetic-lm: 32, else 128)")
-    g.add_argument("--steps", type=int, default=1500, help="optimizer steps")
+    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     g.add_argument("--vocab-size", type=int, default=4096,
                    help="BPE vocabulary trained on the text's training split")
     g.add_argument("--attn-scale", type=float, default=1.0, help="alpha on every attention "
