@@ -58,7 +58,8 @@ def _print_transformer(info: dict) -> None:
     if loss is None:
         print("val_loss: (not recorded)")
     else:
-        extra = ", ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in base.items())
+        extra = ", ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in base.items()
+                          if k.endswith("_loss"))
         print(f"val_loss: {loss:.4f} nats" + (f" (baselines: {extra})" if extra else ""))
     print("tensors:")
     for name, shape in info["shapes"].items():

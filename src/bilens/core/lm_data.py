@@ -25,53 +25,22 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Bool, Int
+from jaxtyping import Int
 from torch import Tensor
 
 from bilens.core.errors import BilensError
+from bilens.core.synthetic_lm import synthetic_lm
+from bilens.core.token_data import TokenData
 
 LM_DATASETS = ("synthetic-lm", "text")
 KJV_FILE = "kjv.txt"
 HELD_OUT_EVERY = 20               # text: chapter c is held out when c % 20 == 19
 FILE_HELD_OUT = 0.1               # FILE: the last 10% (of lines, or of rows) is held out
-
-
-@dataclass
-class TokenData:
-    """A tokenized dataset, split once.
-
-    Attributes:
-        name: `synthetic-lm`, `text`, or the file's path.
-        train: `[n]` one token stream (windows are drawn from it) or `[N, T+1]` rows.
-        test: held-out rows `[N, T+1]`.
-        vocab_size: the ids are in `[0, vocab_size)`.
-        tokenizer: the `tokenizers.Tokenizer` that made the ids (None for synthetic/tokens).
-        rules: `{rule: mask [N, T]}` on `test` (synthetic-lm only): the positions whose next
-            token that rule makes predictable.
-        preprocessing: one line saying what was done to the raw data.
-    """
-
-    name: str
-    train: Int[Tensor, "..."]
-    test: Int[Tensor, "n t1"]
-    vocab_size: int
-    tokenizer: Any = None
-    rules: dict[str, Bool[Tensor, "n t"]] = field(default_factory=dict)
-    preprocessing: str = ""
-
-    def batch(self, gen: torch.Generator, batch_size: int, seq_len: int) -> Int[Tensor, "b t1"]:
-        """`batch_size` training rows of `seq_len + 1` tokens, drawn with `gen`."""
-        if self.train.ndim == 2:
-            rows = self.train[torch.randint(len(self.train), (batch_size,), generator=gen)]
-            return rows[:, : seq_len + 1]
-        start = torch.randint(len(self.train) - seq_len - 1, (batch_size,), generator=gen)
-        return self.train[start[:, None] + torch.arange(seq_len + 1)]
 
 
 def windows(stream: Int[Tensor, " n"], seq_len: int) -> Int[Tensor, "m t1"]:
@@ -101,7 +70,6 @@ def load_lm_data(name: str, seq_len: int, tokenizer: Any = None, vocab_size: int
         (33, ['bigram', 'induction', 'skip-trigram'])
     """
     if name == "synthetic-lm":
-        from bilens.core.synthetic_lm import synthetic_lm
         return synthetic_lm(seq_len, seed)
     if name == "text":
         chapters = kjv_chapters()

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from bilens.core.errors import BilensError
+from bilens.core.token_data import TokenData
 
 VOCAB = 64
 N_FILLER, TRIGGERS, CUES, QUERY = 48, range(48, 56), range(56, 60), 60
@@ -99,13 +100,12 @@ def generate(n_seq: int, seq_len: int, seed: int | list[int]
             {k: torch.from_numpy(np.stack([m[k] for m in masks])) for k in masks[0]})
 
 
-def synthetic_lm(seq_len: int, seed: int = 0):
-    """The `synthetic-lm` `TokenData`: `N_TRAIN` rows drawn with `seed`, and `N_TEST`
+def synthetic_lm(seq_len: int, seed: int = 0, n_train: int = N_TRAIN,
+                 n_test: int = N_TEST) -> TokenData:
+    """The `synthetic-lm` `TokenData`: `n_train` rows drawn with `seed`, and `n_test`
     held-out rows from a fixed stream (the same for every seed)."""
-    from bilens.core.lm_data import TokenData
-
-    train, _ = generate(N_TRAIN, seq_len, [seed, 0])
-    test, rules = generate(N_TEST, seq_len, [TEST_SEED])
+    train, _ = generate(n_train, seq_len, [seed, 0])
+    test, rules = generate(n_test, seq_len, [TEST_SEED])
     return TokenData(name="synthetic-lm", train=train, test=test, vocab_size=VOCAB,
                      rules=rules, preprocessing="generated: bigram rules, skip-trigrams, "
                      f"induction (copies of {COPY}); see bilens.core.synthetic_lm")

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from bilens.core.config import TransformerConfig
 from bilens.core.errors import BilensError
-from bilens.core.lm_data import TokenData
 from bilens.core.models.transformer import BilinearTransformer, check_tokens
+from bilens.core.token_data import TokenData
 from bilens.training.ngram import ngram_losses
 from bilens.training.train import _cosine, _optimizer, _progress, resolve_device
 
@@ -216,7 +216,8 @@ def _metadata(data: TokenData, tc: LMTrainConfig, device: torch.device, scores: 
         "perplexity": scores["perplexity"],
         "val_accuracy": scores["accuracy"],
         "rule_accuracy": scores["rule_accuracy"],
-        "baselines": {"unigram_loss": baselines["unigram"], "bigram_loss": baselines["bigram"]},
+        "baselines": {"unigram_loss": baselines["unigram"], "bigram_loss": baselines["bigram"],
+                      "bigram_beta": baselines["beta"]},
         "seed": tc.seed,
         "version": __version__,
         "seq_len": data.test.shape[1] - 1,
