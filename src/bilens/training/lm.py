@@ -123,7 +123,8 @@ def evaluate(model: BilinearTransformer, rows: Int[Tensor, "n t1"],
 
 
 def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData,
-             progress: bool = True) -> LMTrainResult:
+             progress: bool = True, baselines: dict[str, float] | None = None
+             ) -> LMTrainResult:
     """Train a bilinear transformer on `data` and evaluate it on the held-out rows.
 
     Args:
@@ -132,6 +133,8 @@ def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData
         tc: optimizer, schedule, seed and device.
         data: from `bilens.core.lm_data.load_lm_data`.
         progress: show a progress bar (tqdm) with the loss and tokens/s.
+        baselines: `ngram_losses(data.train, data.test, vocab_size)` when already computed
+            (a sweep over one dataset); None computes them.
 
     Example:
         >>> data = load_lm_data("synthetic-lm", seq_len=32)                 # doctest: +SKIP
@@ -156,7 +159,8 @@ def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData
     train_time = time.perf_counter() - start
     model.eval()
     scores = evaluate(model, data.test, data.rules, tc.eval_batch_size)
-    baselines = ngram_losses(data.train, data.test, model_config.vocab_size)
+    if baselines is None:
+        baselines = ngram_losses(data.train, data.test, model_config.vocab_size)
     wall = time.perf_counter() - start
     model.tokenizer = data.tokenizer
     model.metadata = _metadata(data, tc, device, scores, baselines, wall, n_tokens / train_time,
