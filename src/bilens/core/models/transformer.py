@@ -69,10 +69,9 @@ class Attention(nn.Module):
 
     def qkv(self, a: Float[Tensor, "batch seq d_model"]) -> tuple[Tensor, Tensor, Tensor]:
         """Rotated `q`, `k` and `v`, each `[B, heads, T, d_head]`."""
-        cos, sin = rope_angles(a.shape[1], self.d_head, self.rope_base, a.dtype, a.device)
-        q = rope(self._heads(self.q(a)), cos, sin)
-        k = rope(self._heads(self.k(a)), cos, sin)
-        return q, k, self._heads(self.v(a))
+        q, k, v = self._heads(self.q(a)), self._heads(self.k(a)), self._heads(self.v(a))
+        cos, sin = rope_angles(a.shape[1], self.d_head, self.rope_base, q.dtype, a.device)
+        return rope(q, cos, sin), rope(k, cos, sin), v      # (q.dtype: bf16 under autocast)
 
     def forward(self, a: Float[Tensor, "batch seq d_model"], pattern: Tensor | None = None
                 ) -> tuple[Float[Tensor, "batch seq d_model"], Float[Tensor, "batch head seq seq"]]:
