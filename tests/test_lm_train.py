@@ -123,3 +123,22 @@ def test_cli_sample_refuses_bad_tokens(tmp_path, story, capsys):
     capsys.readouterr()
     assert main(["sample", str(out), "--ids", "1,2,99999", "--tokens", "2"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_cli_points_a_sequence_dataset_at_kind_transformer(capsys):
+    assert main(["train", "--dataset", "synthetic-lm"]) == 2
+    assert "--kind transformer" in capsys.readouterr().err
+
+
+def test_cli_train_on_token_rows(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    rows = torch.randint(20, (40, 13))
+    save_file({"tokens": rows}, str(tmp_path / "rows.safetensors"))
+    out = tmp_path / "lm"
+    assert main(["train", "--kind", "transformer", "--dataset", str(tmp_path / "rows.safetensors"),
+                 "--d-model", "8", "--d-hidden", "8", "--layers", "1", "--steps", "3",
+                 "--no-progress", "--out", str(out)]) == 0
+    model = bilens.load(out)
+    assert model.config.n_ctx == 12 and model.config.vocab_size == int(rows.max()) + 1
+    assert model.tokenizer is None and not (out / "tokenizer.json").exists()

@@ -78,6 +78,9 @@ def run(args: argparse.Namespace) -> int:
         from bilens.cli.train_lm import run_lm
         return run_lm(args)
     args.dataset = args.dataset or "digits"
+    if args.dataset in ("synthetic-lm", "text") or Path(args.dataset).suffix:
+        raise BilensError(f"--dataset {args.dataset}: a sequence dataset; add --kind "
+                          f"transformer to train the bilinear transformer of SPEC §9")
     args.position = args.position or "post"
     args.lr = _DEFAULTS.lr if args.lr is None else args.lr
     args.batch_size = _DEFAULTS.batch_size if args.batch_size is None else args.batch_size
