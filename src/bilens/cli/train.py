@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"examples (sequences) per step (mlp: {_DEFAULTS.batch_size}, "
-                        f"transformer: 32)")
+                        f"transformer: 64)")
     p.add_argument("--lr", type=float, default=None,
                    help=f"peak learning rate (mlp: {_DEFAULTS.lr:g}, transformer: 1e-2)")
     p.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,

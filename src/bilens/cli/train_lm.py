@@ -6,7 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-LM_DEFAULTS = {"lr": 1e-2, "batch_size": 32}
+from bilens.training.lm import LMTrainConfig
+
+_LM = LMTrainConfig()
+LM_DEFAULTS = {"lr": _LM.lr, "batch_size": _LM.batch_size}
 SEQ_LEN = {"synthetic-lm": 32}          # the default --seq-len per dataset (else 128)
 
 
@@ -16,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=int, default=2, help="attention heads per layer")
     g.add_argument("--seq-len", type=int, default=None,
                    help="tokens per training row, also n_ctx (synthetic-lm: 32, else 128)")
-    g.add_argument("--steps", type=int, default=2000, help="optimizer steps")
+    g.add_argument("--steps", type=int, default=_LM.steps, help="optimizer steps")
     g.add_argument("--vocab-size", type=int, default=4096,
                    help="BPE vocabulary trained on the text's training split")
     g.add_argument("--attn-scale", type=float, default=1.0, help="alpha on every attention "
@@ -32,7 +35,7 @@ def run_lm(args: argparse.Namespace) -> int:
     from bilens.core.config import TransformerConfig
     from bilens.core.errors import BilensError
     from bilens.core.lm_data import load_lm_data
-    from bilens.training.lm import LMTrainConfig, train_lm
+    from bilens.training.lm import train_lm
 
     if args.threads is not None:
         if args.threads < 1:

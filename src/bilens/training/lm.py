@@ -47,8 +47,8 @@ class LMTrainConfig:
     """
 
     steps: int = 2000
-    batch_size: int = 32
-    lr: float = 3e-3
+    batch_size: int = 64
+    lr: float = 1e-2
     weight_decay: float = 0.1
     warmup: float = 0.05
     grad_clip: float = 1.0
