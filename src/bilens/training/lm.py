@@ -182,7 +182,9 @@ def _loop(model: BilinearTransformer, tc: LMTrainConfig, data: TokenData, seq_le
                               enabled=tc.bf16 and device.type == "cuda")
     bar, history, n_tokens, t0 = _progress(tc.steps, progress), [], 0, time.perf_counter()
     for step in range(1, tc.steps + 1):
-        rows = data.batch(gen, tc.batch_size, seq_len).to(device)
+        rows = data.batch(gen, tc.batch_size, seq_len)
+        rows = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda"
+                else rows)                                      # no host sync per step
         with autocast:
             logits = model(rows[:, :-1])
         loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
