@@ -142,3 +142,16 @@ def test_cli_train_on_token_rows(tmp_path, capsys):
     model = bilens.load(out)
     assert model.config.n_ctx == 12 and model.config.vocab_size == int(rows.max()) + 1
     assert model.tokenizer is None and not (out / "tokenizer.json").exists()
+
+
+def test_a_tokenizer_larger_than_the_vocabulary_is_refused(tmp_path, story):
+    from bilens.core.errors import BilensError
+    from bilens.core.tokenizer import train_tokenizer
+
+    out = tmp_path / "lm"
+    assert _cli_train(story, out) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    train_tokenizer([story.read_text()] * 3, vocab_size=cfg["vocab_size"] + 40).save(
+        str(out / "tokenizer.json"))
+    with pytest.raises(BilensError, match="tokens but config.json says vocab_size"):
+        bilens.load(out)
