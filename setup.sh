@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 dev=0; [ "${1:-}" = "--dev" ] && dev=1
 
-apt_pkgs="dataset-fashion-mnist"
+apt_pkgs="dataset-fashion-mnist bible-kjv"
 [ "$dev" = 1 ] && apt_pkgs="$apt_pkgs chromium"
 missing=""
 for p in $apt_pkgs; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done

@@ -43,6 +43,13 @@ _EXPORTS = {
     "compare": "bilens.experiments.compare",
     "decompose": "bilens.analysis.decompose",
     "Decomposition": "bilens.analysis.decompose",
+    "TransformerRun": "bilens.core.models.transformer",
+    "Intervention": "bilens.core.models.intervention",
+    "load_lm_data": "bilens.core.lm_data",
+    "generate": "bilens.core.sampling",
+    "import_published": "bilens.core.published",
+    "LMTrainConfig": "bilens.training.lm",
+    "train_lm": "bilens.training.lm",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -78,12 +85,19 @@ if TYPE_CHECKING:  # pragma: no cover  (explicit re-exports for type checkers)
     from bilens.core.data import Dataset as Dataset
     from bilens.core.data import load_dataset as load_dataset
     from bilens.core.errors import BilensError as BilensError
+    from bilens.core.lm_data import load_lm_data as load_lm_data
+    from bilens.core.models.intervention import Intervention as Intervention
     from bilens.core.models.mlp import BilinearNet as BilinearNet
     from bilens.core.models.mlp import Run as Run
     from bilens.core.models.transformer import BilinearTransformer as BilinearTransformer
+    from bilens.core.models.transformer import TransformerRun as TransformerRun
     from bilens.core.norms import Norm as Norm
+    from bilens.core.published import import_published as import_published
+    from bilens.core.sampling import generate as generate
     from bilens.core.targets import Target as Target
     from bilens.core.targets import resolve_target as resolve_target
     from bilens.experiments.compare import compare as compare
+    from bilens.training.lm import LMTrainConfig as LMTrainConfig
+    from bilens.training.lm import train_lm as train_lm
     from bilens.training.train import TrainConfig as TrainConfig
     from bilens.training.train import train as train

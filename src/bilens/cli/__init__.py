@@ -11,8 +11,9 @@ import sys
 import traceback
 
 COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench",
-            "decompose")
+            "decompose", "sample", "import")
 DISTRIBUTED = ("verify",)      # the commands that split their work under torchrun
+_MODULES = {"import": "import_ckpt"}          # a command whose module name differs
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"bilens {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"bilens.cli.{name}").add_parser(sub)
+        importlib.import_module(f"bilens.cli.{_MODULES.get(name, name)}").add_parser(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""`bilens info DIR`: print a checkpoint's config, parameter count and metadata."""
+"""`bilens info DIR`: print a checkpoint's config, parameter count and metadata (and for a
+transformer its kind, tensor shapes, tokenizer and `val_loss`)."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
     for key, value in info["config"].items():
         print(f"  {key}: {value}")
     print(f"parameters: {info['n_params']:,} ({info['dtype']})")
+    if info.get("kind") == "transformer":
+        _print_transformer(info)
     meta = info["metadata"]
     print("metadata:" if meta else "metadata: (none)")
     for key, value in meta.items():
@@ -45,3 +48,19 @@ def run(args: argparse.Namespace) -> int:
         else:
             print(f"  {key}: {value}")
     return 0
+
+
+def _print_transformer(info: dict) -> None:
+    loss = info["val_loss"]
+    base = info["metadata"].get("baselines", {})
+    print("kind: transformer (SPEC §9)")
+    print(f"tokenizer: {info['tokenizer'] or 'none (token ids only)'}")
+    if loss is None:
+        print("val_loss: (not recorded)")
+    else:
+        extra = ", ".join(f"{k.removesuffix('_loss')} {v:.4f}" for k, v in base.items()
+                          if k.endswith("_loss"))
+        print(f"val_loss: {loss:.4f} nats" + (f" (baselines: {extra})" if extra else ""))
+    print("tensors:")
+    for name, shape in info["shapes"].items():
+        print(f"  {name}: {shape}")

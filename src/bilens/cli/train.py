@@ -1,4 +1,5 @@
-"""`bilens train`: train a bilinear residual network and write its docs/spec.md §6 checkpoint."""
+"""`bilens train`: train a bilinear residual network and write its docs/spec.md §6 checkpoint, or
+(`--kind transformer`) a bilinear transformer and its docs/spec.md §9 checkpoint (`cli/train_lm.py`)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train a bilinear residual network on a dataset, print its test accuracy "
                     "and active fraction, and write the checkpoint (config.json + "
                     "model.safetensors) atomically to --out.")
-    p.add_argument("--dataset", default="digits",
-                   help="digits | mnist | fashion-mnist | synthetic")
+    p.add_argument("--kind", default="mlp", choices=("mlp", "transformer"),
+                   help="model family: the MLP of SPEC §1 or the transformer of SPEC §9")
+    p.add_argument("--dataset", default=None,
+                   help="digits | mnist | fashion-mnist | synthetic (mlp, default digits); "
+                        "synthetic-lm | text | FILE (transformer, default synthetic-lm)")
     p.add_argument("--norm", default="rms", help="none | rms | layer")
-    p.add_argument("--position", default="post", help="post | pre")
+    p.add_argument("--position", default=None, help="post | pre (default: post for mlp, pre "
+                                                     "for transformer)")
     p.add_argument("--d-model", type=int, default=64, help="residual width")
     p.add_argument("--d-hidden", type=int, default=128, help="channels per layer")
     p.add_argument("--layers", type=int, default=3, help="bilinear layers")
@@ -29,9 +34,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep the norms' gain at 1 (and LayerNorm's bias at 0)")
     p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs,
                    help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size,
-                   help="examples per step")
-    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="peak learning rate")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help=f"examples (sequences) per step (mlp: {_DEFAULTS.batch_size}, "
+                        f"transformer: 64)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (mlp: {_DEFAULTS.lr:g}, transformer: 1e-2)")
     p.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
                    help="AdamW weight decay on the matrices")
     p.add_argument("--input-noise", type=float, default=_DEFAULTS.input_noise,
@@ -53,6 +60,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default=None,
                    help="checkpoint directory (None: runs/DATASET-NORM-POSITION-sSEED)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from bilens.cli.train_lm import add_arguments
+    add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -65,6 +74,16 @@ def run(args: argparse.Namespace) -> int:
     from bilens.core.errors import BilensError
     from bilens.training.train import train
 
+    if args.kind == "transformer":
+        from bilens.cli.train_lm import run_lm
+        return run_lm(args)
+    args.dataset = args.dataset or "digits"
+    if args.dataset in ("synthetic-lm", "text") or Path(args.dataset).suffix:
+        raise BilensError(f"--dataset {args.dataset}: a sequence dataset; add --kind "
+                          f"transformer to train the bilinear transformer of SPEC §9")
+    args.position = args.position or "post"
+    args.lr = _DEFAULTS.lr if args.lr is None else args.lr
+    args.batch_size = _DEFAULTS.batch_size if args.batch_size is None else args.batch_size
     if args.threads is not None:
         if args.threads < 1:
             raise BilensError(f"--threads: expected a positive integer, got {args.threads}")

@@ -1,4 +1,8 @@
-"""The checkpoint of docs/spec.md §6: a directory with `config.json` and `model.safetensors`.
+"""The checkpoint of docs/spec.md §6 and §9: a directory with `config.json` and `model.safetensors`
+(and, for a sequence model, its `tokenizer.json`).
+
+`config.json`'s `kind` picks the model family: `"transformer"` is docs/spec.md §9's
+`BilinearTransformer`; a missing `kind` (or `"mlp"`) is docs/spec.md §1's `BilinearNet`.
 
 Only JSON and safetensors, never pickle, so any tool can read a checkpoint without bilens
 and loading one can run no code. `save` writes the directory atomically (an interrupted
@@ -17,18 +21,24 @@ from typing import Any
 
 import torch
 
-from bilens.core.config import ModelConfig
+from bilens.core.config import ModelConfig, TransformerConfig
 from bilens.core.errors import BilensError
 from bilens.core.io import atomic_dir
 from bilens.core.models.mlp import BilinearNet
+from bilens.core.models.transformer import BilinearTransformer
+from bilens.core.tokenizer import TOKENIZER_FILE, load_tokenizer
 
 CONFIG_FILE = "config.json"
 TENSOR_FILE = "model.safetensors"
 _CONFIG_KEYS = {f.name for f in fields(ModelConfig)}
+_FAMILIES = {"mlp": (ModelConfig, BilinearNet), "transformer": (TransformerConfig,
+                                                                 BilinearTransformer)}
+Model = BilinearNet | BilinearTransformer
 
 
-def save(model: BilinearNet, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
-    """Write `model` (and `metadata`) to `directory` as docs/spec.md §6, atomically.
+def save(model: Model, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Write `model` (and `metadata`) to `directory` as docs/spec.md §6 (§9), atomically; a
+    transformer's `model.tokenizer`, when set, is written beside it as `tokenizer.json`.
 
     Args:
         model: the network to save; its tensors are stored in their own dtype.
@@ -48,7 +58,7 @@ def save(model: BilinearNet, directory: str | os.PathLike, metadata: dict | None
 
     check_replaceable(directory)
     metadata = dict(metadata or {})
-    clash = sorted(_CONFIG_KEYS & metadata.keys())
+    clash = sorted({f.name for f in fields(model.config)} & metadata.keys())
     if clash:
         raise BilensError(f"metadata: keys {clash} would overwrite the model config; rename them")
     config = {**model.config.to_dict(), "version": __version__, **metadata}
@@ -61,6 +71,8 @@ def save(model: BilinearNet, directory: str | os.PathLike, metadata: dict | None
     with atomic_dir(directory) as tmp:
         save_file(tensors, str(tmp / TENSOR_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(text)
+        if getattr(model, "tokenizer", None) is not None:
+            model.tokenizer.save(str(tmp / TOKENIZER_FILE))
     return Path(directory)
 
 
@@ -78,8 +90,8 @@ def check_replaceable(directory: str | os.PathLike) -> None:
 
 
 def load(directory: str | os.PathLike, device: str | torch.device | None = None,
-         dtype: torch.dtype | None = None) -> BilinearNet:
-    """Read a docs/spec.md §6 checkpoint, checking every tensor against the config.
+         dtype: torch.dtype | None = None) -> Model:
+    """Read a docs/spec.md §6 or §9 checkpoint, checking every tensor against the config.
 
     Args:
         directory: the checkpoint directory.
@@ -87,8 +99,10 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None,
         dtype: the parameters' dtype; None keeps the file's (float32 for half precision).
 
     Returns:
-        The model in eval mode, with `model.metadata` (the non-config keys of
-        `config.json`; `{}` when there are none).
+        The model in eval mode (`BilinearNet`, or `BilinearTransformer` when `kind` is
+        `"transformer"`), with `model.metadata` (the non-config keys of `config.json`; `{}`
+        when there are none) and, for a transformer, `model.tokenizer` (None without a
+        `tokenizer.json`).
 
     Example:
         >>> model = load("runs/digits", dtype=torch.float64)   # doctest: +SKIP
@@ -99,15 +113,23 @@ def load(directory: str | os.PathLike, device: str | torch.device | None = None,
         raise BilensError(f"checkpoint: directory {str(root)!r} not found; pass the --out "
                           f"directory of `bilens train`")
     raw = _read_config(root)
-    config = ModelConfig.from_dict(raw)
+    kind = raw.get("kind", "mlp")
+    if kind not in _FAMILIES:
+        raise BilensError(f"checkpoint: config.json kind {kind!r} is unknown; expected "
+                          f"'transformer' or 'mlp' (a missing kind means 'mlp')")
+    config_type, model_type = _FAMILIES[kind]
+    config = config_type.from_dict(raw)
     tensors = _read_tensors(root)
     file_dtype = next(iter(tensors.values())).dtype if tensors else torch.float32
     if dtype is None:
         dtype = file_dtype if file_dtype in (torch.float32, torch.float64) else torch.float32
-    model = BilinearNet(config).to(dtype=dtype)
+    model = model_type(config).to(dtype=dtype)
     _check_tensors(config, model.state_dict(), tensors, root)
     model.load_state_dict({k: v.to(dtype) for k, v in tensors.items()}, strict=True)
-    model.metadata = {k: v for k, v in raw.items() if k not in _CONFIG_KEYS}
+    names = {f.name for f in fields(config_type)}
+    model.metadata = {k: v for k, v in raw.items() if k not in names}
+    if kind == "transformer":
+        model.tokenizer = _read_tokenizer(root, config)
     if device is not None:
         from bilens.core.device import resolve_device
         device = resolve_device(str(device))
@@ -130,6 +152,18 @@ def _read_config(root: Path) -> dict[str, Any]:
     return raw
 
 
+def _read_tokenizer(root: Path, config: TransformerConfig):
+    path = root / TOKENIZER_FILE
+    if not path.is_file():
+        return None
+    tokenizer = load_tokenizer(path)
+    if tokenizer.get_vocab_size() > config.vocab_size:
+        raise BilensError(f"checkpoint: {path} has {tokenizer.get_vocab_size()} tokens but "
+                          f"config.json says vocab_size={config.vocab_size}; save the model "
+                          f"with the tokenizer it was trained with")
+    return tokenizer
+
+
 def _read_tensors(root: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
@@ -144,13 +178,14 @@ def _read_tensors(root: Path) -> dict[str, torch.Tensor]:
                           f"({type(err).__name__}: {err}); re-save the checkpoint") from err
 
 
-def _check_tensors(config: ModelConfig, expected: dict[str, torch.Tensor],
+def _check_tensors(config: ModelConfig | TransformerConfig, expected: dict[str, torch.Tensor],
                    found: dict[str, torch.Tensor], root: Path) -> None:
     """Refuse missing, unknown, mis-shaped, non-float or non-finite tensors, by name."""
     where = f"checkpoint {str(root)!r}"
-    summary = (f"config.json says d_in={config.d_in}, d_model={config.d_model}, "
-               f"d_hidden={config.d_hidden}, n_layers={config.n_layers}, n_out={config.n_out}, "
-               f"norm={config.norm!r}, norm_position={config.norm_position!r}")
+    shown = ("d_in", "vocab_size", "d_model", "d_hidden", "n_layers", "n_heads", "n_out", "norm",
+             "norm_position")
+    summary = "config.json says " + ", ".join(
+        f"{k}={getattr(config, k)!r}" for k in shown if hasattr(config, k))
     for name in expected:
         if name not in found:
             raise BilensError(f"{where}: tensor {name!r} is missing ({summary})")
@@ -176,14 +211,24 @@ def _compact(names: dict[str, Any]) -> str:
     return ", ".join(listed) if len(listed) <= 12 else ", ".join(listed[:12]) + ", ..."
 
 
-def describe(model: BilinearNet) -> dict[str, Any]:
-    """Config, parameter count and metadata of a loaded model, as `bilens info` prints them."""
+def describe(model: Model) -> dict[str, Any]:
+    """Config, parameter count and metadata of a loaded model, as `bilens info` prints them
+    (a transformer's also: `kind`, tensor shapes, tokenizer, `val_loss`)."""
     meta = getattr(model, "metadata", {}) or {}
     acc = meta.get("test_accuracy")
-    return {
+    info = {
         "config": model.config.to_dict(),
         "n_params": model.n_params,
         "dtype": str(model.dtype).removeprefix("torch."),
         "test_accuracy": acc if isinstance(acc, (int, float)) and math.isfinite(acc) else None,
         "metadata": meta,
     }
+    if isinstance(model, BilinearTransformer):
+        tok = model.tokenizer
+        loss = meta.get("val_loss")
+        info.update(kind="transformer",
+                    shapes={k: list(v.shape) for k, v in model.state_dict().items()},
+                    tokenizer=None if tok is None else f"byte-level BPE, "
+                                                       f"{tok.get_vocab_size()} tokens",
+                    val_loss=loss if isinstance(loss, (int, float)) else None)
+    return info

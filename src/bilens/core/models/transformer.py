@@ -37,11 +37,12 @@ from bilens.core.norms import Norm
 def rope_angles(n: int, d_head: int, base: float, dtype: torch.dtype,
                 device: torch.device) -> tuple[Tensor, Tensor]:
     """`cos(phi_t)`, `sin(phi_t)` `[n, d_head]`, `phi_t = cat(t*theta, t*theta)`,
-    `theta_i = base^(-2i/d_head)`; computed in float64, returned in `dtype`."""
-    theta = base ** (-2 * torch.arange(d_head // 2, dtype=torch.float64) / d_head)
-    t = torch.arange(n, dtype=torch.float64)
+    `theta_i = base^(-2i/d_head)`; computed in float64 on `device` (no host copy), returned
+    in `dtype`."""
+    theta = base ** (-2 * torch.arange(d_head // 2, dtype=torch.float64, device=device) / d_head)
+    t = torch.arange(n, dtype=torch.float64, device=device)
     phi = torch.outer(t, theta).repeat(1, 2)                              # [n, d_head]
-    return phi.cos().to(device, dtype), phi.sin().to(device, dtype)
+    return phi.cos().to(dtype), phi.sin().to(dtype)
 
 
 def rope(v: Float[Tensor, "*b seq d_head"], cos: Tensor, sin: Tensor) -> Tensor:
@@ -69,10 +70,9 @@ class Attention(nn.Module):
 
     def qkv(self, a: Float[Tensor, "batch seq d_model"]) -> tuple[Tensor, Tensor, Tensor]:
         """Rotated `q`, `k` and `v`, each `[B, heads, T, d_head]`."""
-        cos, sin = rope_angles(a.shape[1], self.d_head, self.rope_base, a.dtype, a.device)
-        q = rope(self._heads(self.q(a)), cos, sin)
-        k = rope(self._heads(self.k(a)), cos, sin)
-        return q, k, self._heads(self.v(a))
+        q, k, v = self._heads(self.q(a)), self._heads(self.k(a)), self._heads(self.v(a))
+        cos, sin = rope_angles(a.shape[1], self.d_head, self.rope_base, q.dtype, a.device)
+        return rope(q, cos, sin), rope(k, cos, sin), v      # (q.dtype: bf16 under autocast)
 
     def forward(self, a: Float[Tensor, "batch seq d_model"], pattern: Tensor | None = None
                 ) -> tuple[Float[Tensor, "batch seq d_model"], Float[Tensor, "batch head seq seq"]]:

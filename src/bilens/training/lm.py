@@ -1,0 +1,237 @@
+"""Training the bilinear transformer (SPEC §9): next-token cross-entropy, AdamW with linear
+warmup and cosine decay, gradient clipping, seeded and deterministic on the CPU, CUDA with
+optional bf16 autocast.
+
+    loss = mean over rows and positions t of  -log softmax(logits_t)[x_{t+1}]
+
+At the end: held-out cross-entropy (`val_loss`, nats) and perplexity `exp(val_loss)`, the
+unigram and bigram baselines on the same held-out positions, next-token accuracy, and on
+`synthetic-lm` the accuracy on each rule's predictable positions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from bilens.core.config import TransformerConfig
+from bilens.core.errors import BilensError
+from bilens.core.models.transformer import BilinearTransformer, check_tokens
+from bilens.core.token_data import TokenData
+from bilens.training.ngram import ngram_losses
+from bilens.training.train import _cosine, _optimizer, _progress, resolve_device
+
+
+@dataclass
+class LMTrainConfig:
+    """How to train a sequence model.
+
+    Args:
+        steps: optimizer steps.
+        batch_size: rows per step (each `seq_len + 1` tokens).
+        lr: peak learning rate (after the warmup, then cosine to 0).
+        weight_decay: AdamW decoupled weight decay on the matrices (never the norms).
+        warmup: fraction of the steps with a linear ramp up.
+        grad_clip: clip the global gradient norm to this (0: off).
+        seed: seeds the initialization and the batches.
+        device: `"auto"`, `"cpu"`, `"cuda"`, `"cuda:1"`, ...
+        bf16: bf16 autocast on CUDA (ignored on the CPU, which trains in float32).
+        eval_batch_size: rows per evaluation batch (memory only).
+    """
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-2
+    weight_decay: float = 0.1
+    warmup: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = False
+    eval_batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BilensError(f"train.{name}: expected a positive integer, got {value!r}")
+        for name in ("lr", "weight_decay", "grad_clip"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise BilensError(f"train.{name}: expected a finite number >= 0, got {value!r}")
+        if not 0 <= self.warmup < 1:
+            raise BilensError(f"train.warmup: expected a fraction in [0, 1), got {self.warmup!r}")
+
+
+@dataclass
+class LMTrainResult:
+    """What `train_lm` returns: the model (eval mode, `metadata` and `tokenizer` attached),
+    its held-out numbers, and everything `config.json` records beside the config."""
+
+    model: BilinearTransformer
+    val_loss: float
+    perplexity: float
+    accuracy: float
+    rule_accuracy: dict[str, float]
+    baselines: dict[str, float]
+    wall_time: float
+    tokens_per_second: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@torch.no_grad()
+def evaluate(model: BilinearTransformer, rows: Int[Tensor, "n t1"],
+             rules: dict[str, Bool[Tensor, "n t"]] | None = None,
+             batch_size: int = 64) -> dict[str, Any]:
+    """Held-out next-token loss, perplexity, accuracy, and accuracy per rule mask.
+
+    Args:
+        model: the transformer.
+        rows: `[N, T+1]` token rows; the model reads `rows[:, :-1]`.
+        rules: `{name: mask [N, T]}`: positions to score separately.
+        batch_size: rows per forward pass (memory only).
+
+    Returns:
+        `{"val_loss", "perplexity", "accuracy", "rule_accuracy": {name: fraction}}`.
+    """
+    check_tokens(rows[:, :-1], model.config.vocab_size, model.config.n_ctx, "held-out rows")
+    check_tokens(rows[:, 1:], model.config.vocab_size, model.config.n_ctx, "held-out rows")
+    rules = rules or {}
+    loss_sum, correct, hits = 0.0, 0, {k: 0 for k in rules}
+    for i in range(0, len(rows), batch_size):
+        batch = rows[i:i + batch_size].to(model.device)
+        logits = model(batch[:, :-1]).double()
+        target = batch[:, 1:]
+        loss_sum += float(F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="sum"))
+        right = logits.argmax(-1) == target                                  # [b, T]
+        correct += int(right.sum())
+        for name, mask in rules.items():
+            hits[name] += int((right & mask[i:i + batch_size].to(right.device)).sum())
+    n = rows[:, 1:].numel()
+    val_loss = loss_sum / n
+    return {"val_loss": val_loss, "perplexity": math.exp(min(val_loss, 700.0)),
+            "accuracy": correct / n,
+            "rule_accuracy": {k: hits[k] / max(1, int(rules[k].sum())) for k in rules}}
+
+
+def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData,
+             progress: bool = True, baselines: dict[str, float] | None = None
+             ) -> LMTrainResult:
+    """Train a bilinear transformer on `data` and evaluate it on the held-out rows.
+
+    Args:
+        model_config: the architecture; `vocab_size` must cover the data's ids and
+            `n_ctx` the training rows' length minus one.
+        tc: optimizer, schedule, seed and device.
+        data: from `bilens.core.lm_data.load_lm_data`.
+        progress: show a progress bar (tqdm) with the loss and tokens/s.
+        baselines: `ngram_losses(data.train, data.test, vocab_size)` when already computed
+            (a sweep over one dataset); None computes them.
+
+    Example:
+        >>> data = load_lm_data("synthetic-lm", seq_len=32)                 # doctest: +SKIP
+        >>> cfg = TransformerConfig(vocab_size=64, n_ctx=32, d_model=64, d_hidden=128,
+        ...                         n_layers=2, n_heads=2)                   # doctest: +SKIP
+        >>> train_lm(cfg, LMTrainConfig(steps=500), data).rule_accuracy      # doctest: +SKIP
+    """
+    seq_len = data.test.shape[1] - 1
+    if data.vocab_size > model_config.vocab_size:
+        raise BilensError(f"model_config.vocab_size={model_config.vocab_size} but the data "
+                          f"{data.name!r} uses ids up to {data.vocab_size - 1}")
+    if seq_len > model_config.n_ctx:
+        raise BilensError(f"model_config.n_ctx={model_config.n_ctx} but the data's rows read "
+                          f"{seq_len} tokens; raise n_ctx or shorten --seq-len")
+    device = resolve_device(tc.device)
+    start = time.perf_counter()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(tc.seed)
+        model = BilinearTransformer(model_config)
+    model.to(device).train()
+    history, n_tokens = _loop(model, tc, data, seq_len, device, progress)
+    train_time = time.perf_counter() - start
+    model.eval()
+    scores = evaluate(model, data.test, data.rules, tc.eval_batch_size)
+    if baselines is None:
+        baselines = ngram_losses(data.train, data.test, model_config.vocab_size)
+    wall = time.perf_counter() - start
+    model.tokenizer = data.tokenizer
+    model.metadata = _metadata(data, tc, device, scores, baselines, wall, n_tokens / train_time,
+                               history)
+    return LMTrainResult(model=model, val_loss=scores["val_loss"],
+                         perplexity=scores["perplexity"], accuracy=scores["accuracy"],
+                         rule_accuracy=scores["rule_accuracy"], baselines=baselines,
+                         wall_time=wall, tokens_per_second=n_tokens / train_time,
+                         history=history, metadata=model.metadata)
+
+
+def _loop(model: BilinearTransformer, tc: LMTrainConfig, data: TokenData, seq_len: int,
+          device: torch.device, progress: bool) -> tuple[list[dict[str, float]], int]:
+    """The optimizer steps; returns the history (every 100 steps) and tokens seen."""
+    optimizer = _optimizer(model, tc)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tc.steps, tc.warmup))
+    gen = torch.Generator().manual_seed(tc.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16,
+                              enabled=tc.bf16 and device.type == "cuda")
+    bar, history, n_tokens, t0 = _progress(tc.steps, progress), [], 0, time.perf_counter()
+    for step in range(1, tc.steps + 1):
+        rows = data.batch(gen, tc.batch_size, seq_len)
+        rows = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda"
+                else rows)                                      # no host sync per step
+        with autocast:
+            logits = model(rows[:, :-1])
+        loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        optimizer.step()
+        schedule.step()
+        n_tokens += rows[:, 1:].numel()
+        bar.update(1)
+        if step % 20 == 0 or step == tc.steps:
+            value = loss.item()
+            if not math.isfinite(value):
+                bar.close()
+                raise BilensError(f"training diverged at step {step} (loss {value}); lower "
+                                  f"--lr, keep --grad-clip > 0, or use a norm")
+            rate = n_tokens / (time.perf_counter() - t0)
+            bar.set_postfix(loss=f"{value:.4f}", tok_s=f"{rate:,.0f}")
+            if step % 100 == 0 or step == tc.steps:
+                history.append({"step": step, "loss": value, "lr": schedule.get_last_lr()[0],
+                                "seconds": time.perf_counter() - t0})
+    bar.close()
+    return history, n_tokens
+
+
+def _metadata(data: TokenData, tc: LMTrainConfig, device: torch.device, scores: dict[str, Any],
+              baselines: dict[str, float], wall: float, rate: float,
+              history: list[dict[str, float]]) -> dict[str, Any]:
+    from bilens import __version__
+
+    return {
+        "dataset": data.name,
+        "val_loss": scores["val_loss"],
+        "perplexity": scores["perplexity"],
+        "val_accuracy": scores["accuracy"],
+        "rule_accuracy": scores["rule_accuracy"],
+        "baselines": {"unigram_loss": baselines["unigram"], "bigram_loss": baselines["bigram"],
+                      "bigram_beta": baselines["beta"]},
+        "seed": tc.seed,
+        "version": __version__,
+        "seq_len": data.test.shape[1] - 1,
+        "wall_time": wall,
+        "tokens_per_second": rate,
+        "preprocessing": data.preprocessing,
+        "n_test_rows": len(data.test),
+        "training": {**asdict(tc), "device": str(device)},
+        "torch": torch.__version__,
+        "history": history,
+    }
