@@ -1,5 +1,5 @@
-"""`bilens train`: train a bilinear residual network and write its docs/spec.md §6 checkpoint, or
-(`--kind transformer`) a bilinear transformer and its docs/spec.md §9 checkpoint (`cli/train_lm.py`)."""
+"""`bilens train`: train a bilinear residual network and write its docs/spec.md §6 checkpoint,
+or (`--kind transformer`) a bilinear transformer and its §9 checkpoint (`cli/train_lm.py`)."""
 
 from __future__ import annotations
 
