@@ -72,16 +72,19 @@ def load_tokens(args: argparse.Namespace, model, extra: int):
                               f"write one with safetensors.torch.save_file({{'tokens': t}}, "
                               f"FILE)") from None
     else:
-        import bilens
+        from bilens.core.lm_data import load_lm_data
 
         name = args.dataset or model.metadata.get("dataset")
         if name is None:
             raise BilensError("--tokens/--dataset: pass a tokens file or a token dataset")
-        data = bilens.load_dataset(name, args.split, n=args.n, seed=args.seed)
-        tokens = getattr(data, "tokens", None)
-        if tokens is None:
-            raise BilensError(f"--dataset: {name!r} holds no token sequences; pass --tokens "
-                              f"FILE")
+        data = load_lm_data(name, args.seq_len or model.config.n_ctx, tokenizer=model.tokenizer,
+                            vocab_size=model.config.vocab_size, seed=args.seed)
+        rows = data.test if args.split == "test" else data.train
+        if rows.ndim != 2:
+            raise BilensError(f"--split {args.split}: {name!r} holds one token stream there; "
+                              f"verify reads the held-out rows (--split test)")
+        tokens = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(
+            args.seed))[: args.n].sort().values]
     tokens = torch.as_tensor(tokens).long()[: args.n]
     if args.seq_len is not None:
         if tokens.shape[1] < args.seq_len + extra:
@@ -118,8 +121,12 @@ def run_sequence(args: argparse.Namespace) -> int:
     from bilens import report
     from bilens.analysis.verify_sequence import verify_sequence
 
+    from bilens.core.device import resolve_device
+
     model = load_transformer(args.checkpoint, args.float64)
     tokens = load_tokens(args, model, int(args.target in NEEDS_NEXT))
+    device = resolve_device(getattr(args, "device", "cpu"))
+    model, tokens = model.to(device), tokens.to(device)
     start = time.perf_counter()
     result = verify_sequence(model, tokens, target=args.target, position=args.position,
                              baselines=args.baseline, modes=modes, layers=layers,
