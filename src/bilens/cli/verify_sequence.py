@@ -120,7 +120,6 @@ def run_sequence(args: argparse.Namespace) -> int:
               if args.layers else None)
     from bilens import report
     from bilens.analysis.verify_sequence import verify_sequence
-
     from bilens.core.device import resolve_device
 
     model = load_transformer(args.checkpoint, args.float64)
