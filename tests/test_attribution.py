@@ -348,7 +348,7 @@ def test_results_round_trip(tmp_path):
     assert summary_path == tmp_path / "r.json"
     back, summary = load_results(path)
     torch.testing.assert_close(back["predicted"], tensors["predicted"])
-    assert summary == {"nan": None, "t": 1.5}
+    assert summary == {"format": "bilens-results/1", "nan": None, "t": 1.5}
     summary_path.unlink()
     assert load_results(path)[1] == summary             # the copy in the header
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.safetensors"]   # no temp files

@@ -155,7 +155,7 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     import safetensors.torch
     monkeypatch.setattr(safetensors.torch, "save_file", explode)
     with pytest.raises(KeyboardInterrupt):
-        save(model, tmp_path / "c", {"dataset": "new"})
+        save(model, tmp_path / "c", {"dataset": "new"}, overwrite=True)
     with pytest.raises(KeyboardInterrupt):
         save(model, tmp_path / "fresh")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temp dirs, no "fresh"
@@ -192,8 +192,12 @@ def test_save_refuses_to_replace_a_directory_that_is_not_a_checkpoint(tmp_path, 
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
     (tmp_path / "empty").mkdir()
     save(tiny_model(), tmp_path / "empty")
-    save(tiny_model(), tmp_path / "empty", {"dataset": "again"})      # a checkpoint: replaced
+    with pytest.raises(BilensError, match="exists; pass --force to replace it"):
+        save(tiny_model(), tmp_path / "empty", {"dataset": "again"})  # a checkpoint: kept
+    save(tiny_model(), tmp_path / "empty", {"dataset": "again"}, overwrite=True)  # replaced
     assert load(tmp_path / "empty").metadata["dataset"] == "again"
+    with pytest.raises(BilensError, match="not a checkpoint"):        # never, even so
+        save(tiny_model(), other, overwrite=True)
 
 
 def test_save_interrupted_between_the_renames_keeps_the_old_checkpoint(tmp_path, monkeypatch):
@@ -213,7 +217,7 @@ def test_save_interrupted_between_the_renames_keeps_the_old_checkpoint(tmp_path,
 
     monkeypatch.setattr(Path, "rename", second_rename_interrupted)
     with pytest.raises(KeyboardInterrupt):
-        save(tiny_model(), tmp_path / "c", {"dataset": "new"})
+        save(tiny_model(), tmp_path / "c", {"dataset": "new"}, overwrite=True)
     monkeypatch.setattr(Path, "rename", rename)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]
     assert load(tmp_path / "c").metadata["dataset"] == "old"

@@ -47,8 +47,8 @@ def _one_line_error(argv, capsys, fragment):
     (["train", "--dataset", "cifar", "--out", "x"], "digits, mnist, fashion-mnist, synthetic"),
     (["train", *TINY, "--norm", "batch"], "config.norm"),
     (["train", *TINY, "--position", "middle"], "config.norm_position"),
-    (["train", *TINY, "--epochs", "0"], "train.epochs"),
-    (["train", *TINY, "--d-model", "0"], "config.d_model"),
+    (["train", *TINY, "--epochs", "0"], "argument --epochs: expected a positive integer, got 0"),
+    (["train", *TINY, "--d-model", "0"], "argument --d-model: expected a positive integer"),
     (["train", *TINY, "--n-train", "999999"], "n: expected"),
 ])
 def test_train_errors_are_one_line(tmp_path, capsys, argv, fragment):

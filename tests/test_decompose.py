@@ -374,9 +374,9 @@ def test_cli_writes_files_and_figures(digits_checkpoint, tmp_path, capsys):
     assert tensors["eigenvectors.1"].shape == (2, 8, 8)
     assert summary["faithfulness"]["n_inputs"] == 40
     assert "rank-1 truncation" in capsys.readouterr().out
-    assert _cli("decompose", digits_checkpoint, "--n", "0", "--out", str(out)) == 2
-    assert "--force" in capsys.readouterr().err
-    assert _cli("decompose", digits_checkpoint, "--n", "0", "--no-plots", "--force",
+    assert _cli("decompose", digits_checkpoint, "--no-faithfulness", "--out", str(out)) == 2
+    assert "exists; pass --force to replace it" in capsys.readouterr().err
+    assert _cli("decompose", digits_checkpoint, "--no-faithfulness", "--no-plots", "--force",
                 "--out", str(out)) == 0
     assert not (out / "spectrum.png").exists()
     assert len(load_decomposition(out)[1]["targets"]) == 10

@@ -163,7 +163,9 @@ def test_save_and_reload(result, tmp_path):
     assert back.metrics["modes"]["live"]["overall"] == pytest.approx(
         result.metrics["modes"]["live"]["overall"])
     assert report.verify_table(back) == report.verify_table(result)
-    report.save_verify(result, out)                              # a result may be replaced
+    with pytest.raises(BilensError, match="exists; pass --force to replace it"):
+        report.save_verify(result, out)                          # not without overwrite
+    report.save_verify(result, out, overwrite=True)              # a result may be replaced
 
 
 def test_save_is_atomic_and_careful(result, tmp_path, monkeypatch):
@@ -250,7 +252,7 @@ def test_cli_one_line_errors(checkpoint, tmp_path, capsys, argv, message):
 
 def test_cli_refuses_to_replace_other_directories(checkpoint, capsys):
     rc = main(["verify", str(checkpoint), "--n", "3", "--out", str(checkpoint)])
-    assert rc == 2 and "not a bilens verify output" in capsys.readouterr().err
+    assert rc == 2 and "not a bilens verify result" in capsys.readouterr().err
     assert (checkpoint / "model.safetensors").exists()
 
 
@@ -270,7 +272,7 @@ def test_a_lone_metrics_json_is_not_a_previous_result(result, checkpoint, tmp_pa
     with pytest.raises(BilensError, match="not a bilens verify result"):
         report.save_verify(result, other, plots=False)
     rc = main(["verify", str(checkpoint), "--n", "3", "--no-progress", "--out", str(other)])
-    assert rc == 2 and "not a bilens verify output" in capsys.readouterr().err
+    assert rc == 2 and "not a bilens verify result" in capsys.readouterr().err
     assert sorted(p.name for p in other.iterdir()) == ["metrics.json", "notes.txt"]
 
 

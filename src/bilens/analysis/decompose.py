@@ -125,8 +125,8 @@ def check_output(directory: str | os.PathLike, overwrite: bool) -> None:
         raise BilensError(f"out: {str(root)!r} exists and is not a bilens decompose output; "
                           f"choose a new directory (it would be replaced)")
     if not overwrite:
-        raise BilensError(f"out: {str(root)!r} already holds a decomposition; pass "
-                          f"overwrite=True (--force) to replace it, or choose a new directory")
+        raise BilensError(f"out: {str(root)!r} exists; pass --force to replace it "
+                          f"(overwrite=True from Python)")
 
 
 def load_decomposition(directory: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -50,15 +50,16 @@ class VerifyResult:
         save_results(d / "results.safetensors", self.tensors, self.metrics,
                      summary_path=d / "metrics.json")
 
-    def save(self, outdir: str | os.PathLike) -> Path:
+    def save(self, outdir: str | os.PathLike, overwrite: bool = False) -> Path:
         """Write the data files (`results.safetensors`, `metrics.json`) into `outdir`,
         atomically: both appear together or, on error or Ctrl-C, neither. With the table,
         `summary.md` and the PNGs beside them: `bilens.report.save_verify`.
 
-        An existing `outdir` is replaced only if it is empty or holds a previous result.
+        `outdir` must be absent or empty; a previous result there is replaced only with
+        `overwrite=True` (`bilens verify --force`), any other directory never.
         """
         out = Path(outdir)
-        check_replaceable(out)
+        check_replaceable(out, overwrite)
         with atomic_dir(out) as tmp:
             self.write(tmp)
         return out
@@ -86,11 +87,16 @@ def replaceable(out: Path) -> bool:
     return not any(out.iterdir()) or all((out / f).is_file() for f in RESULT_FILES)
 
 
-def check_replaceable(out: Path) -> None:
-    """Raise unless `out` is `replaceable`: saving replaces the directory whole."""
+def check_replaceable(out: Path, overwrite: bool = False) -> None:
+    """Raise unless `out` is `replaceable` and, if it holds a previous result, `overwrite`
+    is set: saving replaces the directory whole."""
+    out = Path(out)
     if not replaceable(out):
         raise BilensError(f"out: {str(out)!r} exists and is not a bilens verify result; "
                           f"choose a new directory (it would be replaced)")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise BilensError(f"out: {str(out)!r} exists; pass --force to replace it "
+                          f"(overwrite=True from Python)")
 
 
 def _from_json(obj: Any) -> Any:

@@ -17,7 +17,11 @@ _MODULES = {"import": "import_ckpt"}          # a command whose module name diff
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The parser of every command: `cli._common.Parser` (no prefix matching, one-line usage
+    errors, `(default: X)` on every option), which the subcommands' parsers inherit."""
+    from bilens.cli._common import Parser
+
+    parser = Parser(
         prog="bilens",
         description="Train bilinear residual networks, attribute every channel, and check each "
                     "attribution against the real ablation.")
@@ -26,6 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS:
         importlib.import_module(f"bilens.cli.{_MODULES.get(name, name)}").add_parser(sub)
     return parser
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """`parse_args`, but an unknown option is reported by its command's parser (`bilens
+    verify: error: unrecognized arguments: --mode ... (see bilens verify --help)`)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def _version() -> str:
@@ -47,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--"]:   # `torchrun ... -m bilens -- verify ... --n N` (docs/distributed.md)
         argv = argv[1:]
-    args = build_parser().parse_args(argv)
+    try:
+        args = _parse(build_parser(), argv)
+    except SystemExit as stop:          # --help (0), or a usage error: one line, status 2
+        return stop.code if isinstance(stop.code, int) else 2
     try:
         status = _run(args)
         sys.stdout.flush()                  # a closed pipe shows here, not at interpreter exit

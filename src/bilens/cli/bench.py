@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 
+from bilens.cli._common import add_device, add_force, add_out, add_threads, count
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -17,41 +19,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "one set of inputs, against one forward pass, captum and a per-channel "
                     "hook loop; print the ratios, agreement and peak memory.")
     p.add_argument("--quick", action="store_true",
-                   help="a CPU-sized set (64 inputs, 4 x 256 channels, d_model 128)")
-    p.add_argument("--out", metavar="FILE", help="write the results as JSON")
-    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    p.add_argument("--n", type=int, help="number of inputs (default 10000; quick 64)")
-    p.add_argument("--layers", type=int, help="bilinear layers (default 4)")
-    p.add_argument("--d-model", type=int, help="residual width (default 256; quick 128)")
-    p.add_argument("--d-hidden", type=int, help="channels per layer (default 1024; quick 256)")
-    p.add_argument("--norm", default="rms", help="none | rms | layer (default rms)")
-    p.add_argument("--position", default="post", help="post | pre (default post)")
+                   help="a CPU-sized set: 32 inputs, 4 layers x 256 channels, d_model 128, "
+                        "5 repeats")
+    add_out(p, "write the results as JSON to FILE", metavar="FILE", unset="print only")
+    add_force(p, "an earlier JSON at --out")
+    add_device(p)
+    p.add_argument("--n", type=count, help="number of inputs (default: 10000; quick 32)")
+    p.add_argument("--layers", type=count, help="bilinear layers (default: 4)")
+    p.add_argument("--d-model", type=count, help="residual width (default: 256; quick 128)")
+    p.add_argument("--d-hidden", type=count,
+                   help="channels per layer (default: 1024; quick 256)")
+    p.add_argument("--norm", default="rms", help="none | rms | layer (default: rms)")
+    p.add_argument("--position", default="post", help="post | pre (default: post)")
     p.add_argument("--memory", default="4GiB", help="ablation working-memory budget")
     p.add_argument("--precision", default="fp32",
                    help="fp32 | 3xtf32 | 3xfp16 (CUDA matmuls); a comma list times each")
     p.add_argument("--backend", default="eager", choices=("eager", "compile", "triton"),
                    help="how the ablation runs on CUDA: eager, compiled elementwise steps, or "
-                        "Triton GEMMs (default eager; fp32 rows use compile under triton)")
+                        "Triton GEMMs (default: eager; fp32 rows use compile under triton)")
     p.add_argument("--data", default="random",
                    help="random, or a dataset whose test inputs to use (e.g. mnist)")
     p.add_argument("--ppe", default=None,
                    help="captum perturbations_per_eval to try, e.g. 16,64,256 (best is kept)")
-    p.add_argument("--repeats", type=int, default=None, help="timed calls per fast row")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: 1 with --quick on a CPU, where other jobs "
-                        "share the cores and a multi-thread barrier waits on them)")
+    p.add_argument("--repeats", type=count, default=None,
+                   help="timed calls per fast row (default: 3; quick 5)")
+    add_threads(p, unset="1 with --quick on a CPU, where other jobs share the cores; else "
+                         "torch's choice")
     p.add_argument("--no-captum", action="store_true", help="skip the captum rows")
     p.add_argument("--no-loop", action="store_true", help="skip the hook-loop row")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     import torch
 
     from bilens.core.errors import BilensError
     from bilens.experiments.bench import BenchConfig, run_bench, write_json
 
-    if args.threads:
+    if args.out and Path(args.out).exists() and not args.force:
+        raise BilensError(f"--out: {args.out!r} exists; pass --force to replace it")
+    if args.threads is not None:
         torch.set_num_threads(args.threads)
     elif args.quick and args.device == "cpu":
         torch.set_num_threads(1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli._common import DATASETS, add_common, setup_threads
+from bilens.cli._common import DATASETS, add_common, count, seed, setup_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -19,9 +19,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "the claims it tests and a recommendation to OUT/report/.")
     p.add_argument("--dataset", default="digits", choices=DATASETS,
                    help="dataset (default: digits)")
-    p.add_argument("--seeds", type=int, default=1,
+    p.add_argument("--seeds", type=count, default=1,
                    help="seeds per configuration; the table gives mean ± sd (default: 1)")
-    p.add_argument("--first-seed", type=int, default=0,
+    p.add_argument("--first-seed", type=seed, default=0,
                    help="first seed: --seeds 1 --first-seed 2 trains seed 2 only (default: 0)")
     add_common(p)
     p.set_defaults(func=run)

@@ -16,6 +16,7 @@ import argparse
 import time
 from typing import Any
 
+from bilens.cli._common import add_force, add_out, add_seed, count
 from bilens.core.errors import BilensError
 
 
@@ -28,22 +29,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "decomposition.safetensors, decomposition.json and PNGs to --out.")
     p.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (bilens train --out)")
     p.add_argument("--target", action="append", default=None, metavar="T",
-                   help="class:C | diff:C1,C2 | C | all (repeatable; default all classes)")
-    p.add_argument("--layers", default=None, help="layers, e.g. 0,3 (default all)")
+                   help="class:C | diff:C1,C2 | C | all, repeatable (default: all classes)")
+    p.add_argument("--layers", default=None, help="layers, e.g. 0,3 (default: all)")
     p.add_argument("--dataset", help="dataset of the faithfulness inputs (default: the "
                                      "checkpoint's)")
-    p.add_argument("--split", default="test", help="train | test (default test)")
-    p.add_argument("--n", type=int, default=512,
-                   help="faithfulness inputs (default 512, at most the split; 0 skips it)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the input subset (default 0)")
-    p.add_argument("--ks", default=None, help="top-k grid, e.g. 1,4,16 (default 1,2,4,..,d)")
+    p.add_argument("--split", default="test", help="train | test (default: test)")
+    p.add_argument("--n", type=count, default=512,
+                   help="faithfulness inputs, at most the split (default: 512)")
+    p.add_argument("--no-faithfulness", action="store_true",
+                   help="skip the faithfulness measurement (no inputs are loaded)")
+    add_seed(p, "the input subset")
+    p.add_argument("--ks", default=None,
+                   help="top-k grid, e.g. 1,4,16 (default: 1,2,4,..,d)")
     p.add_argument("--baseline", default="mean",
-                   help="reference input of the direct-path share: mean | zero (default mean)")
-    p.add_argument("--stability-n", type=int, default=16,
-                   help="inputs on which live-norm eigenvectors are compared (default 16)")
+                   help="reference input of the direct-path share: mean | zero (default: mean)")
+    p.add_argument("--stability-n", type=count, default=16,
+                   help="inputs on which live-norm eigenvectors are compared (default: 16)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
-    p.add_argument("--force", action="store_true", help="replace an existing output")
-    p.add_argument("--out", required=True, metavar="OUTDIR", help="output directory")
+    add_force(p, "an earlier decompose output at --out")
+    add_out(p, "output directory", metavar="OUTDIR")
     p.set_defaults(func=run)
 
 
@@ -65,12 +69,8 @@ def _targets(values: list[str] | None) -> list[str] | None:
 def run(args: argparse.Namespace) -> int:
     from bilens.analysis.decompose import check_output, resolve_layers, resolve_targets
 
-    if args.n < 0:
-        raise BilensError(f"--n: expected a number of inputs >= 0, got {args.n}")
     if args.baseline not in ("mean", "zero"):
         raise BilensError(f"--baseline: expected mean or zero, got {args.baseline!r}")
-    if args.stability_n < 1:
-        raise BilensError(f"--stability-n: expected a positive integer, got {args.stability_n}")
     layers, ks = _ints(args.layers, "--layers"), _ints(args.ks, "--ks")
     check_output(args.out, args.force)
 
@@ -87,9 +87,9 @@ def run(args: argparse.Namespace) -> int:
     check_ks(ks, cfg.d_model)
     dataset = args.dataset or getattr(model, "metadata", {}).get("dataset")
     x = None
-    if args.n and dataset is None:
+    if not args.no_faithfulness and dataset is None:
         print("no dataset recorded in the checkpoint (pass --dataset): faithfulness skipped")
-    elif args.n:
+    elif not args.no_faithfulness:
         data = bilens.load_dataset(dataset, args.split)          # --n capped at the split
         if args.n < len(data):
             data = bilens.load_dataset(dataset, args.split, n=args.n, seed=args.seed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli._common import setup_threads
+from bilens.cli._common import add_device, add_force, add_out, add_threads, count, setup_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -15,12 +15,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train and verify none/rms/layer x post/pre on digits (3 seeds), run the "
                     "four sweeps of the seed's error analysis on small grids, print the "
                     "comparison and claims tables, and write the report to OUT/report/.")
-    p.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda[:N] | auto (default: cpu)")
-    p.add_argument("--force", action="store_true", help="retrain instead of reusing the cache")
-    p.add_argument("--seeds", type=int, default=None, help="seeds in the comparison (default 3)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 8)")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads for torch (default 1)")
+    add_out(p, "output directory (report/, JSON, cached models under models/)", "runs/demo",
+            metavar="OUTDIR")
+    add_device(p)
+    add_force(p, "the cached models and verifications: retrain and re-verify",
+              "reuse them; the report is always rewritten")
+    p.add_argument("--seeds", type=count, default=None,
+                   help="seeds in the comparison (default: 3)")
+    p.add_argument("--epochs", type=count, default=None, help="epochs per model (default: 8)")
+    add_threads(p, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
 
@@ -33,8 +36,10 @@ def run(args: argparse.Namespace) -> int:
     setup_threads(args)
     start = time.perf_counter()
     results = demo.run_demo(
-        args.out, device=args.device, force=args.force, seeds=args.seeds or demo.SEEDS,
-        epochs=args.epochs or demo.EPOCHS, command=report.command_line(),
+        args.out, device=args.device, force=args.force,
+        seeds=demo.SEEDS if args.seeds is None else args.seeds,
+        epochs=demo.EPOCHS if args.epochs is None else args.epochs,
+        command=report.command_line(),
         log=None if args.quiet else print)
     paths = report.write(results, args.out)
     print()

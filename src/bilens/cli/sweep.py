@@ -6,15 +6,16 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli._common import DATASETS, add_common, setup_threads
+from bilens.cli._common import DATASETS, add_common, count, setup_threads
 from bilens.experiments.sweeps import SWEEPS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "sweep", help="error against d_model, sparsity, depth or norm position",
-        description="Train (or reuse) RMSNorm models along one axis, verify each with both "
-                    "attribution modes, and write the table and plot to OUT/report/. "
+        description="Train (or reuse) RMSNorm models along one axis, verify each with the "
+                    "three attribution modes (frozen, live, renorm), and write the table and "
+                    "plot to OUT/report/. "
                     "d_model: 64..1024; sparsity: the L1 penalty on z, with the measured "
                     "active fraction; depth: 1..8 layers, error layer by layer; position: "
                     "pre vs post for RMSNorm and LayerNorm over depth.")
@@ -24,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--values", default=None,
                    help="comma-separated grid, e.g. 64,256,1024 (default: the sweep's grid)")
     p.add_argument("--fast", action="store_true", help="the small grid bilens demo uses")
-    p.add_argument("--seeds", type=int, default=1, help="seeds per point (default: 1)")
+    p.add_argument("--seeds", type=count, default=1, help="seeds per point (default: 1)")
     add_common(p)
     p.set_defaults(func=run)
 
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     report.check_outdir(args.out)                     # before the work, not after
     start = time.perf_counter()
     runner = Runner(args.cache or f"{args.out}/models", force=args.force, device=args.device,
-                    n_verify=args.n_verify or DEFAULT_N_VERIFY.get(args.dataset, 64),
+                    n_verify=DEFAULT_N_VERIFY.get(args.dataset, 64) if args.n_verify is None
+                    else args.n_verify,
                     target=args.target)
     sweeps = {}
     for name in names:

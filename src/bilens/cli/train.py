@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bilens.cli._common import add_device, add_force, add_out, add_seed, add_threads, count
+from bilens.core.data import DEFAULT_TEST_FRACTION
 from bilens.training.train import TrainConfig
 
 _DEFAULTS = TrainConfig()
@@ -14,31 +16,35 @@ _DEFAULTS = TrainConfig()
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train a network and write its checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train a bilinear residual network on a dataset, print its test accuracy "
                     "and active fraction, and write the checkpoint (config.json + "
                     "model.safetensors) atomically to --out.")
     p.add_argument("--kind", default="mlp", choices=("mlp", "transformer"),
-                   help="model family: the MLP of SPEC §1 or the transformer of SPEC §9")
-    p.add_argument("--dataset", default=None,
-                   help="digits | mnist | fashion-mnist | synthetic (mlp, default digits); "
-                        "synthetic-lm | text | FILE (transformer, default synthetic-lm)")
+                   help="model family: the MLP of docs/spec.md §1 or the transformer of §9")
+    p.add_argument("--dataset", default=None, metavar="NAME|FILE",
+                   help="mlp: digits | mnist | fashion-mnist | synthetic, or your own "
+                        "FILE.npz|.safetensors|.pt holding x [N, d_in] and y [N] "
+                        "(docs/training.md), default digits; transformer: synthetic-lm | "
+                        "text | FILE, default synthetic-lm")
+    p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+                   help="with a FILE: the share of its rows held out as the test split, a "
+                        "fixed seeded split recorded in the checkpoint")
     p.add_argument("--norm", default="rms", help="none | rms | layer")
-    p.add_argument("--position", default=None, help="post | pre (default: post for mlp, pre "
-                                                     "for transformer)")
-    p.add_argument("--d-model", type=int, default=64, help="residual width")
-    p.add_argument("--d-hidden", type=int, default=128, help="channels per layer")
-    p.add_argument("--layers", type=int, default=3, help="bilinear layers")
+    p.add_argument("--position", default=None,
+                   help="post | pre (default: post for mlp, pre for transformer)")
+    p.add_argument("--d-model", type=count, default=64, help="residual width")
+    p.add_argument("--d-hidden", type=count, default=128, help="channels per layer")
+    p.add_argument("--layers", type=count, default=3, help="bilinear layers")
     p.add_argument("--eps", type=float, default=1e-5, help="norm eps")
     p.add_argument("--fixed-gain", action="store_true",
                    help="keep the norms' gain at 1 (and LayerNorm's bias at 0)")
-    p.add_argument("--epochs", type=int, default=_DEFAULTS.epochs,
+    p.add_argument("--epochs", type=count, default=_DEFAULTS.epochs,
                    help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help=f"examples (sequences) per step (mlp: {_DEFAULTS.batch_size}, "
-                        f"transformer: 64)")
+    p.add_argument("--batch-size", type=count, default=None,
+                   help=f"examples (sequences) per step (default: mlp {_DEFAULTS.batch_size}, "
+                        f"transformer 64)")
     p.add_argument("--lr", type=float, default=None,
-                   help=f"peak learning rate (mlp: {_DEFAULTS.lr:g}, transformer: 1e-2)")
+                   help=f"peak learning rate (default: mlp {_DEFAULTS.lr:g}, transformer 1e-2)")
     p.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
                    help="AdamW weight decay on the matrices")
     p.add_argument("--input-noise", type=float, default=_DEFAULTS.input_noise,
@@ -49,16 +55,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="clip the gradient norm (0: off)")
     p.add_argument("--warmup", type=float, default=_DEFAULTS.warmup,
                    help="fraction of steps of linear warmup")
-    p.add_argument("--seed", type=int, default=_DEFAULTS.seed,
-                   help="seeds init, shuffling, noise and --n-train")
-    p.add_argument("--device", default=_DEFAULTS.device, help="auto | cpu | cuda[:N]")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads for torch (None: torch's choice, one per core; use 1 on a "
-                        "machine shared with other jobs)")
-    p.add_argument("--n-train", type=int, default=None,
-                   help="train on a seeded subset of this many examples")
-    p.add_argument("--out", default=None,
-                   help="checkpoint directory (None: runs/DATASET-NORM-POSITION-sSEED)")
+    add_seed(p, "init, shuffling, noise and --n-train", default=_DEFAULTS.seed)
+    add_device(p, _DEFAULTS.device)
+    add_threads(p)
+    p.add_argument("--n-train", type=count, default=None,
+                   help="train on a seeded subset of this many examples (default: all)")
+    add_out(p, "checkpoint directory", metavar="DIR",
+            unset="runs/DATASET-NORM-POSITION-sSEED")
+    add_force(p, "an existing checkpoint at --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     from bilens.cli.train_lm import add_arguments
     add_arguments(p)
@@ -66,11 +70,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
+    from bilens.cli._common import setup_threads
     from bilens.core.checkpoint import check_replaceable, save
     from bilens.core.config import ModelConfig
-    from bilens.core.data import load_dataset
+    from bilens.core.data import is_file, load_dataset, load_file
     from bilens.core.errors import BilensError
     from bilens.training.train import train
 
@@ -78,18 +81,26 @@ def run(args: argparse.Namespace) -> int:
         from bilens.cli.train_lm import run_lm
         return run_lm(args)
     args.dataset = args.dataset or "digits"
-    if args.dataset in ("synthetic-lm", "text") or Path(args.dataset).suffix:
+    if args.dataset in ("synthetic-lm", "text") or (Path(args.dataset).suffix == ".txt"):
         raise BilensError(f"--dataset {args.dataset}: a sequence dataset; add --kind "
-                          f"transformer to train the bilinear transformer of SPEC §9")
+                          f"transformer to train the bilinear transformer of docs/spec.md §9")
     args.position = args.position or "post"
     args.lr = _DEFAULTS.lr if args.lr is None else args.lr
     args.batch_size = _DEFAULTS.batch_size if args.batch_size is None else args.batch_size
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BilensError(f"--threads: expected a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    train_set = load_dataset(args.dataset, "train", n=args.n_train, seed=args.seed)
-    test_set = load_dataset(args.dataset, "test")
+    setup_threads(args)
+    metadata = {}
+    if is_file(args.dataset):          # your own data: one fixed seeded split of its rows
+        metadata["test_fraction"] = args.test_fraction
+        train_set = load_file(args.dataset, "train", n=args.n_train, seed=args.seed,
+                              test_fraction=args.test_fraction)
+        test_set = load_file(args.dataset, "test", test_fraction=args.test_fraction,
+                             n_classes=train_set.n_classes)
+        if train_set.y is None:
+            raise BilensError(f"--dataset: {args.dataset} holds no labels (no array 'y'); "
+                              f"training needs y [N] beside x [N, d_in]")
+    else:
+        train_set = load_dataset(args.dataset, "train", n=args.n_train, seed=args.seed)
+        test_set = load_dataset(args.dataset, "test")
     model_config = ModelConfig(
         d_in=train_set.d_in, d_model=args.d_model, d_hidden=args.d_hidden,
         n_layers=args.layers, n_out=train_set.n_classes, norm=args.norm,
@@ -98,11 +109,12 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, input_noise=args.input_noise, l1=args.l1,
         grad_clip=args.grad_clip, warmup=args.warmup, seed=args.seed, device=args.device)
-    out = Path(args.out or f"runs/{args.dataset}-{args.norm}-{args.position}-s{args.seed}")
-    check_replaceable(out)                    # before training, not after
+    name = Path(args.dataset).stem if is_file(args.dataset) else args.dataset
+    out = Path(args.out or f"runs/{name}-{args.norm}-{args.position}-s{args.seed}")
+    check_replaceable(out, args.force)                 # before training, not after
     result = train(model_config, train_config, (train_set, test_set),
                    progress=not args.no_progress)
-    save(result.model, out, result.metadata)
+    save(result.model, out, {**result.metadata, **metadata}, overwrite=args.force)
     print(f"test accuracy {result.test_accuracy:.4f} ({100 * result.test_accuracy:.2f}%)  "
           f"train accuracy {result.train_accuracy:.4f}  "
           f"active fraction {result.active_fraction:.3f}  "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bilens.cli._common import count, setup_threads
 from bilens.training.lm import LMTrainConfig
 
 _LM = LMTrainConfig()
@@ -16,20 +17,18 @@ SEQ_LEN = {"synthetic-lm": 32}          # the default --seq-len per dataset (els
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The options only the transformer reads (the shared ones live in cli/train.py)."""
     g = p.add_argument_group("transformer (--kind transformer)")
-    g.add_argument("--heads", type=int, default=2, help="attention heads per layer")
-    g.add_argument("--seq-len", type=int, default=None,
+    g.add_argument("--heads", type=count, default=2, help="attention heads per layer")
+    g.add_argument("--seq-len", type=count, default=None,
                    help="tokens per training row, also n_ctx (synthetic-lm: 32, else 128)")
-    g.add_argument("--steps", type=int, default=_LM.steps, help="optimizer steps")
-    g.add_argument("--vocab-size", type=int, default=4096,
+    g.add_argument("--steps", type=count, default=_LM.steps, help="optimizer steps")
+    g.add_argument("--vocab-size", type=count, default=4096,
                    help="BPE vocabulary trained on the text's training split")
     g.add_argument("--attn-scale", type=float, default=1.0, help="alpha on every attention "
                                                                  "output")
     g.add_argument("--bf16", action="store_true", help="bf16 autocast on CUDA")
-    g.add_argument("--force", action="store_true", help="replace an existing checkpoint")
 
 
 def run_lm(args: argparse.Namespace) -> int:
-    import torch
 
     from bilens.core.checkpoint import CONFIG_FILE, check_replaceable, save
     from bilens.core.config import TransformerConfig
@@ -37,10 +36,7 @@ def run_lm(args: argparse.Namespace) -> int:
     from bilens.core.lm_data import load_lm_data
     from bilens.training.lm import train_lm
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise BilensError(f"--threads: expected a positive integer, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    setup_threads(args)
     dataset = args.dataset or "synthetic-lm"
     seq_len = args.seq_len or SEQ_LEN.get(dataset, 128)
     name = Path(dataset).stem if Path(dataset).is_file() else dataset

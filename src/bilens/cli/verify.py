@@ -20,6 +20,7 @@ import shlex
 import time
 from pathlib import Path
 
+from bilens.cli._common import add_force, add_out, count, setup_threads
 from bilens.cli._inputs import add_input_arguments, check_baseline, load_inputs, parse_modes
 from bilens.core.errors import BilensError
 
@@ -30,31 +31,34 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Ablate every channel on N inputs in the real network and with frozen "
                     "norms, compare with the attribution of each mode (docs/spec.md §5), and write "
                     "results.safetensors, metrics.json, summary.md and PNGs to --out.")
-    add_input_arguments(p, n_default=256, n_help="number of inputs (default 256)")
+    add_input_arguments(p, n_default=256, n_help="number of inputs, a seeded subset",
+                        device_note="; under torchrun cuda means each rank's GPU LOCAL_RANK")
     p.add_argument("--modes", default=None,
-                   help="comma-separated attribution modes (default: all three; for a "
-                        "sequence model all four: frozen,frozen-norm,live,renorm)")
+                   help="comma-separated attribution modes (default: all three, "
+                        "frozen,live,renorm; for a sequence model all four, "
+                        "frozen,frozen-norm,live,renorm)")
     p.add_argument("--tokens", default=None, metavar="FILE",
-                   help="sequence models: a safetensors file with tokens [N, T]")
+                   help="sequence models: a safetensors file with tokens [N, T] (default: none)")
     p.add_argument("--position", type=int, default=None,
-                   help="sequence models: the target position p (default the last)")
-    p.add_argument("--seq-len", type=int, default=None,
-                   help="sequence models: tokens read per sequence (default all)")
+                   help="sequence models: the target position p (default: the last)")
+    p.add_argument("--seq-len", type=count, default=None,
+                   help="sequence models: tokens read per sequence (default: all)")
     p.add_argument("--layers", default=None,
-                   help="layers to ablate, e.g. 0,3 (default all; others are NaN)")
+                   help="layers to ablate, e.g. 0,3 (default: all; the others are NaN)")
     p.add_argument("--circuit-ks", default="1,2,4,8,16,32,64",
-                   help="circuit sizes of the faithfulness curve ('' to skip)")
+                   help="circuit sizes of the faithfulness curve, '' to skip")
     p.add_argument("--memory", default="4GiB", help="ablation working-memory budget")
     p.add_argument("--backend", default=None, choices=("eager", "compile", "triton"),
-                   help="how the ablation runs (default eager; compile and triton need CUDA)")
+                   help="how the ablation runs (default: eager; compile and triton need CUDA)")
     p.add_argument("--precision", default=None, choices=("fp32", "3xtf32", "3xfp16"),
-                   help="the ablation's large products (default fp32; 3xfp16 under triton)")
-    p.add_argument("--device", default="cpu",
-                   help="cpu | cuda | auto (default cpu); under torchrun cuda means each "
-                        "rank's GPU LOCAL_RANK")
+                   help="the ablation's large products (default: fp32; 3xfp16 under triton)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--out", required=True, metavar="OUTDIR", help="output directory")
+    p.add_argument("--csv", metavar="FILE", default=None,
+                   help="also write a tidy CSV, one row per (input, layer, channel): activation, "
+                        "predicted_<mode> per mode, actual, actual_frozen_norm (default: none)")
+    add_out(p, "output directory", metavar="OUTDIR")
+    add_force(p, "an earlier verify output at --out (and the --csv file)")
     p.set_defaults(func=run)
 
 
@@ -77,18 +81,17 @@ def run(args: argparse.Namespace) -> int:
     args.modes = args.modes or "frozen,live,renorm"
     modes = parse_modes(args.modes, "--modes")
     check_baseline(args)
-    if args.n < 1:
-        raise BilensError(f"--n: expected a positive number of inputs, got {args.n}")
     layers = _ints(args.layers, "--layers")
     ks = _ints(args.circuit_ks, "--circuit-ks") or []
     if any(k < 1 for k in ks):
         raise BilensError(f"--circuit-ks: sizes must be >= 1, got {args.circuit_ks!r}")
     out = Path(args.out)
-    from bilens.analysis.verify import replaceable
+    from bilens.analysis.export import check_csv
+    from bilens.analysis.verify import check_replaceable
 
-    if not replaceable(out):
-        raise BilensError(f"--out: {str(out)!r} exists and is not a bilens verify output; "
-                          f"choose a new directory (it would be replaced)")
+    check_replaceable(out, args.force)
+    if args.csv is not None:
+        check_csv(args.csv, args.force)
 
     import torch
 
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     from bilens.core.memory import parse_memory
 
     parse_memory(args.memory)
+    setup_threads(args)
     device = _device(args.device)
     model, dataset, data, reference = load_inputs(args)
     model.to(device)
@@ -111,17 +115,23 @@ def run(args: argparse.Namespace) -> int:
     with torch.no_grad():
         logits = model(data.x.to(device, model.dtype))
     result.metrics["info"].update(
-        checkpoint=str(args.checkpoint), dataset=dataset, split=args.split, seed=args.seed,
-        accuracy=(logits.argmax(-1).cpu() == data.y).double().mean().item(),
+        checkpoint=str(args.checkpoint), dataset=dataset, split=data.split, seed=args.seed,
+        accuracy=None if data.y is None else
+        (logits.argmax(-1).cpu() == data.y).double().mean().item(),
         seconds=round(seconds, 2))
     if not distributed.is_main():
         distributed.agree()                          # rank 0 writes; wait for its verdict
         return 0
-    report.save_verify(result, out, plots=not args.no_plots,
+    report.save_verify(result, out, plots=not args.no_plots, overwrite=args.force,
                        command=_command(args, dataset, modes), before_commit=distributed.agree)
     print(report.verify_table(result))
     print(f"\nwrote {out}/ (results.safetensors, metrics.json, summary.md"
           f"{'' if args.no_plots else ', PNGs'}) in {seconds:.1f} s")
+    if args.csv is not None:
+        from bilens.analysis.export import write_csv
+
+        rows = write_csv(result, args.csv, overwrite=args.force)
+        print(f"wrote {args.csv} ({rows} rows: input, layer, channel)")
     return 0
 
 
@@ -138,8 +148,12 @@ def _device(name: str):
 
 def _command(args: argparse.Namespace, dataset: str, modes: list[str]) -> str:
     """The command line that reproduces this run (for summary.md)."""
-    parts = ["bilens", "verify", args.checkpoint, "--dataset", dataset, "--split", args.split,
-             "--n", str(args.n), "--seed", str(args.seed), "--modes", ",".join(modes),
+    from bilens.core.data import is_file
+
+    parts = ["bilens", "verify", args.checkpoint, "--dataset", dataset]
+    if args.split is not None or not is_file(dataset):
+        parts += ["--split", args.split or "test"]
+    parts += ["--n", str(args.n), "--seed", str(args.seed), "--modes", ",".join(modes),
              "--target", args.target, "--baseline", args.baseline]
     if args.baseline == "mean":
         parts += ["--reference-n", str(args.reference_n)]

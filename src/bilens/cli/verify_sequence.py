@@ -96,7 +96,7 @@ def load_tokens(args: argparse.Namespace, model, extra: int):
 
 def run_sequence(args: argparse.Namespace) -> int:
     """The sequence-model path of `bilens verify` (options validated before any work)."""
-    from bilens.analysis.verify import replaceable
+    from bilens.analysis.verify import check_replaceable
     from bilens.attribution.sequence import SEQUENCE_MODES, check_sequence_mode
     from bilens.core.memory import parse_memory
     from bilens.core.sequence import NEEDS_NEXT
@@ -108,9 +108,7 @@ def run_sequence(args: argparse.Namespace) -> int:
     if args.backend is not None or args.precision is not None:
         raise BilensError("--backend/--precision: not used for a sequence model; leave them")
     out = Path(args.out)
-    if not replaceable(out):
-        raise BilensError(f"--out: {str(out)!r} exists and is not a bilens verify output; "
-                          f"choose a new directory (it would be replaced)")
+    check_replaceable(out, args.force)
     parse_memory(args.memory)
     if args.baseline != "zero":
         raise BilensError("--baseline: a sequence model's verify takes zero here; for a mean "
@@ -133,7 +131,7 @@ def run_sequence(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     result.metrics["info"].update(checkpoint=str(args.checkpoint), seconds=round(seconds, 2),
                                   tokens=args.tokens, dataset=args.dataset)
-    report.save_verify(result, out, plots=not args.no_plots,
+    report.save_verify(result, out, plots=not args.no_plots, overwrite=args.force,
                        command=report.command_line())
     print(report.verify_table(result))
     print(f"\nwrote {out}/ in {seconds:.1f} s")

@@ -36,15 +36,18 @@ _FAMILIES = {"mlp": (ModelConfig, BilinearNet), "transformer": (TransformerConfi
 Model = BilinearNet | BilinearTransformer
 
 
-def save(model: Model, directory: str | os.PathLike, metadata: dict | None = None) -> Path:
+def save(model: Model, directory: str | os.PathLike, metadata: dict | None = None,
+         overwrite: bool = False) -> Path:
     """Write `model` (and `metadata`) to `directory` as docs/spec.md §6 (§9), atomically; a
     transformer's `model.tokenizer`, when set, is written beside it as `tokenizer.json`.
 
     Args:
         model: the network to save; its tensors are stored in their own dtype.
-        directory: the checkpoint directory; an existing one is replaced whole.
+        directory: the checkpoint directory: absent or empty, or (with `overwrite`) an
+            existing checkpoint, which is then replaced whole.
         metadata: extra JSON-serializable keys for `config.json` (dataset, test_accuracy,
             seed, ...); `version` is added when absent. Keys may not shadow config keys.
+        overwrite: replace an existing checkpoint (`bilens train --force`).
 
     Returns:
         The directory's path.
@@ -56,7 +59,7 @@ def save(model: Model, directory: str | os.PathLike, metadata: dict | None = Non
 
     from bilens import __version__
 
-    check_replaceable(directory)
+    check_replaceable(directory, overwrite)
     metadata = dict(metadata or {})
     clash = sorted({f.name for f in fields(model.config)} & metadata.keys())
     if clash:
@@ -76,15 +79,18 @@ def save(model: Model, directory: str | os.PathLike, metadata: dict | None = Non
     return Path(directory)
 
 
-def check_replaceable(directory: str | os.PathLike) -> None:
-    """Raise unless `directory` is free for `save`: absent, empty, or a checkpoint (which
-    `save` replaces whole; any other directory would be deleted with its contents)."""
+def check_replaceable(directory: str | os.PathLike, overwrite: bool = False) -> None:
+    """Raise unless `directory` is free for `save`: absent, empty, or with `overwrite` a
+    checkpoint (which `save` replaces whole; any other directory would be deleted with its
+    contents, so it is refused even with `overwrite`)."""
     root = Path(directory)
-    if not root.exists():
+    if not root.exists() or (root.is_dir() and not any(root.iterdir())):
         return
-    if root.is_dir() and (not any(root.iterdir()) or (root / CONFIG_FILE).exists()
-                          or (root / TENSOR_FILE).exists()):
-        return
+    if root.is_dir() and ((root / CONFIG_FILE).exists() or (root / TENSOR_FILE).exists()):
+        if overwrite:
+            return
+        raise BilensError(f"checkpoint: {str(root)!r} exists; pass --force to replace it "
+                          f"(overwrite=True from Python)")
     raise BilensError(f"checkpoint: {str(root)!r} exists and is not a checkpoint directory; "
                       f"choose a new directory (saving replaces it whole)")
 

@@ -18,6 +18,13 @@ float32 already preprocessed, or the raw pixels, preprocessed here as from the s
 data are read from there instead (`benchmarks/export_data.py`
 writes such files; it is how a machine without the source packages gets the data). The
 synthetic task is always generated, since its draw depends on `seed`.
+
+Your own data (`load_file`, and `load_dataset` given a path): a `.npz`, `.safetensors` or
+`.pt` file holding `x` `[N, d_in]` (floating point, finite, used as stored: no
+preprocessing) and optionally `y` `[N]` (integer labels in `[0, n_classes)`). A `.pt` is
+read with `torch.load(weights_only=True)` and must hold a dict of tensors; nothing else is
+unpickled. Split `None` is every row; `"train"` / `"test"` are one fixed seeded split
+(`FILE_SPLIT_SEED`), the test part `round(test_fraction * N)` rows, the same for every run.
 """
 
 from __future__ import annotations
@@ -66,16 +73,16 @@ class Dataset:
 
     Attributes:
         x: inputs `[N, d_in]` float32, preprocessed.
-        y: labels `[N]` long, in `[0, n_classes)`.
-        name: one of `DATASETS`.
-        split: `"train"` or `"test"`.
+        y: labels `[N]` long, in `[0, n_classes)`; None for a file without labels.
+        name: one of `DATASETS`, or the path of a file (`load_file`).
+        split: `"train"` or `"test"`; `"all"` for every row of a file.
         n_classes: number of classes (the model's `n_out`).
         d_in: input width.
         preprocessing: one line saying what was done to the raw data.
     """
 
     x: Float[Tensor, "n d_in"]
-    y: Int[Tensor, " n"]
+    y: Int[Tensor, " n"] | None
     name: str
     split: str
     n_classes: int
@@ -87,7 +94,8 @@ class Dataset:
 
     def to(self, device: str | torch.device) -> Dataset:
         """The same dataset with `x` and `y` on `device`."""
-        return Dataset(self.x.to(device), self.y.to(device), self.name, self.split,
+        y = None if self.y is None else self.y.to(device)
+        return Dataset(self.x.to(device), y, self.name, self.split,
                        self.n_classes, self.d_in, self.preprocessing)
 
 
@@ -106,7 +114,7 @@ def load_dataset(name: str, split: str = "train", n: int | None = None, seed: in
     """Load one split of a dataset, preprocessed.
 
     Args:
-        name: one of `DATASETS`.
+        name: one of `DATASETS`, or a file's path (`load_file`, with its defaults).
         split: `"train"` or `"test"`.
         n: keep a seeded random subset of `n` examples (in their original order);
             None keeps all.
@@ -120,8 +128,11 @@ def load_dataset(name: str, split: str = "train", n: int | None = None, seed: in
         >>> ds.x.shape, ds.n_classes
         (torch.Size([360, 64]), 10)
     """
+    if is_file(name):
+        return load_file(name, split, n=n, seed=seed)
     if name not in DATASETS:
-        raise BilensError(f"dataset: unknown name {name!r}; expected one of {', '.join(DATASETS)}")
+        raise BilensError(f"dataset: unknown name {name!r}; expected one of {', '.join(DATASETS)}"
+                          f", or a data file ({', '.join(FILE_SUFFIXES)}) of your own")
     if split not in SPLITS:
         raise BilensError(f"split: expected 'train' or 'test', got {split!r}")
     found = None if name == "synthetic" else _from_data_dir(name, split)
@@ -134,15 +145,22 @@ def load_dataset(name: str, split: str = "train", n: int | None = None, seed: in
             x = ((x.astype(np.float32) / scale - mean) / std).astype(np.float32)
     x_t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
     y_t = torch.from_numpy(np.ascontiguousarray(y).astype(np.int64))
-    if n is not None:
-        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(y_t):
-            raise BilensError(f"n: expected an integer in 1..{len(y_t)} ({name} {split} has "
-                              f"{len(y_t)} examples), got {n!r}")
-        keep = torch.randperm(len(y_t), generator=torch.Generator().manual_seed(seed))[:n]
-        keep = keep.sort().values
-        x_t, y_t = x_t[keep], y_t[keep]
+    x_t, y_t = _subset(x_t, y_t, n, seed, f"{name} {split}")
     return Dataset(x=x_t, y=y_t, name=name, split=split, n_classes=_N_CLASSES[name],
                    d_in=x_t.shape[1], preprocessing=preprocessing(name))
+
+
+def _subset(x: Tensor, y: Tensor | None, n: int | None, seed: int,
+            what: str) -> tuple[Tensor, Tensor | None]:
+    """A seeded random subset of `n` rows in their original order (None: all of them)."""
+    if n is None:
+        return x, y
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= len(x):
+        raise BilensError(f"n: expected an integer in 1..{len(x)} ({what} has {len(x)} "
+                          f"examples), got {n!r}")
+    keep = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
+    keep = keep.sort().values
+    return x[keep], None if y is None else y[keep]
 
 
 def _from_data_dir(name: str, split: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -208,3 +226,130 @@ def _synthetic(split: str, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = rng.standard_normal((SYNTHETIC_SIZES[split], SYNTHETIC_D_IN)).astype(np.float32)
     scores = np.stack([sum(x[:, i] * x[:, j] for i, j in pairs) for pairs in SYNTHETIC_PAIRS], 1)
     return x, scores.argmax(1)
+
+
+# ------------------------------------------------------------------------ your own data
+
+FILE_SUFFIXES = (".npz", ".safetensors", ".pt")
+FILE_SPLIT_SEED = 0
+DEFAULT_TEST_FRACTION = 0.2
+
+
+def is_file(name: str) -> bool:
+    """True if `name` names a data file (by its suffix) rather than a dataset."""
+    return str(name).lower().endswith(FILE_SUFFIXES)
+
+
+def load_file(path: str | os.PathLike, split: str | None = None, *, n: int | None = None,
+              seed: int = 0, test_fraction: float = DEFAULT_TEST_FRACTION,
+              d_in: int | None = None, n_classes: int | None = None) -> Dataset:
+    """Load your own inputs: `x [N, d_in]` and optional `y [N]` from a file, validated.
+
+    Args:
+        path: a `.npz` (read without pickle), `.safetensors` or `.pt` (`torch.load` with
+            `weights_only=True`, a dict of tensors only) file holding `x` and maybe `y`.
+        split: None for every row; `"train"` / `"test"` for the fixed seeded split whose
+            test part is `round(test_fraction * N)` rows (`FILE_SPLIT_SEED`, not `seed`).
+        n: keep a seeded random subset of `n` rows of the split (None: all).
+        seed: seeds that subset.
+        test_fraction: the test part of the split, in (0, 1).
+        d_in: the width `x` must have (the model's), if known.
+        n_classes: labels must lie in `[0, n_classes)`; None: `max(y) + 1`.
+
+    Returns:
+        A `Dataset` named by the path, `x` float32 as stored, `y` long or None.
+
+    Example:
+        >>> np.savez("mine.npz", x=np.ones((8, 64), np.float32), y=np.zeros(8, np.int64))
+        ...                                                          # doctest: +SKIP
+        >>> load_file("mine.npz", d_in=64).x.shape                   # doctest: +SKIP
+        torch.Size([8, 64])
+    """
+    where = f"dataset {str(path)!r}"
+    arrays = _read_arrays(Path(path), where)
+    x, y = _check_arrays(arrays, where, d_in, n_classes)
+    classes = n_classes if n_classes is not None else (int(y.max()) + 1 if y is not None else 0)
+    if split is not None:
+        x, y = _file_split(x, y, split, test_fraction, where)
+    x, y = _subset(x, y, n, seed, f"{where} ({split or 'all'})")
+    return Dataset(x=x, y=y, name=str(path), split=split or "all", n_classes=classes,
+                   d_in=x.shape[1], preprocessing=f"as stored in {path} (no preprocessing)")
+
+
+def _read_arrays(path: Path, where: str) -> dict[str, Tensor]:
+    """The file's arrays as tensors, by name; never unpickles anything but tensors."""
+    if not path.is_file():
+        raise BilensError(f"{where}: no such file; pass a .npz, .safetensors or .pt file "
+                          f"holding x [N, d_in] and optionally y [N]")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npz":
+            with np.load(path, allow_pickle=False) as f:
+                return {k: torch.from_numpy(np.array(f[k])) for k in f.files}
+        if suffix == ".safetensors":
+            from safetensors.torch import load_file as load_safetensors
+            return load_safetensors(str(path))
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # numpy, safetensors and torch each raise their own types
+        raise BilensError(f"{where}: unreadable ({type(err).__name__}: {err}); expected x and "
+                          f"y saved with numpy.savez, safetensors or torch.save of a dict of "
+                          f"tensors") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise BilensError(f"{where}: a .pt file must hold a dict of tensors "
+                          f"({{'x': ..., 'y': ...}}), got {type(raw).__name__}")
+    return dict(raw)
+
+
+def _check_arrays(arrays: dict[str, Tensor], where: str, d_in: int | None,
+                  n_classes: int | None) -> tuple[Tensor, Tensor | None]:
+    """`x` and `y` checked: shapes, dtypes, finite, labels in range."""
+    if "x" not in arrays:
+        raise BilensError(f"{where}: no array named 'x' (found {sorted(arrays)}); save the "
+                          f"inputs as x [N, d_in] and the labels, if any, as y [N]")
+    x, y = arrays["x"], arrays.get("y")
+    if x.ndim != 2 or x.shape[0] < 1:
+        raise BilensError(f"{where}: x has shape {list(x.shape)}; expected [N, d_in] with "
+                          f"N >= 1 (flatten images row-major)")
+    if not x.is_floating_point():
+        raise BilensError(f"{where}: x has dtype {str(x.dtype).removeprefix('torch.')}; "
+                          f"expected floating point (bilens uses x as stored: preprocess it "
+                          f"and save float32)")
+    if d_in is not None and x.shape[1] != d_in:
+        raise BilensError(f"{where}: x has width {x.shape[1]} but the model expects "
+                          f"{d_in}; pass inputs of the width it was trained on")
+    x = x.to(torch.float32).contiguous()
+    if not bool(torch.isfinite(x).all()):
+        raise BilensError(f"{where}: x contains NaN or inf (first bad row "
+                          f"{int((~torch.isfinite(x)).any(1).nonzero()[0])}); clean the data")
+    if y is None:
+        return x, None
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise BilensError(f"{where}: y has shape {list(y.shape)}; expected [{x.shape[0]}], "
+                          f"one label per row of x")
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise BilensError(f"{where}: y has dtype {str(y.dtype).removeprefix('torch.')}; "
+                          f"expected integer class labels")
+    y = y.to(torch.int64)
+    top = n_classes if n_classes is not None else int(y.max()) + 1
+    if int(y.min()) < 0 or int(y.max()) >= top:
+        raise BilensError(f"{where}: labels span {int(y.min())}..{int(y.max())}; expected "
+                          f"0..{top - 1} (the model's n_out = {top})" if n_classes is not None
+                          else f"{where}: labels span {int(y.min())}..{int(y.max())}; "
+                               f"expected class indices >= 0")
+    return x, y
+
+
+def _file_split(x: Tensor, y: Tensor | None, split: str, test_fraction: float,
+                where: str) -> tuple[Tensor, Tensor | None]:
+    """The fixed seeded train/test split of a file's rows (each part in file order)."""
+    if split not in SPLITS:
+        raise BilensError(f"split: expected 'train' or 'test', got {split!r}")
+    if isinstance(test_fraction, bool) or not 0 < float(test_fraction) < 1:
+        raise BilensError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
+    n_test = round(float(test_fraction) * len(x))
+    if not 1 <= n_test < len(x):
+        raise BilensError(f"{where}: {len(x)} rows give {n_test} test rows at test_fraction "
+                          f"{test_fraction}; need at least one row in each part")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(FILE_SPLIT_SEED))
+    keep = (order[:n_test] if split == "test" else order[n_test:]).sort().values
+    return x[keep], None if y is None else y[keep]

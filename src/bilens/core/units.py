@@ -2,9 +2,16 @@
 digits. One place, so the claims, the recommendation and every table agree; a number that
 is not finite is written `n/a` (`nan` in the verify metrics table).
 
+The normalized error NE (and every error or share beside it) is shown as a percentage
+everywhere a person reads it: `pct` in the comparison, sweep and claims tables and the
+report, `pct_cell` under a header ending in `NE_UNIT` in the verify table. Files
+(`metrics.json`, `compare.json`, ...) keep the fraction: `0.0123` there is `1.23` %.
+
 Example:
     >>> pct(0.0123), pm(0.9512, 0.004), fixed(0.98765), num(1234.5, 2)
     ('1.2%', '95.12 ± 0.40', '0.988', '1.2e+03')
+    >>> pct_cell(0.0123), pct_cell(17.2), pct_cell(2e-7)
+    ('1.23', '1720.00', '2e-05')
 """
 
 from __future__ import annotations
@@ -21,6 +28,19 @@ def pct(x: float | None, digits: int = 1) -> str:
     if x != 0 and abs(100 * x) < 0.5 * 10 ** -digits:
         return f"{100 * x:.2g}%"
     return f"{100 * x:.{digits}f}%"
+
+
+NE_UNIT = "%"          # the unit of NE in every printed table (files keep the fraction)
+
+
+def pct_cell(x: float | None) -> str:
+    """A fraction as a percentage number for a table whose header says `%`: two decimals
+    (`0.0123` -> `"1.23"`), two significant digits below 0.01 % (`2e-7` -> `"2e-05"`),
+    `"nan"` if not finite."""
+    if x is None or not math.isfinite(x):
+        return "nan"
+    v = 100 * x
+    return f"{v:.2f}" if v == 0 or abs(v) >= 0.01 else f"{v:.2g}"
 
 
 def num(x: float | None, digits: int = 3) -> str:

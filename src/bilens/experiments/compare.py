@@ -158,7 +158,7 @@ class Runner:
         data = (self.dataset(spec.dataset, "train"), self.dataset(spec.dataset, "test"))
         result = train(mc, tc, data, progress=False)
         meta = {**result.metadata, "cache_key": key}
-        save(result.model, directory, meta)
+        save(result.model, directory, meta, overwrite=True)     # the cache's own entry
         model = result.model.cpu()
         return model, {"key": key, "model_dir": str(directory), "reused": False,
                        **_train_info(meta)}
@@ -303,7 +303,8 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
     if runner is None:
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
         runner = Runner(cache, force=force, device=device, log=log, target=target,
-                        n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
+                        n_verify=DEFAULT_N_VERIFY.get(dataset, 64) if n_verify is None
+                        else n_verify)
     settings = {"dataset": dataset, "seeds": seeds, "first_seed": first_seed, "model": base.model,
                 "train": base.train, "n_verify": runner.n_verify, "target": runner.target,
                 "device": runner.device}

@@ -70,17 +70,19 @@ def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]
 
 def save_verify(result: VerifyResult, outdir: str | os.PathLike, *, plots: bool = True,
                 command: str | None = None,
-                before_commit: Callable[[], None] | None = None) -> Path:
+                before_commit: Callable[[], None] | None = None,
+                overwrite: bool = False) -> Path:
     """Write `results.safetensors`, `metrics.json` (`VerifyResult.write`), `summary.md` and
     the PNGs into `outdir`, atomically: all appear together or, on error or Ctrl-C, none.
 
     Args:
         result: what `bilens.verify` returned.
-        outdir: replaced only if absent, empty or a previous result.
+        outdir: absent or empty, or a previous result (replaced only with `overwrite`).
         plots: draw the PNGs (`plot_verify`).
         command: the command line recorded in `summary.md`.
         before_commit: called once every file is written, before the rename into place;
             if it raises, nothing is left (a distributed run agrees on success here).
+        overwrite: replace a previous result in `outdir` (`bilens verify --force`).
 
     Returns:
         `outdir`.
@@ -93,7 +95,7 @@ def save_verify(result: VerifyResult, outdir: str | os.PathLike, *, plots: bool 
     plot = plot_sequence if result.metrics.get("kind") == "sequence" else plot_verify
 
     out = Path(outdir)
-    check_replaceable(out)
+    check_replaceable(out, overwrite)
     with atomic_dir(out) as tmp:
         result.write(tmp)
         images = plot(result, tmp) if plots else []

@@ -18,7 +18,7 @@ import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from bilens.core.units import cell, fixed, pct, pm
+from bilens.core.units import NE_UNIT, cell, fixed, pct, pct_cell, pm
 from bilens.experiments.stats import modes_in
 
 if TYPE_CHECKING:
@@ -159,12 +159,14 @@ def metrics_table(metrics: dict[str, Any]) -> str:
         parts.append(_drift_table(metrics["drift"]))
     curves = [(mode, m["circuit"]) for mode, m in metrics["modes"].items() if m.get("circuit")]
     if curves:
-        header = ["mode", "k", "mean sum pred", "mean joint", "NE", "pearson", "additivity NE"]
-        rows = [[mode, c["k"], c["mean_sum_predicted"], c["mean_joint"], c["normalized_error"],
-                 c["pearson"], c.get("additivity_error", math.nan)]
+        header = ["mode", "k", "mean sum pred", "mean joint", f"NE {NE_UNIT}", "pearson",
+                  f"additivity NE {NE_UNIT}"]
+        rows = [[mode, c["k"], c["mean_sum_predicted"], c["mean_joint"],
+                 pct_cell(c["normalized_error"]), c["pearson"],
+                 pct_cell(c.get("additivity_error", math.nan))]
                 for mode, curve in curves for c in curve]
         parts.append("faithfulness: top-k channels by |predicted| ablated together "
-                     "(NE = sum|sum_p - joint|/sum|joint| over inputs)\n"
+                     "(NE % = 100 sum|sum_p - joint|/sum|joint| over inputs)\n"
                      + numeric_table(header, rows))
     undefined = [mode for mode, m in metrics["modes"].items()
                  if not math.isfinite(m["overall"]["normalized_error"])]
@@ -178,8 +180,8 @@ def metrics_table(metrics: dict[str, Any]) -> str:
 def _accuracy_table(modes: dict[str, Any]) -> str:
     first = next(iter(modes.values()))
     recall = [k for k in first["overall"] if k.startswith("recall@")]
-    header = ["mode / layer", "NE", "pearson", "spearman", *recall, "sign",
-              "drift NE", "gating NE", "drift share"]
+    header = ["mode / layer", f"NE {NE_UNIT}", "pearson", "spearman", *recall, "sign",
+              f"drift NE {NE_UNIT}", f"gating NE {NE_UNIT}", f"drift share {NE_UNIT}"]
     rows = []
     for mode, m in modes.items():
         groups = [("all", m["overall"], m["decomposition"]["overall"])]
@@ -188,25 +190,27 @@ def _accuracy_table(modes: dict[str, Any]) -> str:
         for name, s, d in groups:
             # The split of SPEC §3 explains the frozen linearization's error; a prediction that
             # already carries the drift's first-order term (live, renorm) has no such split.
-            split = ([d["drift_ne"], d["gating_ne"], d["drift_share"]] if mode == "frozen"
-                     else ["-", "-", "-"])
-            rows.append([f"{mode} {name}", s["normalized_error"], s["pearson"], s["spearman"],
+            split = ([pct_cell(d[k]) for k in ("drift_ne", "gating_ne", "drift_share")]
+                     if mode == "frozen" else ["-", "-", "-"])
+            rows.append([f"{mode} {name}", pct_cell(s["normalized_error"]), s["pearson"],
+                         s["spearman"],
                          *[s[k] for k in recall], s["sign_agreement"], *split])
-    return ("attribution vs ablation (NE = sum|p-a|/sum|a|; for frozen: drift NE = "
-            "sum|a-a_fn|/sum|a|, gating NE = sum|a_fn-p|/sum|a|)\n"
+    return ("attribution vs ablation, errors in % (NE = 100 sum|p-a|/sum|a|; for frozen: "
+            "drift NE = 100 sum|a-a_fn|/sum|a|, gating NE = 100 sum|a_fn-p|/sum|a|)\n"
             + numeric_table(header, rows))
 
 
 def _drift_table(dr: dict[str, Any]) -> str:
     header = ["layer", "|ds/s| mean", "median", "p99", "seed est.", "formula r",
-              "formula NE", "|a-a_fn|/|a| med", "upper-half med", "sum ratio"]
+              f"formula NE {NE_UNIT}", "|a-a_fn|/|a| med", "upper-half med",
+              f"sum ratio {NE_UNIT}"]
     rows = []
     for name, s in [("all", dr["overall"])] + [(str(l), s) for l, s in
                                                 enumerate(dr["per_layer"])]:
         q = s["abs_ds_over_s"]
         rows.append([name, q["mean"], q["median"], q["p99"], s["seed_estimate"],
-                     s["formula_pearson"], s["formula_ne"], s["effect_ratio"]["median"],
-                     s["effect_ratio_upper_half"]["median"], s["effect_ne"]])
+                     s["formula_pearson"], pct_cell(s["formula_ne"]), s["effect_ratio"]["median"],
+                     s["effect_ratio_upper_half"]["median"], pct_cell(s["effect_ne"])])
     return ("norm drift at the ablated layer: measured ds/s vs the seed's "
             "(r.delta)/|r|^2, and its effect on the target\n" + numeric_table(header, rows))
 

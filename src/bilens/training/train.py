@@ -148,6 +148,9 @@ def active_fraction(model: BilinearNet, x: Float[Tensor, "n d_in"], threshold: f
 
 def _check_sizes(model_config: ModelConfig, *splits: Dataset) -> None:
     for split in splits:
+        if split.y is None:
+            raise BilensError(f"dataset: {split.name!r} ({split.split}) has no labels (no "
+                              f"array 'y'); training needs y [N] beside x [N, d_in]")
         if (model_config.d_in, model_config.n_out) != (split.d_in, split.n_classes):
             raise BilensError(f"model_config: d_in={model_config.d_in}, "
                               f"n_out={model_config.n_out} but dataset {split.name!r} "
