@@ -77,22 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.tokens or is_sequence_checkpoint(args.checkpoint):
         return run_sequence(args)
-    # ---- validate everything cheap before loading anything ----
-    args.modes = args.modes or "frozen,live,renorm"
-    modes = parse_modes(args.modes, "--modes")
-    check_baseline(args)
-    layers = _ints(args.layers, "--layers")
-    ks = _ints(args.circuit_ks, "--circuit-ks") or []
-    if any(k < 1 for k in ks):
-        raise BilensError(f"--circuit-ks: sizes must be >= 1, got {args.circuit_ks!r}")
-    out = Path(args.out)
-    from bilens.analysis.export import check_csv
-    from bilens.analysis.verify import check_replaceable
-
-    check_replaceable(out, args.force)
-    if args.csv is not None:
-        check_csv(args.csv, args.force)
-
+    modes, layers, ks, out = _validate(args)        # everything cheap, before any loading
     import torch
 
     from bilens import report
@@ -133,6 +118,25 @@ def run(args: argparse.Namespace) -> int:
         rows = write_csv(result, args.csv, overwrite=args.force)
         print(f"wrote {args.csv} ({rows} rows: input, layer, channel)")
     return 0
+
+
+def _validate(args: argparse.Namespace) -> tuple[list[str], list[int] | None, list[int], Path]:
+    """The modes, layers, circuit sizes and output directory, checked before any work."""
+    from bilens.analysis.export import check_csv
+    from bilens.analysis.verify import check_replaceable
+
+    args.modes = args.modes or "frozen,live,renorm"
+    modes = parse_modes(args.modes, "--modes")
+    check_baseline(args)
+    layers = _ints(args.layers, "--layers")
+    ks = _ints(args.circuit_ks, "--circuit-ks") or []
+    if any(k < 1 for k in ks):
+        raise BilensError(f"--circuit-ks: sizes must be >= 1, got {args.circuit_ks!r}")
+    out = Path(args.out)
+    check_replaceable(out, args.force)
+    if args.csv is not None:
+        check_csv(args.csv, args.force)
+    return modes, layers, ks, out
 
 
 def _device(name: str):
