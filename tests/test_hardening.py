@@ -200,8 +200,8 @@ def test_setup_waits_for_a_held_dpkg_lock_and_says_so(tmp_path):
     assert (f"waiting up to 600 s for the dpkg lock ({lock}), held by process {holder.pid} "
             f"(python") in proc.stderr, proc.stderr
     calls = [line.split(" ", 1) for line in log.read_text().splitlines()]
-    assert [c[1].split()[-4:] if "install" in c[1] else c[1].split() for c in calls] == [
+    assert [c[1].split()[-5:] if "install" in c[1] else c[1].split() for c in calls] == [
         ["-o", "DPkg::Lock::Timeout=600", "update", "-qq"],
-        ["install", "-y", "-qq", "dataset-fashion-mnist"]]
+        ["install", "-y", "-qq", "dataset-fashion-mnist", "bible-kjv"]]
     assert "-o DPkg::Lock::Timeout=600 install" in calls[1][1]
     assert float(calls[1][0]) >= held_since + 2.5          # install waited for the holder

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bilens.cli._common import add_force, add_out
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -13,23 +15,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "checkpoint, exactly; a tokenizer.json beside it is copied. Gated, biased "
                     "or non-bilinear models and pickled weights are refused.")
     p.add_argument("source", metavar="SRC", help="the published checkpoint directory")
-    p.add_argument("--out", required=True, help="the new checkpoint directory")
-    p.add_argument("--force", action="store_true", help="replace an existing checkpoint")
+    add_out(p, "the new checkpoint directory", metavar="DIR")
+    add_force(p, "an existing checkpoint at --out")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from bilens.core.checkpoint import CONFIG_FILE, check_replaceable, load
-    from bilens.core.errors import BilensError
+    from bilens.core.checkpoint import check_replaceable, load
     from bilens.core.published import import_published
 
-    if (Path(args.out) / CONFIG_FILE).exists() and not args.force:
-        raise BilensError(f"--out: {args.out!r} already holds a checkpoint; choose a new "
-                          f"directory or pass --force to replace it")
-    check_replaceable(args.out)
-    out = import_published(args.source, args.out)
+    check_replaceable(args.out, args.force)             # before any work
+    out = import_published(args.source, args.out, overwrite=args.force)
     model = load(out)
     cfg = model.config
     print(f"imported {cfg.n_layers} layers, d_model {cfg.d_model}, d_hidden {cfg.d_hidden}, "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from bilens.cli._common import add_seed, count
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="continue a prompt with a transformer checkpoint",
@@ -14,10 +16,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                   "checkpoint's tokenizer)")
     p.add_argument("--ids", default=None,
                    help="comma-separated token ids instead of text (e.g. for synthetic-lm)")
-    p.add_argument("--tokens", type=int, default=50, help="tokens to add")
+    p.add_argument("--tokens", type=count, default=50, help="tokens to add")
     p.add_argument("--temperature", type=float, default=0.0,
                    help="0: greedy; > 0: sample from softmax(logits / temperature)")
-    p.add_argument("--seed", type=int, default=0, help="seeds the sampling")
+    add_seed(p, "the sampling (with --temperature > 0)", default=0)
     p.set_defaults(func=run)
 
 

@@ -30,9 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_lm(args: argparse.Namespace) -> int:
 
-    from bilens.core.checkpoint import CONFIG_FILE, check_replaceable, save
+    from bilens.core.checkpoint import check_replaceable, save
     from bilens.core.config import TransformerConfig
-    from bilens.core.errors import BilensError
     from bilens.core.lm_data import load_lm_data
     from bilens.training.lm import train_lm
 
@@ -41,10 +40,7 @@ def run_lm(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or SEQ_LEN.get(dataset, 128)
     name = Path(dataset).stem if Path(dataset).is_file() else dataset
     out = Path(args.out or f"runs/{name}-{args.norm}-{args.position or 'pre'}-s{args.seed}")
-    if (out / CONFIG_FILE).exists() and not args.force:
-        raise BilensError(f"--out: {str(out)!r} already holds a checkpoint; choose a new "
-                          f"directory or pass --force to replace it")
-    check_replaceable(out)                                      # before training, not after
+    check_replaceable(out, args.force)                          # before training, not after
     tc = LMTrainConfig(
         steps=args.steps, batch_size=args.batch_size or LM_DEFAULTS["batch_size"],
         lr=LM_DEFAULTS["lr"] if args.lr is None else args.lr, weight_decay=args.weight_decay,
@@ -57,7 +53,7 @@ def run_lm(args: argparse.Namespace) -> int:
         d_hidden=args.d_hidden, n_layers=args.layers, n_heads=args.heads, norm=args.norm,
         norm_position=args.position or "pre", eps=args.eps, attn_scale=args.attn_scale)
     result = train_lm(config, tc, data, progress=not args.no_progress)
-    save(result.model, out, result.metadata)
+    save(result.model, out, result.metadata, overwrite=args.force)
     base = result.baselines
     print(f"held-out loss {result.val_loss:.4f} nats (perplexity {result.perplexity:.2f}); "
           f"unigram {base['unigram']:.4f}, bigram {base['bigram']:.4f}; "

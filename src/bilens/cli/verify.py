@@ -20,7 +20,7 @@ import shlex
 import time
 from pathlib import Path
 
-from bilens.cli._common import add_force, add_out, count, setup_threads
+from bilens.cli._common import add_force, add_out, count, seed, setup_threads
 from bilens.cli._inputs import add_input_arguments, check_baseline, load_inputs, parse_modes
 from bilens.core.errors import BilensError
 
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "frozen,frozen-norm,live,renorm)")
     p.add_argument("--tokens", default=None, metavar="FILE",
                    help="sequence models: a safetensors file with tokens [N, T] (default: none)")
-    p.add_argument("--position", type=int, default=None,
+    p.add_argument("--position", type=seed, default=None,
                    help="sequence models: the target position p (default: the last)")
     p.add_argument("--seq-len", type=count, default=None,
                    help="sequence models: tokens read per sequence (default: all)")

@@ -146,7 +146,8 @@ def _get(tensors: dict[str, torch.Tensor], name: str,
     return t
 
 
-def import_published(src: str | os.PathLike, out: str | os.PathLike) -> Path:
+def import_published(src: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False
+                     ) -> Path:
     """Convert a published bilinear-transformer directory into a §9 checkpoint at `out`.
 
     Args:
@@ -178,4 +179,4 @@ def import_published(src: str | os.PathLike, out: str | os.PathLike) -> Path:
     meta = {"dataset": cfg.get("dataset"), "source": str(Path(src).resolve()),
             "imported_from": "published bilinear-transformer layout",
             "tokenizer_name": cfg.get("tokenizer")}
-    return save(model, out, meta)       # the tokenizer is written beside it, re-serialized
+    return save(model, out, meta, overwrite=overwrite)   # with the tokenizer, re-serialized
