@@ -331,6 +331,7 @@ def claim_features(results: dict[str, Any]) -> dict[str, Any]:
 
     records = (results.get("decomposition") or {}).get("records") or []
     claim = claim_features_intact(records)
+    claim["claim"] = claim["claim"][:1].upper() + claim["claim"][1:]
     if claim["verdict"] == "not measured":
         claim["why"] = "run bilens demo (digits) or benchmarks/decomposition_table.py"
     return claim
