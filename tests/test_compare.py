@@ -191,6 +191,18 @@ def test_demo_prints_tables_and_writes_report(tmp_path, capsys):
     assert "Recommendation:" in stdout and "NOT MEASURED" not in stdout
     report = json.loads((tmp_path / "report" / "report.json").read_text())
     assert set(report["sweeps"]) == {"d_model", "sparsity", "depth", "position"}
-    assert len(report["claims"]) == 10
+    assert len(report["claims"]) == 11
     assert {c["verdict"] for c in report["claims"]} <= {"holds", "partly", "fails"}
     assert all(math.isfinite(r["renorm.ne"]) for r in report["compare"]["table"])
+    # issue 12 item 19: every model verified for the margin target too, and shown
+    assert all(math.isfinite(r[f"margin.{m}.ne"]) for r in report["compare"]["table"]
+               for m in ("frozen", "live", "renorm"))
+    assert "margin: NE frozen" in stdout
+    # issue 16: the demo decomposes its models; the claim and the report's sections use them
+    assert report["claims"][10]["id"] == "features_intact"
+    assert {(r["norm"], r["position"]) for r in report["decomposition"]["records"]} == {
+        (n, p) for n in ("none", "rms", "layer") for p in ("post", "pre")}
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "## Weight-based decomposition" in md
+    assert md.count("### Decomposition: ") == 5            # no norm once
+    assert (tmp_path / "report" / "decomposition-rms-pre-eigenvectors.png").is_file()

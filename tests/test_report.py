@@ -273,3 +273,59 @@ def test_columns_follow_the_modes_measured():
     assert header[4:7] == ["NE frozen", "NE live", "NE renorm"] and rows[2][6] == "0.2%"
     rec = recommend(cmp)
     assert rec["mode"] == "renorm" and any("renorm mode" in t for t in rec["text"])
+
+
+def test_every_verdict_shows_its_rule_and_why(written):
+    """Issue 12 item 16/20: every claim, holding or not, is printed with its rule; a claim
+    that holds (the sparsity trend here) says why too."""
+    results, paths = written
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert "computed by bilens.experiments.claims" in md
+    for i, c in enumerate(results["claims"]):
+        assert f"**{i + 1}. {c['claim']}: {c['verdict']}.**" in md
+        assert f"_Rule: {c['rule']}._" in md
+        assert page.count("Rule: ") == len(results["claims"])
+    sparsity = next(c for c in results["claims"] if c["id"] == "sparsity")
+    assert sparsity["verdict"] == "holds" and "falls steadily" in sparsity["why"]
+
+
+def test_compounding_says_its_per_layer_numbers_are_the_drift_part():
+    from bilens.experiments.claims import evaluate_claims
+
+    sweep = fake_sweep("depth", [1, 4], [dict(drift=0.1, ne=0.2), dict(drift=0.3, ne=0.4)])
+    claim = next(c for c in evaluate_claims({"sweeps": {"depth": sweep}})
+                 if c["id"] == "compounding")
+    assert "norm-drift part of the frozen NE per layer" in claim["measured"]
+    assert "the depth table's per-layer column is the total frozen NE" in claim["measured"]
+
+
+def test_decomposition_sections_in_the_report(tmp_path, make_model):
+    """Issue 16: a decomposition section per configuration (no norm once) in both formats,
+    built from the plain data the demo stores."""
+    import torch
+
+    from bilens.analysis.decompose import decompose
+    from bilens.experiments.decompose_models import section
+
+    results = fake_results()
+    records, sections = [], []
+    for norm, position in [(n, p) for n in ("none", "rms", "layer") for p in ("post", "pre")]:
+        model = make_model(norm, position, 0, d_in=64, d_model=8, d_hidden=10, n_out=3)
+        dec = decompose(model, inputs=torch.randn(20, 64, dtype=torch.float64))
+        row = {"norm": norm, "position": position, "seed": 0}
+        records.append({"dataset": "digits", **row, "faithfulness": dec.faithfulness})
+        if (norm, position) != ("none", "pre"):
+            sections.append(section(dec, model, "digits", row))
+    results = build({**results, "decomposition": {
+        "settings": {"n_inputs": 20, "stability_n": 16}, "records": records,
+        "sections": sections}})
+    assert results["claims"][10]["id"] == "features_intact"
+    assert results["claims"][10]["verdict"] != "not measured"
+    paths = report.write(results, tmp_path)
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert md.count("### Decomposition: ") == 5 and "none (post = pre: one network)" in md
+    assert page.count("<h3>Decomposition: ") == 5
+    for name in ("spectrum", "eigenvectors", "faithfulness"):
+        assert (tmp_path / "report" / f"decomposition-rms-pre-{name}.png").is_file()
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (paths["markdown"].parent / name).is_file(), name

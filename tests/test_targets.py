@@ -46,6 +46,25 @@ def test_linear_specs_resolve_to_directions(spec, expected):
     torch.testing.assert_close(target.grad_logits(LOGITS), expected)
 
 
+def test_margin_is_top1_minus_top2_fixed_on_the_clean_run():
+    """`margin`: the clean run's largest logit minus its second largest (written out by
+    hand for each row), and it stays those two classes when the logits change."""
+    logits = torch.tensor([[0.0, 3.0, 1.0, -1.0, 2.0],      # top-1 class 1, top-2 class 4
+                           [4.0, 0.0, 1.5, 1.0, 0.0],       # 0, 2
+                           [0.0, 0.0, 0.5, 5.0, 1.0],       # 3, 4
+                           [1.0, 2.0, 9.0, 0.0, 0.0]],      # 2, 1
+                          dtype=torch.float64)
+    target = resolve_target("margin", logits)
+    torch.testing.assert_close(target.direction, onehot([1, 0, 3, 2]) - onehot([4, 2, 4, 1]))
+    torch.testing.assert_close(target(logits), torch.tensor([1.0, 2.5, 4.0, 7.0],
+                                                            dtype=torch.float64))
+    moved = logits.clone()
+    moved[0, 4] = 10.0                                      # class 4 now leads: still 1 - 4
+    assert target(moved)[0].item() == pytest.approx(3.0 - 10.0)
+    with pytest.raises(BilensError, match="at least 2 outputs"):
+        resolve_target("margin", torch.zeros(2, 1))
+
+
 def test_logprob_is_the_label_log_probability():
     target = resolve_target("logprob", LOGITS, LABELS)
     assert not target.is_linear

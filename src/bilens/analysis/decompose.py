@@ -41,7 +41,7 @@ from bilens.core.io import atomic_dir, dump_json
 FORMAT_VERSION = 1
 TENSOR_FILE = "decomposition.safetensors"
 SUMMARY_FILE = "decomposition.json"
-INPUT_DEPENDENT = ("predicted", "label", "logprob")
+INPUT_DEPENDENT = ("predicted", "margin", "label", "logprob")
 DecomposeTarget = str | int | Tensor | Sequence[str | int | Tensor] | None
 
 

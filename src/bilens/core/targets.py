@@ -6,6 +6,8 @@ ablating a channel must not change *which* logit is read, only its value.
 Specs accepted by `resolve_target` (captum's `target=` idiom, plus docs/spec.md §8's strings):
 
 - `"predicted"`: the clean run's arg-max logit; `"label"`: the true class's logit
+- `"margin"`: the clean run's top-1 minus top-2 logit, `logit_c1 - logit_c2` with `c1`, `c2`
+  the two largest clean logits of each input (both fixed on the clean run)
 - `"class:C"` or an int `C`; `"diff:C1,C2"`: `logit_C1 - logit_C2`
 - a list or integer tensor `[B]`: one class per input
 - a float tensor `[n_out]` or `[B, n_out]`: any direction `u . logits`
@@ -22,8 +24,8 @@ from torch import Tensor
 
 from bilens.core.errors import BilensError
 
-TARGET_HELP = ("predicted | label | logprob | class:C | diff:C1,C2 | int | int tensor [B] | "
-               "float tensor [n_out] or [B, n_out]")
+TARGET_HELP = ("predicted | margin | label | logprob | class:C | diff:C1,C2 | int | "
+               "int tensor [B] | float tensor [n_out] or [B, n_out]")
 
 
 @dataclass
@@ -135,6 +137,15 @@ def _onehot(cls: Tensor, logits: Tensor) -> Tensor:
     return torch.nn.functional.one_hot(cls.to(logits.device), logits.shape[-1]).to(logits.dtype)
 
 
+def _margin(logits: Tensor) -> Tensor:
+    """`onehot(top-1) - onehot(top-2)` of each row of the clean logits."""
+    if logits.shape[-1] < 2:
+        raise BilensError(f"target: 'margin' needs at least 2 outputs (top-1 minus top-2); "
+                          f"the model has {logits.shape[-1]}; use target='predicted'")
+    top2 = logits.topk(2, dim=-1).indices
+    return _onehot(top2[:, 0], logits) - _onehot(top2[:, 1], logits)
+
+
 def _moved(spec: Target, batch: int, device: torch.device) -> Target:
     """A resolved `Target` checked against the batch and moved onto `device`."""
     held = spec.direction if spec.direction is not None else spec.label
@@ -154,6 +165,8 @@ def _from_string(spec: str, logits: Tensor, labels: Tensor | None) -> Target:
     name, _, arg = spec.partition(":")
     if name == "predicted" and not arg:
         return Target(direction=_onehot(logits.argmax(-1), logits), spec=spec)
+    if name == "margin" and not arg:
+        return Target(direction=_margin(logits), spec=spec)
     if name == "label" and not arg:
         return Target(direction=_onehot(_needs_labels(labels, spec, batch, n_out), logits),
                       spec=spec)

@@ -1,10 +1,14 @@
 """`bilens compare`: the seed's comparison table, measured.
 
 For every norm (none, rms, layer) x position (post, pre) and every seed, train a model at
-one equal budget (or reuse a cached one), verify it with both attribution modes against the
-real ablations, and aggregate over seeds into the table the seed sketches:
+one equal budget (or reuse a cached one), verify it with every attribution mode against the
+real ablations, for two targets (docs/spec.md §2): the `target` given (default the
+predicted class's logit) and the margin, top-1 minus top-2 logit (`stats.EXTRA_TARGETS`;
+the frozen mode's error depends on the target), and aggregate over seeds into the table the
+seed sketches:
 
 | norm | position | test accuracy | NE, Pearson, top-10 recall per mode | drift vs gating share |
+| NE per mode for the margin target |
 
 Models are cached under `cache_dir/<dataset>-<norm>-<position>-<key>/`, where `key` hashes the
 full model config, the training config (the device excepted: it changes floating-point
@@ -32,7 +36,7 @@ from typing import Any
 from bilens.core.config import NORMS, POSITIONS, ModelConfig
 from bilens.core.errors import BilensError
 from bilens.core.io import write_json
-from bilens.experiments.stats import MODES, aggregate
+from bilens.experiments.stats import EXTRA_TARGETS, MODES, aggregate
 
 CACHE_VERSION = 1
 TOP_K = 10
@@ -163,18 +167,14 @@ class Runner:
         return model, {"key": key, "model_dir": str(directory), "reused": False,
                        **_train_info(meta)}
 
-    def evaluate(self, spec: Spec) -> dict[str, Any]:
-        """Train or reuse the spec's model and verify it: one row (see `summarize`)."""
+    def evaluate(self, spec: Spec, also: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Train or reuse the spec's model and verify it: one row (see `summarize`), for
+        `self.target`, and under `row[t]` the same summary for each target `t` of `also`."""
         model, info = self.model(spec)
-        vkey = hashlib.sha256(json.dumps(
-            {"n": self.n_verify, "target": self.target, "modes": MODES, "v": CACHE_VERSION},
-            sort_keys=True).encode()).hexdigest()[:8]
-        cached = self.cache_dir / "verify" / f"{Path(info['model_dir']).name}-{vkey}.json"
-        if cached.is_file() and not self.force and info["reused"]:
-            summary = json.loads(cached.read_text())
-        else:
-            summary = self.verify(model, spec.dataset)
-            write_json(cached, summary)
+        summary = self._verified(model, spec.dataset, info, self.target)
+        for t in also:
+            if t != self.target:
+                summary[t] = self._verified(model, spec.dataset, info, t)
         cfg = model.config
         return {"dataset": spec.dataset, "norm": cfg.norm, "position": cfg.norm_position,
                 "seed": int(spec.train.get("seed", 0)), "d_model": cfg.d_model,
@@ -182,8 +182,22 @@ class Runner:
                 "l1": float(spec.train.get("l1", 0.0)), "tags": dict(spec.tags), **info,
                 **summary}
 
-    def verify(self, model: Any, dataset: str) -> dict[str, Any]:
-        """Verify `model` on the first `n_verify` test inputs of `dataset`: `summarize`."""
+    def _verified(self, model: Any, dataset: str, info: dict[str, Any],
+                  target: str) -> dict[str, Any]:
+        """`verify`'s summary for one target, from the cache when the model was reused."""
+        vkey = hashlib.sha256(json.dumps(
+            {"n": self.n_verify, "target": target, "modes": MODES, "v": CACHE_VERSION},
+            sort_keys=True).encode()).hexdigest()[:8]
+        cached = self.cache_dir / "verify" / f"{Path(info['model_dir']).name}-{vkey}.json"
+        if cached.is_file() and not self.force and info["reused"]:
+            return json.loads(cached.read_text())
+        summary = self.verify(model, dataset, target)
+        write_json(cached, summary)
+        return summary
+
+    def verify(self, model: Any, dataset: str, target: str | None = None) -> dict[str, Any]:
+        """Verify `model` on the first `n_verify` test inputs of `dataset` for `target`
+        (default `self.target`): `summarize`."""
         from bilens.analysis.verify import verify
         from bilens.core.device import resolve_device
 
@@ -191,8 +205,8 @@ class Runner:
         x, y = test.x[: self.n_verify], test.y[: self.n_verify]
         device = resolve_device(self.device)
         start = time.perf_counter()
-        result = verify(model.to(device), x.to(device), target=self.target, modes=MODES,
-                        labels=y.to(device), progress=False)
+        result = verify(model.to(device), x.to(device), target=target or self.target,
+                        modes=MODES, labels=y.to(device), progress=False)
         summary = summarize(result.metrics)
         summary["n_verify"] = int(x.shape[0])
         summary["verify_time"] = time.perf_counter() - start
@@ -288,7 +302,9 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
         force: retrain and re-verify even if cached.
         cache_dir: where models are cached (default `out/models`, else `runs/cache`).
         spec: the base spec (default `preset_spec(dataset, epochs)`).
-        target: what the attributions explain (SPEC §2 spec string).
+        target: what the attributions explain (SPEC §2 spec string); every model is also
+            verified for each target of `stats.EXTRA_TARGETS` (the margin), under `row[t]`
+            and in the table as `<t>.<mode>.ne`.
         first_seed: the first seed (to split the seeds of one table over processes).
         log: progress lines (None: silent).
         runner: reuse a `Runner` (its cache, device, target and datasets) instead.
@@ -307,11 +323,12 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
                         else n_verify)
     settings = {"dataset": dataset, "seeds": seeds, "first_seed": first_seed, "model": base.model,
                 "train": base.train, "n_verify": runner.n_verify, "target": runner.target,
+                "also_targets": [t for t in EXTRA_TARGETS if t != runner.target],
                 "device": runner.device}
     specs = compare_specs(base, seeds, first_seed=first_seed)
     rows: list[dict[str, Any]] = []
     for spec in specs:                 # seeds outermost: a partial file holds whole seeds
-        rows.append(runner.evaluate(spec))
+        rows.append(runner.evaluate(spec, also=EXTRA_TARGETS))
         result = CompareResult(dataset, rows, aggregate(rows, ("norm", "position")),
                                {**settings, "complete": len(rows) == len(specs)},
                                time.perf_counter() - start)

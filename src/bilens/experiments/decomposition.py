@@ -37,10 +37,11 @@ import statistics
 from collections.abc import Iterable
 from typing import Any
 
+from bilens.experiments.stats import NOISE_SD, noise_compare
+
 KS = (1, 4, 16)
 STABLE_OVERLAP = 0.9
 SMALL_EXTRA = 0.05
-NOISE_SD = 2.0
 CLAIM = "normalization leaves weight-based features intact"
 NORMED = [(n, p) for n in ("rms", "layer") for p in ("post", "pre")]
 
@@ -135,7 +136,8 @@ def claim_features_intact(records: list[dict[str, Any]], dataset: str | None = N
 
 def versus_none(rows: list[dict[str, Any]], ks: Iterable[int] = KS) -> dict[str, str]:
     """`frozen@k` of each normalized config against no norm at the same position and
-    dataset: `lower`, `higher` or `not distinguishable` (pooled sd, the noise rule)."""
+    dataset: `lower`, `higher` or `not distinguishable` (`stats.noise_compare`, the one
+    noise rule: more than 2 pooled sd apart)."""
     out = {}
     for r in rows:
         none = next((b for b in rows if b["norm"] == "none" and b["position"] == r["position"]
@@ -143,11 +145,9 @@ def versus_none(rows: list[dict[str, Any]], ks: Iterable[int] = KS) -> dict[str,
         if none is None or r["norm"] == "none":
             continue
         for k in ks:
-            diff = r[f"frozen@{k}"] - none[f"frozen@{k}"]
-            sd = math.hypot(r[f"frozen@{k}_sd"], none[f"frozen@{k}_sd"])
-            out[f"{r['dataset']}/{r['norm']}/{r['position']}/k{k}"] = (
-                "not distinguishable" if not_distinguishable(diff, sd)
-                else "lower" if diff < 0 else "higher")
+            found = noise_compare(r[f"frozen@{k}"], r[f"frozen@{k}_sd"], r["n_seeds"],
+                                  none[f"frozen@{k}"], none[f"frozen@{k}_sd"], none["n_seeds"])
+            out[f"{r['dataset']}/{r['norm']}/{r['position']}/k{k}"] = found["verdict"]
     return out
 
 

@@ -1,10 +1,13 @@
 """`bilens demo`: the main job, fast, on the embedded `digits` dataset.
 
 It runs a small version of everything bilens exists for: the comparison of none/rms/layer
-x post/pre (three seeds), the four sweeps of the seed's error analysis on their small grids,
-the claims table and the recommendation, in under 3 minutes on 2 CPU cores; `bilens demo`
-then writes the report (`bilens.report.write`). Models are cached under `OUT/models`, so a
-second run only rebuilds the report.
+x post/pre (three seeds, each model verified for the predicted logit and the margin), the
+four sweeps of the seed's error analysis on their small grids, the weight-based
+decomposition of every compared model (`decompose_models`, written to
+`OUT/decomposition.json`), the claims table and the recommendation, in under 3 minutes on
+2 CPU cores; `bilens demo` then writes the report (`bilens.report.write`). Models and
+verifications are cached under `OUT/models`, so a second run only re-decomposes (seconds)
+and rebuilds the report.
 
 Example:
     >>> from bilens import report
@@ -46,10 +49,12 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
         log: progress lines (None: silent).
 
     Returns:
-        the report's dict (title, commands, compare, sweeps, claims, recommendation, timing;
-        see `bilens.experiments.summary`).
+        the report's dict (title, commands, compare, sweeps, decomposition, claims,
+        recommendation, timing; see `bilens.experiments.summary`).
     """
+    from bilens.core.io import write_json
     from bilens.experiments.compare import Runner, compare
+    from bilens.experiments.decompose_models import decompose_compared
     from bilens.experiments.summary import build
     from bilens.experiments.sweeps import SWEEPS, sweep
 
@@ -65,8 +70,13 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
         sweeps[name] = sweep(name, DATASET, out=out, fast=True, epochs=epochs,
                              runner=runner).to_dict()
         timing[f"sweep {name}"] = time.perf_counter() - t
+    t = time.perf_counter()
+    decomposition = decompose_compared(cmp.to_dict(), runner.dataset)
+    write_json(Path(out) / "decomposition.json", decomposition)
+    timing["decomposition"] = time.perf_counter() - t
     results = build({
         "title": f"bilens demo: the seed's claims measured on {DATASET}",
-        "commands": [command], "compare": cmp.to_dict(), "sweeps": sweeps, "timing": timing})
+        "commands": [command], "compare": cmp.to_dict(), "sweeps": sweeps,
+        "decomposition": decomposition, "timing": timing})
     timing["total"] = time.perf_counter() - start
     return results

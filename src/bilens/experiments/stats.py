@@ -1,11 +1,22 @@
 """Numbers over seeds and sweep points: the mean and spread of every summary number per
-group of rows (`aggregate`), a rank correlation for trends (`spearman`), and which
-attribution modes a table measured (`modes_in`). Rows are the dicts `Runner.evaluate`
-returns; tables are lists of aggregated rows.
+group of rows (`aggregate`), the one noise rule for comparing two such means
+(`noise_compare`), a rank correlation for trends (`spearman`), and which attribution modes a
+table measured (`modes_in`). Rows are the dicts `Runner.evaluate` returns; tables are lists
+of aggregated rows.
+
+**The noise rule** (every accuracy comparison of the claims and the recommendation): two
+means over seeds differ only when `|a - b| > NOISE_SD * pooled sd`, with the pooled sd
+`sqrt(((n_a - 1) sd_a^2 + (n_b - 1) sd_b^2) / (n_a + n_b - 2))` of the seeds (the sample
+sds of the two groups); otherwise they are "not distinguishable". With one seed on each
+side the spread is unknown and the means are compared as they are (and said to be).
 
 Example:
     >>> mean_std([1.0, 2.0, 3.0])
     (2.0, 1.0)
+    >>> noise_compare(0.9862, 0.0006, 3, 0.9831, 0.0010, 3)["verdict"]
+    'higher'
+    >>> noise_compare(0.9834, 0.0008, 3, 0.9831, 0.0010, 3)["verdict"]
+    'not distinguishable'
 """
 
 from __future__ import annotations
@@ -15,6 +26,8 @@ from collections.abc import Iterable
 from typing import Any
 
 MODES = ("frozen", "live", "renorm")     # every mode verified; the claims use frozen and live
+NOISE_SD = 2.0                           # means closer than 2 pooled sd: not distinguishable
+EXTRA_TARGETS = ("margin",)              # compare also verifies these (docs/spec.md §2)
 
 
 def get(row: dict[str, Any], path: str) -> Any:
@@ -38,6 +51,39 @@ def mean_std(values: Iterable[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1))
 
 
+def pooled_sd(sd_a: float, n_a: int, sd_b: float, n_b: int) -> float:
+    """The pooled sample sd of two groups of seeds (a group of one adds no spread); NaN
+    when neither group has two seeds, or an sd is missing."""
+    dof = (n_a - 1) + (n_b - 1)
+    parts = [(n - 1) * sd ** 2 for sd, n in ((sd_a, n_a), (sd_b, n_b)) if n > 1]
+    if dof < 1 or not all(math.isfinite(p) for p in parts):
+        return math.nan
+    return math.sqrt(sum(parts) / dof)
+
+
+def noise_compare(a: float, sd_a: float, n_a: int, b: float, sd_b: float,
+                  n_b: int) -> dict[str, Any]:
+    """The noise rule (module docstring) for mean `a` against mean `b`.
+
+    Returns:
+        `{"diff": a - b, "pooled_sd", "noise": NOISE_SD * pooled_sd, "verdict": "higher" |
+        "lower" | "not distinguishable", "text"}`, `text` saying how the rule decided
+        (e.g. `"+0.31 pp (2 pooled sd = 0.16 pp)"`; accuracies in percentage points).
+    """
+    diff, sd = a - b, pooled_sd(sd_a, n_a, sd_b, n_b)
+    noise = NOISE_SD * sd
+    if not (math.isfinite(a) and math.isfinite(b)):
+        verdict = "not distinguishable"
+    elif math.isfinite(noise) and abs(diff) <= noise:
+        verdict = "not distinguishable"
+    else:
+        verdict = "higher" if diff > 0 else "lower" if diff < 0 else "not distinguishable"
+    spread = (f"{NOISE_SD:g} pooled sd = {100 * noise:.2f} pp" if math.isfinite(noise)
+              else "1 seed: spread unknown")
+    return {"diff": diff, "pooled_sd": sd, "noise": noise, "verdict": verdict,
+            "text": f"{100 * diff:+.2f} pp ({spread})"}
+
+
 def spearman(xs: list[float], ys: list[float]) -> float:
     """`metrics.spearman` over a sweep's points (ties averaged); NaN for < 3 finite pairs,
     too few for a trend."""
@@ -57,6 +103,8 @@ SUMMARY_PATHS = (
     "drift.ne_drift", "drift.ne_gating", "drift.drift_share", "drift.ds_over_s",
     "drift.ds_over_s_median", "drift.seed_estimate", "drift.delta_over_r",
     "drift.formula_corr", "drift.effect_ratio", "verify_time",
+    *(f"{t}.{m}.{k}" for t in EXTRA_TARGETS for m in MODES for k in ("ne", "pearson", "top10")),
+    *(f"{t}.drift.drift_share" for t in EXTRA_TARGETS),
 )
 LIST_PATHS = (*(f"{m}.ne_per_layer" for m in MODES), "drift.ne_drift_per_layer",
               "drift.ne_gating_per_layer")
@@ -89,6 +137,13 @@ def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str,
                 out[path] = [mean_std(col)[0] for col in zip(*lists, strict=False)]
         table.append(out)
     return table
+
+
+def targets_in(table: list[dict[str, Any]]) -> list[str]:
+    """The extra targets (`EXTRA_TARGETS`) the table measured."""
+    return [t for t in EXTRA_TARGETS if any(
+        isinstance(r.get(f"{t}.frozen.ne"), float) and math.isfinite(r[f"{t}.frozen.ne"])
+        for r in table)]
 
 
 def modes_in(table: list[dict[str, Any]]) -> list[str]:

@@ -1,7 +1,8 @@
 """One experiment's results as one JSON-ready dict, with the claims and the recommendation.
 
     {"title": str, "commands": [str], "compare": CompareResult.to_dict(),
-     "sweeps": {name: SweepResult.to_dict()}, "timing": {...}}
+     "sweeps": {name: SweepResult.to_dict()}, "timing": {...},
+     "decomposition": decompose_models.decompose_compared(...)}    # optional
 
 `build` adds `claims` (see `bilens.experiments.claims`) and `recommendation` (see
 `bilens.experiments.recommend`); `collect` gathers the JSON files `bilens compare` and
@@ -34,12 +35,15 @@ def build(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect(*directories: str | os.PathLike) -> dict[str, Any]:
-    """Gather `compare.json` and `sweep-*.json` written by `bilens compare` / `bilens sweep`
-    into one `results` dict for `build` (the last `compare.json` found wins)."""
+    """Gather `compare.json`, `sweep-*.json` and `decomposition.json` written by
+    `bilens compare` / `bilens sweep` / `bilens demo` into one `results` dict for `build`
+    (the last of each found wins)."""
     results: dict[str, Any] = {"sweeps": {}}
     for d in map(Path, directories):
         if (d / "compare.json").is_file():
             results["compare"] = json.loads((d / "compare.json").read_text())
+        if (d / "decomposition.json").is_file():
+            results["decomposition"] = json.loads((d / "decomposition.json").read_text())
         for f in sorted(d.glob("sweep-*.json")):
             data = json.loads(f.read_text())
             results["sweeps"][data["name"]] = data

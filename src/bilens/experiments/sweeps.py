@@ -64,7 +64,7 @@ SWEEPS: dict[str, SweepDef] = {
                          log_x=False),
     "depth": SweepDef("depth", "model.n_layers", (1, 2, 3, 4, 5, 6, 7, 8), (1, 2, 4, 6),
                       "layers", log_x=False),
-    "position": SweepDef("position", "model.n_layers", (1, 2, 4, 8), (1, 3), "layers",
+    "position": SweepDef("position", "model.n_layers", (1, 2, 4, 8), (1, 3), "depth (layers)",
                          variants=(("rms", "post"), ("rms", "pre"),
                                    ("layer", "post"), ("layer", "pre")), log_x=False),
 }
@@ -136,7 +136,8 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
         runner = Runner(cache, force=force, device=device, log=log, target=target,
                         n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
-    settings = {"dataset": dataset, "param": definition.param, "values": list(grid),
+    settings = {"dataset": dataset, "param": definition.param, "label": definition.label,
+                "variants": [list(v) for v in definition.variants], "values": list(grid),
                 "seeds": seeds, "model": base.model, "train": base.train,
                 "n_verify": runner.n_verify, "target": runner.target, "device": runner.device}
     specs = sweep_specs(definition, base, grid, seeds)

@@ -1,6 +1,7 @@
 """Figures and an HTML section for a weight-based decomposition (matplotlib, Agg backend).
 
-- `spectrum.png`: each layer's eigenvalues (signed, sorted by |lambda|) per target
+- `spectrum.png`: each layer's eigenvalues per target, from the largest positive to the
+  most negative (signed; the files keep them sorted by |lambda|)
 - `eigenvectors_layer{l}.png`: per target, the eigenvectors of the two largest positive and
   the two largest negative eigenvalues, projected to input space through the embedding
   (`E^T v`, with the gains and centering of any norm before `u` folded in) and drawn as
@@ -22,6 +23,7 @@ from __future__ import annotations
 import base64
 import html as _html
 import io
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,23 +65,27 @@ def image_shape(dataset: str | None, d_in: int) -> tuple[int, int] | None:
 
 
 def plot_spectrum(dec: Decomposition) -> bytes:
-    """One panel per layer: signed eigenvalue against rank, one line per target."""
+    """One panel per layer: each target's eigenvalues from the largest positive to the most
+    negative (sorted by value, so each line is monotone), on a symmetric-log axis."""
     plt = _plt()
     n = len(dec.layers)
-    fig, axes = plt.subplots(1, n, figsize=(3.6 * n, 3.2), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(3.6 * n + 1.2, 3.2), squeeze=False)
     for ax, l in zip(axes[0], dec.layers, strict=True):
-        lam = dec.eigenvalues[l].cpu().numpy()
+        lam = dec.eigenvalues[l].detach().cpu().double().sort(-1, descending=True).values
         rank = list(range(1, lam.shape[1] + 1))
         for t, name in enumerate(dec.targets):
-            ax.plot(rank, lam[t], lw=0.9, label=name)
-        ax.set_xscale("log")
-        ax.set_yscale("symlog", linthresh=max(float(abs(lam).max()) * 1e-3, 1e-12))
+            ax.plot(rank, lam[t].numpy(), lw=0.9, label=name)
+        top = float(lam.abs().max()) or 1.0
+        ax.set_yscale("symlog", linthresh=top * 1e-2, linscale=0.5)
+        decades = [10.0 ** e for e in range(math.floor(math.log10(top * 1e-2)) + 1,
+                                            math.floor(math.log10(top)) + 1)]
+        ax.set_yticks([-v for v in decades[::-1]] + [0.0] + decades)   # clear of each other
         ax.axhline(0, color="gray", lw=0.5)
         ax.set_title(f"layer {l}", fontsize=10)
-        ax.set_xlabel("rank (by |eigenvalue|)")
+        ax.set_xlabel("index (largest to most negative)")
     axes[0][0].set_ylabel("eigenvalue")
     if len(dec.targets) <= 12:
-        axes[0][-1].legend(fontsize=6, ncol=2)
+        axes[0][-1].legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _png(fig)
 
 
@@ -121,25 +127,41 @@ def plot_faithfulness(faith: dict[str, Any]) -> bytes:
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
     ks = faith["ks"]
     for l, layer in faith["layers"].items():
-        ax.plot(ks, layer["recon_ne_mean"], "-o", ms=3, label=f"layer {l}")
+        ax.plot(ks, _pc(layer["recon_ne_mean"]), "-o", ms=3, label=f"layer {l}")
     _ne_axes(ax, "direct contribution missed by top-k")
     ax.legend(fontsize=7)
     last = faith.get("last_layer")
     if last:
         for name, style in (("frozen_ne", "-o"), ("live_ne", "--s"), ("gap_ne", ":^")):
-            ax2.plot(ks, last[name + "_mean"], style, ms=3, label=name.replace("_ne", ""))
+            ax2.plot(ks, _pc(last[name + "_mean"]), style, ms=3, label=name.replace("_ne", ""))
         ax2.legend(fontsize=7)
     _ne_axes(ax2, f"last layer: target under rank-k truncation"
                   f"{'' if not last else ' (layer ' + str(last['layer']) + ')'}")
     return _png(fig)
 
 
-def _ne_axes(ax: Any, title: str) -> None:
+def _pc(values: list[float]) -> list[float]:
+    """Fractions -> percent (every error figure is in percent, as the tables)."""
+    return [100 * v for v in values]
+
+
+def _k_axis(ax: Any, label: str = "k (top eigencomponents kept)") -> None:
+    import matplotlib.ticker
+
     ax.set_xscale("log", base=2)
-    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel(label)
+
+
+def _ne_axes(ax: Any, title: str) -> None:
+    """k on a log axis; the error in percent on a symmetric-log axis (0 at full rank)."""
+    import matplotlib.ticker
+
+    _k_axis(ax)
+    ax.set_yscale("symlog", linthresh=0.1)
     ax.set_ylim(bottom=0)
-    ax.set_xlabel("k (top eigencomponents kept)")
-    ax.set_ylabel("error / |direct contribution|")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}%"))
+    ax.set_ylabel("error, % of |direct contribution|")
     ax.set_title(title, fontsize=9)
 
 
@@ -149,24 +171,28 @@ def plot_faithfulness_compare(records: list[dict[str, Any]]) -> bytes:
     plt = _plt()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     seen: set[tuple[str, str]] = set()
+    one_none = {("none", "post"), ("none", "pre")} <= {(r["norm"], r["position"])
+                                                       for r in records}
     for rec in records:
         key, faith = (rec["norm"], rec["position"]), rec["faithfulness"]
         last = faith.get("last_layer")
-        if not last:
+        if not last or (one_none and key == ("none", "pre")):   # one network: drawn once
             continue
-        label = None if key in seen else f"{key[0]}/{key[1]}"
+        name = "none (post = pre)" if one_none and key[0] == "none" else f"{key[0]}/{key[1]}"
+        label = None if key in seen else name
         seen.add(key)
         color = COLORS.get(key, "#999")
-        axes[0].plot(faith["ks"], last["frozen_ne_mean"], "-", color=color, lw=1, label=label)
-        axes[1].plot(faith["ks"], last["live_ne_mean"], "-", color=color, lw=1, label=label)
+        axes[0].plot(faith["ks"], _pc(last["frozen_ne_mean"]), "-", color=color, lw=1,
+                     label=label)
+        axes[1].plot(faith["ks"], _pc(last["live_ne_mean"]), "-", color=color, lw=1,
+                     label=label)
         stab = last["stability"]
         axes[2].plot(stab["ks"], stab["overlap_mean"], "-o", color=color, ms=3, lw=1,
                      label=label)
     _ne_axes(axes[0], "last layer, frozen norms: truncation error")
     _ne_axes(axes[1], "last layer, live norms: truncation error")
-    axes[2].set_xscale("log", base=2)
+    _k_axis(axes[2], "k")
     axes[2].set_ylim(0, 1.02)
-    axes[2].set_xlabel("k")
     axes[2].set_ylabel("top-k eigenspace overlap")
     axes[2].set_title("frozen vs live-norm eigenvectors", fontsize=9)
     for ax in axes:

@@ -11,8 +11,9 @@ import base64
 import html as _html
 from typing import Any
 
-from bilens.report.notes import settings_line, sweep_note
-from bilens.report.tables import claims_rows, compare_rows, sweep_rows
+from bilens.report.decomposition_section import html_sections
+from bilens.report.notes import CLAIMS_NOTE, settings_line, sweep_note
+from bilens.report.tables import NONE_NOTE, claims_rows, compare_rows, merge_none, sweep_rows
 
 STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1180px;
@@ -78,19 +79,23 @@ def html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
     cmp = results.get("compare")
     if cmp:
         parts += ["<h2>Comparison</h2>", f"<p>{_e(settings_line(cmp['settings']))}</p>",
-                  _table(*compare_rows(cmp["table"])), _img(pngs, "compare", "comparison")]
+                  _table(*compare_rows(cmp["table"]))]
+        if len(merge_none(cmp["table"])) < len(cmp["table"]):
+            parts.append(f"<p>{_e(NONE_NOTE)}</p>")
+        parts.append(_img(pngs, "compare", "comparison"))
     header, rows = claims_rows(results.get("claims", []))
-    parts += ["<h2>The seed's claims</h2>", _table(header, rows, verdict_col=4)]
+    parts += ["<h2>The seed's claims</h2>", f"<p>{_e(CLAIMS_NOTE)}</p>",
+              _table(header, rows, verdict_col=4)]
     for i, c in enumerate(results.get("claims", [])):
-        if c["why"] or c["verdict"] != "holds":
-            parts.append(f'<div class="why"><b>{i + 1}. {_e(c["claim"])}:</b> '
-                         f'<span class="v {c["verdict"].replace(" ", "")}">{_e(c["verdict"])}'
-                         f'</span> {_e(c["why"])} <div class="rule">Rule: {_e(c["rule"])}'
-                         f'</div></div>')
+        parts.append(f'<div class="why"><b>{i + 1}. {_e(c["claim"])}:</b> '
+                     f'<span class="v {c["verdict"].replace(" ", "")}">{_e(c["verdict"])}'
+                     f'</span> {_e(c["why"])} <div class="rule">Rule: {_e(c["rule"])}'
+                     f'</div></div>')
     for name, sweep in (results.get("sweeps") or {}).items():
         parts += [f"<h2>Sweep: {_e(name)}</h2>", f"<p>{_e(settings_line(sweep['settings']))}</p>",
                   _table(*sweep_rows(sweep)), f"<p>{_e(sweep_note(sweep))}</p>",
                   _img(pngs, f"sweep-{name}", f"sweep {name}")]
+    parts += html_sections(results.get("decomposition"), pngs)
     if results.get("timing"):
         parts.append("<h2>Timing</h2><p>" + _e(", ".join(
             f"{k}: {v:.1f} s" for k, v in results["timing"].items())) + "</p>")

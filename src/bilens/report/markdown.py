@@ -4,8 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from bilens.report.notes import settings_line, sweep_note
-from bilens.report.tables import claims_rows, compare_rows, markdown_table, sweep_rows
+from bilens.report.decomposition_section import markdown_sections
+from bilens.report.notes import CLAIMS_NOTE, settings_line, sweep_note
+from bilens.report.tables import (
+    NONE_NOTE,
+    claims_rows,
+    compare_rows,
+    markdown_table,
+    merge_none,
+    sweep_rows,
+)
+
+
+def claim_paragraphs(claims: list[dict[str, Any]]) -> list[str]:
+    """Every claim's verdict, why, and the rule that decided it (Markdown lines)."""
+    lines = []
+    for i, c in enumerate(claims):
+        why = f" {c['why']}" if c["why"] else ""
+        lines += [f"**{i + 1}. {c['claim']}: {c['verdict']}.**{why} _Rule: {c['rule']}._", ""]
+    return lines
 
 
 def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
@@ -18,13 +35,13 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
         s = cmp["settings"]
         lines += ["## Comparison", "", settings_line(s), "",
                   markdown_table(*compare_rows(cmp["table"])), ""]
+        if len(merge_none(cmp["table"])) < len(cmp["table"]):
+            lines += [NONE_NOTE, ""]
         if "compare" in images:
             lines += [f"![comparison]({images['compare']})", ""]
-    lines += ["## The seed's claims", "", markdown_table(*claims_rows(results["claims"])), ""]
-    for i, c in enumerate(results["claims"]):
-        if c["why"] or c["verdict"] != "holds":
-            lines += [f"**{i + 1}. {c['claim']}: {c['verdict']}.** {c['why']} "
-                      f"_Rule: {c['rule']}._", ""]
+    lines += ["## The seed's claims", "", CLAIMS_NOTE, "",
+              markdown_table(*claims_rows(results["claims"])), ""]
+    lines += claim_paragraphs(results["claims"])
     lines += ["## Recommendation", "", *[f"- {t}" for t in results["recommendation"]["text"]],
               ""]
     for name, sweep in (results.get("sweeps") or {}).items():
@@ -32,6 +49,7 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
                   markdown_table(*sweep_rows(sweep)), "", sweep_note(sweep), ""]
         if f"sweep-{name}" in images:
             lines += [f"![sweep {name}]({images[f'sweep-{name}']})", ""]
+    lines += markdown_sections(results.get("decomposition"), images)
     if results.get("timing"):
         lines += ["## Timing", "", ", ".join(f"{k}: {v:.1f} s" for k, v in
                                               results["timing"].items()), ""]

@@ -8,19 +8,42 @@ from typing import Any
 
 from bilens.core.units import pct
 
+CLAIMS_NOTE = ("Every verdict is computed by bilens.experiments.claims from the numbers above, "
+               "by the rule printed after it (claims 1-10 on the target of the comparison "
+               "and sweeps, claim 11 on the weight-based decomposition).")
+TARGET_WORDS = {"predicted": "the predicted class's logit",
+                "margin": "the top-1 minus top-2 logit of the clean run",
+                "label": "the true class's logit", "logprob": "the true label's log-probability"}
+
+
+def target_words(spec: str) -> str:
+    """`predicted` -> "`predicted` (the predicted class's logit)"."""
+    words = TARGET_WORDS.get(spec)
+    return f"`{spec}`" + (f" ({words})" if words else "")
+
 
 def settings_line(s: dict[str, Any]) -> str:
     """One sentence of how an experiment was run (its `settings`): data, model, training,
-    seeds, verification, and what a sweep varied."""
+    seeds, verification (the target of every number, and of the extra targets' columns),
+    and what a sweep varied (for which norm x position)."""
     m, t = s.get("model", {}), s.get("train", {})
     line = (f"Dataset `{s.get('dataset')}`; d_model {m.get('d_model')}, d_hidden "
             f"{m.get('d_hidden')}, {m.get('n_layers')} layers; {t.get('epochs')} epochs, "
             f"batch {t.get('batch_size')}, lr {t.get('lr')}; seeds {s.get('seeds')}; verified "
-            f"on {s.get('n_verify')} test inputs x every channel, target "
-            f"`{s.get('target', 'predicted')}`, zero ablation.")
+            f"on {s.get('n_verify')} test inputs x every channel, zero ablation; target "
+            f"{target_words(s.get('target', 'predicted'))}")
+    also = s.get("also_targets") or []
+    line += "".join(f"; the `{a}: ...` columns: target {target_words(a)}" for a in also) + "."
     if s.get("param"):
         values = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in s["values"])
-        line += f" Varied: `{s['param']}` over {values}; everything else as above."
+        what = s.get("label") or s["param"]
+        line += f" Varied: {what} (`{s['param']}`) over {values}"
+        variants = [f"{n}/{p}" for n, p in s.get("variants") or []]
+        if len(variants) > 1:
+            line += f", for each norm x position ({', '.join(variants)})"
+        elif variants:
+            line += f", on {variants[0]}"
+        line += "; everything else as above."
     if s.get("complete") is False:
         line += " INCOMPLETE: the run was cut short; the table holds the models that finished."
     return line

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from bilens.core.units import NE_UNIT, cell, fixed, pct, pct_cell, pm
-from bilens.experiments.stats import modes_in
+from bilens.experiments.stats import modes_in, targets_in
 
 if TYPE_CHECKING:
     from bilens.analysis.verify import VerifyResult
@@ -28,14 +28,40 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------ the experiments' rows
 
 
+ONE_NETWORK = "post = pre"        # no norm: the position changes nothing, one network
+NONE_NOTE = ("No norm is one network in both positions (the position only moves the norm), "
+             "so it is shown once, as position \"post = pre\".")
+
+
+def merge_none(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The table with no norm's post and pre rows shown once (position `ONE_NETWORK`) when
+    they are the same network, i.e. hold the same numbers."""
+    none = [r for r in table if r.get("norm") == "none"]
+    if len(none) != 2 or not all(
+            _same(none[0].get(k), none[1].get(k)) for k in ("test_accuracy", "frozen.ne")):
+        return list(table)
+    out = []
+    for r in table:
+        if r is none[1]:
+            continue
+        out.append({**r, "position": ONE_NETWORK} if r is none[0] else r)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    return isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-9)
+
+
 def compare_rows(table: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows of the comparison table (strings)."""
-    modes = modes_in(table)
+    """Header and rows of the comparison table (strings): the configured target's columns,
+    then the NE of every mode for each extra target (`stats.EXTRA_TARGETS`: the margin);
+    no norm once (`merge_none`)."""
+    modes, extra = modes_in(table), targets_in(table)
     header = ["norm", "position", "seeds", "test acc %", *(f"NE {m}" for m in modes),
               *(f"Pearson {m}" for m in modes), *(f"top-10 {m}" for m in modes),
-              "drift share", "gating share"]
+              "drift share", "gating share", *(f"{t}: NE {m}" for t in extra for m in modes)]
     rows = []
-    for r in table:
+    for r in merge_none(table):
         share = r.get("drift.drift_share", math.nan)
         rows.append([r["norm"], r["position"], str(r.get("n_seeds", 1)),
                      pm(r["test_accuracy"], r.get("test_accuracy_std")
@@ -43,7 +69,8 @@ def compare_rows(table: list[dict[str, Any]]) -> tuple[list[str], list[list[str]
                      *(pct(r[f"{m}.ne"]) for m in modes),
                      *(fixed(r[f"{m}.pearson"]) for m in modes),
                      *(pct(r[f"{m}.top10"], 0) for m in modes),
-                     pct(share, 0), pct(1 - share, 0) if math.isfinite(share) else "n/a"])
+                     pct(share, 0), pct(1 - share, 0) if math.isfinite(share) else "n/a",
+                     *(pct(r.get(f"{t}.{m}.ne", math.nan)) for t in extra for m in modes)])
     return header, rows
 
 

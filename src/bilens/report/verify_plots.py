@@ -2,8 +2,8 @@
 
 - `scatter.png`: predicted against actual effect, one panel per mode, one point per
   (input, channel), symmetric-log axes, colored by layer
-- `error_per_layer.png`: normalized error per layer and mode, split into norm drift and
-  gating interference
+- `error_per_layer.png`: normalized error per layer and mode (percent, log axis, the 5%
+  line labelled), split into norm drift and gating interference
 - `drift.png`: the seed's formula `(r . delta)/|r|^2` against the measured `ds/s`, and the
   drift's effect on the target relative to the channel's effect
 - `faithfulness.png`: top-k circuits, sum of predictions against the joint ablation
@@ -34,11 +34,13 @@ if TYPE_CHECKING:
 
 MAX_POINTS = 25_000     # per panel; keeps the PNGs small
 DPI = 80
+SMALL_NE = 0.05         # "small" error (bilens.experiments.claims), the dotted line
 
 
 def _save(fig, path: Path) -> Path:
     """Lay out, write `path` as PNG, and free the figure."""
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -66,6 +68,18 @@ def _linthresh(*xs: Tensor) -> float:
         return 1.0
     q = mags.quantile(0.05).item() if mags.numel() <= 2**24 else mags.median().item() / 100
     return 10 ** math.floor(math.log10(q)) if q > 0 else 1.0     # a decade boundary
+
+
+def _percent_log(ax, label: str, small: bool = True) -> None:
+    """A log y axis in percent (data already x100), as the tables write NE; the dotted 5%
+    line labelled."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(
+        lambda v, _: f"{v:g}%" if v >= 1e-4 else f"{v:.0e}%"))
+    ax.set_ylabel(label)
+    if small:
+        ax.axhline(100 * SMALL_NE, color="gray", lw=0.9, ls=":",
+                   label=f"{100 * SMALL_NE:g}% (small error)")
 
 
 def _diag(ax, lo: float, hi: float) -> None:
@@ -117,27 +131,28 @@ def plot_scatter(result: VerifyResult, path: Path) -> Path:
 def plot_error_per_layer(result: VerifyResult, path: Path) -> Path:
     modes = result.modes
     n_layers = result.tensors["actual"].shape[1]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(2.0 + 2.4 * n_layers, 3.8))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(max(9.0, 2.0 + 2.4 * n_layers), 4.4),
+                                  layout="constrained")
     width = 0.8 / len(modes)
     width2 = 0.8 / (len(modes) + 1)
     first = result.metrics["modes"][modes[0]]["decomposition"]["per_layer"]
-    ax2.bar([l - 0.4 + width2 / 2 for l in range(n_layers)], [d["drift_ne"] for d in first],
+    ax2.bar([l - 0.4 + width2 / 2 for l in range(n_layers)], [100 * d["drift_ne"] for d in first],
             width2 * 0.9, color="gray", hatch="//", label="norm drift  sum|a - a_fn|")
     for i, mode in enumerate(modes):
         dec = result.metrics["modes"][mode]["decomposition"]["per_layer"]
         xs = [l - 0.4 + width * (i + 0.5) for l in range(n_layers)]
-        ax.bar(xs, [d["normalized_error"] for d in dec], width * 0.9, color=f"C{i}", label=mode)
+        ax.bar(xs, [100 * d["normalized_error"] for d in dec], width * 0.9, color=f"C{i}",
+               label=mode)
         xs2 = [l - 0.4 + width2 * (i + 1.5) for l in range(n_layers)]
-        ax2.bar(xs2, [d["gating_ne"] for d in dec], width2 * 0.9, color=f"C{i}",
+        ax2.bar(xs2, [100 * d["gating_ne"] for d in dec], width2 * 0.9, color=f"C{i}",
                 label=f"{mode}: sum|a_fn - p|")
-    for a in (ax, ax2):
+    _percent_log(ax, "NE = sum|p - a| / sum|a| (%)")       # errors span decades across modes
+    _percent_log(ax2, "sum|.| / sum|a| (%)")
+    for a in (ax, ax2):                  # legends below the bars, never over them
         a.set_xticks(range(n_layers), [f"layer {l}" for l in range(n_layers)])
-        a.set_yscale("log")                # errors span decades across modes
         a.grid(axis="y", alpha=0.3)
-        a.legend(fontsize=7)
-    ax.set_ylabel("NE = sum|p - a| / sum|a|")
+        a.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.08), ncol=2)
     ax.set_title("normalized error per layer", fontsize=10)
-    ax2.set_ylabel("sum|.| / sum|a|")
     ax2.set_title("error parts: drift (a - a_fn) and gating (a_fn - p)", fontsize=10)
     return _save(fig, path)
 
@@ -174,13 +189,14 @@ def plot_faithfulness(result: VerifyResult, path: Path) -> Path:
     for i, mode in enumerate(result.modes):
         curve = result.metrics["modes"][mode].get("circuit") or []
         ks = [c["k"] for c in curve]
-        ax.plot(ks, [c["normalized_error"] for c in curve], "o-", color=f"C{i}", label=mode)
+        ax.plot(ks, [100 * c["normalized_error"] for c in curve], "o-", color=f"C{i}",
+                label=mode)
         ax2.plot(ks, [c["mean_sum_predicted"] for c in curve], "o-", color=f"C{i}",
                  label=f"{mode}: sum of predictions")
         ax2.plot(ks, [c["mean_joint"] for c in curve], "s--", color=f"C{i}", mfc="none",
                  label=f"{mode}: actual joint effect")
         if curve and "additivity_error" in curve[0]:
-            ax.plot(ks, [c["additivity_error"] for c in curve], "s--", color=f"C{i}",
+            ax.plot(ks, [100 * c["additivity_error"] for c in curve], "s--", color=f"C{i}",
                     mfc="none", label=f"{mode}: sum of single actuals")
     for a in (ax, ax2):
         a.set_xscale("log", base=2)
@@ -188,10 +204,10 @@ def plot_faithfulness(result: VerifyResult, path: Path) -> Path:
         a.set_xlabel("k (top channels by |predicted| ablated together)")
         a.grid(alpha=0.3)
         a.legend(fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=1e-3)             # k = 1 additivity is 0 up to rounding
+    _percent_log(ax, "sum|sum - joint| / sum|joint| (%)")
+    ax.legend(fontsize=7)
+    ax.set_ylim(bottom=0.1)              # k = 1 additivity is 0 up to rounding
     ax2.set_yscale("symlog", linthresh=0.1)
-    ax.set_ylabel("sum|sum - joint| / sum|joint|")
     ax.set_title("circuit faithfulness error", fontsize=10)
     ax2.set_ylabel("mean over inputs")
     ax2.set_title("predicted vs actual joint effect", fontsize=10)
