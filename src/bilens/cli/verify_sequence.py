@@ -79,9 +79,10 @@ def load_tokens(args: argparse.Namespace, model, extra: int):
             raise BilensError("--tokens/--dataset: pass a tokens file or a token dataset")
         data = load_lm_data(name, args.seq_len or model.config.n_ctx, tokenizer=model.tokenizer,
                             vocab_size=model.config.vocab_size, seed=args.seed)
-        rows = data.test if args.split == "test" else data.train
+        split = args.split or "test"
+        rows = data.test if split == "test" else data.train
         if rows.ndim != 2:
-            raise BilensError(f"--split {args.split}: {name!r} holds one token stream there; "
+            raise BilensError(f"--split {split}: {name!r} holds one token stream there; "
                               f"verify reads the held-out rows (--split test)")
         tokens = rows[torch.randperm(len(rows), generator=torch.Generator().manual_seed(
             args.seed))[: args.n].sort().values]
