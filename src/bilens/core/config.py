@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-from bilens.core.errors import BilensError
+from bilens.core.errors import BilensError, check_choice, check_fields
 from bilens.core.types import NORM_KINDS as NORMS
 from bilens.core.types import POSITIONS
 
@@ -38,17 +38,10 @@ class ModelConfig:
     learnable_gain: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("d_in", "d_model", "d_hidden", "n_layers", "n_out"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BilensError(f"config.{name}: expected a positive integer, got {value!r}")
-        if self.norm not in NORMS:
-            raise BilensError(f"config.norm: expected one of {NORMS}, got {self.norm!r}")
-        if self.norm_position not in POSITIONS:
-            raise BilensError(f"config.norm_position: expected one of {POSITIONS}, "
-                              f"got {self.norm_position!r}")
-        if not (isinstance(self.eps, (int, float)) and self.eps >= 0):
-            raise BilensError(f"config.eps: expected a number >= 0, got {self.eps!r}")
+        check_fields(self, "config", positive=("d_in", "d_model", "d_hidden", "n_layers",
+                                               "n_out"), nonnegative=("eps",))
+        check_choice(self.norm, NORMS, "config.norm")
+        check_choice(self.norm_position, POSITIONS, "config.norm_position")
 
     @property
     def n_norms(self) -> int:
@@ -103,18 +96,13 @@ class TransformerConfig:
     kind: Literal["transformer"] = "transformer"
 
     def __post_init__(self) -> None:
-        for name in ("vocab_size", "n_ctx", "d_model", "d_hidden", "n_layers", "n_heads"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BilensError(f"config.{name}: expected a positive integer, got {value!r}")
+        check_fields(self, "config", positive=("vocab_size", "n_ctx", "d_model", "d_hidden",
+                                               "n_layers", "n_heads"))
         if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
             raise BilensError(f"config: d_model={self.d_model} must be n_heads={self.n_heads} "
                               f"times an even d_head (rotary positions rotate pairs)")
-        if self.norm not in NORMS:
-            raise BilensError(f"config.norm: expected one of {NORMS}, got {self.norm!r}")
-        if self.norm_position not in POSITIONS:
-            raise BilensError(f"config.norm_position: expected one of {POSITIONS}, "
-                              f"got {self.norm_position!r}")
+        check_choice(self.norm, NORMS, "config.norm")
+        check_choice(self.norm_position, POSITIONS, "config.norm_position")
         for name, low in (("eps", 0.0), ("rope_base", 1.0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:

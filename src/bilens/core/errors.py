@@ -40,3 +40,37 @@ def check_inputs(x: Tensor, d_in: int, name: str = "inputs") -> Tensor:
         bad = (~torch.isfinite(x)).any(dim=1).nonzero().flatten()[:5].tolist()
         raise BilensError(f"{name}: contains NaN or inf (rows {bad}...); clean the data first")
     return x
+
+
+def check_fields(obj: object, prefix: str, positive: tuple[str, ...] = (),
+                 nonnegative: tuple[str, ...] = (), fractions: tuple[str, ...] = ()) -> None:
+    """The field checks of bilens's config dataclasses, one line each on failure.
+
+    Args:
+        obj: the dataclass instance.
+        prefix: the name the message gives it (`config`, `train`).
+        positive: fields that must be integers >= 1 (not bools).
+        nonnegative: fields that must be finite numbers >= 0.
+        fractions: fields that must lie in `[0, 1)`.
+    """
+    import math
+
+    for name in positive:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise BilensError(f"{prefix}.{name}: expected a positive integer, got {value!r}")
+    for name in nonnegative:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value) or value < 0:
+            raise BilensError(f"{prefix}.{name}: expected a finite number >= 0, got {value!r}")
+    for name in fractions:
+        value = getattr(obj, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            raise BilensError(f"{prefix}.{name}: expected a fraction in [0, 1), got {value!r}")
+
+
+def check_choice(value: object, choices: tuple[str, ...], name: str) -> None:
+    """Raise unless `value` is one of `choices`."""
+    if value not in choices:
+        raise BilensError(f"{name}: expected one of {choices}, got {value!r}")

@@ -22,7 +22,7 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from bilens.core.config import TransformerConfig
-from bilens.core.errors import BilensError
+from bilens.core.errors import BilensError, check_fields
 from bilens.core.models.transformer import BilinearTransformer, check_tokens
 from bilens.core.token_data import TokenData
 from bilens.training.ngram import ngram_losses
@@ -58,16 +58,8 @@ class LMTrainConfig:
     eval_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BilensError(f"train.{name}: expected a positive integer, got {value!r}")
-        for name in ("lr", "weight_decay", "grad_clip"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise BilensError(f"train.{name}: expected a finite number >= 0, got {value!r}")
-        if not 0 <= self.warmup < 1:
-            raise BilensError(f"train.warmup: expected a fraction in [0, 1), got {self.warmup!r}")
+        check_fields(self, "train", positive=("steps", "batch_size", "eval_batch_size"),
+                     nonnegative=("lr", "weight_decay", "grad_clip"), fractions=("warmup",))
 
 
 @dataclass

@@ -27,7 +27,7 @@ from torch import Tensor
 from bilens.core.config import ModelConfig
 from bilens.core.data import Dataset, load_dataset
 from bilens.core.device import resolve_device
-from bilens.core.errors import BilensError, check_inputs
+from bilens.core.errors import BilensError, check_fields, check_inputs
 from bilens.core.models.mlp import BilinearNet
 
 
@@ -63,16 +63,9 @@ class TrainConfig:
     eval_batch_size: int = 4096
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "eval_batch_size"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BilensError(f"train.{name}: expected a positive integer, got {value!r}")
-        for name in ("lr", "weight_decay", "input_noise", "l1", "grad_clip"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise BilensError(f"train.{name}: expected a finite number >= 0, got {value!r}")
-        if not 0 <= self.warmup < 1:
-            raise BilensError(f"train.warmup: expected a fraction in [0, 1), got {self.warmup!r}")
+        check_fields(self, "train", positive=("epochs", "batch_size", "eval_batch_size"),
+                     nonnegative=("lr", "weight_decay", "input_noise", "l1",
+                                  "grad_clip"), fractions=("warmup",))
 
 
 @dataclass

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from bilens.core.config import ModelConfig
 from bilens.core.errors import check_inputs
+from bilens.core.models.base import ResidualModel
 from bilens.core.models.intervention import NONE, Intervention
 from bilens.core.norms import Norm
 
@@ -74,7 +75,7 @@ class Run:
         return out
 
 
-class BilinearNet(nn.Module):
+class BilinearNet(ResidualModel):
     """A residual stack of bilinear layers between a linear embedding and a linear head.
 
     Example:
@@ -146,22 +147,3 @@ class BilinearNet(nn.Module):
         resid, scale, mean = (torch.stack(t, 1) for t in zip(*norms, strict=True))
         return Run(logits=self.head(final), u=u, left=left, right=right, z=z,  # W h
                    resid=resid, scale=scale, mean=mean, final=final)
-
-    def _normalize(self, i: int, r: Tensor, iv: Intervention,
-                   norms: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-        """`N_i(r)` under the intervention's statistics; `(r, s, mu)` appended to `norms`."""
-        y, s, mu = self.norm(i)(r, *iv.stats(i))
-        norms.append((r, s, mu))
-        return y
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from bilens.core.config import TransformerConfig
 from bilens.core.errors import BilensError
+from bilens.core.models.base import ResidualModel
 from bilens.core.models.intervention import NONE, Intervention
 from bilens.core.norms import Norm
 
@@ -162,7 +163,7 @@ def check_tokens(tokens: Tensor, vocab_size: int, n_ctx: int, name: str = "token
     return tokens
 
 
-class BilinearTransformer(nn.Module):
+class BilinearTransformer(ResidualModel):
     """Token embedding, `n_layers` x (attention, bilinear MLP), an untied head.
 
     Example:
@@ -273,15 +274,3 @@ class BilinearTransformer(nn.Module):
                 raise BilensError(f"intervention.{name}: expected shape {list(shape)}, got "
                                   f"{list(value.shape)}; pass a clean run's `.{name}` "
                                   f"(or a tensor shaped like it)")
-
-    @property
-    def n_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())
-
-    @property
-    def device(self) -> torch.device:
-        return self.embed.weight.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.embed.weight.dtype
