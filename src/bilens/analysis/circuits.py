@@ -11,19 +11,7 @@ Per input `x` and `k`, with `C_k(x)` the top-k channels by `|predicted|`:
 `joint` vs `sum_predicted` is the attribution's faithfulness for a circuit; `joint` vs
 `sum_actual` isolates how additive the real effects are.
 
-Example:
-    >>> from bilens.attribution.predict import attribute
-    >>> from bilens.core.config import ModelConfig
-    >>> from bilens.core.targets import resolve_target
-    >>> model = BilinearNet(ModelConfig(d_in=8, d_model=16, d_hidden=32, n_layers=2, n_out=3))
-    >>> x = torch.randn(4, 8)
-    >>> run = model.run(x)
-    >>> target = resolve_target("predicted", run.logits)
-    >>> predicted = attribute(model, x, target=target, mode="live")
-    >>> curve = faithfulness_curve(model, x, predicted=predicted, target=target,
-    ...                            baselines=torch.zeros_like(run.z), ks=(1, 8))
-    >>> curve["ks"], curve["joint"].shape
-    ([1, 8], torch.Size([2, 4]))
+An example that runs: `faithfulness_curve`'s docstring.
 """
 
 from __future__ import annotations
