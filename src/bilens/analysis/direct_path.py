@@ -30,9 +30,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.analysis.interaction import fold_norm
 from bilens.core.errors import BilensError
 from bilens.core.models.mlp import BilinearNet, Run
-from bilens.core.norms import Norm
+
+__all__ = ["DirectPath", "MLPDirectPath", "direct_path", "fold_norm"]
 
 
 class DirectPath(Protocol):
@@ -73,14 +75,6 @@ class DirectPath(Protocol):
     def tail(self, run: Run, offset: Float[Tensor, "*k batch d_model"]) -> Tensor:
         """The logits when `offset` is added to the last layer's output, every norm live."""
         ...
-
-
-def fold_norm(norm: Norm, w: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
-    """`M^T w` for one norm with `s = 1`: `gamma * w`, then centred for LayerNorm."""
-    if norm.kind == "none":
-        return w
-    w = w * norm.weight.detach().to(w.dtype)
-    return w - w.mean(-1, keepdim=True) if norm.kind == "layer" else w
 
 
 class MLPDirectPath:

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from bilens.analysis.direct_path import fold_norm
+from bilens.analysis.interaction import fold_norm
 from bilens.core.errors import BilensError
 from bilens.core.models.transformer import BilinearTransformer, TransformerRun, check_tokens
 
