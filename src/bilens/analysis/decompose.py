@@ -41,7 +41,7 @@ from bilens.core.io import atomic_dir, dump_json
 FORMAT_VERSION = 1
 TENSOR_FILE = "decomposition.safetensors"
 SUMMARY_FILE = "decomposition.json"
-INPUT_DEPENDENT = ("predicted", "margin", "label", "logprob")
+INPUT_DEPENDENT = ("predicted", "margin", "label", "logprob", "next", "mean-logprob")
 DecomposeTarget = str | int | Tensor | Sequence[str | int | Tensor] | None
 
 
@@ -63,6 +63,7 @@ class Decomposition:
     eigenvectors: dict[int, Float[Tensor, "target d_model d_model"]]
     config: dict[str, Any] = field(default_factory=dict)
     faithfulness: dict[str, Any] | None = None
+    tokens: dict[str, Any] | None = None       # language models: the tokens each v aligns with
 
     def contribution(self, l: int, u: Float[Tensor, "batch d_model"],
                      k: int | None = None) -> Float[Tensor, "target batch"]:
@@ -90,7 +91,8 @@ class Decomposition:
                             for s, d in zip(self.targets, self.target_directions, strict=True)],
                 "coordinates": "u, the input of each bilinear layer (SPEC §10)",
                 "sorted_by": "|eigenvalue|, descending",
-                "model": self.config, "faithfulness": self.faithfulness}
+                "model": self.config, "faithfulness": self.faithfulness,
+                **({} if self.tokens is None else {"tokens": self.tokens})}
 
     def write(self, directory: str | os.PathLike) -> list[Path]:
         """Write the two files into an existing `directory` (no overwrite check)."""
@@ -139,14 +141,21 @@ def load_decomposition(directory: str | os.PathLike) -> tuple[dict[str, Tensor],
     return load_file(str(root / TENSOR_FILE)), json.loads((root / SUMMARY_FILE).read_text())
 
 
-def resolve_targets(target: DecomposeTarget, n_out: int) -> tuple[list[str], Tensor]:
+def resolve_targets(target: DecomposeTarget, n_out: int, tokenizer: Any = None,
+                    sequence: bool = False) -> tuple[list[str], Tensor]:
     """Target specs -> `(names, directions [T, n_out])` (float64).
 
     Accepts `None` or `"all"` (every class), `"class:C"`, an int `C`, `"diff:C1,C2"`, a
-    float tensor `[n_out]` (a direction) or `[T, n_out]`, or a list of any of these.
+    float tensor `[n_out]` (a direction) or `[T, n_out]`, or a list of any of these; for a
+    language model (`sequence`) also `"token:STR"` (one token of `tokenizer`), and None is
+    refused (every token of the vocabulary is rarely what is meant: pass `"all"`).
     """
+    from bilens.analysis.transformer_path import token_id
     from bilens.core.targets import resolve_target
 
+    if target is None and sequence:
+        raise BilensError("target: a language model needs a token target: class:C (a token "
+                          "id), token:STR, diff:C1,C2, a direction [vocab], or 'all'")
     if target is None or (isinstance(target, str) and target == "all"):
         target = [f"class:{c}" for c in range(n_out)]
     if isinstance(target, Tensor) and target.is_floating_point() and target.ndim == 2:
@@ -163,6 +172,11 @@ def resolve_targets(target: DecomposeTarget, n_out: int) -> tuple[list[str], Ten
                               f"'all'")
         if isinstance(item, Tensor) and not item.is_floating_point():
             item = int(item)
+        if sequence and isinstance(item, str) and item.startswith("token:"):
+            names.append(item)
+            rows.append(torch.zeros(n_out, dtype=torch.float64))
+            rows[-1][token_id(item, tokenizer, n_out)] = 1.0
+            continue
         resolved = resolve_target(item, torch.zeros(1, n_out, dtype=torch.float64))
         names.append(resolved.spec if isinstance(item, (str, int)) else "direction")
         rows.append(resolved.direction[0])
@@ -199,12 +213,15 @@ def decompose(
     """Each layer's interaction matrix `Q_l(w)` for each target, and its eigendecomposition.
 
     Args:
-        model: a `BilinearNet` (SPEC §1).
+        model: a `BilinearNet` (SPEC §1) or a `BilinearTransformer` (SPEC §9).
         target: `"class:C"`, `"diff:C1,C2"`, an int, a direction `[n_out]`, a list of these,
-            or None / `"all"` for every class (the default).
+            or None / `"all"` for every class (the default). For a transformer the classes
+            are token ids, `"token:STR"` names a token through `model.tokenizer`, and a
+            target is required.
         layers: layer indices, or None for all.
         inputs: data on which to measure faithfulness (`decomposition.faithfulness`);
-            None skips it.
+            None skips it. For a transformer: token ids `[N, T]`, every position an input
+            (`bilens.analysis.lm_decompose`).
         ks: the top-k grid of the faithfulness measurement (default 1, 2, 4, ..., d_model).
         baseline: reference of the direct-path share: `"mean"` (the inputs' mean), `"zero"`,
             or an input `[d_in]`.
@@ -222,11 +239,19 @@ def decompose(
         torch.Size([2, 16, 16])
     """
     path = direct_path(model)
-    names, c = resolve_targets(target, path.n_out)
+    sequence = getattr(path, "sequence", False)
+    names, c = resolve_targets(target, path.n_out, getattr(model, "tokenizer", None), sequence)
     chosen = resolve_layers(layers, path.n_layers)
     dec = _decompose(path, names, c, chosen)
     dec.config = model.config.to_dict() if hasattr(model, "config") else {}
-    if inputs is not None:
+    if sequence:
+        from bilens.analysis.lm_decompose import sequence_faithfulness, token_alignment
+
+        dec.tokens = token_alignment(path, dec)
+        if inputs is not None:
+            dec.faithfulness = sequence_faithfulness(path, dec, inputs, ks=ks,
+                                                     baseline=baseline, stability_n=stability_n)
+    elif inputs is not None:
         from bilens.analysis.eigen_faithfulness import faithfulness
 
         dec.faithfulness = faithfulness(path, dec, inputs, ks=ks, baseline=baseline,

@@ -14,9 +14,9 @@ Which norms are on the path depends on the layout (SPEC §1):
 - pre-norm: every layer writes into the residual, which passes only the final norm.
 
 `DirectPath` is what `bilens.analysis.decompose` needs from a model family; the MLP family
-of SPEC §1 implements it here (`MLPDirectPath`). The transformer of SPEC §9 implements the
-same methods per position, skipping attention on the direct path; `direct_path` is where
-it will be dispatched.
+of SPEC §1 implements it here (`MLPDirectPath`); the transformer of SPEC §9 implements the
+same methods per position, skipping attention on the direct path
+(`bilens.analysis.transformer_path.TransformerDirectPath`); `direct_path` dispatches.
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
@@ -30,9 +30,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.analysis.interaction import fold_norm
 from bilens.core.errors import BilensError
 from bilens.core.models.mlp import BilinearNet, Run
-from bilens.core.norms import Norm
+
+__all__ = ["DirectPath", "MLPDirectPath", "direct_path", "fold_norm"]
 
 
 class DirectPath(Protocol):
@@ -73,14 +75,6 @@ class DirectPath(Protocol):
     def tail(self, run: Run, offset: Float[Tensor, "*k batch d_model"]) -> Tensor:
         """The logits when `offset` is added to the last layer's output, every norm live."""
         ...
-
-
-def fold_norm(norm: Norm, w: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
-    """`M^T w` for one norm with `s = 1`: `gamma * w`, then centred for LayerNorm."""
-    if norm.kind == "none":
-        return w
-    w = w * norm.weight.detach().to(w.dtype)
-    return w - w.mean(-1, keepdim=True) if norm.kind == "layer" else w
 
 
 class MLPDirectPath:
@@ -140,17 +134,24 @@ class MLPDirectPath:
 
 
 def direct_path(model: object) -> DirectPath:
-    """The `DirectPath` of a model (the MLP family now; SPEC §9's transformer when it exists),
-    over a float64 copy of the model unless it is float64 already.
+    """The `DirectPath` of a model (SPEC §1's MLP network or SPEC §9's transformer), over a
+    float64 copy of the model unless it is float64 already.
 
     Args:
-        model: a `BilinearNet`.
+        model: a `BilinearNet` or a `BilinearTransformer`.
 
     Returns:
         Its `DirectPath`.
     """
+    from bilens.core.models.transformer import BilinearTransformer
+
     if isinstance(model, BilinearNet):
         return MLPDirectPath(model)
+    if isinstance(model, BilinearTransformer):
+        from bilens.analysis.transformer_path import TransformerDirectPath
+
+        return TransformerDirectPath(model)
     raise BilensError(f"model: decomposition supports the MLP network of SPEC §1 "
-                      f"(bilens.BilinearNet), got {type(model).__name__}; load a checkpoint with "
-                      f"bilens.load(DIR)")
+                      f"(bilens.BilinearNet) and the transformer of SPEC §9 "
+                      f"(bilens.BilinearTransformer), got {type(model).__name__}; "
+                      f"load a checkpoint with bilens.load(DIR)")

@@ -12,6 +12,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.core.norms import Norm
+
+
+def fold_norm(norm: Norm, w: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*any d_model"]:
+    """`M^T w` for one norm with `s = 1`: `gamma * w`, then centred for LayerNorm."""
+    if norm.kind == "none":
+        return w
+    w = w * norm.weight.detach().to(w.dtype)
+    return w - w.mean(-1, keepdim=True) if norm.kind == "layer" else w
+
 
 def interaction_matrix(
     L: Float[Tensor, "d_hidden d_model"],

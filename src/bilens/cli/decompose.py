@@ -6,6 +6,11 @@ writes `OUTDIR/decomposition.safetensors` and `decomposition.json` (SPEC §10), 
 faithfulness measured on `--n` inputs of the checkpoint's dataset, and PNG figures
 (spectrum, eigenvectors as images, faithfulness curves), all at once (a temporary
 directory renamed into place); an existing output is replaced only with `--force`.
+
+A transformer checkpoint (SPEC §9) takes token targets (`class:C` with C a token id,
+`token:STR`, `diff:C1,C2`), measures faithfulness on `--n` held-out sequences of
+`--dataset synthetic-lm|text|FILE` (every position an input), and also writes `tokens.md`,
+the tokens each top eigenvector aligns with (in decomposition.json as well).
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
@@ -29,13 +34,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "decomposition.safetensors, decomposition.json and PNGs to --out.")
     p.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (bilens train --out)")
     p.add_argument("--target", action="append", default=None, metavar="T",
-                   help="class:C | diff:C1,C2 | C | all, repeatable (default: all classes)")
+                   help="class:C | diff:C1,C2 | C | all | token:STR (language models), repeatable "
+                        "(default: all classes; a language model needs one)")
     p.add_argument("--layers", default=None, help="layers, e.g. 0,3 (default: all)")
     p.add_argument("--dataset", help="dataset of the faithfulness inputs (default: the "
                                      "checkpoint's)")
     p.add_argument("--split", default="test", help="train | test (default: test)")
-    p.add_argument("--n", type=count, default=512,
-                   help="faithfulness inputs, at most the split (default: 512)")
+    p.add_argument("--n", type=count, default=None,
+                   help="faithfulness inputs, at most the split (default: 512; a language "
+                        f"model: {LM_ROWS} held-out sequences, every position an input)")
     p.add_argument("--no-faithfulness", action="store_true",
                    help="skip the faithfulness measurement (no inputs are loaded)")
     add_seed(p, "the input subset")
@@ -49,6 +56,48 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_force(p, "an earlier decompose output at --out")
     add_out(p, "output directory", metavar="OUTDIR")
     p.set_defaults(func=run)
+
+
+LM_ROWS = 64
+
+
+def _lm_inputs(model: Any, dataset: str, args: argparse.Namespace) -> Any:
+    """Held-out token rows `[n, n_ctx]` of `dataset` for a transformer checkpoint."""
+    import torch
+
+    from bilens.core.lm_data import load_lm_data
+
+    cfg = model.config
+    if args.split != "test":
+        raise BilensError(f"--split: a language model's faithfulness is measured on the "
+                          f"held-out rows (test), got {args.split!r}")
+    data = load_lm_data(dataset, cfg.n_ctx, tokenizer=model.tokenizer,
+                        vocab_size=cfg.vocab_size)
+    if data.vocab_size > cfg.vocab_size:
+        raise BilensError(f"--dataset: {dataset} has {data.vocab_size} token ids but the model "
+                          f"has vocab_size {cfg.vocab_size}; pass the dataset it was trained on")
+    rows = data.test[:, :cfg.n_ctx]
+    n = LM_ROWS if args.n is None else args.n
+    if n < rows.shape[0]:
+        g = torch.Generator().manual_seed(args.seed)
+        rows = rows[torch.randperm(rows.shape[0], generator=g)[:n].sort().values]
+    return rows
+
+
+def _inputs(model: Any, dataset: str, args: argparse.Namespace, sequence: bool) -> Any:
+    """The faithfulness inputs of the checkpoint's family."""
+    import bilens
+
+    if sequence:
+        return _lm_inputs(model, dataset, args)
+    n = 512 if args.n is None else args.n
+    data = bilens.load_dataset(dataset, args.split)          # --n capped at the split
+    if n < len(data):
+        data = bilens.load_dataset(dataset, args.split, n=n, seed=args.seed)
+    if data.d_in != model.config.d_in:
+        raise BilensError(f"--dataset: {dataset} inputs have width {data.d_in} but the "
+                          f"model expects {model.config.d_in}; pass the dataset it was trained on")
+    return data.x
 
 
 def _ints(text: str | None, flag: str) -> list[int] | None:
@@ -81,8 +130,12 @@ def run(args: argparse.Namespace) -> int:
 
     model = bilens.load(args.checkpoint)
     cfg = model.config
+    sequence = isinstance(model, bilens.BilinearTransformer)
     target = _targets(args.target)
-    resolve_targets(target, cfg.n_out)                  # every bad input fails before any work
+    if sequence and target is None and args.target:
+        target = "all"
+    resolve_targets(target, cfg.vocab_size if sequence else cfg.n_out,   # every bad input
+                    getattr(model, "tokenizer", None), sequence)           # fails before work
     resolve_layers(layers, cfg.n_layers)
     check_ks(ks, cfg.d_model)
     dataset = args.dataset or getattr(model, "metadata", {}).get("dataset")
@@ -90,13 +143,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_faithfulness and dataset is None:
         print("no dataset recorded in the checkpoint (pass --dataset): faithfulness skipped")
     elif not args.no_faithfulness:
-        data = bilens.load_dataset(dataset, args.split)          # --n capped at the split
-        if args.n < len(data):
-            data = bilens.load_dataset(dataset, args.split, n=args.n, seed=args.seed)
-        if data.d_in != cfg.d_in:
-            raise BilensError(f"--dataset: {dataset} inputs have width {data.d_in} but the "
-                              f"model expects {cfg.d_in}; pass the dataset it was trained on")
-        x = data.x
+        x = _inputs(model, dataset, args, sequence)
     start = time.perf_counter()
     dec = decompose(model, target=target, layers=layers, inputs=x, ks=ks,
                     baseline=args.baseline, stability_n=args.stability_n)
@@ -105,12 +152,21 @@ def run(args: argparse.Namespace) -> int:
         dec.faithfulness.update(dataset=dataset, split=args.split, seed=args.seed)
     with atomic_dir(args.out) as tmp:
         dec.write(tmp)
+        if dec.tokens is not None:
+            from bilens.report.decomposition import token_table
+
+            (tmp / "tokens.md").write_text(token_table(dec.tokens) + "\n")
         if not args.no_plots:
             from bilens.report.decomposition import write_figures
 
             write_figures(dec, tmp, model=model, dataset=dataset)
     print(table(dec))
+    if dec.tokens is not None:
+        from bilens.report.decomposition import token_table
+
+        print("\n" + token_table(dec.tokens, vectors=2))
     print(f"\nwrote {args.out}/ (decomposition.safetensors, decomposition.json"
+          f"{', tokens.md' if dec.tokens is not None else ''}"
           f"{'' if args.no_plots else ', PNGs'}); decomposed in {seconds:.2f} s")
     return 0
 

@@ -10,7 +10,9 @@
   network's target under the rank-k truncation, frozen and with every norm live
 - `faithfulness_compare.png` (`plot_faithfulness_compare`): none / rms / layer side by side
 
-`decomposition_html(summary, pngs)` returns the report's section for one configuration.
+`token_table(tokens)` renders a language model's token alignment (`Decomposition.tokens`)
+as a Markdown table. `decomposition_html(summary, pngs)` returns the report's section for
+one configuration.
 
 Example:
     >>> paths = write_figures(dec, Path("out"), model=model, dataset="digits")  # doctest: +SKIP
@@ -207,7 +209,7 @@ def render_figures(dec: Decomposition, model: Any = None,
     if model is not None:
         from bilens.analysis.direct_path import direct_path
 
-        shape = image_shape(dataset, model.config.d_in)
+        shape = image_shape(dataset, getattr(model.config, "d_in", 0))
         if shape is not None:
             path = direct_path(model)
             for l in dec.layers:
@@ -216,6 +218,26 @@ def render_figures(dec: Decomposition, model: Any = None,
     if dec.faithfulness:
         pngs["faithfulness.png"] = plot_faithfulness(dec.faithfulness)
     return pngs
+
+
+def _cell(ends: list[dict[str, Any]]) -> str:
+    return " ".join(f"`{e['token']!r}` {e['score']:.2f}".replace("|", "\\|") for e in ends)
+
+
+def token_table(tokens: dict[str, Any], vectors: int | None = None) -> str:
+    """A Markdown table of the tokens each top eigenvector aligns with (`token_alignment`'s
+    dict, `decomposition.json`'s `tokens`): per layer, target and eigenvector, its
+    eigenvalue and its two ends (top tokens by `v . M E[token]`, positive and negative);
+    `vectors` keeps that many eigenvectors per layer and target (all when None)."""
+    lines = ["| layer | target | i | eigenvalue | top + tokens (score) | top - tokens (score) |",
+             "|---|---|---|---|---|---|"]
+    for l, rows in tokens["layers"].items():
+        for row in rows:
+            if vectors is not None and row["rank"] >= vectors:
+                continue
+            lines.append(f"| {l} | {row['target']} | {row['rank']} | {row['eigenvalue']:.3g} | "
+                         f"{_cell(row['positive'])} | {_cell(row['negative'])} |")
+    return "\n".join(lines)
 
 
 def write_figures(dec: Decomposition, directory: str | Path, model: Any = None,
