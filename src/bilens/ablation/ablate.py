@@ -1,4 +1,4 @@
-"""Exhaustive ablation, fast and exact: every selected channel of every input (SPEC §3).
+"""Exhaustive ablation, fast and exact: every selected channel of every input (docs/spec.md §3).
 
 It reuses the clean prefix, propagates the *perturbation* (difference from the clean run)
 through the suffix in closed form where it can (the private `_engine`), batches many

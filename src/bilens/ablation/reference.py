@@ -1,4 +1,4 @@
-"""The plain references of SPEC §3: one rerun of the network per ablation.
+"""The plain references of docs/spec.md §3: one rerun of the network per ablation.
 
     actual(x, l, k) = f(x | z_{l,k} := b) - f(x)
 

@@ -3,7 +3,7 @@
 `sequence_ablation_effects_loop` ablates each node `(l, t, k)` by rerunning
 `BilinearTransformer.run` with a patch (and the clean statistics or patterns passed as an
 `Intervention` when they are held) and subtracting the clean target: slow, and only as
-accurate as a difference of two logits, but written straight from SPEC §9. The tests hold
+accurate as a difference of two logits, but written straight from docs/spec.md §9. The tests hold
 `sequence_ablation_effects` equal to it; `joint_sequence_ablation_effect` ablates a set of
 nodes together (the circuit faithfulness of `verify`).
 """

@@ -1,4 +1,4 @@
-"""Every node of the bilinear transformer really ablated (SPEC §9, ablation): the oracle.
+"""Every node of the bilinear transformer really ablated (docs/spec.md §9, ablation): the oracle.
 
     actual(l, t, k) = f(x | z_l[t, k] := b) - f(x)
 

@@ -1,4 +1,4 @@
-"""Weight-based decomposition of bilinear layers (SPEC §10; Pearce, Dooms et al., "Bilinear
+"""Weight-based decomposition of bilinear layers (docs/spec.md §10; Pearce, Dooms et al., "Bilinear
 MLPs enable weight-based mechanistic interpretability").
 
 Layer `l`'s contribution to a read-out direction `w` of the residual is a quadratic form of
@@ -75,7 +75,7 @@ class Decomposition:
         return (proj.square() * lam[:, None, :k]).sum(-1)
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """SPEC §10's tensors: `direction.{l}`, `eigenvalues.{l}`, `eigenvectors.{l}`."""
+        """docs/spec.md §10's tensors: `direction.{l}`, `eigenvalues.{l}`, `eigenvectors.{l}`."""
         out: dict[str, Tensor] = {}
         for l in self.layers:
             out[f"direction.{l}"] = self.direction[l]
@@ -89,7 +89,7 @@ class Decomposition:
                 "layers": list(self.layers),
                 "targets": [{"spec": s, "direction": d.tolist()}
                             for s, d in zip(self.targets, self.target_directions, strict=True)],
-                "coordinates": "u, the input of each bilinear layer (SPEC §10)",
+                "coordinates": "u, the input of each bilinear layer (docs/spec.md §10)",
                 "sorted_by": "|eigenvalue|, descending",
                 "model": self.config, "faithfulness": self.faithfulness,
                 **({} if self.tokens is None else {"tokens": self.tokens})}
@@ -213,7 +213,7 @@ def decompose(
     """Each layer's interaction matrix `Q_l(w)` for each target, and its eigendecomposition.
 
     Args:
-        model: a `BilinearNet` (SPEC §1) or a `BilinearTransformer` (SPEC §9).
+        model: a `BilinearNet` (docs/spec.md §1) or a `BilinearTransformer` (docs/spec.md §9).
         target: `"class:C"`, `"diff:C1,C2"`, an int, a direction `[n_out]`, a list of these,
             or None / `"all"` for every class (the default). For a transformer the classes
             are token ids, `"token:STR"` names a token through `model.tokenizer`, and a

@@ -4,18 +4,18 @@ A bilinear layer's output `D_l z_l` reaches the logits along the **direct path**
 additions only, every norm's statistics frozen, later bilinear layers not reading it) as
 one linear map, `logits = W M_last ... M_first (D_l z_l) / prod s`, where each norm on the
 way is `M = diag(gamma) P` (LayerNorm's centering `P = I - 11^T/d`, the identity for RMS)
-and a per-input scalar `1/s` (SPEC §10). Pulling a target `c . logits` back through it with
+and a per-input scalar `1/s` (docs/spec.md §10). Pulling a target `c . logits` back through it with
 every `s = 1` gives the read-out direction `w = M_first^T ... M_last^T W^T c`, and the
 product of the `1/s` is the input's **statistic factor**.
 
-Which norms are on the path depends on the layout (SPEC §1):
+Which norms are on the path depends on the layout (docs/spec.md §1):
 
 - post-norm: layer `l` writes into `r_l`, which passes norms `l, l+1, ..., n_layers - 1`;
 - pre-norm: every layer writes into the residual, which passes only the final norm.
 
 `DirectPath` is what `bilens.analysis.decompose` needs from a model family; the MLP family
-of SPEC §1 implements it here (`MLPDirectPath`); the transformer of SPEC §9 implements the
-same methods per position, skipping attention on the direct path
+of docs/spec.md §1 implements it here (`MLPDirectPath`); the transformer of §9 implements
+the same methods per position, skipping attention on the direct path
 (`bilens.analysis.transformer_path.TransformerDirectPath`); `direct_path` dispatches.
 """
 
@@ -78,7 +78,7 @@ class DirectPath(Protocol):
 
 
 class MLPDirectPath:
-    """The direct path of the residual MLP network of SPEC §1."""
+    """The direct path of the residual MLP network of docs/spec.md §1."""
 
     def __init__(self, model: BilinearNet):
         if model.dtype != torch.float64:                 # a float64 copy: exact eigenvectors
@@ -134,8 +134,8 @@ class MLPDirectPath:
 
 
 def direct_path(model: object) -> DirectPath:
-    """The `DirectPath` of a model (SPEC §1's MLP network or SPEC §9's transformer), over a
-    float64 copy of the model unless it is float64 already.
+    """The `DirectPath` of a model (docs/spec.md §1's MLP network or §9's transformer), over
+    a float64 copy of the model unless it is float64 already.
 
     Args:
         model: a `BilinearNet` or a `BilinearTransformer`.
@@ -151,7 +151,7 @@ def direct_path(model: object) -> DirectPath:
         from bilens.analysis.transformer_path import TransformerDirectPath
 
         return TransformerDirectPath(model)
-    raise BilensError(f"model: decomposition supports the MLP network of SPEC §1 "
-                      f"(bilens.BilinearNet) and the transformer of SPEC §9 "
+    raise BilensError(f"model: decomposition supports the MLP network of docs/spec.md §1 "
+                      f"(bilens.BilinearNet) and the transformer of docs/spec.md §9 "
                       f"(bilens.BilinearTransformer), got {type(model).__name__}; "
                       f"load a checkpoint with bilens.load(DIR)")

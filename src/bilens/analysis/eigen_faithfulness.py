@@ -1,7 +1,7 @@
 """How faithful a weight-based decomposition is on data, in the real network.
 
 Per layer `l` and target, with `c_l(x) = factor(x) * u^T Q u` the layer's direct
-contribution (its input's statistic factor times the quadratic form, SPEC §10) and
+contribution (its input's statistic factor times the quadratic form, docs/spec.md §10) and
 `c_l^k(x) = factor(x) * sum_{i<k} lambda_i (v_i . u)^2` its top-k truncation:
 
 - `recon_ne[k] = sum_x |c_l^k - c_l| / sum_x |c_l|`: how much of the direct contribution

@@ -1,4 +1,4 @@
-"""The interaction matrix of a bilinear layer and its sorted eigendecomposition (SPEC §10).
+"""The interaction matrix of a bilinear layer and its sorted eigendecomposition (docs/spec.md §10).
 
     Q(w) = sym(L^T diag(D^T w) R),   sym(A) = (A + A^T) / 2,   w . D z = u^T Q(w) u
 

@@ -1,4 +1,4 @@
-"""Weight-based decomposition of a language model (SPEC §9-§10): faithfulness on token
+"""Weight-based decomposition of a language model (docs/spec.md §9-§10): faithfulness on token
 sequences and the tokens each eigenvector aligns with.
 
 Every (sequence, position) is one input: its `u` is the MLP's input at that position and

@@ -1,4 +1,4 @@
-"""How far predicted effects lie from actual ones (SPEC §5).
+"""How far predicted effects lie from actual ones (docs/spec.md §5).
 
 With `p` predicted and `a` actual effects of the same channels (any matching shapes;
 NaN in either marks a pair that was not measured and is ignored):
@@ -16,7 +16,7 @@ every actual effect is 0 (there is no channel that matters, so none can be found
 
 `evaluate` reports them overall, per layer and per input; `error_decomposition` splits
 the total error `a - p` into norm drift `a - a_frozen_norm` and gating interference
-`a_frozen_norm - p` (SPEC §3).
+`a_frozen_norm - p` (docs/spec.md §3).
 
 Example:
     >>> p = torch.tensor([1.0, 2.0, -3.0]); a = torch.tensor([1.0, 1.0, -2.0])
@@ -119,7 +119,7 @@ def topk_recall(
 def metric_set(
     p: Float[Tensor, "batch ..."], a: Float[Tensor, "batch ..."], ks: Sequence[int] = DEFAULT_KS
 ) -> dict[str, float]:
-    """All SPEC §5 metrics for one group of pairs (leading axis = inputs, for top-k).
+    """All docs/spec.md §5 metrics for one group of pairs (leading axis = inputs, for top-k).
 
     Returns:
         `{"n", "normalized_error", "pearson", "spearman", "recall@k"..., "sign_agreement"}`.
@@ -139,7 +139,7 @@ def evaluate(
     a: Float[Tensor, "batch layer hidden"],
     ks: Sequence[int] = DEFAULT_KS,
 ) -> dict[str, Any]:
-    """SPEC §5 metrics overall, per layer and per input.
+    """docs/spec.md §5 metrics overall, per layer and per input.
 
     Args:
         p: predicted effects `[B, L, H]`.

@@ -1,4 +1,4 @@
-"""The direct path of the bilinear transformer of SPEC §9, per position (SPEC §10).
+"""The direct path of the bilinear transformer of docs/spec.md §9, per position (docs/spec.md §10).
 
 Layer `l`'s MLP writes `D_l z_l` into the residual at position `t`; on the direct path it
 reaches the logits at `t` through later residual additions only, skipping every later
@@ -53,7 +53,7 @@ class FlatRun:
 
 
 class TransformerDirectPath:
-    """The `DirectPath` (`bilens.analysis.direct_path`) of SPEC §9's transformer."""
+    """The `DirectPath` (`bilens.analysis.direct_path`) of docs/spec.md §9's transformer."""
 
     sequence = True
 

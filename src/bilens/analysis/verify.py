@@ -9,7 +9,7 @@
 3. the norm drift `ds/s` at the ablated layer against the seed's formula,
 4. the faithfulness curve (top-k channels by `|predicted|` ablated together),
 
-and returns a `VerifyResult`: the tensors (SPEC §7 names) and the metrics as a dict, with
+and returns a `VerifyResult`: the tensors (docs/spec.md §7 names) and the metrics as a dict, with
 an atomic `save` of the data files. Its table, summary.md and plots are rendered by
 `bilens.report` (`verify_table`, `plot_verify`, `save_verify`).
 
@@ -154,7 +154,7 @@ def verify(
 def _result(model: BilinearNet, x: Tensor, att: Attribution, b: Tensor, actual: Tensor,
             actual_fn: Tensor, drift: Drift, baselines: BaselineSpec,
             circuit_ks: Sequence[int], ks: Sequence[int]) -> VerifyResult:
-    """The SPEC §7 tensors and the §5 metrics of one verification."""
+    """The docs/spec.md §7 tensors and the §5 metrics of one verification."""
     run, tgt = att.run, att.target
     ablated = torch.isfinite(actual)
     nan = torch.full_like(actual, math.nan)

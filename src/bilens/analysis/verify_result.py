@@ -1,5 +1,5 @@
 """The result of `bilens verify` (MLP networks and sequence models alike): its tensors, its
-metrics, and how they are written and read (SPEC §7, §9)."""
+metrics, and how they are written and read (docs/spec.md §7, §9)."""
 
 from __future__ import annotations
 

@@ -2,10 +2,10 @@
 
 `verify_sequence` runs, on one batch of token sequences and a target read at `p`:
 
-1. the node attribution in each mode (`predicted.<mode>`, SPEC §9),
+1. the node attribution in each mode (`predicted.<mode>`, docs/spec.md §9),
 2. the exact oracle four times: the real network (`actual`), norms held
    (`actual_frozen_norm`), patterns held (`actual_frozen_attn`), both (`actual_frozen_both`),
-3. the SPEC §5 metrics overall, per layer, by the distance `p - t`, per node type (`at_p`,
+3. the docs/spec.md §5 metrics overall, per layer, by the distance `p - t`, per node type (`at_p`,
    the node's own position; `before_p`, reaching the target only through attention),
 4. the error split (docs/lm-verification.md), with `a` actual, `a_n`, `a_a`, `a_b` the
    three held variants and `p_f` the `frozen` prediction:
@@ -90,7 +90,7 @@ def verify_sequence(
         progress: progress bars.
 
     Returns:
-        A `VerifyResult` (tensors named as SPEC §9, metrics as described above).
+        A `VerifyResult` (tensors named as docs/spec.md §9, metrics as described above).
 
     Example:
         >>> r = verify_sequence(model, tokens, target="next", progress=False)  # doctest: +SKIP
@@ -128,7 +128,7 @@ def verify_sequence(
 
 
 def _mode_metrics(p: Tensor, a: Tensor, position: Tensor, ks: Sequence[int]) -> dict[str, Any]:
-    """SPEC §5 overall, per layer, per input; by distance `p - t`; per node type."""
+    """docs/spec.md §5 overall, per layer, per input; by distance `p - t`; per node type."""
     m = evaluate(p, a, ks)
     B, L, T, H = p.shape
     dist = (position[:, None] - torch.arange(T, device=p.device)[None, :])  # [B, T]

@@ -1,4 +1,5 @@
-"""Every channel's predicted ablation effect from one clean forward and one backward (SPEC §4).
+"""Every channel's predicted ablation effect from one clean forward and one backward
+(docs/spec.md §4).
 
     predicted(x, l, k) = (b - z_{l,k}) * g_{l,k},    g = d f / d z under the linearization
 

@@ -1,4 +1,5 @@
-"""Every node's predicted ablation effect in the bilinear transformer (SPEC §9, attribution).
+"""Every node's predicted ablation effect in the bilinear transformer (docs/spec.md §9,
+attribution).
 
 A node is `(l, t, k)`, entry `k` of `z_l` at position `t`; the target is read at a position
 `p` per sequence. From one clean forward and one backward pass:

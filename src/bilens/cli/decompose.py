@@ -1,13 +1,13 @@
-"""`bilens decompose`: each bilinear layer's eigenfeatures for a target (SPEC §10).
+"""`bilens decompose`: each bilinear layer's eigenfeatures for a target (docs/spec.md §10).
 
     bilens decompose runs/digits --target class:3 --target diff:3,5 --out out/decomp-digits
 
-writes `OUTDIR/decomposition.safetensors` and `decomposition.json` (SPEC §10), with the
+writes `OUTDIR/decomposition.safetensors` and `decomposition.json` (docs/spec.md §10), with the
 faithfulness measured on `--n` inputs of the checkpoint's dataset, and PNG figures
 (spectrum, eigenvectors as images, faithfulness curves), all at once (a temporary
 directory renamed into place); an existing output is replaced only with `--force`.
 
-A transformer checkpoint (SPEC §9) takes token targets (`class:C` with C a token id,
+A transformer checkpoint (docs/spec.md §9) takes token targets (`class:C` with C a token id,
 `token:STR`, `diff:C1,C2`), measures faithfulness on `--n` held-out sequences of
 `--dataset synthetic-lm|text|FILE` (every position an input), and also writes `tokens.md`,
 the tokens each top eigenvector aligns with (in decomposition.json as well).

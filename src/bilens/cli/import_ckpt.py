@@ -1,4 +1,4 @@
-"""`bilens import SRC --out DIR`: convert a published bilinear transformer into SPEC §9."""
+"""`bilens import SRC --out DIR`: convert a published bilinear transformer into docs/spec.md §9."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from bilens.cli._common import add_force, add_out
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "import", help="convert a published bilinear-transformer checkpoint to SPEC §9",
+        "import", help="convert a published bilinear-transformer checkpoint to docs/spec.md §9",
         description="Convert a published bilinear-transformer directory (HF-style config.json "
-                    "and model.safetensors, as released by Pearce, Dooms et al.) into a SPEC §9 "
-                    "checkpoint, exactly; a tokenizer.json beside it is copied. Gated, biased "
-                    "or non-bilinear models and pickled weights are refused.")
+                    "and model.safetensors, as released by Pearce, Dooms et al.) into a "
+                    "docs/spec.md §9 checkpoint, exactly; a tokenizer.json beside it is copied. "
+                    "Gated, biased or non-bilinear models and pickled weights are refused.")
     p.add_argument("source", metavar="SRC", help="the published checkpoint directory")
     add_out(p, "the new checkpoint directory", metavar="DIR")
     add_force(p, "an existing checkpoint at --out")

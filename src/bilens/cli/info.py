@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
 def _print_transformer(info: dict) -> None:
     loss = info["val_loss"]
     base = info["metadata"].get("baselines", {})
-    print("kind: transformer (SPEC §9)")
+    print("kind: transformer (docs/spec.md §9)")
     print(f"tokenizer: {info['tokenizer'] or 'none (token ids only)'}")
     if loss is None:
         print("val_loss: (not recorded)")

@@ -1,4 +1,4 @@
-"""`bilens train --kind transformer`: train a bilinear transformer (SPEC §9) and write its
+"""`bilens train --kind transformer`: train a bilinear transformer (docs/spec.md §9) and write its
 checkpoint (config.json, model.safetensors, tokenizer.json) atomically."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """`bilens verify DIR` for a sequence model (a checkpoint whose `config.json` says
-`kind: "transformer"`): every node's attribution against the exact oracle (SPEC §9).
+`kind: "transformer"`): every node's attribution against the exact oracle (docs/spec.md §9).
 
     bilens verify runs/lm --tokens tokens.safetensors --n 16 --seq-len 32 --target next \\
         --modes frozen,frozen-norm,live,renorm --out out/verify-lm
@@ -21,7 +21,7 @@ from bilens.core.errors import BilensError
 
 
 def is_sequence_checkpoint(directory: str) -> bool:
-    """True when `DIR/config.json` names the transformer kind (SPEC §9)."""
+    """True when `DIR/config.json` names the transformer kind (docs/spec.md §9)."""
     path = Path(directory) / "config.json"
     try:
         return json.loads(path.read_text()).get("kind") == "transformer"
@@ -31,7 +31,7 @@ def is_sequence_checkpoint(directory: str) -> bool:
 
 def load_transformer(directory: str, float64: bool):
     """The checkpoint's `BilinearTransformer`: through `bilens.load` when it reads this kind,
-    else straight from `config.json` and `model.safetensors` (SPEC §9 tensor names)."""
+    else straight from `config.json` and `model.safetensors` (docs/spec.md §9 tensor names)."""
     import torch
     from safetensors.torch import load_file
 
@@ -52,7 +52,8 @@ def load_transformer(directory: str, float64: bool):
     tensors = load_file(str(root / "model.safetensors"))
     missing = sorted(set(model.state_dict()) - set(tensors))
     if missing:
-        raise BilensError(f"checkpoint: {directory!r} lacks {missing[:3]}... (SPEC §9 names)")
+        raise BilensError(f"checkpoint: {directory!r} lacks {missing[:3]}... (docs/spec.md "
+                          f"§9 names)")
     model.load_state_dict(tensors, strict=True)
     model.metadata = {k: v for k, v in raw.items() if k not in TransformerConfig.__annotations__}
     return model.to(dtype or torch.float32).eval()

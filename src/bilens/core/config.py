@@ -66,7 +66,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TransformerConfig:
-    """Shape, normalization and attention of the bilinear transformer (SPEC §9).
+    """Shape, normalization and attention of the bilinear transformer (docs/spec.md §9).
 
     Args:
         vocab_size: tokens in the vocabulary (the logits' width).
@@ -127,12 +127,12 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TransformerConfig:
-        """Build from a `config.json` dict (SPEC §9); metadata keys are ignored."""
+        """Build from a `config.json` dict (docs/spec.md §9); metadata keys are ignored."""
         names = {f.name for f in fields(cls)}
         required = {"vocab_size", "n_ctx", "d_model", "d_hidden", "n_layers", "n_heads", "norm",
                     "norm_position", "eps"}
         missing = sorted(required - data.keys())
         if missing:
-            raise BilensError(f"config.json: missing {missing}; SPEC §9 requires "
+            raise BilensError(f"config.json: missing {missing}; docs/spec.md §9 requires "
                               f"{', '.join(sorted(required))}")
         return cls(**{k: v for k, v in data.items() if k in names})

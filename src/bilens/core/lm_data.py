@@ -1,4 +1,4 @@
-"""Token data for the bilinear transformer (SPEC §9), all offline.
+"""Token data for the bilinear transformer (docs/spec.md §9), all offline.
 
 | name           | source                                              | tokenizer        |
 | -------------- | --------------------------------------------------- | ---------------- |

@@ -1,10 +1,10 @@
-"""Import of the published bilinear transformers (Pearce, Dooms et al.) into SPEC §9.
+"""Import of the published bilinear transformers (Pearce, Dooms et al.) into docs/spec.md §9.
 
 Their directory holds an HF-style `config.json` (`n_head, n_layer, n_ctx, d_model,
 d_hidden, bilinear, gate, bias, normalization, tokenizer`), `model.safetensors`, and often a
 `tokenizer.json`. Their tensors, and where each goes:
 
-| theirs | shape | SPEC §9 |
+| theirs | shape | docs/spec.md §9 |
 | --- | --- | --- |
 | `transformer.wte.weight` | `[vocab, d]` | `embed.weight` |
 | `transformer.h.{l}.attn.qkv.weight` | `[3d, d]` | `layers.{l}.attn.{q,k,v}.weight` * |
@@ -72,9 +72,9 @@ def read_published(src: str | os.PathLike) -> tuple[dict[str, Any], dict[str, to
                           f"bilinear-transformer checkpoint?")
     if cfg.get("gate") is not None:
         raise BilensError(f"import: config.json has gate={cfg['gate']!r}; a gated MLP is not "
-                          f"a bilinear layer of SPEC §9, only gate null can be imported")
+                          f"a bilinear layer of docs/spec.md §9, only gate null can be imported")
     if cfg.get("bias", False):
-        raise BilensError("import: config.json has bias=true; SPEC §9 has no biases, only "
+        raise BilensError("import: config.json has bias=true; docs/spec.md §9 has no biases, only "
                           "checkpoints trained with bias=false can be imported")
     if cfg.get("bilinear", True) is not True:
         raise BilensError(f"import: config.json has bilinear={cfg.get('bilinear')!r}; only "
@@ -90,8 +90,8 @@ def read_published(src: str | os.PathLike) -> tuple[dict[str, Any], dict[str, to
                           ) from err
     biases = sorted(k for k in tensors if k.endswith(".bias"))
     if biases:
-        raise BilensError(f"import: model.safetensors holds biases ({biases[:3]}...); SPEC §9 "
-                          f"has none, so this checkpoint cannot be represented")
+        raise BilensError(f"import: model.safetensors holds biases ({biases[:3]}...); "
+                          f"docs/spec.md §9 has none, so this checkpoint cannot be represented")
     return cfg, tensors
 
 

@@ -1,4 +1,4 @@
-"""Targets and baselines of the sequence model (SPEC §9): §2 and §3 with a position.
+"""Targets and baselines of the sequence model (docs/spec.md §9): §2 and §3 with a position.
 
 A `SequenceTarget` is the scalar `f` per sequence, read off the logits at a target position
 `p` (default the last):
@@ -76,7 +76,7 @@ class SequenceTarget:
                               self.spec)
 
     def to_tensors(self) -> dict[str, Tensor]:
-        """SPEC §9: `target_position [N]` and `target [N, vocab]` or `label [N]`
+        """docs/spec.md §9: `target_position [N]` and `target [N, vocab]` or `label [N]`
         (`label [N, T]`, the next token at every position, for `mean-logprob`)."""
         out = {"target_position": self.position}
         if self.target is None:

@@ -1,4 +1,4 @@
-"""`synthetic-lm`: token sequences with known structure, for the sequence model (SPEC §9).
+"""`synthetic-lm`: token sequences with known structure, for the sequence model (docs/spec.md §9).
 
 Vocabulary (64 ids, fixed rules drawn once from `RULE_SEED`):
 

@@ -1,5 +1,5 @@
 """`TokenData`: a tokenized sequence dataset split once into training and held-out rows
-(SPEC §9). Built by `bilens.core.lm_data.load_lm_data`."""
+(docs/spec.md §9). Built by `bilens.core.lm_data.load_lm_data`."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The byte-level BPE of the sequence model (SPEC §9), through the `tokenizers` library.
+"""The byte-level BPE of the sequence model (docs/spec.md §9), through the `tokenizers` library.
 
 A tokenizer is trained once on the training split, saved as `tokenizer.json` (the library's
 own format) inside the checkpoint, and attached to a loaded model as `model.tokenizer`.

@@ -5,7 +5,7 @@ hard-coded. A verdict is `holds`, `partly`, `fails`, or `not measured` (the expe
 tests it was not run). Thresholds, all in one place:
 
 - a point estimate "~X" *matches* a measurement within a factor `FACTOR` (2) either way;
-- "small" attribution error means a normalized error (NE, SPEC §5) at most `SMALL_NE` (5%),
+- "small" attribution error means a normalized error (NE, docs/spec.md §5) at most `SMALL_NE` (5%),
   "tolerable" at most `TOLERABLE_NE` (15%);
 - "X shrinks with Y" means a Spearman rank correlation of at least `TREND` (0.7) in the
   claimed direction over the sweep's points, *and* the last point below the first;

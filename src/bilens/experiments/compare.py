@@ -106,7 +106,7 @@ class Runner:
         force: retrain and re-verify even when a cached result exists.
         device: `"auto"`, `"cpu"`, `"cuda"`, ... for training and verification.
         n_verify: test inputs verified per model (every channel of every layer is ablated).
-        target: what the attributions explain (SPEC §2), resolved on each clean run.
+        target: what the attributions explain (docs/spec.md §2), resolved on each clean run.
         log: where progress lines go (default `print`).
     """
 
@@ -302,7 +302,7 @@ def compare(dataset: str = "digits", seeds: int = 1, out: str | os.PathLike | No
         force: retrain and re-verify even if cached.
         cache_dir: where models are cached (default `out/models`, else `runs/cache`).
         spec: the base spec (default `preset_spec(dataset, epochs)`).
-        target: what the attributions explain (SPEC §2 spec string); every model is also
+        target: what the attributions explain (docs/spec.md §2 spec string); every model is also
             verified for each target of `stats.EXTRA_TARGETS` (the margin), under `row[t]`
             and in the table as `<t>.<mode>.ne`.
         first_seed: the first seed (to split the seeds of one table over processes).

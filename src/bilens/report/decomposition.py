@@ -267,7 +267,7 @@ def decomposition_html(summary: dict[str, Any], pngs: dict[str, bytes],
     parts = [f"<section class='decomposition'><h2>{e(title)}</h2>",
              f"<p>Targets: {e(', '.join(t['spec'] for t in summary['targets']))}; layers "
              f"{e(str(summary['layers']))}; eigenvectors of <code>Q = sym(L^T diag(D^T w) R)"
-             f"</code> with the norms folded into <code>w</code> (SPEC §10).</p>"]
+             f"</code> with the norms folded into <code>w</code> (docs/spec.md §10).</p>"]
     if faith:
         ks = [k for k in (1, 4, 16) if k in faith["ks"]]
         head = "".join(f"<th>missed, k={k}</th>" for k in ks)

@@ -215,8 +215,9 @@ def _accuracy_table(modes: dict[str, Any]) -> str:
         groups += [(str(l), s, d) for l, (s, d) in
                    enumerate(zip(m["per_layer"], m["decomposition"]["per_layer"], strict=True))]
         for name, s, d in groups:
-            # The split of SPEC §3 explains the frozen linearization's error; a prediction that
-            # already carries the drift's first-order term (live, renorm) has no such split.
+            # The split of docs/spec.md §3 explains the frozen linearization's error; a
+            # prediction that already carries the drift's first-order term (live, renorm) has
+            # no such split.
             split = ([pct_cell(d[k]) for k in ("drift_ne", "gating_ne", "drift_share")]
                      if mode == "frozen" else ["-", "-", "-"])
             rows.append([f"{mode} {name}", pct_cell(s["normalized_error"]), s["pearson"],

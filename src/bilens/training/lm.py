@@ -1,4 +1,4 @@
-"""Training the bilinear transformer (SPEC §9): next-token cross-entropy, AdamW with linear
+"""Training the bilinear transformer (docs/spec.md §9): next-token cross-entropy, AdamW with linear
 warmup and cosine decay, gradient clipping, seeded and deterministic on the CPU, CUDA with
 optional bf16 autocast.
 

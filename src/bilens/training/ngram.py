@@ -1,5 +1,5 @@
 """The baselines every language-model result is shown against: a unigram and a bigram
-model fitted by counting on the same training split (SPEC §9).
+model fitted by counting on the same training split (docs/spec.md §9).
 
     unigram:  p(b)     = (c(b) + 1) / (N + V)                         (add-one)
     bigram:   p(b | a) = (c(a, b) + beta p(b)) / (c(a) + beta)        (interpolated with the

@@ -1,1 +1,1 @@
-"""The model families. `mlp`: the bilinear residual network of SPEC §1."""
+"""The model families. `mlp`: the bilinear residual network of docs/spec.md §1."""

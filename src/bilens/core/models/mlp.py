@@ -1,4 +1,4 @@
-"""The bilinear residual network of SPEC §1, written as the SPEC writes it.
+"""The bilinear residual network of docs/spec.md §1, written as the SPEC writes it.
 
     h0 = E x
     post-norm: u = h;        z = (L u) * (R u);  r = h + D z;  h <- N_l(r)      logits = W h

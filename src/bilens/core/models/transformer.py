@@ -1,4 +1,4 @@
-"""The bilinear transformer of SPEC §9, written as the SPEC writes it.
+"""The bilinear transformer of docs/spec.md §9, written as the SPEC writes it.
 
     h = E[x_t]
     pre-norm, per layer l:   a = N_{l,attn}(h);  h <- h + alpha * Attn_l(a)
