@@ -151,6 +151,8 @@ def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData
         raise BilensError(f"model_config.n_ctx={model_config.n_ctx} but the data's rows read "
                           f"{seq_len} tokens; raise n_ctx or shorten --seq-len")
     device = resolve_device(tc.device)
+    if distributed.world().active and device.type == "cuda" and device.index is None:
+        device = distributed.device()                         # this rank's GPU, LOCAL_RANK
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
