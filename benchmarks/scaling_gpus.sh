@@ -6,7 +6,7 @@
 # Steps (STEPS, comma list): ablation (MLP exhaustive ablation, strong scaling), verify
 # (bilens verify end to end under torchrun, one vs N ranks, tensors compared), lm (node
 # ablation of the language model: needs LM_CKPT, a SPEC §9 checkpoint), ddp (DDP training
-# weak scaling: needs `bilens train --kind transformer` under torchrun).
+# weak scaling: `bilens train --kind transformer` under torchrun, 64 rows per GPU).
 # GPUS: the world sizes (default 1,2,4,8; drop those the host lacks). OUT: results folder.
 # A dry run of the first two steps on a CPU (gloo):
 #   DEVICE=cpu GPUS=1,2 N=256 N_VERIFY=64 ABL_EXTRA="--d-model 64 --d-hidden 128" \
@@ -77,6 +77,7 @@ if has ddp; then        # DDP weak scaling: the same per-GPU batch on 1, 2, 4, 8
   for g in ${GPUS//,/ }; do
     timeout 600 $TORCHRUN --nproc-per-node "$g" -m bilens -- train --kind transformer \
         --dataset synthetic-lm --layers 4 --d-model 256 --d-hidden 1024 --heads 4 \
-        --seq-len 256 --steps 200 --seed 0 --out "$OUT/ddp-$g" 2>&1 | tail -3 | tee -a "$OUT/ddp.log"
+        --seq-len 256 --steps 200 --batch-size $((64 * g)) --seed 0 --no-progress \
+        --out "$OUT/ddp-$g" 2>&1 | tail -3 | tee -a "$OUT/ddp.log"
   done
 fi

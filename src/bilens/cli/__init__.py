@@ -12,7 +12,8 @@ import traceback
 
 COMMANDS = ("train", "info", "attribute", "verify", "compare", "sweep", "demo", "bench",
             "decompose", "sample", "import")
-DISTRIBUTED = ("verify",)      # the commands that split their work under torchrun
+DISTRIBUTED = ("verify", "train")   # the commands that split their work under torchrun
+DISTRIBUTED_KINDS = {"train": ("transformer",)}     # ... when their --kind is one of these
 _MODULES = {"import": "import_ckpt"}          # a command whose module name differs
 
 
@@ -96,21 +97,29 @@ def _run(args: argparse.Namespace) -> int:
     """Run the command; under torchrun in a process group, any error reaches every rank."""
     from bilens.core import distributed
 
-    _check_launch(args.command)
+    _check_launch(args.command, getattr(args, "kind", None))
     distributed.init_if_launched()
     with distributed.guard():
         return int(args.func(args) or 0)
 
 
-def _check_launch(command: str) -> None:
+def _check_launch(command: str, kind: str | None = None) -> None:
     """Refuse to run a command that does not split its work as several processes (each
-    would do all of it, and write the same files)."""
+    would do all of it, and write the same files): only `verify` and `train --kind
+    transformer` (DDP) run under torchrun."""
     from bilens.core import distributed
     from bilens.core.errors import BilensError
 
-    if distributed.launched() and command not in DISTRIBUTED:
-        raise BilensError(f"{command} runs as one process; under torchrun only "
-                          f"{', '.join(DISTRIBUTED)} splits its work (run `python -m bilens "
+    if not distributed.launched():
+        return
+    if command not in DISTRIBUTED:
+        raise BilensError(f"{command} runs as one process; under torchrun only verify and "
+                          f"train --kind transformer split their work (run `python -m bilens "
+                          f"{command} ...` instead)")
+    kinds = DISTRIBUTED_KINDS.get(command)
+    if kinds is not None and kind not in kinds:
+        raise BilensError(f"{command} --kind {kind} runs as one process; under torchrun only "
+                          f"--kind {', '.join(kinds)} trains with DDP (run `python -m bilens "
                           f"{command} ...` instead)")
 
 

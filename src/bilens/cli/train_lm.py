@@ -1,5 +1,6 @@
-"""`bilens train --kind transformer`: train a bilinear transformer (docs/spec.md §9) and write its
-checkpoint (config.json, model.safetensors, tokenizer.json) atomically."""
+"""`bilens train --kind transformer`: train a bilinear transformer (docs/spec.md §9) and
+write its checkpoint (config.json, model.safetensors, tokenizer.json) atomically. Under
+torchrun it trains with DDP (docs/distributed.md); rank 0 alone evaluates, writes and prints."""
 
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_lm(args: argparse.Namespace) -> int:
 
+    from bilens.core import distributed
     from bilens.core.checkpoint import check_replaceable, save
     from bilens.core.config import TransformerConfig
     from bilens.core.lm_data import load_lm_data
@@ -53,7 +55,12 @@ def run_lm(args: argparse.Namespace) -> int:
         d_hidden=args.d_hidden, n_layers=args.layers, n_heads=args.heads, norm=args.norm,
         norm_position=args.position or "pre", eps=args.eps, attn_scale=args.attn_scale)
     result = train_lm(config, tc, data, progress=not args.no_progress)
-    save(result.model, out, result.metadata, overwrite=args.force)
+    distributed.agree()                             # every rank trained; rank 0 writes
+    if distributed.is_main():
+        save(result.model, out, result.metadata, overwrite=args.force)
+    distributed.agree()                             # the others wait for the checkpoint
+    if not distributed.is_main():
+        return 0
     base = result.baselines
     print(f"held-out loss {result.val_loss:.4f} nats (perplexity {result.perplexity:.2f}); "
           f"unigram {base['unigram']:.4f}, bigram {base['bigram']:.4f}; "

@@ -7,6 +7,11 @@ optional bf16 autocast.
 At the end: held-out cross-entropy (`val_loss`, nats) and perplexity `exp(val_loss)`, the
 unigram and bigram baselines on the same held-out positions, next-token accuracy, and on
 `synthetic-lm` the accuracy on each rule's predictable positions.
+
+Under `torchrun` (a process group of several ranks, docs/distributed.md) the model is wrapped
+in `DistributedDataParallel`: every rank draws the same global batch with the same seeded
+generator, takes its contiguous slice, and weights its loss so that DDP's gradient average is
+the one-process gradient of the global batch's mean loss. Rank 0 alone evaluates.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Int
 from torch import Tensor
 
+from bilens.core import distributed
 from bilens.core.config import TransformerConfig
 from bilens.core.errors import BilensError, check_fields
 from bilens.core.models.transformer import BilinearTransformer, check_tokens
@@ -128,6 +134,9 @@ def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData
         baselines: `ngram_losses(data.train, data.test, vocab_size)` when already computed
             (a sweep over one dataset); None computes them.
 
+    Under a process group of several ranks (torchrun) the steps run as DDP (module
+    docstring); rank 0 alone evaluates, the other ranks return NaN scores and no baselines.
+
     Example:
         >>> data = load_lm_data("synthetic-lm", seq_len=32)                 # doctest: +SKIP
         >>> cfg = TransformerConfig(vocab_size=64, n_ctx=32, d_model=64, d_hidden=128,
@@ -142,6 +151,8 @@ def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData
         raise BilensError(f"model_config.n_ctx={model_config.n_ctx} but the data's rows read "
                           f"{seq_len} tokens; raise n_ctx or shorten --seq-len")
     device = resolve_device(tc.device)
+    if distributed.world().active and device.type == "cuda" and device.index is None:
+        device = distributed.device()                         # this rank's GPU, LOCAL_RANK
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(tc.seed)
@@ -150,9 +161,14 @@ def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData
     history, n_tokens = _loop(model, tc, data, seq_len, device, progress)
     train_time = time.perf_counter() - start
     model.eval()
-    scores = evaluate(model, data.test, data.rules, tc.eval_batch_size)
-    if baselines is None:
-        baselines = ngram_losses(data.train, data.test, model_config.vocab_size)
+    if distributed.is_main():
+        scores = evaluate(model, data.test, data.rules, tc.eval_batch_size)
+        if baselines is None:
+            baselines = ngram_losses(data.train, data.test, model_config.vocab_size)
+    else:                                           # rank 0 evaluates; the others wait
+        nan = float("nan")
+        scores = {"val_loss": nan, "perplexity": nan, "accuracy": nan, "rule_accuracy": {}}
+        baselines = {"unigram": nan, "bigram": nan, "beta": nan}
     wall = time.perf_counter() - start
     model.tokenizer = data.tokenizer
     model.metadata = _metadata(data, tc, device, scores, baselines, wall, n_tokens / train_time,
@@ -166,30 +182,39 @@ def train_lm(model_config: TransformerConfig, tc: LMTrainConfig, data: TokenData
 
 def _loop(model: BilinearTransformer, tc: LMTrainConfig, data: TokenData, seq_len: int,
           device: torch.device, progress: bool) -> tuple[list[dict[str, float]], int]:
-    """The optimizer steps; returns the history (every 100 steps) and tokens seen."""
+    """The optimizer steps; returns the history (every 100 steps) and tokens seen (of the
+    global batches: every rank's). Under a process group, DDP over the ranks (`_step`)."""
+    w = distributed.world()
+    if w.active and tc.batch_size < w.world_size:
+        raise BilensError(f"--batch-size {tc.batch_size} is smaller than the {w.world_size} "
+                          f"ranks; each rank needs at least one row of the global batch")
+    net = (torch.nn.parallel.DistributedDataParallel(model) if w.active else model)
     optimizer = _optimizer(model, tc)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tc.steps, tc.warmup))
     gen = torch.Generator().manual_seed(tc.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16,
                               enabled=tc.bf16 and device.type == "cuda")
-    bar, history, n_tokens, t0 = _progress(tc.steps, progress), [], 0, time.perf_counter()
+    bar = _progress(tc.steps, progress and w.is_main)
+    history, n_tokens, t0 = [], 0, time.perf_counter()
     for step in range(1, tc.steps + 1):
-        rows = data.batch(gen, tc.batch_size, seq_len)
+        rows = data.batch(gen, tc.batch_size, seq_len)          # the global batch, every rank
+        n_tokens += rows[:, 1:].numel()
+        if w.active:
+            rows = torch.tensor_split(rows, w.world_size)[w.rank]
         rows = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda"
                 else rows)                                      # no host sync per step
         with autocast:
-            logits = model(rows[:, :-1])
-        loss = F.cross_entropy(logits.float().flatten(0, 1), rows[:, 1:].flatten())
+            logits = net(rows[:, :-1])
+        loss = _loss(logits, rows[:, 1:], tc.batch_size * seq_len, w)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()                          # DDP: the average over ranks of the grads
         if tc.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
         optimizer.step()
         schedule.step()
-        n_tokens += rows[:, 1:].numel()
         bar.update(1)
         if step % 20 == 0 or step == tc.steps:
-            value = loss.item()
+            value = _global_loss(loss, w)
             if not math.isfinite(value):
                 bar.close()
                 raise BilensError(f"training diverged at step {step} (loss {value}); lower "
@@ -201,6 +226,25 @@ def _loop(model: BilinearTransformer, tc: LMTrainConfig, data: TokenData, seq_le
                                 "seconds": time.perf_counter() - t0})
     bar.close()
     return history, n_tokens
+
+
+def _loss(logits: Tensor, target: Tensor, n_global: int, w: distributed.World) -> Tensor:
+    """The mean next-token loss of the global batch (one process); under DDP this rank's
+    share, `sum over its slice / n_global * world_size`, since DDP averages the gradients."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).flatten(0, 1)
+    if not w.active:
+        return F.cross_entropy(logits, target.flatten())
+    total = F.cross_entropy(logits, target.flatten(), reduction="sum")
+    return total * (w.world_size / n_global)
+
+
+def _global_loss(loss: Tensor, w: distributed.World) -> float:
+    """The global batch's mean loss for the log: every rank's share summed / world_size."""
+    if not w.active:
+        return loss.item()
+    value = loss.detach().double().reshape(1)
+    torch.distributed.all_reduce(value)
+    return value.item() / w.world_size
 
 
 def _metadata(data: TokenData, tc: LMTrainConfig, device: torch.device, scores: dict[str, Any],
@@ -224,6 +268,7 @@ def _metadata(data: TokenData, tc: LMTrainConfig, device: torch.device, scores: 
         "preprocessing": data.preprocessing,
         "n_test_rows": len(data.test),
         "training": {**asdict(tc), "device": str(device)},
+        "world_size": distributed.world().world_size,
         "torch": torch.__version__,
         "history": history,
     }
