@@ -53,7 +53,7 @@ def resolve_baseline(
         return torch.zeros_like(z)
     if isinstance(baseline, str) and baseline == "mean":
         if reference is None:
-            raise BilensError("baseline='mean' needs reference=... (inputs [N, d_in] whose mean "
+            raise BilensError("baselines='mean' needs reference=... (inputs [N, d_in] whose mean "
                               "activation is the baseline, e.g. training inputs)")
         check_inputs(reference, model.config.d_in, "reference")
         ref = reference.to(device=z.device, dtype=z.dtype)
@@ -66,9 +66,9 @@ def resolve_baseline(
         if tuple(b.shape) == shape[1:]:
             b = b.expand(shape)
         if tuple(b.shape) != shape:
-            raise BilensError(f"baseline: a tensor must have shape {list(shape[1:])} or "
+            raise BilensError(f"baselines: a tensor must have shape {list(shape[1:])} or "
                               f"{list(shape)} (z values), got {list(b.shape)}")
         if not torch.isfinite(b).all():
-            raise BilensError("baseline: contains NaN or inf")
+            raise BilensError("baselines: contains NaN or inf")
         return b.clone()
-    raise BilensError(f"baseline: unknown {baseline!r}; expected {BASELINE_HELP}")
+    raise BilensError(f"baselines: unknown {baseline!r}; expected {BASELINE_HELP}")
