@@ -1,7 +1,7 @@
 """Distributed runs on the CPU: two gloo processes must give the one-process result.
 
 - `ablation_effects` split over two ranks equals one process: exactly in float64, to 1e-6
-  in float32, on every rank;
+  in float32, on every rank; so does the transformer's node oracle (float64, exactly);
 - `torchrun --nproc-per-node 2 -m bilens verify` writes the tensors of a one-process run and
   records `world_size` and the split in `metrics.json`;
 - a rank that fails ends the run: non-zero exit, one line naming the rank, no output.
@@ -50,6 +50,21 @@ def _effects(model, x, case: int) -> torch.Tensor:
     return ablation_effects(model, x, memory=MEMORY, frozen_norm=case == 4, **kw)
 
 
+def _sequence_effects() -> torch.Tensor:
+    """The transformer's node oracle on a small float64 model, in many small batches (one
+    channel-chunk per batch), so that the ranks get batches of very uneven cost."""
+    from bilens.ablation import sequence_ablation_effects
+    from bilens.core.config import TransformerConfig
+    from bilens.core.models.transformer import BilinearTransformer
+
+    torch.manual_seed(5)
+    model = BilinearTransformer(TransformerConfig(vocab_size=23, n_ctx=8, d_model=8,
+                                                  d_hidden=12, n_layers=3, n_heads=2,
+                                                  norm="layer")).double().eval()
+    tokens = torch.randint(23, (3, 7), generator=torch.Generator().manual_seed(6))
+    return sequence_ablation_effects(model, tokens, target="next", memory=20 * 2**10)
+
+
 def _worker(rank: int, port: int, outdir: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
@@ -60,6 +75,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         got = {}
         for i, case in enumerate(CASES):
             got[str(i)] = _effects(*_problem(*case), i)
+        got["sequence"] = _sequence_effects()
         split = ablation_split(_problem(*CASES[0])[0], 40, memory=MEMORY)
         torch.save({"effects": got, "split": split}, Path(outdir) / f"rank{rank}.pt")
     finally:
@@ -102,6 +118,10 @@ def test_sharded_ablation_equals_one_process(tmp_path):
                 assert torch.equal(got.nan_to_num(123.0), one.nan_to_num(123.0)), case
             else:
                 torch.testing.assert_close(got, one, rtol=1e-6, atol=0, equal_nan=True)
+    one = _sequence_effects()                       # the transformer's node oracle, float64
+    assert one.isfinite().all() and one.abs().max() > 0
+    for r in ranks:
+        assert torch.equal(r["effects"]["sequence"], one)
     split = ranks[0]["split"]
     assert split["world_size"] == 2 and sum(split["jobs_per_rank"]) == split["jobs"]
     assert split["jobs"] > 8 and split["balance"] > 0.9

@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from bilens.ablation._engine.sequence_plan import SequencePlan
+from bilens.core import distributed
 from bilens.core.errors import BilensError
 from bilens.core.memory import DEFAULT_MEMORY, parse_memory
 from bilens.core.models.transformer import BilinearTransformer
@@ -100,30 +101,69 @@ def sequence_ablation_effects(
 def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_norm: bool,
                     frozen_attn: bool, layers: list[int], memory: str | int,
                     progress: bool) -> Tensor:
-    """`sequence_ablation_effects` on a prepared batch (clean run, target, baselines)."""
+    """`sequence_ablation_effects` on a prepared batch (clean run, target, baselines).
+
+    Under `torchrun` (an active process group) the batches of ablations are split over the
+    ranks by estimated cost, as `bilens.ablation_effects` splits its chunks: each batch is
+    the one-process batch, computed by exactly one rank, and every rank ends with the whole
+    result (docs/distributed.md).
+    """
     B, L, T, H = run.z.shape
     out = torch.full_like(run.z, float("nan"))
     out[:, layers] = 0.0
     plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn)
-    rows_per, ks_per = _chunks(model, B, T, memory)
-    groups = [(l, t) for l in layers for t in range(T)]
+    jobs = _jobs(plan, layers, B, T, H, *_chunks(model, B, T, memory))
+    world = distributed.world()
+    costs = [_cost(job, B, L, T) for job in jobs]
+    shares = ([list(range(len(jobs)))] if not world.active
+              else distributed.assign_lpt(costs, world.world_size))
+    mine = shares[world.rank if world.active else 0]
     bar = None
-    if progress:
+    if progress and world.is_main:
         from tqdm import tqdm
-        bar = tqdm(total=len(groups), desc="node ablation", unit="(l,t)")
-    for l, t in groups:
-        for r0 in range(0, B, rows_per):
-            rows = slice(r0, min(r0 + rows_per, B))
-            if not _reaches(plan, l, t, rows):
-                continue
-            for k0 in range(0, H, ks_per):
-                ks = slice(k0, min(k0 + ks_per, H))
+        bar = tqdm(total=len(mine), desc="node ablation", unit="batch")
+    try:
+        with distributed.guard():        # a failure here reaches the other ranks' next agree
+            for j in mine:
+                l, t, rows, ks = jobs[j]
                 out[rows, l, t, ks] = plan.effects(l, t, rows, ks)
+                if bar is not None:
+                    bar.update()
+    finally:
         if bar is not None:
-            bar.update()
-    if bar is not None:
-        bar.close()
+            bar.close()
+    if world.active:
+        distributed.share_blocks(out, [[_block(jobs[j]) for j in s] for s in shares])
     return out
+
+
+def _jobs(plan: SequencePlan, layers: list[int], B: int, T: int, H: int, rows_per: int,
+          ks_per: int) -> list[tuple[int, int, slice, slice]]:
+    """The batches of ablations, in one fixed order: `(l, t)`, then rows, then channels,
+    skipping rows whose nodes `(l, t, .)` cannot reach the target."""
+    jobs = []
+    for l in layers:
+        for t in range(T):
+            for r0 in range(0, B, rows_per):
+                rows = slice(r0, min(r0 + rows_per, B))
+                if _reaches(plan, l, t, rows):
+                    jobs += [(l, t, rows, slice(k0, min(k0 + ks_per, H)))
+                             for k0 in range(0, H, ks_per)]
+    return jobs
+
+
+def _block(job: tuple[int, int, slice, slice]) -> tuple[slice, int, int, slice]:
+    """The index of a batch's block in the `[B, L, T, H]` result."""
+    l, t, rows, ks = job
+    return (rows, l, t, ks)
+
+
+def _cost(job: tuple[int, int, slice, slice], B: int, L: int, T: int) -> float:
+    """Estimated cost of a batch: its ablations times the positions and layers its suffix
+    carries (the last layer's closed form at the head counted as a fraction of a layer)."""
+    l, t, rows, ks = job
+    n = len(range(*rows.indices(B))) * (ks.stop - ks.start)
+    return n * (T - t) * (L - 1 - l + 0.1)
 
 
 def _reaches(plan: SequencePlan, l: int, t: int, rows: slice) -> bool:

@@ -170,3 +170,14 @@ def add_common(p: argparse.ArgumentParser, out_default: str | None = None) -> No
                    help="what attribution explains (docs/spec.md §2): predicted | label | "
                         "logprob | class:C | diff:C1,C2 (default: predicted)")
     add_threads(p, default=1)
+
+
+def rank_device(name: str):
+    """`--device`; under torchrun, `cuda` (or `auto` on a GPU host) is GPU `LOCAL_RANK`."""
+    from bilens.core import distributed
+    from bilens.core.device import resolve_device
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None and distributed.world().active:
+        return distributed.device()
+    return device

@@ -20,7 +20,7 @@ import shlex
 import time
 from pathlib import Path
 
-from bilens.cli._common import add_force, add_out, count, seed, setup_threads
+from bilens.cli._common import add_force, add_out, count, rank_device, seed, setup_threads
 from bilens.cli._inputs import add_input_arguments, check_baseline, load_inputs, parse_modes
 from bilens.core.errors import BilensError
 
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
 
     parse_memory(args.memory)
     setup_threads(args)
-    device = _device(args.device)
+    device = rank_device(args.device)
     model, dataset, data, reference = load_inputs(args)
     model.to(device)
 
@@ -137,17 +137,6 @@ def _validate(args: argparse.Namespace) -> tuple[list[str], list[int] | None, li
     if args.csv is not None:
         check_csv(args.csv, args.force)
     return modes, layers, ks, out
-
-
-def _device(name: str):
-    """`--device`; under torchrun, `cuda` (or `auto` on a GPU host) is GPU `LOCAL_RANK`."""
-    from bilens.core import distributed
-    from bilens.core.device import resolve_device
-
-    device = resolve_device(name)
-    if device.type == "cuda" and device.index is None and distributed.world().active:
-        return distributed.device()
-    return device
 
 
 def _command(args: argparse.Namespace, dataset: str, modes: list[str]) -> str:

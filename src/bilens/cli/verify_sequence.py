@@ -120,21 +120,28 @@ def run_sequence(args: argparse.Namespace) -> int:
               if args.layers else None)
     from bilens import report
     from bilens.analysis.verify_sequence import verify_sequence
-    from bilens.core.device import resolve_device
+    from bilens.cli._common import rank_device
+    from bilens.core import distributed
 
     model = load_transformer(args.checkpoint, args.float64)
     tokens = load_tokens(args, model, int(args.target in NEEDS_NEXT))
-    device = resolve_device(getattr(args, "device", "cpu"))
+    device = rank_device(getattr(args, "device", "cpu"))
     model, tokens = model.to(device), tokens.to(device)
     start = time.perf_counter()
     result = verify_sequence(model, tokens, target=args.target, position=args.position,
                              baselines=args.baseline, modes=modes, layers=layers,
                              circuit_ks=ks, memory=args.memory, progress=not args.no_progress)
     seconds = time.perf_counter() - start
-    result.metrics["info"].update(checkpoint=str(args.checkpoint), seconds=round(seconds, 2),
-                                  tokens=args.tokens, dataset=args.dataset)
+    world = distributed.world()
+    result.metrics["info"].update(
+        checkpoint=str(args.checkpoint), seconds=round(seconds, 2), tokens=args.tokens,
+        dataset=args.dataset, world_size=world.world_size if world.active else 1,
+        split="node-ablation batches ((l, t), rows, channels) by estimated cost (LPT)")
+    if not distributed.is_main():
+        distributed.agree()                          # rank 0 writes; wait for its verdict
+        return 0
     report.save_verify(result, out, plots=not args.no_plots, overwrite=args.force,
-                       command=report.command_line())
+                       command=report.command_line(), before_commit=distributed.agree)
     print(report.verify_table(result))
     print(f"\nwrote {out}/ in {seconds:.1f} s")
     return 0
