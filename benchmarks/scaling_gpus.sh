@@ -65,10 +65,10 @@ EOF
 fi
 
 if has lm; then         # node ablation of the language model, 128 sequences (issue 17)
-  [ -n "$LM_CKPT" ] || { echo "lm: set LM_CKPT to a SPEC §9 checkpoint"; exit 1; }
+  [ -n "$LM_CKPT" ] || { echo "lm: set LM_CKPT to a transformer checkpoint (docs/spec.md §9)"; exit 1; }
   for g in ${GPUS//,/ }; do
     /usr/bin/time -f "lm $g GPUs: %e s" timeout 600 $TORCHRUN --nproc-per-node "$g" -m bilens -- \
-        verify "$LM_CKPT" --n 128 --seq-len "${SEQ_LEN:-128}" --device cuda --no-plots \
+        verify "$LM_CKPT" --n 128 --seq-len "${SEQ_LEN:-64}" --device cuda --no-plots \
         --no-progress --out "$OUT/lm-$g" 2>&1 | tail -1 | tee -a "$OUT/lm.log"
   done
 fi
