@@ -17,6 +17,18 @@ POSITIONS = ("post", "pre")
 CASES = [(n, p) for n in NORMS for p in POSITIONS]
 
 
+def randomize_norms(model, gen: torch.Generator, dtype: torch.dtype):
+    """Non-trivial norm gains (1 + U[0, 0.5)) and LayerNorm biases (0.3 N(0, 1)), so a test
+    that ignored gamma or beta would fail; returns the model in eval mode."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.copy_(1 + 0.5 * torch.rand(p.shape, generator=gen, dtype=dtype))
+            elif name.endswith("norm.bias"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=dtype))
+    return model.eval()
+
+
 def tiny_model(norm: str = "rms", position: str = "post", seed: int = 0,
                dtype: torch.dtype = torch.float64, **sizes: int) -> BilinearNet:
     """A small random network with non-trivial norm gains and biases (so a test that
@@ -27,13 +39,7 @@ def tiny_model(norm: str = "rms", position: str = "post", seed: int = 0,
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BilinearNet(cfg).to(dtype)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.5 * torch.rand(p.shape, generator=gen, dtype=dtype))
-            elif name.endswith("norm.bias"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=dtype))
-    return model.eval()
+    return randomize_norms(model, gen, dtype)
 
 
 @pytest.fixture

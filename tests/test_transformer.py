@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from conftest import randomize_norms
 from reference_lm import reference_forward
 
 from bilens.core.config import TransformerConfig
@@ -30,13 +31,7 @@ def tiny_lm(norm: str = "rms", position: str = "pre", seed: int = 0, attn_scale:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = BilinearTransformer(cfg).to(dtype)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight"):
-                p.copy_(1 + 0.5 * torch.rand(p.shape, generator=gen, dtype=dtype))
-            elif name.endswith("norm.bias"):
-                p.copy_(0.3 * torch.randn(p.shape, generator=gen, dtype=dtype))
-    return model.eval()
+    return randomize_norms(model, gen, dtype)
 
 
 def tokens(batch: int = 3, T: int = 7, seed: int = 1) -> torch.Tensor:

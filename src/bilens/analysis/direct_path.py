@@ -30,7 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from bilens.analysis.interaction import fold_norm
+from bilens.analysis.interaction import fold_norm, map_through_norm
 from bilens.core.errors import BilensError
 from bilens.core.models.mlp import BilinearNet, Run
 
@@ -107,11 +107,7 @@ class MLPDirectPath:
         E = self.model.embed.weight.detach()                                 # [d_model, d_in]
         before = range(l) if self.post else [l]                              # norms before u_l
         for i in before:
-            norm = self.model.norm(i)
-            if norm.kind == "layer":
-                E = E - E.mean(0, keepdim=True)
-            if norm.kind != "none":
-                E = norm.weight.detach()[:, None] * E
+            E = map_through_norm(self.model.norm(i), E)
         return E
 
     def run(self, x: Tensor) -> Run:

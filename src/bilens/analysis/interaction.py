@@ -23,6 +23,16 @@ def fold_norm(norm: Norm, w: Float[Tensor, "*any d_model"]) -> Float[Tensor, "*a
     return w - w.mean(-1, keepdim=True) if norm.kind == "layer" else w
 
 
+def map_through_norm(norm: Norm, E: Float[Tensor, "d_model n"]) -> Float[Tensor, "d_model n"]:
+    """`M E` for one norm with `s = 1` (each column of `E` a vector entering the norm):
+    centred for LayerNorm, then `gamma *` (the other side of `fold_norm`)."""
+    if norm.kind == "layer":
+        E = E - E.mean(0, keepdim=True)
+    if norm.kind != "none":
+        E = norm.weight.detach()[:, None] * E
+    return E
+
+
 def interaction_matrix(
     L: Float[Tensor, "d_hidden d_model"],
     R: Float[Tensor, "d_hidden d_model"],

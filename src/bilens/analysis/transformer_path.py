@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from bilens.analysis.interaction import fold_norm
+from bilens.analysis.interaction import fold_norm, map_through_norm
 from bilens.core.errors import BilensError
 from bilens.core.models.transformer import BilinearTransformer, TransformerRun, check_tokens
 
@@ -100,11 +100,7 @@ class TransformerDirectPath:
         E = self.model.embed.weight.detach().T                              # [d_model, vocab]
         before = range(2 * l + 1) if self.post else [2 * l + 1]
         for i in before:
-            norm = self.model.norm(i)
-            if norm.kind == "layer":
-                E = E - E.mean(0, keepdim=True)
-            if norm.kind != "none":
-                E = norm.weight.detach()[:, None] * E
+            E = map_through_norm(self.model.norm(i), E)
         return E
 
     def run(self, tokens: Tensor) -> FlatRun:
