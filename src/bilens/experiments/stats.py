@@ -110,10 +110,12 @@ LIST_PATHS = (*(f"{m}.ne_per_layer" for m in MODES), "drift.ne_drift_per_layer",
               "drift.ne_gating_per_layer")
 
 
-def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str, Any]]:
-    """Group rows by the `by` keys and give every summary number as mean and `_std`.
-
-    Per-layer lists (`LIST_PATHS`) are averaged elementwise.
+def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...], *,
+              paths: tuple[str, ...] = SUMMARY_PATHS,
+              list_paths: tuple[str, ...] = LIST_PATHS) -> list[dict[str, Any]]:
+    """Group rows by the `by` keys and give every summary number (`paths`) as mean and
+    `_std`. Lists (`list_paths`: per layer, or `[[x, y], ...]` pairs) are averaged
+    elementwise over the seeds whose lists have the same length.
     """
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for row in rows:
@@ -122,21 +124,28 @@ def aggregate(rows: list[dict[str, Any]], by: tuple[str, ...]) -> list[dict[str,
     for key, members in groups.items():
         out: dict[str, Any] = dict(zip(by, key, strict=False))
         out["n_seeds"] = len(members)
-        for k in ("dataset", "d_model", "d_hidden", "n_layers", "l1"):
+        for k in ("dataset", "d_model", "d_hidden", "n_layers", "n_heads", "l1"):
             values = {m.get(k) for m in members}
             if len(values) == 1 and k not in out:
                 out[k] = values.pop()               # shared by the group: keep it
-        for path in SUMMARY_PATHS:
+        for path in paths:
             m, s = mean_std(get(r, path) for r in members)
             out[path] = m
             out[path + "_std"] = s
-        for path in LIST_PATHS:
+        for path in list_paths:
             lists = [get(r, path) for r in members]
             lists = [v for v in lists if isinstance(v, list)]
             if lists and all(len(v) == len(lists[0]) for v in lists):
-                out[path] = [mean_std(col)[0] for col in zip(*lists, strict=False)]
+                out[path] = [_mean_item(col) for col in zip(*lists, strict=False)]
         table.append(out)
     return table
+
+
+def _mean_item(col: tuple) -> Any:
+    """The mean of one column of lists: of numbers, or elementwise of `[x, y]` pairs."""
+    if all(isinstance(v, list) for v in col):
+        return [mean_std(parts)[0] for parts in zip(*col, strict=False)]
+    return mean_std(col)[0]
 
 
 def targets_in(table: list[dict[str, Any]]) -> list[str]:

@@ -3,6 +3,7 @@ warmup and cosine decay, gradient clipping, seeded and deterministic on the CPU,
 optional bf16 autocast.
 
     loss = mean over rows and positions t of  -log softmax(logits_t)[x_{t+1}]
+           (+ l1 * mean |z|, the optional L1 penalty on the MLPs' hidden activations)
 
 At the end: held-out cross-entropy (`val_loss`, nats) and perplexity `exp(val_loss)`, the
 unigram and bigram baselines on the same held-out positions, next-token accuracy, and on
@@ -50,6 +51,8 @@ class LMTrainConfig:
         device: `"auto"`, `"cpu"`, `"cuda"`, `"cuda:1"`, ...
         bf16: bf16 autocast on CUDA (ignored on the CPU, which trains in float32).
         eval_batch_size: rows per evaluation batch (memory only).
+        l1: weight of the penalty `mean |z|` on the MLPs' hidden activations (mean over
+            rows, positions, layers and channels), as for the MLP networks; one process only.
     """
 
     steps: int = 2000
@@ -62,10 +65,12 @@ class LMTrainConfig:
     device: str = "auto"
     bf16: bool = False
     eval_batch_size: int = 64
+    l1: float = 0.0
 
     def __post_init__(self) -> None:
         check_fields(self, "train", positive=("steps", "batch_size", "eval_batch_size"),
-                     nonnegative=("lr", "weight_decay", "grad_clip"), fractions=("warmup",))
+                     nonnegative=("lr", "weight_decay", "grad_clip", "l1"),
+                     fractions=("warmup",))
 
 
 @dataclass
@@ -188,6 +193,9 @@ def _loop(model: BilinearTransformer, tc: LMTrainConfig, data: TokenData, seq_le
     if w.active and tc.batch_size < w.world_size:
         raise BilensError(f"--batch-size {tc.batch_size} is smaller than the {w.world_size} "
                           f"ranks; each rank needs at least one row of the global batch")
+    if w.active and tc.l1 > 0:
+        raise BilensError("l1: the L1 penalty on z trains in one process only; drop --l1 "
+                          "or run without torchrun")
     net = (torch.nn.parallel.DistributedDataParallel(model) if w.active else model)
     optimizer = _optimizer(model, tc)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(tc.steps, tc.warmup))
@@ -204,8 +212,12 @@ def _loop(model: BilinearTransformer, tc: LMTrainConfig, data: TokenData, seq_le
         rows = (rows.pin_memory().to(device, non_blocking=True) if device.type == "cuda"
                 else rows)                                      # no host sync per step
         with autocast:
-            logits = net(rows[:, :-1])
-        loss = _loss(logits, rows[:, 1:], tc.batch_size * seq_len, w)
+            if tc.l1 > 0:                             # the run keeps z for the penalty
+                out = model.run(rows[:, :-1], check=False)
+                logits, penalty = out.logits, tc.l1 * out.z.float().abs().mean()
+            else:
+                logits, penalty = net(rows[:, :-1]), 0.0
+        loss = _loss(logits, rows[:, 1:], tc.batch_size * seq_len, w) + penalty
         optimizer.zero_grad(set_to_none=True)
         loss.backward()                          # DDP: the average over ranks of the grads
         if tc.grad_clip > 0:
