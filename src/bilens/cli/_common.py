@@ -21,8 +21,10 @@ import argparse
 import string
 
 from bilens.experiments.compare import PRESETS
+from bilens.experiments.lm_compare import LM_PRESETS
 
 DATASETS = tuple(PRESETS)
+LM_DATASET_NAMES = tuple(LM_PRESETS)
 
 # The shared options' help, one template each: `{field}` is filled by the helper's arguments.
 DEVICE_HELP = "where to compute: cpu | cuda[:N] | auto, a GPU if there is one (default: {default})"
@@ -166,10 +168,37 @@ def add_common(p: argparse.ArgumentParser, out_default: str | None = None) -> No
               "reuse them; the report is always rewritten")
     p.add_argument("--cache", default=None,
                    help="cache directory for trained models (default: OUT/models)")
-    p.add_argument("--target", default="predicted",
-                   help="what attribution explains (docs/spec.md §2): predicted | label | "
-                        "logprob | class:C | diff:C1,C2 (default: predicted)")
+    p.add_argument("--target", default=None,
+                   help="what attribution explains (docs/spec.md §2, §9): predicted | label | "
+                        "logprob | class:C | diff:C1,C2; for --kind transformer next | "
+                        "predicted | class:C | ... at the last position (default: predicted; "
+                        "next for --kind transformer)")
     add_threads(p, default=1)
+    g = p.add_argument_group("the model family")
+    g.add_argument("--kind", choices=("mlp", "transformer"), default="mlp",
+                   help="mlp: the bilinear MLP classifiers (datasets "
+                        f"{', '.join(DATASETS)}); transformer: the bilinear transformer "
+                        f"(datasets {', '.join(LM_DATASET_NAMES)}) (default: mlp)")
+    g.add_argument("--steps", type=count, default=None,
+                   help="--kind transformer: optimizer steps for every model (default: the "
+                        "dataset's preset)")
+
+
+def check_kind(args: argparse.Namespace) -> str:
+    """The dataset for `--kind`, checked: `--dataset` must belong to the model family."""
+    from bilens.core.errors import BilensError
+
+    names = LM_DATASET_NAMES if args.kind == "transformer" else DATASETS
+    dataset = args.dataset or names[0]
+    if dataset not in names:
+        other = "transformer" if args.kind == "mlp" else "mlp"
+        raise BilensError(f"--dataset {dataset}: not a dataset of --kind {args.kind} "
+                          f"({', '.join(names)}); pass --kind {other} or another --dataset")
+    if args.kind == "mlp" and args.steps is not None:
+        raise BilensError("--steps: only --kind transformer trains by steps; use --epochs")
+    if args.kind == "transformer" and args.epochs is not None:
+        raise BilensError("--epochs: --kind transformer trains by optimizer steps; use --steps")
+    return dataset
 
 
 def rank_device(name: str):

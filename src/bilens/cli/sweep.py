@@ -6,8 +6,15 @@ from __future__ import annotations
 import argparse
 import time
 
-from bilens.cli._common import DATASETS, add_common, count, setup_threads
-from bilens.experiments.sweeps import SWEEPS
+from bilens.cli._common import (
+    DATASETS,
+    LM_DATASET_NAMES,
+    add_common,
+    check_kind,
+    count,
+    setup_threads,
+)
+from bilens.experiments.sweeps import LM_SWEEPS, SWEEPS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +25,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "plot to OUT/report/. "
                     "d_model: 64..1024; sparsity: the L1 penalty on z, with the measured "
                     "active fraction; depth: 1..8 layers, error layer by layer; position: "
-                    "pre vs post for RMSNorm and LayerNorm over depth.")
-    p.add_argument("name", choices=[*SWEEPS, "all"], help="which sweep ('all': the four)")
-    p.add_argument("--dataset", default="digits", choices=DATASETS,
-                   help="dataset (default: digits)")
+                    "pre vs post for RMSNorm and LayerNorm over depth. With --kind "
+                    "transformer: RMSNorm pre-norm bilinear transformers, d_model 64..512, "
+                    "sparsity, depth 1..8, every MLP node really ablated.")
+    p.add_argument("name", choices=[*SWEEPS, "all"],
+                   help="which sweep ('all': the four; --kind transformer: d_model, sparsity, "
+                        "depth)")
+    p.add_argument("--dataset", default=None, choices=(*DATASETS, *LM_DATASET_NAMES),
+                   help="dataset (default: digits; synthetic-lm for --kind transformer)")
     p.add_argument("--values", default=None,
                    help="comma-separated grid, e.g. 64,256,1024 (default: the sweep's grid)")
     p.add_argument("--fast", action="store_true", help="the small grid bilens demo uses")
@@ -50,31 +61,41 @@ def run(args: argparse.Namespace) -> int:
     from bilens import report
     from bilens.core.errors import BilensError
     from bilens.experiments.compare import DEFAULT_N_VERIFY, Runner
+    from bilens.experiments.lm_compare import LM_TARGET, LMRunner
     from bilens.experiments.summary import build
     from bilens.experiments.sweeps import sweep
 
+    dataset, lm = check_kind(args), args.kind == "transformer"
+    defs = LM_SWEEPS if lm else SWEEPS
+    if args.name != "all" and args.name not in defs:
+        raise BilensError(f"sweep {args.name}: --kind {args.kind} sweeps "
+                          f"{', '.join(defs)} (or all)")
     setup_threads(args)
-    names = list(SWEEPS) if args.name == "all" else [args.name]
+    names = list(defs) if args.name == "all" else [args.name]
     values = _values(args.values)
     if values and len(names) > 1:
         raise BilensError("--values: give one sweep name with --values, not 'all'")
     report.check_outdir(args.out)                     # before the work, not after
     start = time.perf_counter()
-    runner = Runner(args.cache or f"{args.out}/models", force=args.force, device=args.device,
-                    n_verify=DEFAULT_N_VERIFY.get(args.dataset, 64) if args.n_verify is None
-                    else args.n_verify,
-                    target=args.target)
+    cache = args.cache or f"{args.out}/models"
+    runner = (LMRunner(cache, force=args.force, device=args.device, n_verify=args.n_verify,
+                       target=args.target or LM_TARGET) if lm else
+              Runner(cache, force=args.force, device=args.device,
+                     n_verify=DEFAULT_N_VERIFY.get(dataset, 64) if args.n_verify is None
+                     else args.n_verify, target=args.target or "predicted"))
     sweeps = {}
     for name in names:
-        result = sweep(name, args.dataset, out=args.out, values=values, fast=args.fast,
-                       seeds=args.seeds, epochs=args.epochs, runner=runner)
+        result = sweep(name, dataset, out=args.out, values=values, fast=args.fast,
+                       seeds=args.seeds, epochs=args.steps if lm else args.epochs,
+                       runner=runner)
         sweeps[name] = result.to_dict()
         print()
-        print(f"sweep {name} ({args.dataset}):")
-        print(report.sweep_text(sweeps[name]))
-    results = build({"title": f"bilens sweep {args.name}: {args.dataset}",
-                            "commands": [report.command_line()], "sweeps": sweeps,
-                            "timing": {"sweep": time.perf_counter() - start}})
+        print(f"sweep {name} ({dataset}):")
+        print((report.lm_sweep_text if lm else report.sweep_text)(sweeps[name]))
+    part = {"lm": {"sweeps": sweeps}} if lm else {"sweeps": sweeps}
+    results = build({"title": f"bilens sweep {args.name}: {dataset}",
+                     "commands": [report.command_line()], **part,
+                     "timing": {"sweep": time.perf_counter() - start}})
     paths = report.write(results, args.out)
     print(f"\nreport: {paths['html']}  ({time.perf_counter() - start:.1f} s)")
     return 0

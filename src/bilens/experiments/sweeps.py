@@ -27,6 +27,7 @@ from typing import Any
 from bilens.core.errors import BilensError
 from bilens.core.io import write_json
 from bilens.experiments.compare import DEFAULT_N_VERIFY, Runner, Spec, preset_spec
+from bilens.experiments.lm_compare import LM_PRESETS, LMRunner, aggregate_lm, lm_preset_spec
 from bilens.experiments.stats import aggregate
 
 
@@ -70,6 +71,23 @@ SWEEPS: dict[str, SweepDef] = {
 }
 
 
+# The bilinear transformer's sweeps (`--kind transformer`), on RMSNorm pre-norm: the
+# published bilinear LMs' layout. The fast grids are what `bilens demo` runs on synthetic-lm.
+LM_SWEEPS: dict[str, SweepDef] = {
+    "d_model": SweepDef("d_model", "model.d_model", (64, 128, 256, 512), (16, 32, 64),
+                        "d_model", variants=(("rms", "pre"),)),
+    "sparsity": SweepDef("sparsity", "train.l1", (0.0, 0.1, 0.3, 1.0, 3.0), (0.0, 0.3, 3.0),
+                         "L1 penalty on z", variants=(("rms", "pre"),), log_x=False),
+    "depth": SweepDef("depth", "model.n_layers", (1, 2, 4, 8), (1, 2, 3), "layers",
+                      variants=(("rms", "pre"),), log_x=False),
+}
+
+
+def sweeps_for(dataset: str) -> dict[str, SweepDef]:
+    """The sweeps of the dataset's model family: `LM_SWEEPS` for token data, else `SWEEPS`."""
+    return LM_SWEEPS if dataset in LM_PRESETS else SWEEPS
+
+
 @dataclass
 class SweepResult:
     """Rows (one per model), the table aggregated over seeds per (norm, position, x)."""
@@ -110,36 +128,44 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
           values: tuple | list | None = None, fast: bool = False, seeds: int = 1,
           epochs: int | None = None, n_verify: int | None = None, device: str = "auto",
           force: bool = False, cache_dir: str | os.PathLike | None = None,
-          target: str = "predicted", log: Callable[[str], None] | None = print,
-          runner: Runner | None = None) -> SweepResult:
-    """Run one sweep of `SWEEPS`.
+          target: str | None = None, log: Callable[[str], None] | None = print,
+          runner: Runner | LMRunner | None = None) -> SweepResult:
+    """Run one sweep of `SWEEPS` (MLP datasets) or `LM_SWEEPS` (`synthetic-lm`, `text`).
 
     Args:
-        name: `d_model`, `sparsity`, `depth` or `position`.
-        dataset: the dataset (its preset gives the budget of every point).
+        name: `d_model`, `sparsity`, `depth` or `position` (the transformer: the first three).
+        dataset: the dataset (its preset gives the budget of every point); a token dataset
+            sweeps the bilinear transformer, `epochs` then counting optimizer steps.
         out: where `sweep-<name>.json` is written; the cache defaults to `out/models`.
         values: the grid (default: the sweep's full grid, or its fast grid with `fast`).
         fast: use the small grid.
         seeds: seeds per point.
-        epochs, n_verify, device, force, cache_dir, target, log, runner: as for `compare`.
+        epochs, n_verify, device, force, cache_dir, target, log, runner: as for `compare`
+            (`target` None: the family's default, `predicted` or `next`).
 
     Returns:
         A `SweepResult`.
     """
-    if name not in SWEEPS:
-        raise BilensError(f"sweep: expected one of {sorted(SWEEPS)}, got {name!r}")
-    definition = SWEEPS[name]
+    lm, defs = dataset in LM_PRESETS, sweeps_for(dataset)
+    if name not in defs:
+        raise BilensError(f"sweep: expected one of {sorted(defs)} for {dataset}, got {name!r}")
+    definition = defs[name]
     start = time.perf_counter()
     grid = tuple(values) if values else (definition.fast if fast else definition.values)
-    base = preset_spec(dataset, epochs, **definition.base)
+    base = (lm_preset_spec if lm else preset_spec)(dataset, epochs, **definition.base)
     if runner is None:
         cache = cache_dir or (Path(out) / "models" if out is not None else Path("runs/cache"))
-        runner = Runner(cache, force=force, device=device, log=log, target=target,
-                        n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64))
+        runner = (LMRunner(cache, force=force, device=device, log=log, n_verify=n_verify,
+                           **({"target": target} if target else {})) if lm else
+                  Runner(cache, force=force, device=device, log=log,
+                         target=target or "predicted",
+                         n_verify=n_verify or DEFAULT_N_VERIFY.get(dataset, 64)))
     settings = {"dataset": dataset, "param": definition.param, "label": definition.label,
                 "variants": [list(v) for v in definition.variants], "values": list(grid),
                 "seeds": seeds, "model": base.model, "train": base.train,
                 "n_verify": runner.n_verify, "target": runner.target, "device": runner.device}
+    if lm:
+        settings.update(kind="transformer", **runner.settings_of(dataset))
     specs = sweep_specs(definition, base, grid, seeds)
     rows: list[dict[str, Any]] = []
     for spec in specs:
@@ -147,9 +173,10 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
         row["x"] = spec.tags["x"]
         rows.append(row)
         result = SweepResult(name, dataset, definition.param, definition.label, rows,
-                             aggregate(rows, ("norm", "position", "x")),
+                             (aggregate_lm if lm else aggregate)(rows, ("norm", "position",
+                                                                        "x")),
                              {**settings, "complete": len(rows) == len(specs)},
                              definition.log_x, time.perf_counter() - start)
         if out is not None:            # after every model, so a run cut short keeps its rows
-            write_json(Path(out) / f"sweep-{name}.json", result.to_dict())
+            write_json(Path(out) / f"sweep-{'lm-' if lm else ''}{name}.json", result.to_dict())
     return result
