@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import json
 import math
 import re
@@ -17,6 +18,7 @@ from test_claims import fake_compare, fake_sweep
 from bilens import report
 from bilens.experiments.recommend import recommend
 from bilens.experiments.summary import build
+from bilens.report.lm_notes import MODE_WORDS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -329,3 +331,162 @@ def test_decomposition_sections_in_the_report(tmp_path, make_model):
         assert (tmp_path / "report" / f"decomposition-rms-pre-{name}.png").is_file()
     for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (paths["markdown"].parent / name).is_file(), name
+
+
+# ------------------------------------------------------------------ language models
+
+LM_FIXTURE = Path(__file__).parent / "data" / "compare-lm-synthetic.json"
+
+
+def lm_compare() -> dict:
+    """A real `compare_lm(...).to_dict()` (6 configurations, 1 seed, synthetic-lm; its
+    per-model `rows` dropped)."""
+    return json.loads(LM_FIXTURE.read_text())
+
+
+def lm_part(**extra) -> dict:
+    """`results["lm"]` with the real comparison, a hand-made claims list and recommendation."""
+    claims = [dict(id="norm_drift", claim="Holding the norms makes attribution faithful",
+                   seed="frozen-norm ~ live", measured="frozen-norm NE 102% vs live 16%",
+                   verdict="fails", rule="frozen-norm NE within 2x of live's", why="it <does> not"),
+              dict(id="small", claim="renorm's error is small", seed="< 5%", measured="8-13%",
+                   verdict="partly", rule="NE < 5% on every configuration", why="")]
+    return {"compare": lm_compare(), "claims": claims,
+            "recommendation": {"text": ["Use renorm on layer/pre.", "Expect NE about 8%."]},
+            **extra}
+
+
+def lm_sweep(name: str = "d_model", xs=(32, 64, 128)) -> dict:
+    """An LM sweep built from the fixture's rms/pre row: NE falling with x."""
+    base = next(r for r in lm_compare()["table"] if (r["norm"], r["position"]) == ("rms", "pre"))
+    table = [{**base, "x": x, **{f"{m}.ne": base[f"{m}.ne"] / (i + 1) for m in
+                                 ("frozen", "frozen-norm", "live", "renorm")}}
+             for i, x in enumerate(xs)]
+    return {"name": name, "dataset": "synthetic-lm", "param": f"model.{name}", "label": name,
+            "log_x": True, "settings": {"dataset": "synthetic-lm", "param": f"model.{name}",
+                                        "values": list(xs), "variants": [["rms", "pre"]]},
+            "table": table, "rows": []}
+
+
+def chromium_check(page: Path, tmp_path: Path) -> tuple[list[str], str]:
+    """The page's console messages and its own image check (`data-images`) in Chromium."""
+    url = page.resolve().as_uri()
+    res = _chromium(["--enable-logging=stderr", "--v=0", "--window-size=1280,2400",
+                     f"--screenshot={tmp_path / 'shot.png'}", "--virtual-time-budget=5000", url])
+    console = [line for line in res.stderr.splitlines() if ":CONSOLE" in line]
+    dom = _chromium(["--dump-dom", "--virtual-time-budget=5000", url])
+    match = re.search(r'data-images="([^"]+)"', dom.stdout)
+    return console, match.group(1) if match else "no check: " + dom.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def written_lm(tmp_path_factory):
+    """Both families (the LM part with a sweep, and a combined recommendation), and the
+    LM-only results `bilens compare --kind transformer` writes (built: the MLP claims are
+    all "not measured")."""
+    both = {**fake_results(), "lm": lm_part(sweeps={"d_model": lm_sweep()}),
+            "combined": {"text": ["MLPs: live; language models: renorm."]}}
+    only = build({"title": "bilens compare --kind transformer", "commands": ["bilens x"],
+                  "lm": lm_part(), "timing": {"compare": 54.6}})
+    return {name: (res, report.write(res, tmp_path_factory.mktemp(name)))
+            for name, res in (("both", both), ("only", only))}
+
+
+def test_lm_section_in_both_formats(written_lm):
+    results, paths = written_lm["both"]
+    for key in ("lm-compare", "lm-split", "lm-distance", "lm-sweep-d_model", "compare"):
+        assert paths[key].read_bytes().startswith(PNG_MAGIC), key
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    assert page.count('<section id="lm">') == 1 and "<h2>Comparison</h2>" in page
+    for text in ("Language models: the seed&#x27;s comparison", "33,792 per model",
+                 "Recommendation: MLPs and language models", "Use renorm on layer/pre.",
+                 "it &lt;does&gt; not", "Sweep: d_model", "norm drift"):
+        assert text in page, text
+    for mode, words in MODE_WORDS.items():                  # every mode said in words
+        assert f"<b>{mode}</b>: {html.escape(words)}" in page
+    assert page.count("Rule: ") == len(results["claims"]) + 2       # MLP's and LM's
+    assert "## Language models: the seed's comparison" in md and "| norm | position |" in md
+    assert "**1. Holding the norms makes attribution faithful: fails.**" in md
+    for name in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (paths["markdown"].parent / name).is_file(), name
+    assert "lm" in json.loads(paths["json"].read_text())
+
+
+def test_lm_only_report_skips_the_mlp_section(written_lm):
+    results, paths = written_lm["only"]
+    assert all(c["verdict"] == "not measured" for c in results["claims"])     # MLP's, built
+    md, page = paths["markdown"].read_text(), paths["html"].read_text()
+    for text in (page, md):
+        assert "not measured" not in text and "No comparison was run" not in text
+        assert "Language models: the seed" in text and "Timing" in text
+    assert "<h2>Comparison</h2>" not in page and "<h2>The seed&#x27;s claims</h2>" not in page
+    assert sorted(k for k in paths if k.endswith("png") or k.startswith("lm-")) == [
+        "lm-compare", "lm-distance", "lm-split"]
+
+
+def test_without_lm_the_report_has_no_lm_section(written):
+    _, paths = written
+    page, md = paths["html"].read_text(), paths["markdown"].read_text()
+    assert 'id="lm"' not in page and "Language models" not in md
+    assert not any(k.startswith("lm-") for k in paths)
+
+
+def test_lm_numbers_come_from_the_table(tmp_path):
+    """Change one NE, one split part and one loss in the input: the HTML, the Markdown, the
+    text table and the plot follow (the numbers are the table's, not constants)."""
+    from bilens.core.units import pct
+
+    def render(cmp):
+        paths = report.write({"lm": {"compare": cmp}}, tmp_path / str(len(list(
+            tmp_path.iterdir()))))
+        return paths["html"].read_text(), paths["markdown"].read_text(), paths
+
+    cmp = lm_compare()
+    page, md, paths = render(cmp)
+    row = next(r for r in cmp["table"] if (r["norm"], r["position"]) == ("layer", "pre"))
+    new = {"renorm.ne": 0.4321, "drift.ne_gating": 0.0777, "test_loss": 9.8765}
+    shown = [pct(0.4321), pct(0.0777), "9.877"]
+    before = [pct(row[k]) if k != "test_loss" else f"{row[k]:.3f}" for k in new]
+    assert all(s not in page for s in shown) and all(b in page for b in before)
+    row.update(new)
+    page2, md2, paths2 = render(cmp)
+    for text in (page2, md2, report.lm_compare_text(cmp["table"])):
+        assert all(s in text for s in shown), shown
+    layer_pre = next(line for line in md2.splitlines() if line.startswith("| layer | pre | 1 |"))
+    assert pct(0.4321) in layer_pre and "9.877" in layer_pre
+    assert paths2["lm-compare"].read_bytes() != paths["lm-compare"].read_bytes()
+    assert paths2["lm-split"].read_bytes() != paths["lm-split"].read_bytes()
+
+
+def test_lm_section_tolerates_missing_parts(tmp_path):
+    cmp = lm_compare()
+    for i, lm in enumerate([{"compare": cmp}, {"claims": lm_part()["claims"]},
+                            {"sweeps": {"depth": lm_sweep("depth", (1, 2))}},
+                            {"recommendation": {"text": ["only this"]}},
+                            {"compare": {**cmp, "table": []}}]):
+        paths = report.write({"lm": lm}, tmp_path / str(i))
+        page = paths["html"].read_text()
+        assert '<section id="lm">' in page and "not measured" not in page, lm.keys()
+
+
+def test_lm_text_tables():
+    table = lm_compare()["table"]
+    text = report.lm_compare_text(table)
+    assert "post = pre" in text and "NE frozen-norm" in text and "attention change" in text
+    assert text.count("\nrms    pre") == 2                       # both tables, once each
+    three = [{**r, "n_seeds": 3, "renorm.ne_std": 0.012} for r in table]
+    assert "± 1.2%" in report.lm_compare_text(three)
+    sweep = report.lm_sweep_text(lm_sweep("depth", (1, 2)))
+    assert "NE frozen per layer" in sweep and sweep.count("rms/pre") == 2
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+@pytest.mark.parametrize("name", ["both", "only"])
+def test_lm_report_renders_in_headless_chromium(written_lm, tmp_path, name):
+    _, paths = written_lm[name]
+    page = paths["html"].read_text()
+    n_images = len(re.findall(r"<img ", page))
+    assert n_images == len(set(paths) - {"html", "markdown", "json"})    # every PNG shown
+    console, images = chromium_check(paths["html"], tmp_path)
+    assert not console, console
+    assert images == f"ok:{n_images}", images

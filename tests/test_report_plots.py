@@ -121,3 +121,75 @@ def test_decomposition_figures_are_in_percent(figures, monkeypatch):
     assert list(fig.axes[0].get_lines()[0].get_ydata()) == [50.0, 20.0, 0.0]
     assert "%" in fig.axes[0].get_ylabel()
     assert not math.isnan(fig.axes[1].get_lines()[0].get_ydata()[0])
+
+
+@pytest.fixture
+def lm_figures(monkeypatch):
+    """The LM plot functions return their figure instead of PNG bytes."""
+    from bilens.report import lm_plots
+
+    monkeypatch.setattr(lm_plots, "_png", lambda plt, fig: fig)
+    yield lm_plots
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+def test_lm_bars_are_the_tables_numbers(lm_figures):
+    from test_report import lm_compare
+
+    from bilens.report.tables import merge_none
+
+    cmp = lm_compare()
+    table = merge_none(cmp["table"])
+    modes = report.lm_tables.lm_modes_in(table)
+    ax = lm_figures.plot_lm_compare(cmp).axes[0]
+    bars = [list(c) for c in ax.containers]
+    assert len(bars) == len(modes) and ax.get_yscale() == "log"
+    for mode, container in zip(modes, bars, strict=True):
+        assert [b.get_height() for b in container] == pytest.approx(
+            [100 * r[f"{mode}.ne"] for r in table])
+    assert [t.get_text() for t in ax.get_xticklabels()][0] == "none/post = pre"
+    # several seeds: the sd is drawn as the spread
+    three = {**cmp, "table": [{**r, "n_seeds": 3, "frozen.ne_std": 0.05} for r in cmp["table"]]}
+    from matplotlib.container import ErrorbarContainer
+
+    ax = lm_figures.plot_lm_compare(three).axes[0]
+    (spread,) = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]   # frozen's
+    tops = [seg[1][1] for seg in spread.lines[2][0].get_segments()]
+    assert tops == pytest.approx([100 * r["frozen.ne"] + 5 for r in table])
+
+
+def test_lm_split_stacks_the_three_parts(lm_figures):
+    from test_report import lm_compare
+
+    from bilens.report.tables import merge_none
+
+    cmp = lm_compare()
+    table = merge_none(cmp["table"])
+    fig = lm_figures.plot_lm_split(cmp)
+    assert len(fig.axes) == 2                                 # next and the margin
+    drift, attention, gating = (list(c) for c in fig.axes[0].containers)
+    for i, r in enumerate(table):
+        assert drift[i].get_height() == pytest.approx(100 * r["drift.ne_drift"])
+        assert attention[i].get_y() == pytest.approx(100 * r["drift.ne_drift"])
+        assert gating[i].get_y() + gating[i].get_height() == pytest.approx(100 * (
+            r["drift.ne_drift"] + r["drift.ne_attention"] + r["drift.ne_gating"]))
+    frozen = next(ln for ln in fig.axes[0].get_lines() if ln.get_marker() == "D")
+    assert list(frozen.get_ydata()) == pytest.approx([100 * r["frozen.ne"] for r in table])
+
+
+def test_lm_distance_lines_are_the_tables(lm_figures):
+    from test_report import lm_compare
+
+    cmp = lm_compare()
+    fig = lm_figures.plot_lm_distance(cmp)
+    row = cmp["table"][2]                                      # rms/pre: panel 1 (none once)
+    ax = fig.axes[1]
+    assert ax.get_title() == "rms/pre"
+    frozen = ax.get_lines()[0]
+    assert list(frozen.get_xdata()) == [p[0] for p in row["frozen.ne_by_distance"]]
+    assert list(frozen.get_ydata()) == pytest.approx(
+        [100 * p[1] for p in row["frozen.ne_by_distance"]])
+    texts = [t.get_text() for leg in fig.legends for t in leg.get_texts()]
+    assert texts == ["frozen", "frozen-norm", "live", "renorm"]

@@ -4,13 +4,16 @@ HTML and PNGs:
 
 - `tables`: the rows of every table and their text and Markdown forms, the verify metrics
 - `notes`: the report's sentences (settings, what a sweep shows)
-- `markdown`, `html`, `plots`: the experiment report's three parts
+- `markdown`, `html`, `plots`: the experiment report's three parts (`html_parts`: its pieces)
+- `lm_tables`, `lm_notes`, `lm_plots`, `lm_section`: the language models' tables (also for
+  the terminal: `lm_compare_text`, `lm_sweep_text`), sentences, plots and report section
 - `verify_plots`, `verify_summary`: a `bilens verify` directory's PNGs and summary.md
 - `files`: writing either directory atomically
 
 Example:
     >>> from bilens import report
     >>> print(report.verify_table(result))                  # doctest: +SKIP
+    >>> print(report.lm_compare_text(compare_lm().table))   # doctest: +SKIP
     >>> report.save_verify(result, "out/verify")            # doctest: +SKIP
     >>> report.write(results, "runs/demo")["html"]          # doctest: +SKIP
 """
@@ -22,6 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bilens.report.files import check_outdir, command_line, save_verify, write
+from bilens.report.lm_tables import (
+    lm_compare_rows,
+    lm_compare_text,
+    lm_split_rows,
+    lm_sweep_rows,
+    lm_sweep_text,
+)
 from bilens.report.notes import settings_line, sweep_note
 from bilens.report.tables import (
     claims_rows,
@@ -55,7 +65,8 @@ def plot_verify(result: VerifyResult, outdir: str | os.PathLike) -> list[Path]:
 
 __all__ = [
     "check_outdir", "claims_rows", "claims_text", "command_line", "compare_rows",
-    "compare_text", "markdown_table", "metrics_table", "plot_verify", "save_verify",
+    "compare_text", "lm_compare_rows", "lm_compare_text", "lm_split_rows", "lm_sweep_rows",
+    "lm_sweep_text", "markdown_table", "metrics_table", "plot_verify", "save_verify",
     "settings_line", "summary_markdown", "sweep_note", "sweep_rows", "sweep_text",
     "text_table", "verify_table", "write",
 ]

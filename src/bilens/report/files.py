@@ -40,7 +40,8 @@ def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]
 
     Args:
         results: the experiment's dict, with claims and recommendation
-            (`bilens.experiments.summary.build`).
+            (`bilens.experiments.summary.build`); the language models' under `"lm"`
+            (`bilens.report.lm_section`).
         outdir: the experiment's directory; `outdir/report` is replaced whole.
 
     Returns:
@@ -48,13 +49,15 @@ def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]
     """
     from bilens.report.decomposition_section import render
     from bilens.report.html import html
+    from bilens.report.lm_section import render as render_lm
     from bilens.report.markdown import markdown
     from bilens.report.plots import render_plots
 
     out = Path(outdir)
     check_outdir(out)
     out.mkdir(parents=True, exist_ok=True)
-    pngs = {**render_plots(results), **render(results.get("decomposition"))}   # {key: png}
+    pngs = {**render_plots(results), **render(results.get("decomposition")),   # {key: png}
+            **render_lm(results)}
     names = {key: f"{key}.png" for key in pngs}
     with atomic_dir(out / "report") as tmp:
         for key, data in pngs.items():

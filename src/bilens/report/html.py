@@ -7,11 +7,13 @@ decoded (and log a console error otherwise), so a headless browser can check it.
 
 from __future__ import annotations
 
-import base64
-import html as _html
 from typing import Any
 
 from bilens.report.decomposition_section import html_sections
+from bilens.report.html_parts import esc as _e
+from bilens.report.html_parts import html_img as _img
+from bilens.report.html_parts import html_table as _table
+from bilens.report.lm_section import combined_html, lm_html, show_mlp
 from bilens.report.notes import CLAIMS_NOTE, settings_line, sweep_note
 from bilens.report.tables import NONE_NOTE, claims_rows, compare_rows, merge_none, sweep_rows
 
@@ -41,38 +43,29 @@ window.addEventListener("load", function () {
 """
 
 
-def _e(s: Any) -> str:
-    return _html.escape(str(s))
-
-
-def _table(header: list[str], rows: list[list[str]], verdict_col: int | None = None) -> str:
-    out = ["<table><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
-    for row in rows:
-        cells = []
-        for i, c in enumerate(row):
-            if i == verdict_col:
-                cls = c.lower().replace(" ", "")
-                cells.append(f'<td><span class="v {cls}">{_e(c)}</span></td>')
-            else:
-                numeric = c[:1].isdigit() or c[:1] in "-+" or c == "n/a"
-                cells.append(f'<td{" class=num" if numeric else ""}>{_e(c)}</td>')
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    return "\n".join(out) + "</table>"
-
-
-def _img(pngs: dict[str, bytes], key: str, alt: str) -> str:
-    if key not in pngs:
-        return ""
-    data = base64.b64encode(pngs[key]).decode("ascii")
-    return f'<p><img alt="{_e(alt)}" src="data:image/png;base64,{data}"></p>'
-
-
 def html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
-    """The whole report as one HTML page."""
+    """The whole report as one HTML page: the MLP section (unless only language models were
+    compared: `lm_section.show_mlp`), then the language-model section."""
     title = results.get("title", "bilens report")
     parts = [f"<h1>{_e(title)}</h1>"]
     if results.get("commands"):
         parts.append("<pre>" + _e("\n".join(results["commands"])) + "</pre>")
+    parts += combined_html(results)
+    if show_mlp(results):
+        parts += _mlp(results, pngs)
+    parts += lm_html(results, pngs)
+    if results.get("timing"):
+        parts.append("<h2>Timing</h2><p>" + _e(", ".join(
+            f"{k}: {v:.1f} s" for k, v in results["timing"].items())) + "</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title><link rel=\"icon\" href=\"data:,\">"
+            f"<style>{STYLE}</style></head>\n<body>\n"
+            + "\n".join(parts) + f"\n<script>{CHECK}</script>\n</body></html>\n")
+
+
+def _mlp(results: dict[str, Any], pngs: dict[str, bytes]) -> list[str]:
+    """The MLP section: recommendation, comparison, claims, sweeps, decomposition."""
+    parts = []
     rec = results.get("recommendation", {})
     parts.append("<h2>Recommendation</h2><ul>" +
                  "".join(f"<li>{_e(t)}</li>" for t in rec.get("text", [])) + "</ul>")
@@ -95,11 +88,4 @@ def html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         parts += [f"<h2>Sweep: {_e(name)}</h2>", f"<p>{_e(settings_line(sweep['settings']))}</p>",
                   _table(*sweep_rows(sweep)), f"<p>{_e(sweep_note(sweep))}</p>",
                   _img(pngs, f"sweep-{name}", f"sweep {name}")]
-    parts += html_sections(results.get("decomposition"), pngs)
-    if results.get("timing"):
-        parts.append("<h2>Timing</h2><p>" + _e(", ".join(
-            f"{k}: {v:.1f} s" for k, v in results["timing"].items())) + "</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><link rel=\"icon\" href=\"data:,\">"
-            f"<style>{STYLE}</style></head>\n<body>\n"
-            + "\n".join(parts) + f"\n<script>{CHECK}</script>\n</body></html>\n")
+    return parts + html_sections(results.get("decomposition"), pngs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bilens.report.decomposition_section import markdown_sections
+from bilens.report.lm_section import combined_markdown, lm_markdown, show_mlp
 from bilens.report.notes import CLAIMS_NOTE, settings_line, sweep_note
 from bilens.report.tables import (
     NONE_NOTE,
@@ -26,10 +27,24 @@ def claim_paragraphs(claims: list[dict[str, Any]]) -> list[str]:
 
 
 def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
-    """The report as Markdown; `images` maps a section key to its PNG file name."""
+    """The report as Markdown; `images` maps a section key to its PNG file name. The MLP
+    section (unless only language models were compared), then the language-model one."""
     lines = [f"# {results.get('title', 'bilens report')}", ""]
     if results.get("commands"):
         lines += ["```", *results["commands"], "```", ""]
+    lines += combined_markdown(results)
+    if show_mlp(results):
+        lines += _mlp(results, images)
+    lines += lm_markdown(results, images)
+    if results.get("timing"):
+        lines += ["## Timing", "", ", ".join(f"{k}: {v:.1f} s" for k, v in
+                                              results["timing"].items()), ""]
+    return "\n".join(lines)
+
+
+def _mlp(results: dict[str, Any], images: dict[str, str]) -> list[str]:
+    """The MLP section: comparison, claims, recommendation, sweeps, decomposition."""
+    lines: list[str] = []
     cmp = results.get("compare")
     if cmp:
         s = cmp["settings"]
@@ -49,8 +64,4 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
                   markdown_table(*sweep_rows(sweep)), "", sweep_note(sweep), ""]
         if f"sweep-{name}" in images:
             lines += [f"![sweep {name}]({images[f'sweep-{name}']})", ""]
-    lines += markdown_sections(results.get("decomposition"), images)
-    if results.get("timing"):
-        lines += ["## Timing", "", ", ".join(f"{k}: {v:.1f} s" for k, v in
-                                              results["timing"].items()), ""]
-    return "\n".join(lines)
+    return lines + markdown_sections(results.get("decomposition"), images)
