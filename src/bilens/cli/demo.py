@@ -11,10 +11,13 @@ from bilens.cli._common import add_device, add_force, add_out, add_threads, coun
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "demo", help="the main job on digits: comparison, sweeps, claims, report (< 3 min)",
+        "demo", help="the main job: the comparison, sweeps, claims and report on digits, and "
+                     "on tiny language models (synthetic-lm) (< 3 min)",
         description="Train and verify none/rms/layer x post/pre on digits (3 seeds), run the "
-                    "four sweeps of the seed's error analysis on small grids, print the "
-                    "comparison and claims tables, and write the report to OUT/report/.")
+                    "four sweeps of the seed's error analysis on small grids, do the same "
+                    "comparison for tiny bilinear transformers on synthetic-lm (1 seed, every "
+                    "node really ablated, every mode), print the comparison and claims "
+                    "tables, and write the report to OUT/report/.")
     add_out(p, "output directory (report/, JSON, cached models under models/)", "runs/demo",
             metavar="OUTDIR")
     add_device(p)
@@ -22,7 +25,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
               "reuse them; the report is always rewritten")
     p.add_argument("--seeds", type=count, default=None,
                    help="seeds in the comparison (default: 3)")
-    p.add_argument("--epochs", type=count, default=None, help="epochs per model (default: 8)")
+    p.add_argument("--epochs", type=count, default=None,
+                   help="epochs per MLP model (default: 8)")
+    p.add_argument("--steps", type=count, default=None,
+                   help="optimizer steps per transformer (default: the synthetic-lm preset's, "
+                        "600)")
     add_threads(p, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
@@ -38,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     results = demo.run_demo(
         args.out, device=args.device, force=args.force,
         seeds=demo.SEEDS if args.seeds is None else args.seeds,
-        epochs=demo.EPOCHS if args.epochs is None else args.epochs,
+        epochs=demo.EPOCHS if args.epochs is None else args.epochs, lm_steps=args.steps,
         command=report.command_line(),
         log=None if args.quiet else print)
     paths = report.write(results, args.out)
@@ -51,6 +58,21 @@ def run(args: argparse.Namespace) -> int:
     print()
     print("Recommendation:")
     print("\n".join(f"  - {t}" for t in results["recommendation"]["text"]))
+    lm = results.get("lm")
+    if lm:
+        print()
+        print(f"Comparison (language models, {lm['compare']['dataset']}):")
+        print(report.lm_compare_text(lm["compare"]["table"]))
+        print()
+        print("The seed's claims, on language models:")
+        print(report.claims_text(lm["claims"]))
+        print()
+        print("Recommendation for language models:")
+        print("\n".join(f"  - {t}" for t in lm["recommendation"]["text"]))
+        if results.get("combined"):
+            print()
+            print("Combined recommendation:")
+            print("\n".join(f"  - {t}" for t in results["combined"]["text"]))
     print(f"\nreport: {paths['html']}")
     print(f"        {paths['markdown']}, {paths['json']}")
     print(f"done in {time.perf_counter() - start:.1f} s")

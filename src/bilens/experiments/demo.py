@@ -4,10 +4,14 @@ It runs a small version of everything bilens exists for: the comparison of none/
 x post/pre (three seeds, each model verified for the predicted logit and the margin), the
 four sweeps of the seed's error analysis on their small grids, the weight-based
 decomposition of every compared model (`decompose_models`, written to
-`OUT/decomposition.json`), the claims table and the recommendation, in under 3 minutes on
-2 CPU cores; `bilens demo` then writes the report (`bilens.report.write`). Models and
-verifications are cached under `OUT/models`, so a second run only re-decomposes (seconds)
-and rebuilds the report.
+`OUT/decomposition.json`), the claims table and the recommendation; then the same for
+language models on `synthetic-lm` (`lm_compare`: tiny bilinear transformers, none/rms/layer
+x pre/post, one seed, every node of 16 held-out sequences really ablated in the real
+network and with each statistic held, every mode checked, written to
+`OUT/compare-lm.json`), with the claims re-judged on them and the combined recommendation;
+all in under 3 minutes on 2 CPU cores. `bilens demo` then writes the report
+(`bilens.report.write`). Models and verifications are cached under `OUT/models`, so a
+second run only re-decomposes (seconds) and rebuilds the report.
 
 Example:
     >>> from bilens import report
@@ -28,12 +32,14 @@ DATASET = "digits"
 SEEDS = 3
 EPOCHS = 8
 N_VERIFY = 64
+LM_DATASET = "synthetic-lm"
+LM_SEEDS = 1
 
 
 def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force: bool = False,
              seeds: int = SEEDS, epochs: int = EPOCHS, n_verify: int = N_VERIFY,
              cache_dir: str | os.PathLike | None = None, command: str = "bilens demo",
-             log: Callable[[str], None] | None = print) -> dict[str, Any]:
+             lm: bool = True, lm_steps: int | None = None, log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Compare, sweep (small grids), evaluate the claims and recommend.
 
     Args:
@@ -46,11 +52,14 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
         n_verify: test inputs whose every channel is ablated, per model.
         cache_dir: model cache (default `out/models`).
         command: the command line recorded in the report.
+        lm: also run the language-model section (`synthetic-lm`).
+        lm_steps: optimizer steps of every transformer (default: the preset's).
         log: progress lines (None: silent).
 
     Returns:
         the report's dict (title, commands, compare, sweeps, decomposition, claims,
-        recommendation, timing; see `bilens.experiments.summary`).
+        recommendation, timing, and `lm` with the transformer comparison, its claims and
+        recommendation, and `combined`; see `bilens.experiments.summary`).
     """
     from bilens.core.io import write_json
     from bilens.experiments.compare import Runner, compare
@@ -74,9 +83,25 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
     decomposition = decompose_compared(cmp.to_dict(), runner.dataset)
     write_json(Path(out) / "decomposition.json", decomposition)
     timing["decomposition"] = time.perf_counter() - t
+    parts = {"lm": _lm_section(out, runner, timing, lm_steps)} if lm else {}
     results = build({
-        "title": f"bilens demo: the seed's claims measured on {DATASET}",
+        "title": f"bilens demo: the seed's claims measured on {DATASET}"
+                 + (f" and {LM_DATASET}" if lm else ""),
         "commands": [command], "compare": cmp.to_dict(), "sweeps": sweeps,
-        "decomposition": decomposition, "timing": timing})
+        "decomposition": decomposition, **parts, "timing": timing})
     timing["total"] = time.perf_counter() - start
     return results
+
+
+def _lm_section(out: str | os.PathLike, runner: Any, timing: dict[str, float],
+                steps: int | None) -> dict[str, Any]:
+    """The language-model part: `compare_lm` on `synthetic-lm` with the MLP runner's cache
+    and device."""
+    from bilens.experiments.lm_compare import LMRunner, compare_lm
+
+    t = time.perf_counter()
+    lm_runner = LMRunner(runner.cache_dir, force=runner.force, device=runner.device,
+                         log=runner.log)
+    cmp = compare_lm(LM_DATASET, seeds=LM_SEEDS, out=out, steps=steps, runner=lm_runner)
+    timing["compare (language models)"] = time.perf_counter() - t
+    return {"compare": cmp.to_dict()}

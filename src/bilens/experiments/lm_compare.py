@@ -56,7 +56,7 @@ LM_PRESETS: dict[str, dict[str, Any]] = {
     # 4 layers, d_model 256: the attribution issue's configuration; 1000 steps of 32 x 128
     "text": {"model": {"d_model": 256, "d_hidden": 1024, "n_layers": 4, "n_heads": 4},
              "train": {"steps": 1000, "batch_size": 32, "lr": 3e-3, "bf16": True},
-             "seq_len": 128, "verify": 8, "verify_len": 64},
+             "seq_len": 128, "verify": 8, "verify_len": 32},
 }
 
 SEQ_PATHS = (
