@@ -326,10 +326,13 @@ def claim_drift_vs_gating(cmp: dict[str, Any]) -> dict[str, Any]:
 
 def claim_features(results: dict[str, Any]) -> dict[str, Any]:
     """Claim 11 (issue 16), judged by `bilens.experiments.decomposition` on the results'
-    decomposition records; `not measured` without them."""
+    decomposition records, the MLP models' (`decomposition`) and the transformers'
+    (`decomposition_lm`) together, each cell named by its dataset when both are there;
+    `not measured` without them."""
     from bilens.experiments.decomposition import claim_features_intact
 
-    records = (results.get("decomposition") or {}).get("records") or []
+    records = [r for key in ("decomposition", "decomposition_lm")
+               for r in (results.get(key) or {}).get("records") or []]
     claim = claim_features_intact(records)
     claim["claim"] = claim["claim"][:1].upper() + claim["claim"][1:]
     if claim["verdict"] == "not measured":
@@ -342,8 +345,8 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     Args:
         results: `{"compare": CompareResult.to_dict(), "sweeps": {name: SweepResult.to_dict()},
-            "decomposition": {"records": [...]}}` (any part may be missing: its claims are then
-            `not measured`).
+            "decomposition": {"records": [...]}, "decomposition_lm": {"records": [...]}}` (any
+            part may be missing: its claims are then `not measured`).
     """
     cmp = results.get("compare")
     out = []

@@ -46,7 +46,7 @@ def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]
     Returns:
         `{"html": path, "markdown": path, "json": path, <image key>: path, ...}`.
     """
-    from bilens.report.decomposition_section import render
+    from bilens.report.decomposition_section import RESULT_KEYS, render
     from bilens.report.html import html
     from bilens.report.markdown import markdown
     from bilens.report.plots import render_plots
@@ -54,7 +54,9 @@ def write(results: dict[str, Any], outdir: str | os.PathLike) -> dict[str, Path]
     out = Path(outdir)
     check_outdir(out)
     out.mkdir(parents=True, exist_ok=True)
-    pngs = {**render_plots(results), **render(results.get("decomposition"))}   # {key: png}
+    pngs = render_plots(results)                                             # {key: png}
+    for k in RESULT_KEYS:
+        pngs.update(render(results.get(k)))
     names = {key: f"{key}.png" for key in pngs}
     with atomic_dir(out / "report") as tmp:
         for key, data in pngs.items():

@@ -11,7 +11,7 @@ import base64
 import html as _html
 from typing import Any
 
-from bilens.report.decomposition_section import html_sections
+from bilens.report.decomposition_section import RESULT_KEYS, html_sections
 from bilens.report.notes import CLAIMS_NOTE, settings_line, sweep_note
 from bilens.report.tables import NONE_NOTE, claims_rows, compare_rows, merge_none, sweep_rows
 
@@ -95,7 +95,8 @@ def html(results: dict[str, Any], pngs: dict[str, bytes]) -> str:
         parts += [f"<h2>Sweep: {_e(name)}</h2>", f"<p>{_e(settings_line(sweep['settings']))}</p>",
                   _table(*sweep_rows(sweep)), f"<p>{_e(sweep_note(sweep))}</p>",
                   _img(pngs, f"sweep-{name}", f"sweep {name}")]
-    parts += html_sections(results.get("decomposition"), pngs)
+    for k in RESULT_KEYS:
+        parts += html_sections(results.get(k), pngs)
     if results.get("timing"):
         parts.append("<h2>Timing</h2><p>" + _e(", ".join(
             f"{k}: {v:.1f} s" for k, v in results["timing"].items())) + "</p>")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bilens.report.decomposition_section import markdown_sections
+from bilens.report.decomposition_section import RESULT_KEYS, markdown_sections
 from bilens.report.notes import CLAIMS_NOTE, settings_line, sweep_note
 from bilens.report.tables import (
     NONE_NOTE,
@@ -49,7 +49,8 @@ def markdown(results: dict[str, Any], images: dict[str, str]) -> str:
                   markdown_table(*sweep_rows(sweep)), "", sweep_note(sweep), ""]
         if f"sweep-{name}" in images:
             lines += [f"![sweep {name}]({images[f'sweep-{name}']})", ""]
-    lines += markdown_sections(results.get("decomposition"), images)
+    for k in RESULT_KEYS:
+        lines += markdown_sections(results.get(k), images)
     if results.get("timing"):
         lines += ["## Timing", "", ", ".join(f"{k}: {v:.1f} s" for k, v in
                                               results["timing"].items()), ""]
