@@ -326,7 +326,9 @@ def claim_drift_vs_gating(cmp: dict[str, Any]) -> dict[str, Any]:
 
 def claim_features(results: dict[str, Any]) -> dict[str, Any]:
     """Claim 11 (issue 16), judged by `bilens.experiments.decomposition` on the results'
-    decomposition records; `not measured` without them."""
+    decomposition records (`decomposition`, the MLP models'; the transformers' claim 11 is
+    judged in `bilens.experiments.lm_claims` on `lm["decomposition"]`); `not measured`
+    without them."""
     from bilens.experiments.decomposition import claim_features_intact
 
     records = (results.get("decomposition") or {}).get("records") or []
@@ -342,8 +344,8 @@ def evaluate_claims(results: dict[str, Any]) -> list[dict[str, Any]]:
 
     Args:
         results: `{"compare": CompareResult.to_dict(), "sweeps": {name: SweepResult.to_dict()},
-            "decomposition": {"records": [...]}}` (any part may be missing: its claims are then
-            `not measured`).
+            "decomposition": {"records": [...]}}` (any
+            part may be missing: its claims are then `not measured`).
     """
     cmp = results.get("compare")
     out = []

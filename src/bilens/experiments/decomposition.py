@@ -25,6 +25,18 @@ The rule. A normalized configuration (rms or layer, post or pre) keeps its featu
 
 Over the normalized configurations x k in `KS` (1, 4, 16): `holds` when every cell is
 intact, `fails` when at most half are, `partly` otherwise; `not measured` without records.
+A cell with `k >= d_model` (when the records give `d_model`) is left out as not applicable:
+there the truncation is the whole form and the overlap 1 by construction. Records of
+several datasets (the MLP digits models beside the synthetic-lm transformers, say) are
+judged as one set of cells, each named by its dataset, with each dataset's own verdict in
+`numbers["by_dataset"]`. A random k-dimensional subspace overlaps the top-k one by
+`k / d_model` on average (`numbers["chance_overlap"]`): 0.5 at k = 16 for d_model 32, so the
+0.9 line stays well above chance for every model the comparisons train (d_model >= 32).
+
+The records of a transformer (`bilens.experiments.decompose_models`, kind `transformer`)
+have the same keys: every (sequence, position) is one input, the last layer's output at a
+position reaches only that position's logits, so `frozen@k`, `live@k` and `overlap@k` mean
+what they mean for the MLP (`bilens.analysis.lm_decompose`).
 The same noise rule says whether a normalized model's `frozen@k` differs from the no-norm
 model's at the same position (reported in the numbers, not part of the verdict: it is a
 question of what the network learns, not of whether the picture survives the norm).
@@ -78,13 +90,16 @@ def seed_values(faith: dict[str, Any], ks: Iterable[int] = KS) -> dict[str, floa
 def decomposition_table(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, norm, position): every `seed_values` key as mean and `_sd`."""
     groups: dict[tuple[str, str, str], list[dict[str, float]]] = {}
+    d_models: dict[tuple[str, str, str], set] = {}
     for rec in records:
         key = (rec.get("dataset", ""), rec["norm"], rec["position"])
         groups.setdefault(key, []).append(seed_values(rec["faithfulness"]))
+        d_models.setdefault(key, set()).add(rec.get("d_model"))
     rows = []
     for (dataset, norm, position), seeds in sorted(groups.items()):
+        known = {d for d in d_models[dataset, norm, position] if d is not None}
         row: dict[str, Any] = {"dataset": dataset, "norm": norm, "position": position,
-                               "n_seeds": len(seeds)}
+                               "n_seeds": len(seeds), "d_model": min(known) if known else None}
         for name in seeds[0]:
             row[name], row[f"{name}_sd"] = mean_sd(s[name] for s in seeds)
         rows.append(row)
@@ -98,14 +113,36 @@ def _intact(row: dict[str, Any], k: int) -> bool:
     return stable and small
 
 
+def _verdict(cells: dict[Any, bool]) -> str:
+    n_ok = sum(cells.values())
+    return "holds" if n_ok == len(cells) else "fails" if n_ok <= len(cells) / 2 else "partly"
+
+
+def _label(dataset: str, norm: str, position: str, several: bool) -> str:
+    return f"{dataset} {norm}/{position}" if several else f"{norm}/{position}"
+
+
+def _applies(row: dict[str, Any], k: int) -> bool:
+    """A cell means something only below full rank (`k < d_model`, when it is known)."""
+    return row.get("d_model") is None or k < row["d_model"]
+
+
 def claim_features_intact(records: list[dict[str, Any]], dataset: str | None = None,
                           ks: Iterable[int] = KS) -> dict[str, Any]:
     """The claim's verdict over the normalized configurations of one dataset (or all).
+
+    Args:
+        records: `{"dataset", "norm", "position", "seed", "faithfulness"}` per model, and
+            optionally `d_model` (`decompose_compared`'s records, MLP or transformer).
+        dataset: judge this dataset's records only; None judges every record, each cell
+            named by its dataset when there are several.
+        ks: the k of the cells.
 
     Returns:
         A claims-table row: `id, claim, seed, verdict, measured, rule, why, numbers` (the
         keys of `bilens.experiments.claims`).
     """
+    ks = list(ks)
     rows = [r for r in decomposition_table(records) if dataset in (None, r["dataset"])]
     normed = [r for r in rows if (r["norm"], r["position"]) in NORMED]
     base = {"id": "features_intact", "claim": CLAIM,
@@ -113,24 +150,33 @@ def claim_features_intact(records: list[dict[str, Any]], dataset: str | None = N
     rule = (f"a normalized config is intact at k when its top-k eigenspace overlap (frozen vs "
             f"live-norm Q) >= {STABLE_OVERLAP:g} and live normalization adds at most "
             f"{SMALL_EXTRA:.0%} to the rank-k truncation error (or an amount within "
-            f"{NOISE_SD:g} sd of 0 over seeds); holds if every config x k in {list(ks)} is "
+            f"{NOISE_SD:g} sd of 0 over seeds); holds if every config x k in {ks} is "
             f"intact, fails if at most half are, partly otherwise")
-    if not normed:
+    cells = {(r["dataset"], r["norm"], r["position"], k): _intact(r, k)
+             for r in normed for k in ks if _applies(r, k)}
+    if len(cells) < len(normed) * len(ks):
+        rule += " (k >= d_model left out: there the truncation is the whole form)"
+    if not cells:
         return {**base, "verdict": "not measured", "measured": "-", "rule": rule,
                 "why": "run benchmarks/decomposition_table.py", "numbers": {}}
-    cells = {(r["norm"], r["position"], k): _intact(r, k) for r in normed for k in ks}
-    n_ok = sum(cells.values())
-    verdict = ("holds" if n_ok == len(cells) else "fails" if n_ok <= len(cells) / 2
-               else "partly")
+    several = len({r["dataset"] for r in normed}) > 1
     measured = "; ".join(
-        f"{r['norm']}/{r['position']}: " + ", ".join(
+        f"{_label(r['dataset'], r['norm'], r['position'], several)}: " + ", ".join(
             f"k={k} overlap {_pm(r, f'overlap@{k}')} extra {_pm(r, f'extra@{k}', pct=True)}"
-            for k in ks) for r in normed)
-    broken = [f"{n}/{p} k={k}" for (n, p, k), ok in cells.items() if not ok]
-    why = "" if not broken else "not intact: " + ", ".join(broken)
-    numbers = {"intact": {f"{n}/{p}/k{k}": ok for (n, p, k), ok in cells.items()},
+            for k in ks if _applies(r, k)) for r in normed)
+    broken = [f"{_label(d, n, p, several)} k={k}" for (d, n, p, k), ok in cells.items()
+              if not ok]
+    numbers = {"intact": {f"{d}/{n}/{p}/k{k}" if several else f"{n}/{p}/k{k}": ok
+                          for (d, n, p, k), ok in cells.items()},
+               "not_applicable": [f"{r['dataset']}/{r['norm']}/{r['position']}/k{k}"
+                                  for r in normed for k in ks if not _applies(r, k)],
+               "by_dataset": {d: _verdict({c: ok for c, ok in cells.items() if c[0] == d})
+                              for d in sorted({c[0] for c in cells})},
+               "chance_overlap": {f"{r['dataset']}/k{k}": k / r["d_model"] for r in normed
+                                  for k in ks if r.get("d_model") and _applies(r, k)},
                "rows": rows, "versus_none": versus_none(rows, ks)}
-    return {**base, "verdict": verdict, "measured": measured, "rule": rule, "why": why,
+    return {**base, "verdict": _verdict(cells), "measured": measured, "rule": rule,
+            "why": "" if not broken else "not intact: " + ", ".join(broken),
             "numbers": numbers}
 
 

@@ -2,7 +2,8 @@
 
     {"title": str, "commands": [str], "compare": CompareResult.to_dict(),
      "sweeps": {name: SweepResult.to_dict()}, "timing": {...},
-     "decomposition": decompose_models.decompose_compared(...)}    # optional
+     "decomposition": decompose_models.decompose_compared(...),    # optional, MLP models
+     "lm": {"decomposition": decompose_models.decompose_compared(...), ...}}  # transformers
 
 `build` adds `claims` (see `bilens.experiments.claims`) and `recommendation` (see
 `bilens.experiments.recommend`); `collect` gathers the JSON files `bilens compare` and
@@ -35,7 +36,8 @@ def build(results: dict[str, Any]) -> dict[str, Any]:
 
 
 def collect(*directories: str | os.PathLike) -> dict[str, Any]:
-    """Gather `compare.json`, `sweep-*.json` and `decomposition.json` written by
+    """Gather `compare.json`, `sweep-*.json`, `decomposition.json` and
+    `decomposition-lm.json` written by
     `bilens compare` / `bilens sweep` / `bilens demo` into one `results` dict for `build`
     (the last of each found wins)."""
     results: dict[str, Any] = {"sweeps": {}}
@@ -44,6 +46,9 @@ def collect(*directories: str | os.PathLike) -> dict[str, Any]:
             results["compare"] = json.loads((d / "compare.json").read_text())
         if (d / "decomposition.json").is_file():
             results["decomposition"] = json.loads((d / "decomposition.json").read_text())
+        if (d / "decomposition-lm.json").is_file():
+            results.setdefault("lm", {})["decomposition"] = json.loads(
+                (d / "decomposition-lm.json").read_text())
         for f in sorted(d.glob("sweep-*.json")):
             data = json.loads(f.read_text())
             results["sweeps"][data["name"]] = data

@@ -11,8 +11,8 @@
 - `faithfulness_compare.png` (`plot_faithfulness_compare`): none / rms / layer side by side
 
 `token_table(tokens)` renders a language model's token alignment (`Decomposition.tokens`)
-as a Markdown table. `decomposition_html(summary, pngs)` returns the report's section for
-one configuration.
+as a Markdown table, `token_html(tokens)` as an HTML one. `decomposition_html(summary,
+pngs)` returns the report's section for one configuration.
 
 Example:
     >>> paths = write_figures(dec, Path("out"), model=model, dataset="digits")  # doctest: +SKIP
@@ -238,6 +238,25 @@ def token_table(tokens: dict[str, Any], vectors: int | None = None) -> str:
             lines.append(f"| {l} | {row['target']} | {row['rank']} | {row['eigenvalue']:.3g} | "
                          f"{_cell(row['positive'])} | {_cell(row['negative'])} |")
     return "\n".join(lines)
+
+
+def _html_ends(ends: list[dict[str, Any]]) -> str:
+    return " ".join(f"<code>{_html.escape(repr(x['token']))}</code> {x['score']:.2f}"
+                    for x in ends)
+
+
+def token_html(tokens: dict[str, Any], vectors: int | None = None) -> str:
+    """`token_table` as an HTML table (string), the tokens' text escaped."""
+    e = _html.escape
+    rows = "".join(
+        f"<tr><td>{e(l)}</td><td>{e(r['target'])}</td><td>{r['rank']}</td>"
+        f"<td>{r['eigenvalue']:.3g}</td><td>{_html_ends(r['positive'])}</td>"
+        f"<td>{_html_ends(r['negative'])}</td></tr>"
+        for l, rs in tokens["layers"].items() for r in rs
+        if vectors is None or r["rank"] < vectors)
+    return ("<table class='tokens'><tr><th>layer</th><th>target</th><th>i</th>"
+            "<th>eigenvalue</th><th>top + tokens (score)</th><th>top - tokens (score)</th>"
+            f"</tr>{rows}</table>")
 
 
 def write_figures(dec: Decomposition, directory: str | Path, model: Any = None,

@@ -8,6 +8,12 @@ space and drawn as images) and `faithfulness` (top-k reconstruction per layer; t
 layer's rank-k truncation, frozen and live). Beside them, `decomposition-compare`: every
 configuration's last-layer curves side by side (`plot_faithfulness_compare`).
 
+A transformer comparison's decomposition (`results["lm"]["decomposition"]`, sections of
+kind `transformer`, drawn inside the language-model section by `report.lm_section`) is
+drawn the same way under its own heading, its image keys prefixed
+`decomposition-lm-`, with the tokens each layer's top eigenvectors align with as a table
+(`token_table`, `token_html`) where the MLP's have eigenvector images.
+
 Example:
     >>> pngs = render(results["decomposition"])                       # doctest: +SKIP
 """
@@ -26,6 +32,8 @@ from bilens.report.decomposition import (
     plot_faithfulness,
     plot_faithfulness_compare,
     plot_spectrum,
+    token_html,
+    token_table,
 )
 
 COMPARE_KEY = "decomposition-compare"
@@ -33,15 +41,26 @@ FIGURES = ("spectrum", "eigenvectors", "faithfulness")
 KS = (1, 4, 16)
 
 
+def _lm(decomposition_or_section: dict[str, Any]) -> bool:
+    d = decomposition_or_section
+    return (d.get("kind") or (d.get("settings") or {}).get("kind")) == "transformer"
+
+
 def _config(sec: dict[str, Any]) -> str:
-    return "none" if sec["norm"] == "none" else f"{sec['norm']}-{sec['position']}"
+    config = "none" if sec["norm"] == "none" else f"{sec['norm']}-{sec['position']}"
+    return f"lm-{config}" if _lm(sec) else config
+
+
+def compare_key(decomposition: dict[str, Any]) -> str:
+    """The image key of the side-by-side figure (`decomposition-lm-compare` for LMs)."""
+    return "decomposition-lm-compare" if _lm(decomposition) else COMPARE_KEY
 
 
 def title(sec: dict[str, Any]) -> str:
     """The section's heading: its configuration and seed."""
     where = ("none (post = pre: one network)" if sec["norm"] == "none"
              else f"{sec['norm']}/{sec['position']}")
-    return f"Decomposition: {where}, seed {sec['seed']}"
+    return f"{'LM decomposition' if _lm(sec) else 'Decomposition'}: {where}, seed {sec['seed']}"
 
 
 def plot_images(images: dict[str, Any]) -> bytes:
@@ -97,7 +116,8 @@ def render(decomposition: dict[str, Any] | None) -> dict[str, bytes]:
     """Every decomposition figure of the report, by image key."""
     if not decomposition or not decomposition.get("sections"):
         return {}
-    out = {COMPARE_KEY: plot_faithfulness_compare(decomposition.get("records", []))}
+    out = {compare_key(decomposition):
+           plot_faithfulness_compare(decomposition.get("records", []))}
     for sec in decomposition["sections"]:
         out.update({key(sec, name): png for name, png in section_pngs(sec).items()})
     return out
@@ -106,6 +126,20 @@ def render(decomposition: dict[str, Any] | None) -> dict[str, bytes]:
 def intro(decomposition: dict[str, Any]) -> str:
     """What the sections show and how they were measured (one paragraph)."""
     s = decomposition.get("settings", {})
+    if _lm(decomposition):
+        return (f"Every layer of every compared transformer ({s.get('dataset')}) decomposed "
+                f"per position for {', '.join(map(str, s.get('targets') or []))} "
+                f"({s.get('target_rule', 'given')}): the read-out direction with the norms on "
+                f"the direct path folded in, its interaction matrix Q = sym(L^T diag(D^T w) R) "
+                f"and its eigenvectors (docs/decomposition.md). Faithfulness on "
+                f"{s.get('n_sequences')} held-out sequences of {s.get('seq_len')} tokens, "
+                f"every position one input ({s.get('n_inputs')} inputs), the live-norm "
+                f"eigenvectors on {s.get('stability_n')} positions. Errors are percentages of "
+                f"the layer's direct contribution; attention is off the direct path. One "
+                f"section per configuration (its first seed; no norm once); claim 11 above "
+                f"judges all seeds. The tables list, for each layer's top "
+                f"{s.get('token_vectors', 2)} eigenvectors, the tokens whose embedding aligns "
+                f"most with each end (v . M E[token]).")
     return (f"Every layer of every compared model decomposed for every class (the read-out "
             f"direction with the norms folded in, its interaction matrix Q = sym(L^T diag(D^T "
             f"w) R) and its eigenvectors; docs/decomposition.md), faithfulness measured on "
@@ -117,21 +151,35 @@ def intro(decomposition: dict[str, Any]) -> str:
             f"embedding's.")
 
 
+def heading(decomposition: dict[str, Any]) -> str:
+    """The decomposition's top heading."""
+    if _lm(decomposition):
+        dataset = (decomposition.get("settings") or {}).get("dataset")
+        return f"Weight-based decomposition: language models ({dataset})"
+    return "Weight-based decomposition"
+
+
 def html_sections(decomposition: dict[str, Any] | None, pngs: dict[str, bytes]) -> list[str]:
     """The HTML of every section (strings)."""
     if not decomposition or not decomposition.get("sections"):
         return []
-    parts = ["<h2>Weight-based decomposition</h2>",
+    parts = [f"<h2>{_html.escape(heading(decomposition))}</h2>",
              f"<p>{_html.escape(intro(decomposition))}</p>"]
-    if COMPARE_KEY in pngs:
-        data = base64.b64encode(pngs[COMPARE_KEY]).decode("ascii")
+    ckey = compare_key(decomposition)
+    if ckey in pngs:
+        data = base64.b64encode(pngs[ckey]).decode("ascii")
         parts.append(f'<p><img alt="decomposition: every configuration side by side" '
                      f'src="data:image/png;base64,{data}"></p>')
     for sec in decomposition["sections"]:
         figs = {f"{name}.png": pngs[key(sec, name)] for name in FIGURES
                 if key(sec, name) in pngs}
-        parts.append(decomposition_html(sec["summary"], figs, title=title(sec))
-                     .replace("<h2>", "<h3>").replace("</h2>", "</h3>"))
+        part = (decomposition_html(sec["summary"], figs, title=title(sec))
+                .replace("<h2>", "<h3>").replace("</h2>", "</h3>"))
+        if sec.get("tokens"):
+            table = ("<p>The tokens each top eigenvector aligns with (its two ends; an "
+                     "eigenvector's sign is arbitrary):</p>" + token_html(sec["tokens"]))
+            part = part.replace("</section>", table + "\n</section>")
+        parts.append(part)
     return parts
 
 
@@ -143,9 +191,10 @@ def markdown_sections(decomposition: dict[str, Any] | None, images: dict[str, st
     """The Markdown lines of every section; `images` maps image keys to file names."""
     if not decomposition or not decomposition.get("sections"):
         return []
-    lines = ["## Weight-based decomposition", "", intro(decomposition), ""]
-    if COMPARE_KEY in images:
-        lines += [f"![decomposition: every configuration]({images[COMPARE_KEY]})", ""]
+    lines = [f"## {heading(decomposition)}", "", intro(decomposition), ""]
+    ckey = compare_key(decomposition)
+    if ckey in images:
+        lines += [f"![decomposition: every configuration]({images[ckey]})", ""]
     for sec in decomposition["sections"]:
         faith = sec["summary"].get("faithfulness") or {}
         lines += [f"### {title(sec)}", ""]
@@ -169,6 +218,9 @@ def markdown_sections(decomposition: dict[str, Any] | None, images: dict[str, st
                           + (f"{stab['overlap_mean'][stab['ks'].index(k)]:.3f}"
                              if k in stab["ks"] else "n/a") + " |" for k in KS]
             lines.append("")
+        if sec.get("tokens"):
+            lines += ["The tokens each top eigenvector aligns with (its two ends; an "
+                      "eigenvector's sign is arbitrary):", "", token_table(sec["tokens"]), ""]
         for name in FIGURES:
             if key(sec, name) in images:
                 lines += [f"![{title(sec)}: {name}]({images[key(sec, name)]})", ""]
