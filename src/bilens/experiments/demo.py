@@ -39,7 +39,8 @@ LM_SEEDS = 1
 def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force: bool = False,
              seeds: int = SEEDS, epochs: int = EPOCHS, n_verify: int = N_VERIFY,
              cache_dir: str | os.PathLike | None = None, command: str = "bilens demo",
-             lm: bool = True, lm_steps: int | None = None, log: Callable[[str], None] | None = print) -> dict[str, Any]:
+             lm: bool = True, lm_steps: int | None = None,
+             log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Compare, sweep (small grids), evaluate the claims and recommend.
 
     Args:
@@ -96,7 +97,9 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
 def _lm_section(out: str | os.PathLike, runner: Any, timing: dict[str, float],
                 steps: int | None) -> dict[str, Any]:
     """The language-model part: `compare_lm` on `synthetic-lm` with the MLP runner's cache
-    and device."""
+    and device, and the decomposition of its models (`OUT/decomposition-lm.json`)."""
+    from bilens.core.io import write_json
+    from bilens.experiments.decompose_models import decompose_compared
     from bilens.experiments.lm_compare import LMRunner, compare_lm
 
     t = time.perf_counter()
@@ -104,4 +107,8 @@ def _lm_section(out: str | os.PathLike, runner: Any, timing: dict[str, float],
                          log=runner.log)
     cmp = compare_lm(LM_DATASET, seeds=LM_SEEDS, out=out, steps=steps, runner=lm_runner)
     timing["compare (language models)"] = time.perf_counter() - t
-    return {"compare": cmp.to_dict()}
+    t = time.perf_counter()
+    decomposition = decompose_compared(cmp.to_dict(), lm_runner.dataset)
+    write_json(Path(out) / "decomposition-lm.json", decomposition)
+    timing["decomposition (language models)"] = time.perf_counter() - t
+    return {"compare": cmp.to_dict(), "decomposition": decomposition}

@@ -140,7 +140,9 @@ class LMRunner:
         return self.data(name)
 
     def configs(self, spec: Spec) -> tuple[TransformerConfig, Any]:
-        """The `TransformerConfig` and `LMTrainConfig` of a spec (validated)."""
+        """The `TransformerConfig` and `LMTrainConfig` of a spec (validated). Without a norm,
+        pre- and post-norm are one network (every norm is the identity): both specs give
+        the pre-norm config, so that network is trained and verified once."""
         from bilens.training.lm import LMTrainConfig
 
         names = {f.name for f in fields(LMTrainConfig)}
@@ -149,8 +151,11 @@ class LMRunner:
             raise BilensError(f"train options {unknown} unknown; LMTrainConfig has "
                               f"{sorted(names)}")
         data = self.data(spec.dataset)
+        model = dict(spec.model)
+        if model.get("norm") == "none":
+            model["norm_position"] = "pre"
         mc = TransformerConfig(vocab_size=data.vocab_size, n_ctx=LM_PRESETS[spec.dataset]
-                               ["seq_len"], **spec.model)
+                               ["seq_len"], **model)
         return mc, LMTrainConfig(**{**spec.train, "device": self.device})
 
     def model(self, spec: Spec) -> tuple[Any, dict[str, Any]]:
@@ -188,7 +193,8 @@ class LMRunner:
                 summary[t] = self._verified(model, spec.dataset, info, t)
         cfg = model.config
         return {"dataset": spec.dataset, "kind": "transformer", "norm": cfg.norm,
-                "position": cfg.norm_position, "seed": int(spec.train.get("seed", 0)),
+                "position": spec.model.get("norm_position", cfg.norm_position),
+                "seed": int(spec.train.get("seed", 0)),
                 "d_model": cfg.d_model, "d_hidden": cfg.d_hidden, "n_layers": cfg.n_layers,
                 "n_heads": cfg.n_heads, "l1": float(spec.train.get("l1", 0.0)),
                 "tags": dict(spec.tags), **info, **summary}
