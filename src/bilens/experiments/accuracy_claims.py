@@ -12,100 +12,113 @@ best configuration, not a chosen one.
   position (no norm is one network in both). `holds` if RMSNorm is distinguishably above
   no norm and distinguishably below LayerNorm; `fails` if it is distinguishably below no
   norm, or not distinguishable from either (no order to lie in); `partly` otherwise.
+
+The same two claims judge the language models' held-out loss (`bilens.experiments
+.lm_claims`) through the `quality` argument (`stats.LOSS`: lower is better, in nats). The
+seed's 9 points are accuracy and have no counterpart in nats, so with `seed_gap=None` only
+the direction is judged: claim 3 `holds` when the best normalized configuration is
+distinguishably better, `fails` otherwise.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-from bilens.core.units import pct
-from bilens.experiments.stats import NOISE_SD, noise_compare
+from bilens.experiments.claim_rules import FACTOR, _claim
+from bilens.experiments.stats import ACCURACY, NOISE_SD, Quality
 
-FACTOR = 2.0
 SEED_ACC_GAP_PP = 9.0                # the seed's "no norm: worse (-9%)"
 NORM_NAMES = {"none": "no norm", "rms": "RMSNorm", "layer": "LayerNorm"}
 NOISE_RULE = (f"two means over seeds differ only when more than {NOISE_SD:g} pooled sd "
               f"apart, else not distinguishable")
-RELATION = {"higher": "more accurate than", "lower": "less accurate than",
-            "not distinguishable": "not distinguishable from"}
 
 
-def best_row(cmp: dict[str, Any], norms: tuple[str, ...]) -> dict[str, Any] | None:
-    """The row of `norms` with the highest mean accuracy (the first of equals)."""
-    rows = [r for r in cmp["table"] if r["norm"] in norms
-            and math.isfinite(r.get("test_accuracy", math.nan))]
-    return max(rows, key=lambda r: r["test_accuracy"]) if rows else None
+def best_row(cmp: dict[str, Any], norms: tuple[str, ...],
+             quality: Quality = ACCURACY) -> dict[str, Any] | None:
+    """The row of `norms` with the best mean `quality` (the first of equals)."""
+    return quality.best([r for r in cmp["table"] if r["norm"] in norms])
 
 
-def versus(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """`stats.noise_compare` of two table rows' test accuracies (`a` against `b`)."""
-    return noise_compare(a["test_accuracy"], a.get("test_accuracy_std", math.nan),
-                         int(a.get("n_seeds", 1)), b["test_accuracy"],
-                         b.get("test_accuracy_std", math.nan), int(b.get("n_seeds", 1)))
+def versus(a: dict[str, Any], b: dict[str, Any], quality: Quality = ACCURACY) -> dict[str, Any]:
+    """`stats.noise_compare` of two table rows' means of `quality` (`a` against `b`)."""
+    return quality.compare(a, b)
 
 
 def _name(row: dict[str, Any]) -> str:
     return f"{row['norm']}/{row['position']}"
 
 
-def _row(cid: str, claim: str, seed: str, verdict: str, measured: str, rule: str,
-         why: str = "", numbers: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": cid, "claim": claim, "seed": seed, "verdict": verdict, "measured": measured,
-            "rule": rule, "why": why, "numbers": numbers or {}}
+def _direction(q: Quality) -> str:
+    """What the rule says first when better is not higher."""
+    return "" if q.higher else f"lower {q.name} ({q.unit}) is better; "
 
 
-def claim_no_norm_accuracy(cmp: dict[str, Any]) -> dict[str, Any]:
+def _no_norm_rule(q: Quality, sized: bool) -> str:
+    if sized:
+        return (f"{NOISE_RULE}; no norm against the best normalized configuration: holds if "
+                f"that one is more accurate by a gap within {FACTOR:g}x of 9 pp; partly if "
+                f"more accurate by another gap; fails if not distinguishable or no norm is "
+                f"more accurate")
+    return (f"{NOISE_RULE}; {_direction(q)}no norm against the best normalized "
+            f"configuration: holds if that one is better; fails if not distinguishable or no "
+            f"norm is better (the seed's "
+            f"9 pp are accuracy, with no counterpart in {q.unit}: only the direction is judged)")
+
+
+def claim_no_norm_accuracy(cmp: dict[str, Any], quality: Quality = ACCURACY,
+                           seed_gap: float | None = SEED_ACC_GAP_PP) -> dict[str, Any]:
     """Claim 3 (module docstring): no norm against the best normalized configuration."""
-    text, seed = "No norm costs accuracy", "~9% worse than LayerNorm"
-    rule = (f"{NOISE_RULE}; no norm against the best normalized configuration: holds if that "
-            f"one is more accurate by a gap within {FACTOR:g}x of 9 pp; partly if more "
-            f"accurate by another gap; fails if not distinguishable or no norm is more accurate")
-    none, best = best_row(cmp, ("none",)), best_row(cmp, ("rms", "layer"))
+    q, sized = quality, seed_gap is not None
+    cid, text, seed = f"no_norm_{q.id}", f"No norm costs {q.name}", "~9% worse than LayerNorm"
+    rule = _no_norm_rule(q, sized)
+    none, best = best_row(cmp, ("none",), q), best_row(cmp, ("rms", "layer"), q)
     if none is None or best is None:
-        return _row("no_norm_accuracy", text, seed, "not measured", "-", rule,
-                    "run bilens compare")
-    found = versus(best, none)
-    gap, real = 100 * found["diff"], found["verdict"] == "higher"
-    verdict = ("holds" if real and SEED_ACC_GAP_PP / FACTOR <= gap <= SEED_ACC_GAP_PP * FACTOR
+        return _claim(cid, text, seed, "not measured", "-", rule, "run bilens compare")
+    found = versus(best, none, q)
+    gap, real = q.gain(best, none), found["verdict"] == q.better
+    verdict = ("holds" if real and (not sized or seed_gap / FACTOR <= gap <= seed_gap * FACTOR)
                else "partly" if real else "fails")
-    measured = (f"none {pct(none['test_accuracy'], 2)} vs the best normalized, {_name(best)} "
-                f"{pct(best['test_accuracy'], 2)}: gap {found['text']}: {found['verdict']}")
+    measured = (f"none {q.show(q.value(none))} vs the best normalized, {_name(best)} "
+                f"{q.show(q.value(best))}: gap {found['text']}: {found['verdict']}")
     if verdict == "holds":
-        why = (f"The best normalized configuration ({_name(best)}) is {gap:.2f} pp more "
-               f"accurate than no norm, near the seed's 9 points.")
+        why = (f"The best normalized configuration ({_name(best)}) is {q.amount(gap)} "
+               f"{q.better_than} no norm" + (", near the seed's 9 points." if sized else
+                                             "; the seed's size is in accuracy points."))
     elif verdict == "partly":
-        why = (f"No norm does cost accuracy, but {gap:.2f} pp against the best normalized "
+        why = (f"No norm does cost {q.name}, but {q.amount(gap)} against the best normalized "
                f"configuration ({_name(best)}), not ~9.")
     elif found["verdict"] == "not distinguishable":
         why = (f"No norm is not distinguishable from the best normalized configuration "
-               f"({_name(best)}) at this seed spread; the seed's 9-point gap does not appear.")
+               f"({_name(best)}) at this seed spread; " +
+               ("the seed's 9-point gap does not appear." if sized else "no cost appears."))
     else:
-        why = (f"No norm is {-gap:.2f} pp more accurate than the best normalized "
+        why = (f"No norm is {q.amount(-gap)} {q.better_than} the best normalized "
                f"configuration ({_name(best)}).")
-    return _row("no_norm_accuracy", text, seed, verdict, measured, rule, why,
-                {"gap_pp": gap, "noise_pp": 100 * found["noise"], "best": _name(best),
-                 "comparison": found["verdict"]})
+    return _claim(cid, text, seed, verdict, measured, rule, why,
+                  {f"gap_{q.unit}": gap, f"noise_{q.unit}": q.scale * found["noise"],
+                   "best": _name(best), "comparison": found["verdict"]})
 
 
-def claim_rms_between(cmp: dict[str, Any]) -> dict[str, Any]:
+def claim_rms_between(cmp: dict[str, Any], quality: Quality = ACCURACY) -> dict[str, Any]:
     """Claim 4 (module docstring): each norm at its best position."""
-    text, seed = "RMSNorm accuracy lies between none and LayerNorm", "good (middle)"
-    rule = (f"{NOISE_RULE}; each norm at its best position: holds if RMSNorm is above no "
-            f"norm and below LayerNorm; fails if below no norm or not distinguishable from "
-            f"either; partly otherwise")
-    best = {n: best_row(cmp, (n,)) for n in ("none", "rms", "layer")}
+    q = quality
+    text, seed = f"RMSNorm {q.name} lies between none and LayerNorm", "good (middle)"
+    rule = (f"{NOISE_RULE}; {_direction(q)}each norm at its best position: holds if RMSNorm "
+            f"is {q.above} no norm and {q.below} LayerNorm; fails if {q.below} no norm or "
+            f"not distinguishable from either; partly otherwise")
+    best = {n: best_row(cmp, (n,), q) for n in ("none", "rms", "layer")}
     if any(r is None for r in best.values()):
-        return _row("rms_between", text, seed, "not measured", "-", rule, "run bilens compare")
-    up, down = versus(best["rms"], best["none"]), versus(best["rms"], best["layer"])
+        return _claim("rms_between", text, seed, "not measured", "-", rule,
+                      "run bilens compare")
+    up, down = versus(best["rms"], best["none"], q), versus(best["rms"], best["layer"], q)
     above, below = up["verdict"], down["verdict"]
-    if above == "higher" and below == "lower":
+    if above == q.better and below == q.worse:
         verdict = "holds"
-    elif above == "lower" or above == below == "not distinguishable":
+    elif above == q.worse or above == below == "not distinguishable":
         verdict = "fails"
     else:
         verdict = "partly"
-    measured = (", ".join(f"{NORM_NAMES[n]} {pct(r['test_accuracy'], 2)}"
+    measured = (", ".join(f"{NORM_NAMES[n]} {q.show(q.value(r))}"
                           + ("" if n == "none" else f" ({r['position']})")
                           for n, r in best.items())
                 + f"; RMSNorm vs no norm {up['text']}: {above}; vs LayerNorm "
@@ -116,8 +129,8 @@ def claim_rms_between(cmp: dict[str, Any]) -> dict[str, Any]:
         why = ("RMSNorm is not distinguishable from either no norm or LayerNorm at this seed "
                "spread, so there is no order to lie in.")
     else:
-        why = (f"RMSNorm is {RELATION[above]} no norm and {RELATION[below]} LayerNorm"
-               + (", not between them." if above != "lower" else "."))
-    return _row("rms_between", text, seed, verdict, measured, rule, why,
-                {**{n: r["test_accuracy"] for n, r in best.items()},
-                 "vs_none": above, "vs_layer": below})
+        why = (f"RMSNorm is {q.relation(above)} no norm and {q.relation(below)} LayerNorm"
+               + (", not between them." if above != q.worse else "."))
+    return _claim("rms_between", text, seed, verdict, measured, rule, why,
+                  {**{n: q.value(r) for n, r in best.items()},
+                   "vs_none": above, "vs_layer": below})

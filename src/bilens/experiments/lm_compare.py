@@ -37,11 +37,10 @@ from bilens.core.config import TransformerConfig
 from bilens.core.errors import BilensError
 from bilens.core.io import write_json
 from bilens.experiments.compare import CompareResult, Spec, compare_specs
-from bilens.experiments.stats import aggregate
+from bilens.experiments.stats import LM_MODES, aggregate
 
 CACHE_VERSION = 1
 TOP_K = 10
-LM_MODES = ("frozen", "frozen-norm", "live", "renorm")
 LM_TARGET = "next"                      # the next token's log-probability at the last position
 LM_EXTRA_TARGETS = ("margin",)          # top-1 minus top-2 logit at the last position
 POSITIONS_LM = ("pre", "post")          # pre-norm first: the published bilinear LMs' layout

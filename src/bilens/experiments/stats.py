@@ -1,8 +1,9 @@
 """Numbers over seeds and sweep points: the mean and spread of every summary number per
 group of rows (`aggregate`), the one noise rule for comparing two such means
-(`noise_compare`), a rank correlation for trends (`spearman`), and which attribution modes a
-table measured (`modes_in`). Rows are the dicts `Runner.evaluate` returns; tables are lists
-of aggregated rows.
+(`noise_compare`), a rank correlation for trends (`spearman`), which attribution modes a
+table measured (`modes_in`), and the quality a comparison ranks models by, with its
+direction and units (`Quality`: `ACCURACY` for the MLP networks, `LOSS` for the language
+models). Rows are the dicts `Runner.evaluate` returns; tables are lists of aggregated rows.
 
 **The noise rule** (every accuracy comparison of the claims and the recommendation): two
 means over seeds differ only when `|a - b| > NOISE_SD * pooled sd`, with the pooled sd
@@ -23,9 +24,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
+from bilens.core.units import pct
+
 MODES = ("frozen", "live", "renorm")     # every mode verified; the claims use frozen and live
+LM_MODES = ("frozen", "frozen-norm", "live", "renorm")   # the sequence models (docs/spec.md §9)
 NOISE_SD = 2.0                           # means closer than 2 pooled sd: not distinguishable
 EXTRA_TARGETS = ("margin",)              # compare also verifies these (docs/spec.md §2)
 
@@ -61,14 +66,18 @@ def pooled_sd(sd_a: float, n_a: int, sd_b: float, n_b: int) -> float:
     return math.sqrt(sum(parts) / dof)
 
 
-def noise_compare(a: float, sd_a: float, n_a: int, b: float, sd_b: float,
-                  n_b: int) -> dict[str, Any]:
+def noise_compare(a: float, sd_a: float, n_a: int, b: float, sd_b: float, n_b: int, *,
+                  scale: float = 100.0, unit: str = "pp", digits: int = 2) -> dict[str, Any]:
     """The noise rule (module docstring) for mean `a` against mean `b`.
+
+    Args:
+        scale, unit, digits: how `text` writes a difference (accuracies: x100 in percentage
+            points, 2 decimals; losses: `scale=1, unit="nats", digits=4`).
 
     Returns:
         `{"diff": a - b, "pooled_sd", "noise": NOISE_SD * pooled_sd, "verdict": "higher" |
         "lower" | "not distinguishable", "text"}`, `text` saying how the rule decided
-        (e.g. `"+0.31 pp (2 pooled sd = 0.16 pp)"`; accuracies in percentage points).
+        (e.g. `"+0.31 pp (2 pooled sd = 0.16 pp)"`).
     """
     diff, sd = a - b, pooled_sd(sd_a, n_a, sd_b, n_b)
     noise = NOISE_SD * sd
@@ -78,10 +87,92 @@ def noise_compare(a: float, sd_a: float, n_a: int, b: float, sd_b: float,
         verdict = "not distinguishable"
     else:
         verdict = "higher" if diff > 0 else "lower" if diff < 0 else "not distinguishable"
-    spread = (f"{NOISE_SD:g} pooled sd = {100 * noise:.2f} pp" if math.isfinite(noise)
-              else "1 seed: spread unknown")
+    spread = (f"{NOISE_SD:g} pooled sd = {scale * noise:.{digits}f} {unit}"
+              if math.isfinite(noise) else "1 seed: spread unknown")
     return {"diff": diff, "pooled_sd": sd, "noise": noise, "verdict": verdict,
-            "text": f"{100 * diff:+.2f} pp ({spread})"}
+            "text": f"{scale * diff:+.{digits}f} {unit} ({spread})"}
+
+
+def finite(value: Any) -> bool:
+    """`value` is a finite number (not None, NaN, a bool or a string)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) \
+        and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Quality:
+    """What a comparison ranks models by: a table column (`key`, its `_std` beside it),
+    which way is better (`higher`), how a difference is written (`scale`, `unit`, `digits`)
+    and the words for better and worse. `ACCURACY` and `LOSS` are the two in use.
+
+    Example:
+        >>> LOSS.gain({"test_loss": 3.1}, {"test_loss": 3.3}) > 0      # lower is better
+        True
+    """
+
+    id: str
+    key: str
+    name: str
+    higher: bool
+    unit: str
+    scale: float
+    digits: int
+    better_than: str            # "RMSNorm is <better_than> no norm"
+    worse_than: str
+    above: str                  # "holds if RMSNorm is <above> no norm and <below> LayerNorm"
+    below: str
+
+    @property
+    def better(self) -> str:
+        """The `noise_compare` verdict of `a` against `b` that means `a` is better."""
+        return "higher" if self.higher else "lower"
+
+    @property
+    def worse(self) -> str:
+        return "lower" if self.higher else "higher"
+
+    def value(self, row: dict[str, Any]) -> float:
+        v = row.get(self.key, math.nan)
+        return float(v) if finite(v) else math.nan
+
+    def gain(self, a: dict[str, Any], b: dict[str, Any]) -> float:
+        """How much better `a` is than `b`, in `unit` (negative: worse)."""
+        return (1 if self.higher else -1) * self.scale * (self.value(a) - self.value(b))
+
+    def best(self, rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+        """The row of best mean (the first of equals); None if none is finite."""
+        rows = [r for r in rows if math.isfinite(self.value(r))]
+        sign = 1 if self.higher else -1
+        return max(rows, key=lambda r: sign * self.value(r)) if rows else None
+
+    def compare(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        """`noise_compare` of two table rows' means (`a` against `b`), in this unit."""
+        return noise_compare(self.value(a), a.get(self.key + "_std", math.nan),
+                             int(a.get("n_seeds", 1)), self.value(b),
+                             b.get(self.key + "_std", math.nan), int(b.get("n_seeds", 1)),
+                             scale=self.scale, unit=self.unit, digits=self.digits)
+
+    def amount(self, gain: float) -> str:
+        """A difference already in `unit`: `"0.31 pp"`, `"0.0123 nats"`."""
+        return f"{gain:.{self.digits}f} {self.unit}"
+
+    def show(self, value: float) -> str:
+        """One mean: `"98.31%"`, `"3.2952 nats"`."""
+        if self.unit == "pp":
+            return pct(value, self.digits)
+        return f"{value:.{self.digits}f} {self.unit}" if finite(value) else "n/a"
+
+    def relation(self, verdict: str) -> str:
+        """A `compare` verdict in words: `"more accurate than"`, ..."""
+        return {self.better: self.better_than, self.worse: self.worse_than}.get(
+            verdict, "not distinguishable from")
+
+
+ACCURACY = Quality("accuracy", "test_accuracy", "accuracy", True, "pp", 100.0, 2,
+                   "more accurate than", "less accurate than", "above", "below")
+LOSS = Quality("loss", "test_loss", "held-out loss", False, "nats", 1.0, 4,
+               "better (lower held-out loss) than", "worse (higher held-out loss) than",
+               "better than", "worse than")
 
 
 def spearman(xs: list[float], ys: list[float]) -> float:
@@ -155,8 +246,9 @@ def targets_in(table: list[dict[str, Any]]) -> list[str]:
         for r in table)]
 
 
-def modes_in(table: list[dict[str, Any]]) -> list[str]:
-    """The attribution modes the table measured (frozen and live always, renorm if run)."""
-    return [m for m in MODES if any(isinstance(r.get(f"{m}.ne"), float) and
+def modes_in(table: list[dict[str, Any]], modes: tuple[str, ...] = MODES) -> list[str]:
+    """The attribution modes of `modes` the table measured (frozen and live always, the
+    others if run)."""
+    return [m for m in modes if any(isinstance(r.get(f"{m}.ne"), float) and
                                     math.isfinite(r[f"{m}.ne"]) for r in table)] \
         or ["frozen", "live"]

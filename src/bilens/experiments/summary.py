@@ -9,6 +9,15 @@
 `bilens.experiments.recommend`); `collect` gathers the JSON files `bilens compare` and
 `bilens sweep` wrote. `bilens.report.write` renders the dict.
 
+Language models go under `lm`, the same way:
+
+    {"lm": {"compare": compare_lm(...).to_dict(), "sweeps": {name: SweepResult.to_dict()},
+            "decomposition": {...}}}                                  # each optional
+
+and `build` adds `lm["claims"]` (`bilens.experiments.lm_claims`), `lm["recommendation"]`
+(`recommend.recommend_lm`) and, when both families were compared, `combined`
+(`recommend.combine`).
+
 Example:
     >>> from bilens import report
     >>> results = build({"title": "digits", "compare": cmp.to_dict()})   # doctest: +SKIP
@@ -23,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from bilens.experiments.claims import evaluate_claims
-from bilens.experiments.recommend import NOTHING, recommend
+from bilens.experiments.lm_claims import evaluate_lm_claims
+from bilens.experiments.recommend import NOTHING, combine, recommend, recommend_lm
 
 
 def build(results: dict[str, Any]) -> dict[str, Any]:
@@ -32,24 +42,38 @@ def build(results: dict[str, Any]) -> dict[str, Any]:
     out["claims"] = evaluate_claims(results)
     out["recommendation"] = (recommend(results["compare"]) if results.get("compare")
                              else {"text": [NOTHING]})
+    if results.get("lm"):
+        lm = out["lm"] = dict(results["lm"])
+        lm["claims"] = evaluate_lm_claims(lm)
+        lm["recommendation"] = (recommend_lm(lm["compare"]) if lm.get("compare")
+                                else {"text": [NOTHING]})
+        if results.get("compare") and lm.get("compare"):
+            out["combined"] = combine(out["recommendation"], lm["recommendation"])
     return out
 
 
 def collect(*directories: str | os.PathLike) -> dict[str, Any]:
-    """Gather `compare.json`, `sweep-*.json`, `decomposition.json` and
-    `decomposition-lm.json` written by
-    `bilens compare` / `bilens sweep` / `bilens demo` into one `results` dict for `build`
+    """Gather `compare.json`, `sweep-*.json` and `decomposition.json` written by
+    `bilens compare` / `bilens sweep` / `bilens demo` into one `results` dict for `build`,
+    and the language models' `compare-lm.json`, `sweep-lm-*.json` and
+    `decomposition-lm.json` into `results["lm"]`
     (the last of each found wins)."""
     results: dict[str, Any] = {"sweeps": {}}
+    lm: dict[str, Any] = {}
     for d in map(Path, directories):
         if (d / "compare.json").is_file():
             results["compare"] = json.loads((d / "compare.json").read_text())
         if (d / "decomposition.json").is_file():
             results["decomposition"] = json.loads((d / "decomposition.json").read_text())
+        if (d / "compare-lm.json").is_file():
+            lm["compare"] = json.loads((d / "compare-lm.json").read_text())
         if (d / "decomposition-lm.json").is_file():
-            results.setdefault("lm", {})["decomposition"] = json.loads(
-                (d / "decomposition-lm.json").read_text())
+            lm["decomposition"] = json.loads((d / "decomposition-lm.json").read_text())
         for f in sorted(d.glob("sweep-*.json")):
             data = json.loads(f.read_text())
-            results["sweeps"][data["name"]] = data
+            family = lm.setdefault("sweeps", {}) if f.name.startswith("sweep-lm-") \
+                else results["sweeps"]
+            family[data["name"]] = data
+    if lm:
+        results["lm"] = lm
     return results
