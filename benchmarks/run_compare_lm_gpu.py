@@ -30,12 +30,35 @@ from pathlib import Path
 SWEEP_NAMES = ("d_model", "depth", "sparsity")
 
 
-def jobs(dataset: str, seeds: int) -> dict[str, list[str]]:
+def jobs(dataset: str, seeds: int, configs: str | None = None,
+         values: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """The processes: one per seed of the comparison (`configs`: only those, through
+    `part`), one per sweep (`values`: only those points)."""
     kind = ["--kind", "transformer", "--dataset", dataset]
-    out = {f"compare-{dataset}-s{s}": ["compare", *kind, "--seeds", "1", "--first-seed", str(s)]
-           for s in range(seeds)}
-    out.update({f"sweep-{s}": ["sweep", s, *kind] for s in SWEEP_NAMES})
+    if configs:
+        out = {f"compare-{dataset}-s{s}-part": [
+            "@part", "--dataset", dataset, "--seed", str(s), "--configs", configs]
+            for s in range(seeds)}
+    else:
+        out = {f"compare-{dataset}-s{s}": ["compare", *kind, "--seeds", "1",
+                                           "--first-seed", str(s)] for s in range(seeds)}
+    for s in SWEEP_NAMES:
+        if values is None or s in values:
+            out[f"sweep-{s}{'-part' if values else ''}"] = [
+                "sweep", s, *kind, *(["--values", values[s]] if values else [])]
     return out
+
+
+def part(args: argparse.Namespace) -> int:
+    """One seed of the comparison for some `(norm, position)` pairs only: `compare_lm`."""
+    sys.path.insert(0, str(Path("src").resolve()))
+    from bilens.experiments.lm_compare import LMRunner, compare_lm
+
+    configs = [tuple(c.split("/")) for c in args.configs.split(",")]
+    runner = LMRunner(Path(args.out) / "models", device=args.device, n_verify=args.n_verify)
+    compare_lm(args.dataset, seeds=1, first_seed=args.seed, out=args.out, steps=args.steps,
+               runner=runner, configs=configs)
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,14 +70,18 @@ def run(args: argparse.Namespace) -> int:
                                                                                    "")}
     start = time.time()
     procs = {}
-    for name, cmd in jobs(args.dataset, args.seeds).items():
+    values = dict(v.split("=", 1) for v in args.sweep_values.split(";")) \
+        if args.sweep_values else None
+    for name, cmd in jobs(args.dataset, args.seeds, args.configs, values).items():
         if args.only and name not in args.only.split(","):
             continue
         extra = ["--device", args.device, "--out", str(work / name)]
         extra += ["--steps", str(args.steps)] if args.steps else []
         extra += ["--n-verify", str(args.n_verify)] if args.n_verify else []
         log = open(work / f"{name}.log", "w")   # noqa: SIM115 (closed below)
-        full = ["timeout", str(args.limit), sys.executable, "-m", "bilens", *cmd, *extra]
+        head = ([sys.executable, __file__, "part", *cmd[1:]] if cmd[0] == "@part"
+                else [sys.executable, "-m", "bilens", *cmd])
+        full = ["timeout", str(args.limit), *head, *extra]
         log.write("$ " + " ".join(full) + "\n")
         log.flush()
         procs[name] = (subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env=env),
@@ -84,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
 def verify_one(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
     """`bilens verify` on seed 0's RMSNorm pre-norm model, on longer sequences than the
     comparison's (`--verify-len`): the docs/verification.md row of the attribution issue."""
-    found = sorted(work.glob(f"compare-{args.dataset}-s0/models/{args.dataset}-rms-pre-*"))
+    found = sorted(work.glob(f"compare-{args.dataset}-s0*/models/{args.dataset}-rms-*"))
     if not found:
         return
     cmd = ["timeout", str(args.verify_limit), sys.executable, "-m", "bilens", "verify",
@@ -107,6 +134,8 @@ def merge(work: Path, dataset: str) -> None:
 
     parts = [json.loads(f.read_text())
              for f in sorted(work.glob(f"compare-{dataset}-s*/compare-lm.json"))]
+    parts += [json.loads(f.read_text())           # an earlier call's results, unpacked here
+              for f in sorted(work.glob(f"earlier/compare-{dataset}-s*/compare-lm.json"))]
     if not parts:
         return
     rows = [r for p in parts for r in p["rows"]]
@@ -179,11 +208,26 @@ def main() -> int:
     p.add_argument("--n-verify", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated job names")
     p.add_argument("--no-decompose", action="store_true")
+    p.add_argument("--configs", default=None,
+                   help="only these norm/position pairs of the comparison, e.g. "
+                        "rms/post,layer/pre (one process per seed)")
+    p.add_argument("--sweep-values", default=None,
+                   help="only these sweep points, e.g. 'd_model=512;depth=8' (other sweeps "
+                        "skipped)")
     p.add_argument("--verify-len", type=int, default=64,
                    help="tokens per sequence of the one bilens verify run (0: skip it)")
     p.add_argument("--verify-n", type=int, default=8)
     p.add_argument("--verify-limit", type=int, default=120)
     p.set_defaults(func=run)
+    q = sub.add_parser("part")
+    q.add_argument("--dataset", default="text")
+    q.add_argument("--seed", type=int, required=True)
+    q.add_argument("--configs", required=True)
+    q.add_argument("--device", default="cuda")
+    q.add_argument("--out", required=True)
+    q.add_argument("--steps", type=int, default=None)
+    q.add_argument("--n-verify", type=int, default=None)
+    q.set_defaults(func=part)
     r = sub.add_parser("report")
     r.add_argument("results")
     r.add_argument("--dataset", default="text")

@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
@@ -317,7 +317,8 @@ def compare_lm(dataset: str = "synthetic-lm", seeds: int = 1,
                n_verify: int | None = None, device: str = "auto", force: bool = False,
                cache_dir: str | os.PathLike | None = None, spec: Spec | None = None,
                first_seed: int = 0, log: Callable[[str], None] | None = print,
-               runner: LMRunner | None = None) -> CompareResult:
+               runner: LMRunner | None = None,
+               configs: Iterable[tuple[str, str]] | None = None) -> CompareResult:
     """Train and verify none/rms/layer x pre/post transformers; aggregate over seeds.
 
     Args:
@@ -329,6 +330,8 @@ def compare_lm(dataset: str = "synthetic-lm", seeds: int = 1,
         device, force, cache_dir, first_seed, log: as for `bilens.experiments.compare`.
         spec: the base spec (default `lm_preset_spec(dataset, steps)`).
         runner: reuse an `LMRunner` instead.
+        configs: only these `(norm, position)` pairs (default: all six), e.g. to split one
+            comparison over processes; the parts' rows merge with `aggregate_lm`.
 
     Returns:
         A `CompareResult` (`settings["kind"] == "transformer"`); `.table` has one row per
@@ -347,6 +350,9 @@ def compare_lm(dataset: str = "synthetic-lm", seeds: int = 1,
                 "target": runner.target, "also_targets": list(LM_EXTRA_TARGETS),
                 "modes": list(LM_MODES), "device": runner.device, "data_seed": DATA_SEED}
     specs = compare_specs(base, seeds, positions=POSITIONS_LM, first_seed=first_seed)
+    if configs is not None:
+        wanted = {tuple(c) for c in configs}
+        specs = [s for s in specs if (s.model["norm"], s.model["norm_position"]) in wanted]
     rows: list[dict[str, Any]] = []
     for s in specs:                        # seeds outermost: a partial file holds whole seeds
         rows.append(runner.evaluate(s, also=LM_EXTRA_TARGETS))
