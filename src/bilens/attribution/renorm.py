@@ -77,10 +77,11 @@ def renorm_effects(
 
 def _centred(model: BilinearNet, run: Run, i: int, D: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Norm `i`'s input `r` `[B, d]`, its `s` `[B, 1]` and the columns `D`, centred for
-    LayerNorm (its centring is linear, so the change of `N_i` sees centred vectors)."""
-    r, s = run.resid[:, i], run.scale[:, i, None]
+    LayerNorm (its centring is linear, so the change of `N_i` sees centred vectors). The
+    norm axis is `run`'s second; more axes may follow it (`[B, norm, T, d]`: `r [B, T, d]`)."""
+    r, s = run.resid[:, i], run.scale[:, i][..., None]
     if model.norm(i).kind == "layer":
-        return r - run.mean[:, i, None], s, D - D.mean(0)
+        return r - run.mean[:, i][..., None], s, D - D.mean(0)
     return r, s, D
 
 

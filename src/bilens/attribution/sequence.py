@@ -302,15 +302,12 @@ def _renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget
     rows at `p` are computed there."""
     B, L, T, H = c.shape
     out = c.new_zeros(B, L, T, H)
-    rows = torch.arange(B, device=c.device)
+    every = (slice(None), slice(None))
+    at_p = (torch.arange(B, device=c.device), tgt.position)
     with torch.no_grad():
         for l in range(L):
-            if l == L - 1 and not tgt.every_position:
-                at = rows * T + tgt.position                          # the rows at p  [B]
-                out[rows, l, tgt.position] = _renorm_layer(model, run, l, at, c, g_live, g_norm)
-            else:
-                out[:, l] = _renorm_layer(model, run, l, slice(None), c, g_live,
-                                          g_norm).view(B, T, H)
+            at = at_p if l == L - 1 and not tgt.every_position else every
+            out[:, l][at] = _renorm_layer(model, run, l, at, c, g_live, g_norm)
     return out
 
 
@@ -322,14 +319,14 @@ def _first_norms(model: BilinearTransformer) -> tuple[int, ...]:
     return tuple(2 * (l + 1) if pre else 2 * l + 1 for l in range(L))
 
 
-def _renorm_layer(model: BilinearTransformer, run: TransformerRun, l: int, at: Tensor | slice,
+def _renorm_layer(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple,
                   c: Tensor, g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
-    """`renorm` of layer `l`'s nodes at the rows `at` of the flattened `[B*T]` positions."""
+    """`renorm` of layer `l`'s nodes at the positions `at` (an index of `[B, T]`)."""
     i = _first_norms(model)[l]
-    flat = SimpleNamespace(resid=run.resid.flatten(0, 1)[at],
-                           scale=run.scale.flatten(0, 1)[at], mean=run.mean.flatten(0, 1)[at])
-    c_l, g_l = c[:, l].flatten(0, 1)[at], g_live[:, l].flatten(0, 1)[at]      # [rows, H]
-    g_n, D = g_norm[i].flatten(0, 1)[at], model.layers[l].D
+    held = SimpleNamespace(resid=run.resid[at].movedim(-2, 1),      # the norm axis second,
+                           scale=run.scale[at].movedim(-1, 1),      # as renorm's closed
+                           mean=run.mean[at].movedim(-1, 1))        # forms read it
+    c_l, g_l, g_n, D = c[:, l][at], g_live[:, l][at], g_norm[i][at], model.layers[l].D
     if model.config.norm_position == "pre":  # the path through that norm swapped for exact
-        return _swap_norm(model, flat, i, g_n, D, c_l, g_l)
-    return _norm_change(model, flat, i, g_n, D, c_l, slope=g_l)   # every path runs through it
+        return _swap_norm(model, held, i, g_n, D, c_l, g_l)
+    return _norm_change(model, held, i, g_n, D, c_l, slope=g_l)   # every path runs through it
