@@ -67,14 +67,22 @@ def renorm_effects(
     if cfg.norm_position == "post":
         # every path from z_l runs through layer l's own norm, so live g is that norm's slope
         return torch.stack([_norm_change(model, run, i, at_norm[i], model.layers[i].D, c[:, i],
-                                         slope=g_live[:, i])[0]
+                                         slope=g_live[:, i])
                             for i in range(cfg.n_layers)], 1)
     final = cfg.n_layers
-    out = []
-    for i, layer in enumerate(model.layers):
-        exact, slope = _norm_change(model, run, final, at_norm[final], layer.D, c[:, i])
-        out.append(c[:, i] * (g_live[:, i] - slope) + exact)              # swap the direct path
-    return torch.stack(out, 1)
+    return torch.stack([_swap_norm(model, run, final, at_norm[final], layer.D, c[:, i],
+                                   g_live[:, i])                        # swap the direct path
+                        for i, layer in enumerate(model.layers)], 1)
+
+
+def _centred(model: BilinearNet, run: Run, i: int, D: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Norm `i`'s input `r` `[B, d]`, its `s` `[B, 1]` and the columns `D`, centred for
+    LayerNorm (its centring is linear, so the change of `N_i` sees centred vectors). The
+    norm axis is `run`'s second; more axes may follow it (`[B, norm, T, d]`: `r [B, T, d]`)."""
+    r, s = run.resid[:, i], run.scale[:, i][..., None]
+    if model.norm(i).kind == "layer":
+        return r - run.mean[:, i][..., None], s, D - D.mean(0)
+    return r, s, D
 
 
 def _norm_change(
@@ -84,31 +92,53 @@ def _norm_change(
     g_out: Float[Tensor, "batch d_model"],
     D: Float[Tensor, "d_model d_hidden"],
     c: Float[Tensor, "batch d_hidden"],
-    slope: Float[Tensor, "batch d_hidden"] | None = None,
-) -> tuple[Float[Tensor, "batch d_hidden"], Float[Tensor, "batch d_hidden"]]:
-    """`g_out . (N_i(r + D[:, k] c_k) - N_i(r))` for every channel `k`, exactly in `c`, and
-    its slope in `c` at 0 (the live gradient along that path, `D_k . J^T g_out`); pass the
-    slope when it is known already to save one product."""
+    slope: Float[Tensor, "batch d_hidden"],
+) -> Float[Tensor, "batch d_hidden"]:
+    """`g_out . (N_i(r + D[:, k] c_k) - N_i(r))` for every channel `k`, exactly in `c`, given
+    its slope in `c` at 0 (the live gradient along that path, `D_k . J^T g_out`)."""
     norm = model.norm(i)
     if norm.kind == "none":
-        slope = g_out @ D if slope is None else slope
-        return c * slope, slope
-    r = run.resid[:, i]                                                    # [B, d]
-    s = run.scale[:, i, None]                                              # [B, 1]
+        return c * slope
+    r, s, D = _centred(model, run, i, D)
     d = r.shape[-1]
-    if norm.kind == "layer":                                               # centering is linear
-        r = r - run.mean[:, i, None]
-        D = D - D.mean(0)
     gy = g_out * norm.weight                                               # [B, d]
     r_dot = r @ D                                                          # r . D_k     [B, H]
     sq = (D * D).sum(0)                                                    # |D_k|^2     [H]
     s_new, ds2 = perturbed_scale(s, c * r_dot, c * c * sq, d)               # s'          [B, H]
     inv_change = inverse_scale_change(s, s_new, ds2)                        # 1/s' - 1/s
     along_r = (gy * r).sum(-1, keepdim=True)                                # [B, 1]
-    if slope is None:
-        along_d = gy @ D                                                    # [B, H]
-        slope = along_d / s - along_r * r_dot / (d * s**3)                  # d exact / dc at 0
-    else:
-        along_d = s * slope + along_r * r_dot / (d * s**2)                 # the same, inverted
-    exact = along_r * inv_change + c * along_d / s_new
-    return exact, slope
+    along_d = s * slope + along_r * r_dot / (d * s**2)                     # gy . D_k    [B, H]
+    return along_r * inv_change + c * along_d / s_new
+
+
+def _swap_norm(
+    model: BilinearNet,
+    run: Run,
+    i: int,
+    g_out: Float[Tensor, "batch d_model"],
+    D: Float[Tensor, "d_model d_hidden"],
+    c: Float[Tensor, "batch d_hidden"],
+    g_live: Float[Tensor, "batch d_hidden"],
+) -> Float[Tensor, "batch d_hidden"]:
+    """The live prediction `c g_live` with its path through norm `i` swapped for that norm's
+    exact change: `c g_live - c slope + g_out . (N_i(r + D_k c) - N_i(r))` for every `k`.
+
+    With `gy = gamma g_out`, `slope = gy.D_k / s - (gy.r)(r.D_k) / (d s^3)` and the exact
+    change `(gy.r)(1/s' - 1/s) + c gy.D_k / s'`, the two `gy.D_k` terms share one
+    `1/s' - 1/s` (no cancellation between them), and the rest runs in place (on `[B, H]`
+    each temporary is a pass over fresh memory):
+
+        c g_live + (c gy.D_k + gy.r)(1/s' - 1/s) + c (r.D_k)(gy.r) / (d s^3)
+    """
+    norm = model.norm(i)
+    if norm.kind == "none":                          # linear: the exact change is the slope
+        return c * g_live
+    r, s, D = _centred(model, run, i, D)
+    d = r.shape[-1]
+    gy = g_out * norm.weight                                               # [B, d]
+    x = (r @ D).mul_(c)                                                    # c r . D_k   [B, H]
+    s_new, ds2 = perturbed_scale(s, x, (c * c).mul_((D * D).sum(0)), d)    # s'          [B, H]
+    along_r = (gy * r).sum(-1, keepdim=True)                               # gy . r      [B, 1]
+    out = (gy @ D).mul_(c).add_(along_r).mul_(inverse_scale_change(s, s_new, ds2))
+    out.add_(x.mul_(along_r / (d * s**3)))
+    return out.addcmul_(c, g_live)

@@ -2,7 +2,7 @@
 attribution).
 
 A node is `(l, t, k)`, entry `k` of `z_l` at position `t`; the target is read at a position
-`p` per sequence. From one clean forward and one backward pass:
+`p` per sequence. From one forward and one backward pass per mode:
 
     predicted(l, t, k) = (b - z_l[t, k]) * d f / d z_l[t, k]    under a linearization
 
@@ -17,29 +17,41 @@ A node is `(l, t, k)`, entry `k` of `z_l` at position `t`; the target is read at
   layer), whose path's live slope is swapped for the exact change:
   `predicted = c g_live - c slope_path + g_N . (N(r + c D_k) - N(r))`.
 
-The gradients come from autograd through `BilinearTransformer.run` with a zero
-`z_offset` (and `norm_offset` for `renorm`) that requires grad, the frozen quantities
-passed detached in the `Intervention`. Nodes after `p` cannot reach the target: their
-predictions are exactly 0.
+The gradients come from autograd through `BilinearTransformer.run`, with a zero `z_offset`
+(and `norm_offset` for `renorm`) that requires grad. The held quantities are that forward's
+own statistics and patterns, detached inside it (`Intervention.detach_scale`,
+`detach_pattern`: a clean run's values, constants to autograd), so the same forward is also
+the clean run: its `z` gives `b - z`, its norms' inputs and statistics `renorm`'s closed
+form, and its logits at `p` (the head runs there alone; at every position for
+`mean-logprob`) resolve the target. No clean run comes first: one mode costs one forward and
+one backward (docs/benchmarks.md, "Node attribution of the transformer"). Nodes after `p`
+cannot reach the target: their predictions are exactly 0.
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from types import SimpleNamespace
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from bilens.attribution.renorm import _norm_change
+from bilens.attribution.renorm import _norm_change, _swap_norm
 from bilens.core.errors import BilensError
 from bilens.core.memory import DEFAULT_MEMORY, parse_memory
 from bilens.core.models.intervention import Intervention
 from bilens.core.models.transformer import BilinearTransformer, TransformerRun
-from bilens.core.sequence import SequenceTarget, node_mask, prepare_sequence
+from bilens.core.sequence import (
+    SequenceTarget,
+    check_sequence_inputs,
+    node_mask,
+    resolve_sequence_baseline,
+    resolve_sequence_target,
+)
+from bilens.core.targets import Target, reads_logits, resolve_target
 
 __all__ = ["attribute_sequence", "attribute_sequence_modes", "SequenceAttribution",
            "SEQUENCE_MODES", "check_sequence_mode", "gradients_sequence"]
@@ -141,52 +153,129 @@ def attribute_sequence_modes(
     memory: str | int = DEFAULT_MEMORY,
     keep_run: bool = True,
 ) -> SequenceAttribution:
-    """`attribute_sequence` for several modes from one clean run; arguments as there."""
+    """`attribute_sequence` for several modes; arguments as there.
+
+    Each chunk costs one autograd forward and one backward per graph the modes need
+    (`frozen`, `frozen-norm`, and `live` which also serves `renorm`); the first of them is
+    also the clean run (`keep_run`), and the target is resolved on its own logits.
+    """
     if isinstance(modes, str) or not modes:
         raise BilensError(f"modes: expected a non-empty sequence of {list(SEQUENCE_MODES)}, "
                           f"got {modes!r}")
     modes = tuple(dict.fromkeys(check_sequence_mode(m, "modes") for m in modes))
     parse_memory(memory)
-    tokens, run, tgt, b = prepare_sequence(model, tokens, target, position, baselines, labels,
-                                           reference)
+    tokens, labels = check_sequence_inputs(model, tokens, target, labels, reference)
     B, T = tokens.shape
+    cfg = model.config
+    blank = torch.zeros((), dtype=model.dtype, device=model.device)    # shapes, no values
+    tgt = resolve_sequence_target(target, blank.expand(B, T, cfg.vocab_size), position,
+                                  None if labels is None else torch.as_tensor(labels))
+    b = resolve_sequence_baseline(baselines, model,
+                                  blank.expand(B, cfg.n_layers, T, cfg.d_hidden), reference)
     chunk = batch_for(model, B, T, memory)
     was_training = model.training
-    model.eval()
+    if was_training:                    # only then: walking every module there and back costs
+        model.eval()                    # ~70 us, 5% of the small benchmark model's forward
     try:
-        parts = [_predict_chunk(model, tokens[i:i + chunk], tgt.select(slice(i, i + chunk)),
-                                b[i:i + chunk], modes, run if chunk >= B else None)
+        parts = [_predict_chunk(model, tokens[i:i + chunk], target,
+                                tgt.select(slice(i, i + chunk)), b[i:i + chunk], modes, keep_run)
                  for i in range(0, B, chunk)]
     finally:
-        model.train(was_training)
-    predicted = {m: torch.cat([p[m] for p in parts]) for m in modes}
-    return SequenceAttribution(predicted, run if keep_run else None, tgt, b, tokens)
+        if was_training:
+            model.train()
+    predicted = {m: torch.cat([p.predicted[m] for p in parts]) if len(parts) > 1
+                 else parts[0].predicted[m] for m in modes}
+    if reads_logits(target):                         # resolved on each chunk's own logits
+        direction = torch.cat([p.target.target.direction for p in parts])
+        tgt = SequenceTarget(tgt.position, Target(direction=direction, spec=tgt.spec), None,
+                             tgt.spec)
+    run = _cat_runs([p.run for p in parts]) if keep_run else None
+    return SequenceAttribution(predicted, run, tgt, b, tokens)
 
 
-def _predict_chunk(model: BilinearTransformer, tokens: Tensor, tgt: SequenceTarget, b: Tensor,
-                   modes: tuple[str, ...], run: TransformerRun | None = None
-                   ) -> dict[str, Tensor]:
-    if run is None:                                  # one chunk of several: its clean run
-        with torch.no_grad():
-            run = model.run(tokens, check=False)
-    c = b - run.z                                                        # b - z  [B, L, T, H]
+def _cat_runs(runs: list[TransformerRun]) -> TransformerRun:
+    """The chunks' clean runs as one, along the batch."""
+    if len(runs) == 1:
+        return runs[0]
+    return TransformerRun(**{f.name: torch.cat([getattr(r, f.name) for r in runs])
+                             for f in fields(TransformerRun)})
+
+
+def _graphs(modes: tuple[str, ...]) -> tuple[str, ...]:
+    """The autograd graphs the modes need, each once: `live`'s also serves `renorm`."""
+    return tuple(dict.fromkeys("live" if m == "renorm" else m for m in modes))
+
+
+def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: SequenceTarget,
+                   b: Tensor, modes: tuple[str, ...], keep_run: bool) -> SequenceAttribution:
+    """One chunk: per graph one autograd forward (the first is also the clean run, and resolves
+    the target on its own logits) and one backward; `renorm` adds its closed form."""
     keep = node_mask(tgt.position, tokens.shape[1])
-    out = {}
-    for mode in modes:
-        if mode == "renorm":
-            p = _renorm(model, tokens, run, tgt, c)
-        else:
-            p = c * gradients_sequence(model, tokens, run, tgt, mode)[0]
-        out[mode] = torch.where(keep, p, torch.zeros_like(p))
-    return out
+    out: dict[str, Tensor] = {}
+    run = c = None
+    for graph in _graphs(modes):
+        first = "renorm" in modes and graph == "live"           # the norms renorm recomputes
+        fwd, tgt, g_z, g_norm = _one_pass(model, tokens, spec, tgt, graph,
+                                          _first_norms(model) if first else (),
+                                          intermediates=keep_run and run is None)
+        if run is None:
+            run, c = fwd, b - fwd.z                                      # b - z  [B, L, T, H]
+        for mode in ("renorm", "live") if graph == "live" else (graph,):  # renorm reads g_z
+            if mode not in modes:
+                continue
+            p = _renorm(model, fwd, tgt, c, g_z, g_norm) if mode == "renorm" else g_z.mul_(c)
+            out[mode] = p.masked_fill_(~keep, 0.0)                      # nodes after p: 0
+    return SequenceAttribution(out, run if keep_run else None, tgt, b, tokens)
+
+
+def _one_pass(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: SequenceTarget,
+              graph: str, norm_outputs: tuple[int, ...], intermediates: bool
+              ) -> tuple[TransformerRun, SequenceTarget, Tensor, dict[int, Tensor]]:
+    """One autograd forward under `graph`'s linearization (its own statistics and patterns
+    detached, `Intervention.detach_*`), the target read from its logits, one backward.
+
+    Returns the run (detached; every field with `intermediates`), the target (resolved on
+    these logits when the spec reads them), `d f / d z` `[B, L, T, H]` and `d f / d N_i(r)`
+    `[B, T, d_model]` at the output of each norm `i` of `norm_outputs`.
+    """
+    cfg = model.config
+    B, T = tokens.shape
+    new = dict(dtype=model.dtype, device=model.device, requires_grad=True)
+    with torch.enable_grad():
+        z_off = torch.zeros(B, cfg.n_layers, T, cfg.d_hidden, **new)
+        n_off = {i: torch.zeros(B, T, cfg.d_model, **new) for i in norm_outputs}
+        parts = tuple(n_off.get(i) for i in range(cfg.n_norms)) if n_off else None
+        iv = Intervention(z_offset=z_off.unbind(1), norm_offset=parts,  # one part per layer
+                          **HOLD[graph])                                # and per norm
+        out = model.run(tokens, iv, check=False, intermediates=intermediates)
+        if tgt.every_position:                                         # every position's logits
+            f = tgt(model.head(out.final))
+        else:                                                          # only p's: [B, vocab]
+            logits = model.head(out.final[torch.arange(B, device=tokens.device), tgt.position])
+            if reads_logits(spec):                                     # this run is the clean one
+                tgt = SequenceTarget(tgt.position, resolve_target(spec, logits.detach()), None,
+                                     tgt.spec)
+            f = tgt.target(logits)
+        grads = torch.autograd.grad(f.sum(), [z_off, *n_off.values()], allow_unused=True)
+    g_norm = {i: torch.zeros_like(n_off[i]) if g is None else g     # None: not reached
+              for i, g in zip(n_off, grads[1:], strict=True)}
+    run = TransformerRun(**{f.name: None if getattr(out, f.name) is None
+                            else getattr(out, f.name).detach() for f in fields(TransformerRun)})
+    return run, tgt, grads[0], g_norm
+
+
+HOLD = {"frozen": dict(detach_scale=True, detach_pattern=True),      # what each graph holds
+        "frozen-norm": dict(detach_scale=True), "live": {}}
 
 
 def gradients_sequence(
     model: BilinearTransformer, tokens: Tensor, run: TransformerRun, tgt: SequenceTarget,
     mode: str, norm_outputs: bool = False,
 ) -> tuple[Float[Tensor, "batch layer seq d_hidden"], Tensor | None]:
-    """`d f / d z` `[B, L, T, H]` under `mode` (`frozen`, `frozen-norm`, `live`), and with
-    `norm_outputs` also `d f / d N_i(r)` at every norm's output `[B, T, n_norms, d_model]`."""
+    """`d f / d z` `[B, L, T, H]` under `mode` (`frozen`, `frozen-norm`, `live`) with the
+    statistics and patterns of a given `run` held, and with `norm_outputs` also
+    `d f / d N_i(r)` at every norm's output `[B, T, n_norms, d_model]`. (The attribution
+    itself holds its own forward's statistics instead: `Intervention.detach_scale`.)"""
     frozen = {"frozen": dict(scale=run.scale.detach(), pattern=run.pattern.detach()),
               "frozen-norm": dict(scale=run.scale.detach()), "live": {}}[mode]
     with torch.enable_grad():
@@ -204,26 +293,40 @@ def gradients_sequence(
     return grads[0].detach(), g_norm
 
 
-def _renorm(model: BilinearTransformer, tokens: Tensor, run: TransformerRun,
-            tgt: SequenceTarget, c: Tensor) -> Tensor:
-    """`renorm` (module docstring): the first norm each node reaches, exactly, per position."""
-    cfg = model.config
-    g_live, g_norm = gradients_sequence(model, tokens, run, tgt, "live", norm_outputs=True)
-    flat = SimpleNamespace(resid=run.resid.flatten(0, 1), scale=run.scale.flatten(0, 1),
-                           mean=run.mean.flatten(0, 1))                 # [B*T, n_norms, ...]
+def _renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget, c: Tensor,
+            g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
+    """`renorm` (module docstring): the first norm each node reaches, exactly, per position,
+    from the clean `run`, the live `d f / d z` and the live gradients at the norms' outputs.
+    The last layer's nodes reach a target read at `p` only from `p` (their `g_live` and the
+    gradient at the norm they reach are 0 elsewhere, and so is the prediction): only the
+    rows at `p` are computed there."""
     B, L, T, H = c.shape
-    out = []
+    out = c.new_zeros(B, L, T, H)
+    every = (slice(None), slice(None))
+    at_p = (torch.arange(B, device=c.device), tgt.position)
     with torch.no_grad():
-        for l, layer in enumerate(model.layers):
-            c_l, g_l = c[:, l].flatten(0, 1), g_live[:, l].flatten(0, 1)  # [B*T, H]
-            if cfg.norm_position == "post":
-                i = 2 * l + 1                                    # every path runs through it
-                exact, _ = _norm_change(model, flat, i, g_norm[:, :, i].flatten(0, 1),
-                                        layer.D, c_l, slope=g_l)
-                out.append(exact.view(B, T, H))
-                continue
-            i = 2 * (l + 1)                    # the next norm: layer l+1's attention, or final
-            exact, slope = _norm_change(model, flat, i, g_norm[:, :, i].flatten(0, 1), layer.D,
-                                        c_l)
-            out.append((c_l * (g_l - slope) + exact).view(B, T, H))
-    return torch.stack(out, 1)
+        for l in range(L):
+            at = at_p if l == L - 1 and not tgt.every_position else every
+            out[:, l][at] = _renorm_layer(model, run, l, at, c, g_live, g_norm)
+    return out
+
+
+def _first_norms(model: BilinearTransformer) -> tuple[int, ...]:
+    """The norm each layer's nodes reach first: pre-norm the next one (layer `l+1`'s
+    attention norm, or the final norm), post-norm layer `l`'s own MLP norm."""
+    L = model.config.n_layers
+    pre = model.config.norm_position == "pre"
+    return tuple(2 * (l + 1) if pre else 2 * l + 1 for l in range(L))
+
+
+def _renorm_layer(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple,
+                  c: Tensor, g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
+    """`renorm` of layer `l`'s nodes at the positions `at` (an index of `[B, T]`)."""
+    i = _first_norms(model)[l]
+    held = SimpleNamespace(resid=run.resid[at].movedim(-2, 1),      # the norm axis second,
+                           scale=run.scale[at].movedim(-1, 1),      # as renorm's closed
+                           mean=run.mean[at].movedim(-1, 1))        # forms read it
+    c_l, g_l, g_n, D = c[:, l][at], g_live[:, l][at], g_norm[i][at], model.layers[l].D
+    if model.config.norm_position == "pre":  # the path through that norm swapped for exact
+        return _swap_norm(model, held, i, g_n, D, c_l, g_l)
+    return _norm_change(model, held, i, g_n, D, c_l, slope=g_l)   # every path runs through it

@@ -9,6 +9,8 @@ Statistics are per vector, over the feature (last) axis; any leading axes (batch
 and position in a sequence model) are kept. Passing `scale` freezes `s` at a value computed
 elsewhere (a clean run): the norm is then linear in `r`. LayerNorm keeps its centering live,
 because centering is linear already (docs/spec.md §4 "frozen"); pass `mean` as well to freeze `mu`.
+`detach_scale=True` holds the `s` computed from `r` itself: the same value, a constant to
+autograd, so one forward is both the clean run and the frozen linearization.
 """
 
 from __future__ import annotations
@@ -54,9 +56,13 @@ class Norm(nn.Module):
         r: Float[Tensor, "*vec d_model"],
         scale: Float[Tensor, "*vec"] | None = None,
         mean: Float[Tensor, "*vec"] | None = None,
+        *,
+        detach_scale: bool = False,
     ) -> tuple[Float[Tensor, "*vec d_model"], Float[Tensor, "*vec"], Float[Tensor, "*vec"]]:
         """Normalize `r`; return `(N(r), s, mu)` (`s` is 1 for `none`; `mu` is 0 unless
-        LayerNorm). `scale`/`mean`, when given, replace the statistics computed from `r`."""
+        LayerNorm). `scale`/`mean`, when given, replace the statistics computed from `r`;
+        `detach_scale` detaches `s` (computed or given) before it divides: autograd then
+        treats it as a constant, as `frozen` does."""
         if self.kind == "none":
             ones = r.new_ones(r.shape[:-1])
             return r, ones, torch.zeros_like(ones)
@@ -67,6 +73,8 @@ class Norm(nn.Module):
             mu = r.mean(dim=-1) if mean is None else mean                     # [*vec]
             centered = r - mu[..., None]                                      # [*vec, d]
         s = (centered.pow(2).mean(dim=-1) + self.eps).sqrt() if scale is None else scale
+        if detach_scale:
+            s = s.detach()                                                    # held: a constant
         y = self.weight * centered / s[..., None]                             # [*vec, d]
         if self.kind == "layer":
             y = y + self.bias
@@ -106,8 +114,9 @@ def perturbed_scale(
         >>> round(s2.item() ** 2, 6), ds2.item()
         (5.0, 1.0)
     """
-    ds2 = (2 * r_dot_delta + delta_sq) / d_model
-    return (s * s + ds2).clamp_min(torch.finfo(s.dtype).tiny).sqrt(), ds2
+    # in place where it can be: on `[B, H]` every temporary is one more pass over fresh memory
+    ds2 = torch.add(delta_sq, r_dot_delta, alpha=2).div_(d_model)     # (2 r.delta + |delta|^2)/d
+    return torch.add(ds2, s * s).clamp_min_(torch.finfo(s.dtype).tiny).sqrt_(), ds2
 
 
 def inverse_scale_change(
@@ -115,4 +124,4 @@ def inverse_scale_change(
 ) -> Float[Tensor, "*any"]:
     """`1/s' - 1/s`, written `-(s'^2 - s^2) / (s s' (s + s'))` so that it stays accurate
     relative to its own size when `s'` is close to `s`."""
-    return -ds2 / (s * s_new * (s + s_new))
+    return ds2.div((s * s_new).mul_(s + s_new)).neg_()               # two temporaries, not five

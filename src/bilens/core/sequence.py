@@ -214,21 +214,32 @@ def node_mask(position: Int[Tensor, " batch"], seq: int) -> Tensor:
     return (t[None, :] <= position[:, None])[:, None, :, None]
 
 
-def prepare_sequence(
-    model: BilinearTransformer, tokens: Tensor, target: object, position: object,
-    baselines: object, labels: Tensor | None, reference: Tensor | None,
-) -> tuple[Tensor, TransformerRun, SequenceTarget, Tensor]:
-    """Check the inputs and return `(tokens read, clean run, target, b [B, L, T, H])`;
-    shared by the attribution, the oracle and `verify`, so all three ablate the same."""
+def check_sequence_inputs(
+    model: BilinearTransformer, tokens: Tensor, target: object, labels: Tensor | None,
+    reference: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """Check the model, the tokens and the reference; return `(tokens read, on the model's
+    device; the next tokens or None)` (`split_next_tokens` unless `labels` are given)."""
     if not isinstance(model, BilinearTransformer):
         raise BilensError(f"model: expected a BilinearTransformer, got {type(model).__name__}")
     cfg = model.config
     if labels is None:
         tokens, labels = split_next_tokens(tokens, target)
     check_tokens(tokens, cfg.vocab_size, cfg.n_ctx)
-    tokens = tokens.to(model.device)
     if reference is not None:
         check_tokens(reference, cfg.vocab_size, cfg.n_ctx, "reference")
+    return tokens.to(model.device), labels
+
+
+def prepare_sequence(
+    model: BilinearTransformer, tokens: Tensor, target: object, position: object,
+    baselines: object, labels: Tensor | None, reference: Tensor | None,
+) -> tuple[Tensor, TransformerRun, SequenceTarget, Tensor]:
+    """Check the inputs and return `(tokens read, clean run, target, b [B, L, T, H])`, for
+    the oracle. The attribution checks them the same way (`check_sequence_inputs`) and
+    resolves the target and baselines the same way, on its own forward's clean values;
+    `verify` ablates on the attribution's clean run, so both read the same."""
+    tokens, labels = check_sequence_inputs(model, tokens, target, labels, reference)
     with torch.no_grad():
         run = model.run(tokens)
     tgt = resolve_sequence_target(target, run.logits, position,

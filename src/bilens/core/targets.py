@@ -72,6 +72,12 @@ class Target:
         return {"label": self.label}
 
 
+def reads_logits(spec: object) -> bool:
+    """True when resolving `spec` reads the clean logits' values (`"predicted"`, `"margin"`),
+    not only their shape: every other target is fixed before any forward pass."""
+    return isinstance(spec, str) and spec in ("predicted", "margin")
+
+
 def _class_index(value: object, n_out: int, what: str) -> int:
     try:
         c = int(value)

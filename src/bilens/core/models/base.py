@@ -21,7 +21,7 @@ class ResidualModel(nn.Module):
     def _normalize(self, i: int, r: Tensor, iv: Intervention,
                    norms: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """`N_i(r)` under the intervention's statistics; `(r, s, mu)` appended to `norms`."""
-        y, s, mu = self.norm(i)(r, *iv.stats(i))
+        y, s, mu = self.norm(i)(r, *iv.stats(i), detach_scale=iv.detach_scale)
         norms.append((r, s, mu))
         return y
 

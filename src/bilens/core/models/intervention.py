@@ -11,6 +11,14 @@ Every model family's `run(inputs, intervention)` reads it the same way:
   `requires_grad` makes `d f / d z` available from autograd).
 - `norm_offset`: added to every norm's output (sequence models), `[batch, seq, norm, d_model]`
   (a zero tensor with `requires_grad` makes `d f / d N_i(r)` available, for `renorm`).
+  Either offset may also come as one tensor per layer / norm (None for none there), e.g.
+  `offset.unbind(1)`: the gradient of the whole offset is then one stack of the parts'
+  gradients, where indexing the tensor would give every layer a zero-filled gradient of the
+  whole offset's size to add up.
+- `detach_scale`, `detach_pattern`: hold the run's *own* norm statistics `s` (LayerNorm's
+  centring stays live) and attention patterns: the values are unchanged, but autograd treats
+  them as constants. One autograd forward with them is the clean run and the `frozen`
+  linearization at once, so no clean run has to come first to supply `scale` / `pattern`.
 
 Example:
     >>> from bilens.core.config import ModelConfig
@@ -25,7 +33,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -46,8 +54,10 @@ class Intervention:
     mean: Float[Tensor, "batch *seq norm"] | None = None
     pattern: Float[Tensor, "batch layer head seq seq"] | None = None
     patch: Patch | None = None
-    z_offset: Float[Tensor, "batch layer *seq d_hidden"] | None = None
-    norm_offset: Float[Tensor, "batch seq norm d_model"] | None = None
+    z_offset: Float[Tensor, "batch layer *seq d_hidden"] | Sequence[Tensor | None] | None = None
+    norm_offset: Float[Tensor, "batch seq norm d_model"] | Sequence[Tensor | None] | None = None
+    detach_scale: bool = False
+    detach_pattern: bool = False
 
     def stats(self, i: int) -> tuple[Tensor | None, Tensor | None]:
         """Norm `i`'s frozen `(s, mu)`, each None where it is recomputed."""
@@ -59,9 +69,12 @@ class Intervention:
         if self.patch is not None and l in self.patch:
             mask, values = self.patch[l]
             z = torch.where(mask, values, z)
-        if self.z_offset is not None:
-            z = z + self.z_offset[:, l]
-        return z
+        offset = None if self.z_offset is None else part(self.z_offset, l, 1)
+        return z if offset is None else z + offset
+
+    def norm_offset_at(self, i: int) -> Tensor | None:
+        """What is added to norm `i`'s output `[batch, seq, d_model]`, or None."""
+        return None if self.norm_offset is None else part(self.norm_offset, i, 2)
 
     def check(self, leading: tuple[int, ...], n_norms: int) -> None:
         """Raise unless the frozen statistics are `[*leading, n_norms]`."""
@@ -72,6 +85,11 @@ class Intervention:
                 raise BilensError(f"intervention.{name}: expected shape {list(expected)} "
                                   f"([batch, ..., n_norms]), got {list(stats.shape)}; pass a "
                                   f"clean run's `.{name}`")
+
+
+def part(offset: Tensor | Sequence[Tensor | None], i: int, axis: int) -> Tensor | None:
+    """Entry `i` of an offset along `axis`, whether it is one tensor or one per entry."""
+    return offset[i] if isinstance(offset, (tuple, list)) else offset.select(axis, i)
 
 
 NONE = Intervention()

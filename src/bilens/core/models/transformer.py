@@ -75,15 +75,20 @@ class Attention(nn.Module):
         cos, sin = rope_angles(a.shape[1], self.d_head, self.rope_base, q.dtype, a.device)
         return rope(q, cos, sin), rope(k, cos, sin), v      # (q.dtype: bf16 under autocast)
 
-    def forward(self, a: Float[Tensor, "batch seq d_model"], pattern: Tensor | None = None
+    def forward(self, a: Float[Tensor, "batch seq d_model"], pattern: Tensor | None = None,
+                *, detach: bool = False
                 ) -> tuple[Float[Tensor, "batch seq d_model"], Float[Tensor, "batch head seq seq"]]:
-        """`(Attn(a), pattern)`; a given `pattern` `[B, heads, T, T]` is used as it is."""
+        """`(Attn(a), pattern)`; a given `pattern` `[B, heads, T, T]` is used as it is, and
+        `detach` holds the pattern computed here (a constant to autograd: `q`, `k` get no
+        gradient)."""
         B, T, d = a.shape
         q, k, v = self.qkv(a)
         if pattern is None:
             scores = q @ k.transpose(-1, -2) / math.sqrt(self.d_head)        # [B, H, T, T]
             causal = torch.ones(T, T, dtype=torch.bool, device=a.device).tril()
             pattern = scores.masked_fill(~causal, float("-inf")).softmax(dim=-1)
+        if detach:
+            pattern = pattern.detach()
         o = pattern @ v                                                     # [B, H, T, dh]
         return self.o(o.transpose(1, 2).reshape(B, T, d)), pattern        # W_O o_t
 
@@ -122,10 +127,11 @@ class TransformerRun:
     """Everything one forward pass computed, per layer and position.
 
     Norm index `i` (the `norm` axis): `2l` layer l's attention norm, `2l+1` its MLP norm,
-    `2L` the final norm (pre-norm only).
+    `2L` the final norm (pre-norm only). From `run(..., intermediates=False)`, `logits`,
+    `pattern`, `attn_in`, `attn_out`, `u`, `left` and `right` are None.
     """
 
-    logits: Float[Tensor, "batch seq vocab"]
+    logits: Float[Tensor, "batch seq vocab"] | None   # None: see `run(intermediates=False)`
     resid: Float[Tensor, "batch seq norm d_model"]       # what each norm normalizes
     scale: Float[Tensor, "batch seq norm"]               # s of each norm (1 for "none")
     mean: Float[Tensor, "batch seq norm"]                # mu (0 unless LayerNorm)
@@ -209,7 +215,7 @@ class BilinearTransformer(ResidualModel):
         return self.head(self.final_norm(h)[0] if pre else h)
 
     def run(self, tokens: Int[Tensor, "batch seq"], intervention: Intervention = NONE,
-            *, check: bool = True) -> TransformerRun:
+            *, check: bool = True, intermediates: bool = True) -> TransformerRun:
         """One forward pass returning every intermediate.
 
         Args:
@@ -218,8 +224,15 @@ class BilinearTransformer(ResidualModel):
                 attention patterns (`pattern` `[B, n_layers, n_heads, T, T]`), patched `z`
                 (`patch`, `{layer: (mask, values)}` on `z_l` `[B, T, d_hidden]`), an offset
                 on `z` (`z_offset` `[B, n_layers, T, d_hidden]`) and on every norm's output
-                (`norm_offset` `[B, T, n_norms, d_model]`). The default changes nothing.
+                (`norm_offset` `[B, T, n_norms, d_model]`); `detach_scale` /
+                `detach_pattern` hold this run's own statistics / patterns for autograd. The
+                default changes nothing.
             check: validate the tokens and the intervention's shapes first.
+            intermediates: False keeps only what a gradient needs from the run: `z`, the
+                norms' `resid`, `scale`, `mean` and `final`; the other fields, the logits
+                among them, are None (no stacking copies, no head: a caller that reads one
+                position applies `self.head` to `final` there; and, unless the patterns
+                are frozen or detached, attention through `scaled_dot_product_attention`).
 
         Returns:
             A `TransformerRun`.
@@ -229,12 +242,15 @@ class BilinearTransformer(ResidualModel):
             self._check(tokens, iv)
         alpha, pre = cfg.attn_scale, cfg.norm_position == "pre"
         norms: list[tuple[Tensor, Tensor, Tensor]] = []                 # (r, s, mu) per norm
-        keep: list[tuple[Tensor, ...]] = []          # (pattern, a, attn, u, L u, R u, z)
+        kept: list[tuple[Tensor, ...]] = []          # (pattern, a, attn, u, L u, R u, z)
         h = self.embed(tokens)                                          # h = E[x_t]  [B,T,d]
         for l, layer in enumerate(self.layers):
             frozen = None if iv.pattern is None else iv.pattern[:, l]
             a = self._normalize(2 * l, h, iv, norms) if pre else h      # a = N_{l,attn}(h) | h
-            attn, pattern = layer.attn(a, frozen)
+            if intermediates or frozen is not None or iv.detach_pattern:
+                attn, pattern = layer.attn(a, frozen, detach=iv.detach_pattern)
+            else:                                          # no pattern asked for: SDPA
+                attn, pattern = layer.attn.fast(a), None
             attn = alpha * attn                                         # alpha * Attn_l(a)
             r = h + attn                                                # h + alpha Attn
             h = r if pre else self._normalize(2 * l, r, iv, norms)
@@ -243,20 +259,25 @@ class BilinearTransformer(ResidualModel):
             z = iv.edit_z(l, z)                                         # ablation, offset
             r = h + z @ layer.D.T                                       # h + D z
             h = r if pre else self._normalize(2 * l + 1, r, iv, norms)
-            keep.append((pattern, a, attn, u, left, right, z))
+            kept.append((pattern, a, attn, u, left, right, z))
         final = self._normalize(2 * cfg.n_layers, h, iv, norms) if pre else h
-        pattern, a, attn, u, left, right, z = (torch.stack(t, 1) for t in zip(*keep, strict=True))
+        per_layer = list(zip(*kept, strict=True))
+        z = torch.stack(per_layer.pop(), 1)
+        pattern, a, attn, u, left, right = (torch.stack(t, 1) if intermediates else None
+                                            for t in per_layer)
         resid, scale, mean = (torch.stack(t, 2) for t in zip(*norms, strict=True))
-        return TransformerRun(logits=self.head(final), resid=resid, scale=scale, mean=mean,
+        logits = self.head(final) if intermediates else None
+        return TransformerRun(logits=logits, resid=resid, scale=scale, mean=mean,
                               pattern=pattern, attn_in=a, attn_out=attn, u=u, left=left,
                               right=right, z=z, final=final)
 
     def _normalize(self, i: int, r: Tensor, iv: Intervention,
                    norms: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
         """`N_i(r)` under the intervention's statistics; `(r, s, mu)` appended to `norms`."""
-        y, s, mu = self.norm(i)(r, *iv.stats(i))
-        if iv.norm_offset is not None:
-            y = y + iv.norm_offset[:, :, i]
+        y, s, mu = self.norm(i)(r, *iv.stats(i), detach_scale=iv.detach_scale)
+        offset = iv.norm_offset_at(i)
+        if offset is not None:
+            y = y + offset
         norms.append((r, s, mu))
         return y
 
@@ -270,7 +291,15 @@ class BilinearTransformer(ResidualModel):
                 "norm_offset": (B, T, cfg.n_norms, cfg.d_model)}
         for name, shape in want.items():
             value = getattr(iv, name)
-            if value is not None and tuple(value.shape) != shape:
+            if isinstance(value, (tuple, list)):                # one tensor per layer / norm
+                axis = 1 if name == "z_offset" else 2
+                each = shape[:axis] + shape[axis + 1:]
+                shapes = {tuple(v.shape) for v in value if v is not None}   # None: no offset
+                if len(value) != shape[axis] or shapes - {each}:
+                    raise BilensError(f"intervention.{name}: expected {shape[axis]} tensors "
+                                      f"(or None) of shape {list(each)}, got {len(value)} of "
+                                      f"shapes {sorted(shapes)}")
+            elif value is not None and tuple(value.shape) != shape:
                 raise BilensError(f"intervention.{name}: expected shape {list(shape)}, got "
                                   f"{list(value.shape)}; pass a clean run's `.{name}` "
                                   f"(or a tensor shaped like it)")

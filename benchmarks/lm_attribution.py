@@ -1,0 +1,196 @@
+"""Node attribution of the bilinear transformer against one forward pass: every mode, captum,
+and the forward + backward floor, side by side in one run.
+
+    python benchmarks/lm_attribution.py --threads 1                  # CPU, both configurations
+    python benchmarks/lm_attribution.py --threads 1 --against main   # and the code of a git ref
+    python benchmarks/lm_attribution.py --device cuda --configs issue --n 128
+
+Configurations (random weights, float32, pre-norm RMS, target `next` at the last position):
+
+- `issue`: 4 layers, d_model 256, d_hidden 1024, 4 heads, 64 tokens, vocab 4096 (issue 14)
+- `small`: 2 layers, d_model 64, d_hidden 128, 4 heads, 32 tokens, vocab 512
+
+Every row is the median of `--repeats` calls after `--warmup`, the rows interleaved call by
+call so that machine load hits them alike, and is printed as a ratio to `forward`
+(`model(tokens)` under no_grad, the logits only):
+
+- `forward, autograd graph`: the same forward with gradients enabled (the graph built);
+- `forward + backward (floor)`: that forward with every `z` kept, then one backward of the
+  target to every layer's `z`: the least that any gradient of every node costs;
+- `attribute_sequence MODE`, and `attribute_sequence_modes` with all four modes;
+- with `--against REF`: the same calls of `attribution/sequence.py` and `renorm.py` as they
+  are at git `REF` (read with `git show`, run on this checkout's model and core), checked
+  against today's;
+- captum's `LayerGradientXActivation` over the layers' `z`, called once per layer (the
+  captum idiom for per-layer attributions) and once over all layers.
+"""
+
+# ruff: noqa: E741
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from lm_oracle import ZSeq
+
+from bilens.attribution.sequence import SEQUENCE_MODES, attribute_sequence, attribute_sequence_modes
+from bilens.core.config import TransformerConfig
+from bilens.core.models.transformer import BilinearTransformer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = {
+    "issue": dict(cfg=dict(vocab_size=4096, n_ctx=64, d_model=256, d_hidden=1024, n_layers=4,
+                           n_heads=4), seq=64),
+    "small": dict(cfg=dict(vocab_size=512, n_ctx=32, d_model=64, d_hidden=128, n_layers=2,
+                           n_heads=4), seq=32),
+}
+
+
+def module_at(ref: str):
+    """`bilens.attribution.sequence` as it is at git `ref`, with `attribution/renorm.py` of
+    `ref` too (under aliases), on today's model and core."""
+    module = None
+    for name in ("renorm", "sequence"):
+        source = subprocess.run(["git", "show", f"{ref}:src/bilens/attribution/{name}.py"],
+                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        source = source.replace("bilens.attribution.renorm", f"renorm_at_{ref}")
+        spec = importlib.util.spec_from_loader(f"{name}_at_{ref}", loader=None)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module                      # imports and dataclasses look there
+        exec(compile(source, f"{ref}:{name}.py", "exec"), module.__dict__)
+    return module
+
+
+def forward_backward(model: BilinearTransformer, tokens: torch.Tensor, nxt: torch.Tensor):
+    """The floor: `model.forward`'s own ops (SDPA attention, the head at the last position
+    only) with every `z` kept, then `d log p(next) / d z` for every layer in one backward."""
+    alpha, zs = model.config.attn_scale, []
+    h = model.embed(tokens)
+    for layer in model.layers:
+        h = h + alpha * layer.attn.fast(layer.attn_norm(h)[0])
+        left, right, z = layer.mlp(layer.mlp_norm(h)[0])
+        zs.append(z)
+        h = h + z @ layer.D.T
+    logp = model.head(model.final_norm(h[:, -1])[0]).log_softmax(-1)
+    return torch.autograd.grad(logp.gather(1, nxt[:, None]).sum(), zs)
+
+
+def cases(model, data, old, captum: bool) -> dict:
+    """Every timed row: name -> a call with no arguments."""
+    tokens, nxt = data[:, :-1], data[:, -1]
+    out = {"forward": torch.no_grad()(lambda: model(tokens)),
+           "forward, autograd graph": lambda: model(tokens).sum(),
+           "forward + backward (floor)": lambda: forward_backward(model, tokens, nxt)}
+    for label, mod in (("", None), ("@REF ", old)):
+        if label and mod is None:
+            continue
+        one = attribute_sequence if mod is None else mod.attribute_sequence
+        every = attribute_sequence_modes if mod is None else mod.attribute_sequence_modes
+        for mode in SEQUENCE_MODES:
+            out[f"{label}attribute {mode}"] = (
+                lambda one=one, mode=mode: one(model, data, target="next", mode=mode))
+        out[f"{label}attribute, all four modes"] = (
+            lambda every=every: every(model, data, target="next", keep_run=False).predicted)
+    if captum:
+        from captum.attr import LayerGradientXActivation
+
+        znet = ZSeq(model, nxt)
+        whole = LayerGradientXActivation(znet, list(znet.z))
+        each = [LayerGradientXActivation(znet, z) for z in znet.z]
+        out["captum, one call per layer"] = lambda: [g.attribute(tokens) for g in each]
+        out["captum, one call, all layers"] = lambda: whole.attribute(tokens)
+    return out
+
+
+def measure(rows: dict, repeats: int, warmup: int, sync) -> tuple[dict, dict]:
+    """Median seconds of every row, interleaved; and each row's last result."""
+    times: dict[str, list[float]] = {k: [] for k in rows}
+    last = {}
+    for i in range(warmup + repeats):
+        for key, fn in rows.items():
+            sync()
+            start = time.perf_counter()
+            last[key] = fn()
+            sync()
+            if i >= warmup:
+                times[key].append(time.perf_counter() - start)
+    return {k: statistics.median(v) for k, v in times.items()}, last
+
+
+def agreement(last: dict, old) -> list[str]:
+    """Today's modes against REF's, and captum against `live` (normwise relative)."""
+    lines = []
+
+    def rel(a, b):
+        return ((a - b).norm() / b.norm()).item()
+
+    if old is not None:
+        diffs = [f"{m} {rel(last[f'attribute {m}'], last[f'@REF attribute {m}']):.1e}"
+                 for m in SEQUENCE_MODES]
+        lines.append("today vs REF, normwise: " + ", ".join(diffs))
+    if "captum, one call, all layers" in last:
+        cap = torch.stack(last["captum, one call, all layers"], 1)
+        lines.append(f"captum vs attribute live (sign flipped: b - z = -z): "
+                     f"{rel(-cap, last['attribute live']):.1e}")
+    return lines
+
+
+def run_config(name: str, args, old) -> dict:
+    spec = CONFIGS[name]
+    cfg = TransformerConfig(**spec["cfg"])
+    n, T, dev = args.n or (8 if args.device == "cpu" else 128), spec["seq"], args.device
+    torch.manual_seed(0)
+    model = BilinearTransformer(cfg).to(dev).eval()
+    data = torch.randint(cfg.vocab_size, (n, T + 1), device=dev)
+    sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
+    median, last = measure(cases(model, data, old, not args.no_captum), args.repeats,
+                           args.warmup, sync)
+    base = median["forward"]
+    print(f"\n{name}: {cfg.n_layers} layers, d_model {cfg.d_model}, d_hidden {cfg.d_hidden}, "
+          f"{cfg.n_heads} heads, {T} tokens, vocab {cfg.vocab_size}, {n} sequences "
+          f"({n * cfg.n_layers * T * cfg.d_hidden:,} nodes); median of {args.repeats}")
+    print(f"{'':40} {'ms':>9} {'x forward':>10}")
+    for key, t in median.items():
+        print(f"{key.replace('@REF', '@' + str(args.against)):40} {1e3 * t:9.2f} "
+              f"{t / base:10.2f}")
+    for line in agreement(last, old):
+        print(line.replace("REF", str(args.against)))
+    return {"n": n, "seq": T, "median_s": median,
+            "ratio_to_forward": {k: t / base for k, t in median.items()}}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--configs", default="issue,small", help="comma-separated: issue, small")
+    p.add_argument("--n", type=int, default=None, help="sequences (default 8 CPU, 128 GPU)")
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--against", default=None, help="also time this git ref's attribution")
+    p.add_argument("--no-captum", action="store_true")
+    p.add_argument("--out", default=None, help="also write the timings as JSON")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = False
+    old = module_at(args.against) if args.against else None
+    print(f"device {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
+          f"float32")
+    results = {name: run_config(name, args, old) for name in args.configs.split(",")}
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"device": args.device, "threads": torch.get_num_threads(),
+                       "against": args.against, "configs": results}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
