@@ -188,8 +188,19 @@ def test_demo_prints_tables_and_writes_report(tmp_path, capsys):
                                 "--epochs", "1", "--steps", "5", "--quiet")
     assert code == 0, err
     assert "Comparison (digits):" in stdout and "The seed's claims:" in stdout
-    assert "Recommendation:" in stdout and "NOT MEASURED" not in stdout
+    mlp_part, _, lm_part = stdout.partition("Comparison (language models, synthetic-lm):")
+    assert "Recommendation:" in mlp_part and "NOT MEASURED" not in mlp_part
     report = json.loads((tmp_path / "report" / "report.json").read_text())
+    # issue 15: the synthetic-lm section, every configuration verified in every mode
+    lm = report["lm"]
+    assert {(r["norm"], r["position"]) for r in lm["compare"]["table"]} == {
+        (n, p) for n in ("none", "rms", "layer") for p in ("pre", "post")}
+    assert all(math.isfinite(r[f"{m}.ne"]) for r in lm["compare"]["table"]
+               for m in ("frozen", "frozen-norm", "live", "renorm"))
+    unmeasured = {c["id"] for c in lm["claims"] if c["verdict"] == "not measured"}
+    assert unmeasured == {"sparsity", "d_model", "compounding"}     # the demo sweeps no LMs
+    assert "Recommendation for language models:" in lm_part and report["combined"]["text"]
+    assert {r["dataset"] for r in report["lm"]["decomposition"]["records"]} == {"synthetic-lm"}
     assert set(report["sweeps"]) == {"d_model", "sparsity", "depth", "position"}
     assert len(report["claims"]) == 11
     assert {c["verdict"] for c in report["claims"]} <= {"holds", "partly", "fails"}

@@ -161,9 +161,9 @@ def test_report_renders_lm_sections_beside_the_mlp_ones(decomposed, tmp_path, ma
     paths = report.write(results, tmp_path)
     md, page = paths["markdown"].read_text(), paths["html"].read_text()
     assert "language models (synthetic-lm)" in md
-    assert md.count("LM decomposition: ") == 5 and md.count("### Decomposition: ") == 5
+    assert md.count("#### LM decomposition: ") == 5 and md.count("### Decomposition: ") == 5
     assert md.count("| layer | target | i | eigenvalue |") == 5
-    assert page.count("LM decomposition: ") == 5 and page.count("class='tokens'") == 5
+    assert page.count("<h4>LM decomposition: ") == 5 and page.count("class='tokens'") == 5
     shown = tmp_path / "report"
     for name in ("spectrum", "faithfulness"):
         assert (shown / f"lm-decomposition-lm-rms-pre-{name}.png").is_file()
