@@ -181,3 +181,20 @@ def test_compare_refuses_mixed_families(tmp_path, argv, message):
     assert proc.returncode != 0
     assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_train_cli_passes_l1_and_refuses_input_noise(tmp_path):
+    """`bilens train --kind transformer --l1` reaches the penalty (it was once ignored);
+    `--input-noise` has no meaning for token ids and is refused."""
+    base = [sys.executable, "-m", "bilens", "train", "--kind", "transformer", "--steps", "2",
+            "--d-model", "8", "--d-hidden", "8", "--layers", "1", "--heads", "2",
+            "--device", "cpu", "--no-progress"]
+    ok = subprocess.run([*base, "--l1", "0.25", "--out", str(tmp_path / "m")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["training"]["l1"] == 0.25
+    bad = subprocess.run([*base, "--input-noise", "0.1", "--out", str(tmp_path / "n")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0 and "--input-noise" in bad.stderr
+    assert not (tmp_path / "n").exists()

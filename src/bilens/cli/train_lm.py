@@ -34,6 +34,7 @@ def run_lm(args: argparse.Namespace) -> int:
     from bilens.core import distributed
     from bilens.core.checkpoint import check_replaceable, save
     from bilens.core.config import TransformerConfig
+    from bilens.core.errors import BilensError
     from bilens.core.lm_data import load_lm_data
     from bilens.training.lm import train_lm
 
@@ -42,12 +43,15 @@ def run_lm(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or SEQ_LEN.get(dataset, 128)
     name = Path(dataset).stem if Path(dataset).is_file() else dataset
     out = Path(args.out or f"runs/{name}-{args.norm}-{args.position or 'pre'}-s{args.seed}")
+    if args.input_noise:
+        raise BilensError("--input-noise: the transformer reads token ids, there is no input "
+                          "to add noise to; drop --input-noise")
     check_replaceable(out, args.force)                          # before training, not after
     tc = LMTrainConfig(
         steps=args.steps, batch_size=args.batch_size or LM_DEFAULTS["batch_size"],
         lr=LM_DEFAULTS["lr"] if args.lr is None else args.lr, weight_decay=args.weight_decay,
         warmup=args.warmup, grad_clip=args.grad_clip, seed=args.seed, device=args.device,
-        bf16=args.bf16)
+        bf16=args.bf16, l1=args.l1)
     data = load_lm_data(dataset, seq_len, vocab_size=args.vocab_size, seed=args.seed)
     seq_len = data.test.shape[1] - 1                           # token rows fix their length
     config = TransformerConfig(
