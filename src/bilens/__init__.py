@@ -37,6 +37,7 @@ _EXPORTS = {
     "verify": "bilens.analysis.verify",
     "attribute_sequence": "bilens.attribution.sequence",
     "sequence_ablation_effects": "bilens.ablation.sequence",
+    "feature_ablation_effects": "bilens.ablation.sequence",
     "BilinearTransformer": "bilens.core.models.transformer",
     "TransformerConfig": "bilens.core.config",
     "VerifyResult": "bilens.analysis.verify",
@@ -69,6 +70,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover  (explicit re-exports for type checkers)
     from bilens.ablation.ablate import ablation_effects as ablation_effects
+    from bilens.ablation.sequence import feature_ablation_effects as feature_ablation_effects
     from bilens.ablation.sequence import sequence_ablation_effects as sequence_ablation_effects
     from bilens.analysis.decompose import Decomposition as Decomposition
     from bilens.analysis.decompose import decompose as decompose

@@ -26,7 +26,7 @@ from bilens.core.memory import DEFAULT_MEMORY, parse_memory
 from bilens.core.models.transformer import BilinearTransformer
 from bilens.core.sequence import prepare_sequence
 
-__all__ = ["sequence_ablation_effects", "check_layers"]
+__all__ = ["sequence_ablation_effects", "feature_ablation_effects", "check_layers"]
 
 
 def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
@@ -134,6 +134,75 @@ def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_n
             bar.close()
     if world.active:
         distributed.share_blocks(out, [[_block(jobs[j]) for j in s] for s in shares])
+    return out
+
+
+def feature_ablation_effects(
+    model: BilinearTransformer,
+    tokens: Int[Tensor, "batch seq"],
+    *,
+    target: object = "predicted",
+    position: int | Tensor | None = None,
+    baselines: object = "zero",
+    labels: Int[Tensor, "batch seq"] | None = None,
+    reference: Int[Tensor, "ref seq"] | None = None,
+    frozen_norm: bool = False,
+    frozen_attn: bool = False,
+    layers: Sequence[int] | None = None,
+    memory: str | int = DEFAULT_MEMORY,
+    progress: bool = False,
+) -> Float[Tensor, "batch layer d_hidden"]:
+    """The effect on the target of really ablating every feature: channel `(l, k)` at every
+    position at once, `z_l[t, k] := b_l[t, k]` for all `t`, in the real network (or with
+    norms / patterns held), propagated from the clean run as the node oracle is
+    (`_engine/sequence_plan.py`): layers before `l` reused, every position `0..p` carried.
+
+    Args: as `sequence_ablation_effects`.
+
+    Returns:
+        `[B, n_layers, d_hidden]`; NaN for layers not ablated. Its first-order prediction is
+        the sum over positions of the node attributions (`predicted.sum(2)`).
+
+    Example:
+        >>> from bilens.core.config import TransformerConfig
+        >>> model = BilinearTransformer(TransformerConfig(vocab_size=20, n_ctx=8, d_model=8,
+        ...                             d_hidden=16, n_layers=2, n_heads=2)).double()
+        >>> feature_ablation_effects(model, torch.randint(20, (3, 6))).shape
+        torch.Size([3, 2, 16])
+    """
+    parse_memory(memory)
+    chosen = check_layers(layers, model.config.n_layers)
+    tokens, run, tgt, b = prepare_sequence(model, tokens, target, position, baselines, labels,
+                                           reference)
+    return ablate_features_prepared(model, run, tgt, b, frozen_norm=frozen_norm,
+                                    frozen_attn=frozen_attn, layers=chosen, memory=memory,
+                                    progress=progress)
+
+
+@torch.no_grad()
+def ablate_features_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *,
+                             frozen_norm: bool, frozen_attn: bool, layers: list[int],
+                             memory: str | int, progress: bool) -> Tensor:
+    """`feature_ablation_effects` on a prepared batch (one process: a feature batch carries
+    every position, so there are `T` times fewer batches than for the nodes)."""
+    B, L, T, H = run.z.shape
+    out = run.z.new_full((B, L, H), float("nan"))
+    plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn)
+    rows_per, ks_per = _chunks(model, B, T, memory)
+    jobs = [(l, slice(r0, min(r0 + rows_per, B)), slice(k0, min(k0 + ks_per, H)))
+            for l in layers for r0 in range(0, B, rows_per) for k0 in range(0, H, ks_per)]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(jobs), desc="feature ablation", unit="batch")
+    try:
+        for l, rows, ks in jobs:
+            out[rows, l, ks] = plan.effects(l, None, rows, ks)
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
     return out
 
 

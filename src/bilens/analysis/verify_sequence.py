@@ -18,7 +18,11 @@
    and, beside it, `a - a_a` (the pattern change with norms live) and the interaction
    `a - a_n - a_a + a_b`; each as `sum|.| / sum|a|`,
 5. the faithfulness of the top-k node circuit (the `k` nodes of largest `|predicted|`
-   ablated together, against the sum of their predictions).
+   ablated together, against the sum of their predictions),
+6. with `features`, every feature (channel `(l, k)` at every position at once) really
+   ablated (`feature.actual` `[B, L, H]`) against each mode's first-order prediction, the
+   sum of its node predictions over the positions (`feature.predicted.<mode>`):
+   `metrics["features"][mode]`, the docs/spec.md §5 metrics overall and per layer.
 
 Metrics count only the nodes that can reach the target (`t <= p`; in the last layer
 `t = p`, unless the target reads every position): the others are 0 in every tensor, by
@@ -36,7 +40,7 @@ import torch
 from torch import Tensor
 
 from bilens.ablation.reference_sequence import joint_sequence_ablation_effect
-from bilens.ablation.sequence import ablate_prepared, check_layers
+from bilens.ablation.sequence import ablate_features_prepared, ablate_prepared, check_layers
 from bilens.analysis.circuits import _summary, top_k_mask
 from bilens.analysis.metrics import DEFAULT_KS, evaluate, metric_set, pearson, sign_agreement
 from bilens.analysis.verify_result import VerifyResult
@@ -72,6 +76,7 @@ def verify_sequence(
     layers: Sequence[int] | None = None,
     circuit_ks: Sequence[int] = DEFAULT_SEQUENCE_CIRCUIT_KS,
     ks: Sequence[int] = DEFAULT_KS,
+    features: bool = True,
     memory: str | int = DEFAULT_MEMORY,
     progress: bool = True,
 ) -> VerifyResult:
@@ -86,6 +91,7 @@ def verify_sequence(
         layers: layers to ablate (default all; the others are NaN in the `actual*` tensors).
         circuit_ks: sizes of the top-k node circuits (empty: skip).
         ks: the `k` of top-k recall.
+        features: also ablate every feature (item 6 of the module docstring).
         memory: the working-memory budget.
         progress: progress bars.
 
@@ -124,6 +130,15 @@ def verify_sequence(
                 tensors[f"circuit.{mode}.{name}"] = curve[name]
         metrics["modes"][mode] = m
     metrics["split"] = error_split(att.predicted["frozen"], actual, ok)
+    if features:
+        feat = ablate_features_prepared(model, run, tgt, b, frozen_norm=False,
+                                        frozen_attn=False, layers=chosen, memory=memory,
+                                        progress=progress)
+        tensors["feature.actual"] = feat
+        metrics["features"] = {}
+        for mode, p in att.predicted.items():
+            pf = tensors[f"feature.predicted.{mode}"] = p.sum(2)               # [B, L, H]
+            metrics["features"][mode] = evaluate(pf, feat, ks)
     return VerifyResult({k: v.detach() for k, v in tensors.items()}, metrics)
 
 

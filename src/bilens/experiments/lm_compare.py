@@ -62,7 +62,7 @@ SEQ_PATHS = (
     "test_loss", "perplexity", "test_accuracy", "active_fraction", "train_time",
     *(f"{m}.{k}" for m in LM_MODES for k in ("ne", "pearson", "spearman", "top10", "sign",
                                               "pearson_at_p", "pearson_before_p",
-                                              "sign_error_share")),
+                                              "sign_error_share", "feature_ne")),
     *(f"drift.{k}" for k in ("frozen_ne", "ne_drift", "ne_attention", "ne_gating",
                              "ne_attention_norms_live", "ne_interaction", "drift_share",
                              "attention_share", "gating_share")),
@@ -267,7 +267,8 @@ def summarize_sequence(metrics: dict[str, Any]) -> dict[str, Any]:
         per mode: `ne`, `pearson`, `spearman`, `top10` recall, `sign` agreement, `ne_per_layer`,
         `ne_by_distance` (`[[p - t, NE], ...]`), Pearson of the nodes at `p`
         (`pearson_at_p`) and before it (`pearson_before_p`), `sign_error_share`, and the
-        top-k node circuit `circuit` (`[[k, NE], ...]`); under `drift` the frozen mode's
+        top-k node circuit `circuit` (`[[k, NE], ...]`), the NE of the features (channel
+        `(l, k)` at every position at once, `feature_ne`); under `drift` the frozen mode's
         split: `frozen_ne`, `ne_drift` (norm drift), `ne_attention` (pattern change, norms
         held), `ne_gating`, `ne_attention_norms_live`, `ne_interaction`, their shares of
         the three-part sum, and per layer.
@@ -285,6 +286,8 @@ def summarize_sequence(metrics: dict[str, Any]) -> dict[str, Any]:
             "ne_by_distance": [[d["distance"], d["normalized_error"]]
                                for d in m["by_distance"]],
             "circuit": [[c["k"], c["normalized_error"]] for c in m.get("circuit", [])],
+            "feature_ne": (metrics.get("features") or {}).get(mode, {}).get(
+                "overall", {}).get("normalized_error", math.nan),
         }
     split = metrics["split"]
     out["drift"] = _split(split["overall"])

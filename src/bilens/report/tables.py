@@ -276,6 +276,15 @@ def sequence_table(metrics: dict[str, Any]) -> str:
                  "+ (a_n - a_b) attention + (a_b - p_f) gating\n"
                  + numeric_table(["layer", "frozen NE", "norm drift", "attention", "gating",
                                   "attn (norms live)", "interaction"], srows))
+    if metrics.get("features"):
+        frows = []
+        for mode, m in metrics["features"].items():
+            frows.append([f"{mode} all", *_cells(m["overall"], recall)])
+            frows += [[f"{mode} {l}", *_cells(s, recall)] for l, s in enumerate(m["per_layer"])]
+        parts.append("features (channel (l, k) at every position at once) really ablated vs "
+                     "the sum of the node predictions\n"
+                     + numeric_table(["mode / layer", "NE", "pearson", "spearman", *recall,
+                                      "sign"], frows))
     dist = next(iter(modes.values()))["by_distance"]
     drows = [[str(d["distance"]), *[_by(modes[m], d["distance"]) for m in modes]]
              for d in dist]

@@ -70,16 +70,23 @@ class SequencePlan:
         return self.T - 1 if self.target.every_position else int(self.last[rows].max())
 
     @torch.no_grad()
-    def effects(self, l: int, t: int, rows: slice, ks: Tensor | slice) -> Float[Tensor, "b k"]:
-        """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`."""
+    def effects(self, l: int, t: int | None, rows: slice, ks: Tensor | slice
+                ) -> Float[Tensor, "b k"]:
+        """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`;
+        `t=None`: the feature, `z_l[t, k] := b` at every position `t` at once."""
         run, layer = self.run, self.model.layers[l]
-        S = 1 if l == self.L - 1 else self.end(rows) - t + 1   # positions carried: t..t+S-1
-        c = (self.b[rows, l, t] - run.z[rows, l, t])[:, ks]                    # [b, K]
-        delta = c[..., None] * layer.D.T[ks]                                   # [b, K, d]
-        b = delta.shape[0]
-        dh = delta.new_zeros(b, delta.shape[1], S, delta.shape[-1])            # [b, K, S, d]
-        dh[:, :, 0] = delta
-        pos = torch.arange(t, t + S, device=delta.device)[None].expand(b, S)   # [b, S]
+        if t is None:                      # every position 0..end perturbed, all carried
+            S, t = self.end(rows) + 1, 0
+            c = (self.b[rows, l, :S] - run.z[rows, l, :S])[..., ks]            # [b, S, K]
+            dh = c.transpose(1, 2)[..., None] * layer.D.T[ks][None, :, None]   # [b, K, S, d]
+        else:
+            S = 1 if l == self.L - 1 else self.end(rows) - t + 1  # positions t..t+S-1
+            c = (self.b[rows, l, t] - run.z[rows, l, t])[:, ks]                # [b, K]
+            delta = c[..., None] * layer.D.T[ks]                               # [b, K, d]
+            dh = delta.new_zeros(delta.shape[0], delta.shape[1], S, delta.shape[-1])
+            dh[:, :, 0] = delta                                                # [b, K, S, d]
+        b = dh.shape[0]
+        pos = torch.arange(t, t + S, device=dh.device)[None].expand(b, S)      # [b, S]
         if not self.pre:                                       # layer l's MLP norm sees it
             dh = self.norm_delta(2 * l + 1, dh, rows, pos)
         for m in range(l + 1, self.L):
