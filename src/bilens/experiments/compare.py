@@ -98,7 +98,56 @@ def cache_key(dataset: str, model_config: ModelConfig, train_config: Any) -> str
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-class Runner:
+class CachedRunner:
+    """What both families' runners share: a trained model cached under
+    `cache_dir/<dataset>-<norm>-<position>-<key>/`, and a verification summary cached beside
+    it keyed by the verification settings. A subclass gives `configs`, `key`, `train`,
+    `train_info`, `verify` and `verify_settings`."""
+
+    cache_dir: Path
+    force: bool
+    log: Callable[[str], None]
+
+    def model(self, spec: Spec) -> tuple[Any, dict[str, Any]]:
+        """Train the spec's model, or load it from the cache; returns `(model, info)`."""
+        from bilens.core.checkpoint import load, save
+
+        mc, tc = self.configs(spec)
+        key = self.key(spec, mc, tc)
+        directory = self.cache_dir / f"{spec.dataset}-{mc.norm}-{mc.norm_position}-{key}"
+        if directory.is_dir() and not self.force:
+            try:
+                model = load(directory)
+                self.log(f"reusing cached model {directory}")
+                return model, {"key": key, "model_dir": str(directory), "reused": True,
+                               **self.train_info(model.metadata)}
+            except BilensError as err:
+                self.log(f"cached model {directory} unreadable ({err}); retraining")
+        family = " transformer" if getattr(mc, "kind", "mlp") == "transformer" else ""
+        self.log(f"training {spec.dataset}{family} {mc.norm}/{mc.norm_position} "
+                 f"d_model={mc.d_model} layers={mc.n_layers} l1={tc.l1} seed={tc.seed} "
+                 f"-> {directory}")
+        result = self.train(spec, mc, tc)
+        meta = {**result.metadata, "cache_key": key}
+        save(result.model, directory, meta, overwrite=True)     # the cache's own entry
+        return result.model.cpu(), {"key": key, "model_dir": str(directory), "reused": False,
+                                    **self.train_info(meta)}
+
+    def _verified(self, model: Any, dataset: str, info: dict[str, Any],
+                  target: str) -> dict[str, Any]:
+        """`verify`'s summary for one target, from the cache when the model was reused."""
+        vkey = hashlib.sha256(json.dumps(
+            {**self.verify_settings(dataset), "target": target, "v": CACHE_VERSION},
+            sort_keys=True).encode()).hexdigest()[:8]
+        cached = self.cache_dir / "verify" / f"{Path(info['model_dir']).name}-{vkey}.json"
+        if cached.is_file() and not self.force and info["reused"]:
+            return json.loads(cached.read_text())
+        summary = self.verify(model, dataset, target)
+        write_json(cached, summary)
+        return summary
+
+
+class Runner(CachedRunner):
     """Trains (or reuses) and verifies models, holding datasets in memory between them.
 
     Args:
@@ -141,31 +190,20 @@ class Runner:
         tc = TrainConfig(**{**spec.train, "device": self.device})
         return mc, tc
 
-    def model(self, spec: Spec) -> tuple[Any, dict[str, Any]]:
-        """Train the spec's model, or load it from the cache; returns `(model, info)`."""
-        from bilens.core.checkpoint import load, save
+    def key(self, spec: Spec, mc: ModelConfig, tc: Any) -> str:
+        return cache_key(spec.dataset, mc, tc)
+
+    def train(self, spec: Spec, mc: ModelConfig, tc: Any) -> Any:
         from bilens.training.train import train
 
-        mc, tc = self.configs(spec)
-        key = cache_key(spec.dataset, mc, tc)
-        directory = self.cache_dir / f"{spec.dataset}-{mc.norm}-{mc.norm_position}-{key}"
-        if directory.is_dir() and not self.force:
-            try:
-                model = load(directory)
-                self.log(f"reusing cached model {directory}")
-                return model, {"key": key, "model_dir": str(directory), "reused": True,
-                               **_train_info(model.metadata)}
-            except BilensError as err:
-                self.log(f"cached model {directory} unreadable ({err}); retraining")
-        self.log(f"training {spec.dataset} {mc.norm}/{mc.norm_position} d_model={mc.d_model} "
-                 f"layers={mc.n_layers} l1={tc.l1} seed={tc.seed} -> {directory}")
         data = (self.dataset(spec.dataset, "train"), self.dataset(spec.dataset, "test"))
-        result = train(mc, tc, data, progress=False)
-        meta = {**result.metadata, "cache_key": key}
-        save(result.model, directory, meta, overwrite=True)     # the cache's own entry
-        model = result.model.cpu()
-        return model, {"key": key, "model_dir": str(directory), "reused": False,
-                       **_train_info(meta)}
+        return train(mc, tc, data, progress=False)
+
+    def train_info(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return _train_info(meta)
+
+    def verify_settings(self, dataset: str) -> dict[str, Any]:
+        return {"n": self.n_verify, "modes": MODES}
 
     def evaluate(self, spec: Spec, also: tuple[str, ...] = ()) -> dict[str, Any]:
         """Train or reuse the spec's model and verify it: one row (see `summarize`), for
@@ -181,19 +219,6 @@ class Runner:
                 "d_hidden": cfg.d_hidden, "n_layers": cfg.n_layers,
                 "l1": float(spec.train.get("l1", 0.0)), "tags": dict(spec.tags), **info,
                 **summary}
-
-    def _verified(self, model: Any, dataset: str, info: dict[str, Any],
-                  target: str) -> dict[str, Any]:
-        """`verify`'s summary for one target, from the cache when the model was reused."""
-        vkey = hashlib.sha256(json.dumps(
-            {"n": self.n_verify, "target": target, "modes": MODES, "v": CACHE_VERSION},
-            sort_keys=True).encode()).hexdigest()[:8]
-        cached = self.cache_dir / "verify" / f"{Path(info['model_dir']).name}-{vkey}.json"
-        if cached.is_file() and not self.force and info["reused"]:
-            return json.loads(cached.read_text())
-        summary = self.verify(model, dataset, target)
-        write_json(cached, summary)
-        return summary
 
     def verify(self, model: Any, dataset: str, target: str | None = None) -> dict[str, Any]:
         """Verify `model` on the first `n_verify` test inputs of `dataset` for `target`

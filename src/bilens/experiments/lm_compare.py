@@ -36,7 +36,7 @@ from typing import Any
 from bilens.core.config import TransformerConfig
 from bilens.core.errors import BilensError
 from bilens.core.io import write_json
-from bilens.experiments.compare import CompareResult, Spec, compare_specs
+from bilens.experiments.compare import CachedRunner, CompareResult, Spec, compare_specs
 from bilens.experiments.stats import LM_MODES, aggregate
 
 CACHE_VERSION = 1
@@ -98,7 +98,7 @@ def lm_cache_key(dataset: str, config: TransformerConfig, train_config: Any,
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-class LMRunner:
+class LMRunner(CachedRunner):
     """Trains (or reuses) and verifies transformers, holding token data between them.
 
     Args:
@@ -157,30 +157,19 @@ class LMRunner:
                                ["seq_len"], **model)
         return mc, LMTrainConfig(**{**spec.train, "device": self.device})
 
-    def model(self, spec: Spec) -> tuple[Any, dict[str, Any]]:
-        """Train the spec's transformer, or load it from the cache: `(model, info)`."""
-        from bilens.core.checkpoint import load, save
+    def key(self, spec: Spec, mc: TransformerConfig, tc: Any) -> str:
+        return lm_cache_key(spec.dataset, mc, tc, mc.n_ctx)
+
+    def train(self, spec: Spec, mc: TransformerConfig, tc: Any) -> Any:
         from bilens.training.lm import train_lm
 
-        mc, tc = self.configs(spec)
-        key = lm_cache_key(spec.dataset, mc, tc, mc.n_ctx)
-        directory = self.cache_dir / f"{spec.dataset}-{mc.norm}-{mc.norm_position}-{key}"
-        if directory.is_dir() and not self.force:
-            try:
-                model = load(directory)
-                self.log(f"reusing cached model {directory}")
-                return model, {"key": key, "model_dir": str(directory), "reused": True,
-                               **_train_info(model.metadata)}
-            except BilensError as err:
-                self.log(f"cached model {directory} unreadable ({err}); retraining")
-        self.log(f"training {spec.dataset} transformer {mc.norm}/{mc.norm_position} "
-                 f"d_model={mc.d_model} layers={mc.n_layers} seed={tc.seed} -> {directory}")
-        result = train_lm(mc, tc, self.data(spec.dataset), progress=False)
-        meta = {**result.metadata, "cache_key": key}
-        save(result.model, directory, meta, overwrite=True)        # the cache's own entry
-        model = result.model.cpu()
-        return model, {"key": key, "model_dir": str(directory), "reused": False,
-                       **_train_info(meta)}
+        return train_lm(mc, tc, self.data(spec.dataset), progress=False)
+
+    def train_info(self, meta: dict[str, Any]) -> dict[str, Any]:
+        return _train_info(meta)
+
+    def verify_settings(self, dataset: str) -> dict[str, Any]:
+        return {**self.settings_of(dataset), "modes": LM_MODES}
 
     def evaluate(self, spec: Spec, also: tuple[str, ...] = ()) -> dict[str, Any]:
         """Train or reuse the spec's model and verify it: one row (`summarize_sequence`)
@@ -203,19 +192,6 @@ class LMRunner:
         preset = LM_PRESETS[dataset]
         return {"n_verify": self.n_verify or preset["verify"],
                 "verify_len": self.verify_len or preset["verify_len"]}
-
-    def _verified(self, model: Any, dataset: str, info: dict[str, Any],
-                  target: str) -> dict[str, Any]:
-        """`verify`'s summary for one target, from the cache when the model was reused."""
-        vkey = hashlib.sha256(json.dumps(
-            {**self.settings_of(dataset), "target": target, "modes": LM_MODES,
-             "v": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()[:8]
-        cached = self.cache_dir / "verify" / f"{Path(info['model_dir']).name}-{vkey}.json"
-        if cached.is_file() and not self.force and info["reused"]:
-            return json.loads(cached.read_text())
-        summary = self.verify(model, dataset, target)
-        write_json(cached, summary)
-        return summary
 
     def verify(self, model: Any, dataset: str, target: str | None = None) -> dict[str, Any]:
         """Verify `model` on the first held-out sequences of `dataset`: every node of every
