@@ -33,7 +33,7 @@ SWEEP_NAMES = ("d_model", "depth", "sparsity")
 def jobs(dataset: str, seeds: int, configs: str | None = None,
          values: dict[str, str] | None = None) -> dict[str, list[str]]:
     """The processes: one per seed of the comparison (`configs`: only those, through
-    `part`), one per sweep (`values`: only those points)."""
+    `part`), one per sweep (`values`: only those points; `{}`: no sweep)."""
     kind = ["--kind", "transformer", "--dataset", dataset]
     if configs:
         out = {f"compare-{dataset}-s{s}-part": [
@@ -70,8 +70,9 @@ def run(args: argparse.Namespace) -> int:
                                                                                    "")}
     start = time.time()
     procs = {}
-    values = dict(v.split("=", 1) for v in args.sweep_values.split(";")) \
-        if args.sweep_values else None
+    values = ({} if args.no_sweeps else
+              dict(v.split("=", 1) for v in args.sweep_values.split(";"))
+              if args.sweep_values else None)
     for name, cmd in jobs(args.dataset, args.seeds, args.configs, values).items():
         if args.only and name not in args.only.split(","):
             continue
@@ -90,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         rc = proc.wait()
         log.close()
         print(f"{name}: exit {rc} after {time.time() - start:.0f} s", flush=True)
-    merge(work, args.dataset)
+    merge(work, args.dataset, args.earlier)
     if args.verify_len:
         verify_one(work, args, env)
     if not args.no_decompose:
@@ -126,16 +127,17 @@ def verify_one(work: Path, args: argparse.Namespace, env: dict[str, str]) -> Non
     print(f"verify: exit {rc} after {time.time() - start:.0f} s", flush=True)
 
 
-def merge(work: Path, dataset: str) -> None:
-    """`compare-<dataset>-s<seed>/compare-lm.json` -> `compare-<dataset>/compare-lm.json`."""
+def merge(work: Path, dataset: str, earlier: str | None = None) -> None:
+    """`compare-<dataset>-s<seed>*/compare-lm.json` (and the rows of an `earlier` call's
+    merged `compare-lm.json`) -> `compare-<dataset>/compare-lm.json`."""
     sys.path.insert(0, str(Path("src").resolve()))
     from bilens.core.io import write_json
     from bilens.experiments.lm_compare import aggregate_lm
 
     parts = [json.loads(f.read_text())
              for f in sorted(work.glob(f"compare-{dataset}-s*/compare-lm.json"))]
-    parts += [json.loads(f.read_text())           # an earlier call's results, unpacked here
-              for f in sorted(work.glob(f"earlier/compare-{dataset}-s*/compare-lm.json"))]
+    if earlier:
+        parts.append(json.loads(Path(earlier).read_text()))
     if not parts:
         return
     rows = [r for p in parts for r in p["rows"]]
@@ -211,6 +213,10 @@ def main() -> int:
     p.add_argument("--configs", default=None,
                    help="only these norm/position pairs of the comparison, e.g. "
                         "rms/post,layer/pre (one process per seed)")
+    p.add_argument("--no-sweeps", action="store_true", help="only the comparison")
+    p.add_argument("--earlier", default=None,
+                   help="a merged compare-lm.json of an earlier call whose rows join this one's "
+                        "(e.g. benchmarks/results/h200-lm/compare-lm.json)")
     p.add_argument("--sweep-values", default=None,
                    help="only these sweep points, e.g. 'd_model=512;depth=8' (other sweeps "
                         "skipped)")
