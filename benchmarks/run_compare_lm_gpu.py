@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 def verify_one(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
     """`bilens verify` on seed 0's RMSNorm pre-norm model, on longer sequences than the
     comparison's (`--verify-len`): the docs/verification.md row of the attribution issue."""
-    found = sorted(work.glob(f"compare-{args.dataset}-s0*/models/{args.dataset}-rms-*"))
+    found = sorted(work.glob(f"compare-{args.dataset}-s0*/models/{args.dataset}-rms-pre-*"))
     if not found:
         return
     cmd = ["timeout", str(args.verify_limit), sys.executable, "-m", "bilens", "verify",
@@ -140,10 +140,13 @@ def merge(work: Path, dataset: str, earlier: str | None = None) -> None:
         parts.append(json.loads(Path(earlier).read_text()))
     if not parts:
         return
-    rows = [r for p in parts for r in p["rows"]]
-    settings = {**parts[0]["settings"], "seeds": len({r["seed"] for r in rows}),
-                "first_seed": 0,
-                "complete": all(p["settings"].get("complete", True) for p in parts)}
+    unique = {(r["norm"], r["position"], r["seed"]): r for p in parts for r in p["rows"]}
+    rows = list(unique.values())                       # a row measured twice counts once
+    seeds = sorted({r["seed"] for r in rows})
+    complete = all((n, pos, s) in unique for n in ("none", "rms", "layer")
+                   for pos in ("pre", "post") for s in seeds)
+    settings = {**parts[0]["settings"], "seeds": len(seeds), "first_seed": 0,
+                "complete": complete}
     write_json(work / f"compare-{dataset}" / "compare-lm.json",
                {"dataset": dataset, "settings": settings,
                 "table": aggregate_lm(rows, ("norm", "position")), "rows": rows,

@@ -185,7 +185,7 @@ def test_cli_entry_point_runs():
 
 def test_demo_prints_tables_and_writes_report(tmp_path, capsys):
     code, stdout, err = _bilens(capsys, "demo", "--out", str(tmp_path), "--seeds", "1",
-                                "--epochs", "1", "--steps", "5", "--quiet")
+                                "--epochs", "1", "--steps", "5", "--lm-n-verify", "4", "--quiet")
     assert code == 0, err
     assert "Comparison (digits):" in stdout and "The seed's claims:" in stdout
     mlp_part, _, lm_part = stdout.partition("Comparison (language models, synthetic-lm):")

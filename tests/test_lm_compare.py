@@ -198,3 +198,31 @@ def test_train_cli_passes_l1_and_refuses_input_noise(tmp_path):
                          capture_output=True, text=True)
     assert bad.returncode != 0 and "--input-noise" in bad.stderr
     assert not (tmp_path / "n").exists()
+
+
+def test_force_trains_the_no_norm_network_once(tmp_path):
+    """none/pre and none/post are one network: under --force it is retrained once, not
+    once per position (the second would overwrite the first's checkpoint)."""
+    lines = []
+    runner = LMRunner(tmp_path / "models", device="cpu", n_verify=1, verify_len=8, force=True,
+                      log=lines.append)
+    result = compare_lm("synthetic-lm", seeds=1, spec=TINY, runner=runner)
+    assert sum("training" in x and "none/pre" in x for x in lines) == 1
+    assert sum(x.startswith("training") for x in lines) == 5
+    none = [r for r in result.rows if r["norm"] == "none"]
+    assert none[0]["model_dir"] == none[1]["model_dir"]
+
+
+def test_margin_by_distance_is_aggregated(compared):
+    _, _, result = compared
+    cell = next(r for r in result.table if r["norm"] == "rms" and r["position"] == "pre")
+    assert len(cell["margin.live.ne_by_distance"]) == 8
+    assert math.isfinite(cell["margin.drift.ne_interaction"])
+
+
+def test_sweep_grid_keeps_its_number_type():
+    """`--values 0` on the L1 grid is the grid's 0.0: one cache key, not two."""
+    from bilens.experiments.sweeps import LM_SWEEPS, sweep_specs
+
+    specs = sweep_specs(LM_SWEEPS["sparsity"], TINY, (0, 3))
+    assert [type(s.train["l1"]) for s in specs] == [float, float]

@@ -30,6 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=count, default=None,
                    help="optimizer steps per transformer (default: the synthetic-lm preset's, "
                         "600)")
+    p.add_argument("--lm-n-verify", type=count, default=None,
+                   help="held-out sequences whose every node is ablated, per transformer "
+                        "(default: 16)")
     add_threads(p, default=1)
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=run)
@@ -46,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         args.out, device=args.device, force=args.force,
         seeds=demo.SEEDS if args.seeds is None else args.seeds,
         epochs=demo.EPOCHS if args.epochs is None else args.epochs, lm_steps=args.steps,
+        lm_n_verify=args.lm_n_verify,
         command=report.command_line(),
         log=None if args.quiet else print)
     paths = report.write(results, args.out)

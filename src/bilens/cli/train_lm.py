@@ -46,6 +46,9 @@ def run_lm(args: argparse.Namespace) -> int:
     if args.input_noise:
         raise BilensError("--input-noise: the transformer reads token ids, there is no input "
                           "to add noise to; drop --input-noise")
+    if args.fixed_gain or args.n_train is not None:
+        raise BilensError("--fixed-gain / --n-train: options of --kind mlp; the transformer "
+                          "learns its norms' gains and trains on the whole training split")
     check_replaceable(out, args.force)                          # before training, not after
     tc = LMTrainConfig(
         steps=args.steps, batch_size=args.batch_size or LM_DEFAULTS["batch_size"],

@@ -20,6 +20,8 @@ matching tokens make the earlier copy unambiguous).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -100,12 +102,21 @@ def generate(n_seq: int, seq_len: int, seed: int | list[int]
             {k: torch.from_numpy(np.stack([m[k] for m in masks])) for k in masks[0]})
 
 
+@functools.lru_cache(maxsize=4)
+def _drawn(seq_len: int, seed: int, n_train: int, n_test: int) -> tuple:
+    """The draws of `synthetic_lm`, made once per process (the Python loop over rows takes
+    seconds; every caller gets its own copy)."""
+    train, _ = generate(n_train, seq_len, [seed, 0])
+    test, rules = generate(n_test, seq_len, [TEST_SEED])
+    return train, test, rules
+
+
 def synthetic_lm(seq_len: int, seed: int = 0, n_train: int = N_TRAIN,
                  n_test: int = N_TEST) -> TokenData:
     """The `synthetic-lm` `TokenData`: `n_train` rows drawn with `seed`, and `n_test`
     held-out rows from a fixed stream (the same for every seed)."""
-    train, _ = generate(n_train, seq_len, [seed, 0])
-    test, rules = generate(n_test, seq_len, [TEST_SEED])
+    train, test, rules = _drawn(seq_len, seed, n_train, n_test)
+    train, test, rules = train.clone(), test.clone(), {k: v.clone() for k, v in rules.items()}
     return TokenData(name="synthetic-lm", train=train, test=test, vocab_size=VOCAB,
                      rules=rules, preprocessing="generated: bigram rules, skip-trigrams, "
                      f"induction (copies of {COPY}); see bilens.core.synthetic_lm")

@@ -115,7 +115,8 @@ class CachedRunner:
         mc, tc = self.configs(spec)
         key = self.key(spec, mc, tc)
         directory = self.cache_dir / f"{spec.dataset}-{mc.norm}-{mc.norm_position}-{key}"
-        if directory.is_dir() and not self.force:
+        trained = self.__dict__.setdefault("_trained", set())   # by this runner: kept under force
+        if directory.is_dir() and (not self.force or key in trained):
             try:
                 model = load(directory)
                 self.log(f"reusing cached model {directory}")
@@ -130,6 +131,7 @@ class CachedRunner:
         result = self.train(spec, mc, tc)
         meta = {**result.metadata, "cache_key": key}
         save(result.model, directory, meta, overwrite=True)     # the cache's own entry
+        trained.add(key)
         return result.model.cpu(), {"key": key, "model_dir": str(directory), "reused": False,
                                     **self.train_info(meta)}
 

@@ -39,7 +39,7 @@ LM_SEEDS = 1
 def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force: bool = False,
              seeds: int = SEEDS, epochs: int = EPOCHS, n_verify: int = N_VERIFY,
              cache_dir: str | os.PathLike | None = None, command: str = "bilens demo",
-             lm: bool = True, lm_steps: int | None = None,
+             lm: bool = True, lm_steps: int | None = None, lm_n_verify: int | None = None,
              log: Callable[[str], None] | None = print) -> dict[str, Any]:
     """Compare, sweep (small grids), evaluate the claims and recommend.
 
@@ -55,6 +55,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
         command: the command line recorded in the report.
         lm: also run the language-model section (`synthetic-lm`).
         lm_steps: optimizer steps of every transformer (default: the preset's).
+        lm_n_verify: held-out sequences verified per transformer (default: the preset's).
         log: progress lines (None: silent).
 
     Returns:
@@ -84,7 +85,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
     decomposition = decompose_compared(cmp.to_dict(), runner.dataset)
     write_json(Path(out) / "decomposition.json", decomposition)
     timing["decomposition"] = time.perf_counter() - t
-    parts = {"lm": _lm_section(out, runner, timing, lm_steps)} if lm else {}
+    parts = {"lm": _lm_section(out, runner, timing, lm_steps, lm_n_verify)} if lm else {}
     results = build({
         "title": f"bilens demo: the seed's claims measured on {DATASET}"
                  + (f" and {LM_DATASET}" if lm else ""),
@@ -95,7 +96,7 @@ def run_demo(out: str | os.PathLike = "runs/demo", *, device: str = "cpu", force
 
 
 def _lm_section(out: str | os.PathLike, runner: Any, timing: dict[str, float],
-                steps: int | None) -> dict[str, Any]:
+                steps: int | None, n_verify: int | None) -> dict[str, Any]:
     """The language-model part: `compare_lm` on `synthetic-lm` with the MLP runner's cache
     and device, and the decomposition of its models (`OUT/decomposition-lm.json`)."""
     from bilens.core.io import write_json
@@ -104,7 +105,7 @@ def _lm_section(out: str | os.PathLike, runner: Any, timing: dict[str, float],
 
     t = time.perf_counter()
     lm_runner = LMRunner(runner.cache_dir, force=runner.force, device=runner.device,
-                         log=runner.log)
+                         n_verify=n_verify, log=runner.log)
     cmp = compare_lm(LM_DATASET, seeds=LM_SEEDS, out=out, steps=steps, runner=lm_runner)
     timing["compare (language models)"] = time.perf_counter() - t
     t = time.perf_counter()

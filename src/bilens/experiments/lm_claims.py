@@ -83,8 +83,8 @@ def split_why(row: dict[str, Any], view: View) -> str:
 
 
 LM = View(family="lm", position="pre", mode="frozen-norm", second="drift.ne_drift",
-          second_name="norm-drift NE", second_key="ne_drift", seed_from=("d_model", "compare"),
-          seed_d_model=256, why=split_why)
+          second_name="norm-drift NE", second_key="ne_drift",
+          seed_from=("sparsity", "d_model", "compare"), seed_d_model=256, why=split_why)
 MARGIN = replace(LM, target="margin")
 
 

@@ -40,6 +40,7 @@ from bilens.experiments.compare import CachedRunner, CompareResult, Spec, compar
 from bilens.experiments.stats import LM_MODES, aggregate
 
 CACHE_VERSION = 1
+SUMMARY_VERSION = 2                     # 2: the features (`feature_ne`) in every summary
 TOP_K = 10
 LM_TARGET = "next"                      # the next token's log-probability at the last position
 LM_EXTRA_TARGETS = ("margin",)          # top-1 minus top-2 logit at the last position
@@ -70,10 +71,11 @@ SEQ_PATHS = (
     *(f"{t}.{m}.{k}" for t in LM_EXTRA_TARGETS for m in LM_MODES for k in ("ne", "pearson",
                                                                             "top10", "sign")),
     *(f"{t}.drift.{k}" for t in LM_EXTRA_TARGETS for k in ("ne_drift", "ne_attention",
-                                                            "ne_gating")),
+                                                            "ne_gating", "ne_interaction")),
 )
 SEQ_LIST_PATHS = (*(f"{m}.ne_per_layer" for m in LM_MODES),
                   *(f"{m}.ne_by_distance" for m in LM_MODES),
+                  *(f"{t}.{m}.ne_by_distance" for t in LM_EXTRA_TARGETS for m in LM_MODES),
                   *(f"drift.{k}_per_layer" for k in ("ne_drift", "ne_attention", "ne_gating")))
 
 
@@ -169,7 +171,7 @@ class LMRunner(CachedRunner):
         return _train_info(meta)
 
     def verify_settings(self, dataset: str) -> dict[str, Any]:
-        return {**self.settings_of(dataset), "modes": LM_MODES}
+        return {**self.settings_of(dataset), "modes": LM_MODES, "summary": SUMMARY_VERSION}
 
     def evaluate(self, spec: Spec, also: tuple[str, ...] = ()) -> dict[str, Any]:
         """Train or reuse the spec's model and verify it: one row (`summarize_sequence`)
@@ -326,7 +328,8 @@ def compare_lm(dataset: str = "synthetic-lm", seeds: int = 1,
     settings = {"kind": "transformer", "dataset": dataset, "seeds": seeds,
                 "first_seed": first_seed, "model": base.model, "train": base.train,
                 "seq_len": LM_PRESETS[dataset]["seq_len"], **runner.settings_of(dataset),
-                "target": runner.target, "also_targets": list(LM_EXTRA_TARGETS),
+                "target": runner.target,
+                "also_targets": [t for t in LM_EXTRA_TARGETS if t != runner.target],
                 "modes": list(LM_MODES), "device": runner.device, "data_seed": DATA_SEED}
     specs = compare_specs(base, seeds, positions=POSITIONS_LM, first_seed=first_seed)
     if configs is not None:

@@ -72,7 +72,8 @@ SWEEPS: dict[str, SweepDef] = {
 
 
 # The bilinear transformer's sweeps (`--kind transformer`), on RMSNorm pre-norm: the
-# published bilinear LMs' layout. The fast grids are what `bilens demo` runs on synthetic-lm.
+# published bilinear LMs' layout. The fast grids (`--fast`) are small enough for the CPU on
+# synthetic-lm.
 LM_SWEEPS: dict[str, SweepDef] = {
     "d_model": SweepDef("d_model", "model.d_model", (64, 128, 256, 512), (16, 32, 64),
                         "d_model", variants=(("rms", "pre"),)),
@@ -111,6 +112,8 @@ class SweepResult:
 def sweep_specs(definition: SweepDef, base: Spec, values: tuple, seeds: int = 1) -> list[Spec]:
     """One spec per (variant, value, seed)."""
     section, _, name = definition.param.partition(".")
+    if isinstance(definition.values[0], float):     # --values 0 is the grid's 0.0: one key
+        values = tuple(float(v) for v in values)
     specs = []
     for seed in range(seeds):          # value before variant: a run cut short keeps every
         for value in values:           # variant of the values it reached
