@@ -157,8 +157,10 @@ def barrier() -> None:
 
 
 def shutdown() -> None:
-    """Destroy the process group if one is initialized."""
+    """Destroy the process group if one is initialized, once every rank has reached this
+    point (a rank tearing down while another still talks to it can abort in gloo)."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
 
 

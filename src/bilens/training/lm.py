@@ -17,6 +17,7 @@ the one-process gradient of the global batch's mean loss. Rank 0 alone evaluates
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -237,6 +238,9 @@ def _loop(model: BilinearTransformer, tc: LMTrainConfig, data: TokenData, seq_le
                 history.append({"step": step, "loss": value, "lr": schedule.get_last_lr()[0],
                                 "seconds": time.perf_counter() - t0})
     bar.close()
+    if w.active:          # DDP's reducer released now, not at exit after the group is gone
+        del net
+        gc.collect()
     return history, n_tokens
 
 
