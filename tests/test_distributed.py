@@ -50,10 +50,11 @@ def _effects(model, x, case: int) -> torch.Tensor:
     return ablation_effects(model, x, memory=MEMORY, frozen_norm=case == 4, **kw)
 
 
-def _sequence_effects() -> torch.Tensor:
-    """The transformer's node oracle on a small float64 model, in many small batches (one
-    channel-chunk per batch), so that the ranks get batches of very uneven cost."""
-    from bilens.ablation import sequence_ablation_effects
+def _sequence_effects(features: bool = False) -> torch.Tensor:
+    """The transformer's node oracle (or, with `features`, its feature ablation) on a small
+    float64 model, in many small batches (one channel-chunk per batch), so that the ranks
+    get batches of very uneven cost."""
+    from bilens.ablation import feature_ablation_effects, sequence_ablation_effects
     from bilens.core.config import TransformerConfig
     from bilens.core.models.transformer import BilinearTransformer
 
@@ -62,7 +63,8 @@ def _sequence_effects() -> torch.Tensor:
                                                   d_hidden=12, n_layers=3, n_heads=2,
                                                   norm="layer")).double().eval()
     tokens = torch.randint(23, (3, 7), generator=torch.Generator().manual_seed(6))
-    return sequence_ablation_effects(model, tokens, target="next", memory=20 * 2**10)
+    oracle = feature_ablation_effects if features else sequence_ablation_effects
+    return oracle(model, tokens, target="next", memory=20 * 2**10)
 
 
 def _worker(rank: int, port: int, outdir: str) -> None:
@@ -76,6 +78,7 @@ def _worker(rank: int, port: int, outdir: str) -> None:
         for i, case in enumerate(CASES):
             got[str(i)] = _effects(*_problem(*case), i)
         got["sequence"] = _sequence_effects()
+        got["features"] = _sequence_effects(features=True)
         split = ablation_split(_problem(*CASES[0])[0], 40, memory=MEMORY)
         torch.save({"effects": got, "split": split}, Path(outdir) / f"rank{rank}.pt")
     finally:
@@ -120,8 +123,11 @@ def test_sharded_ablation_equals_one_process(tmp_path):
                 torch.testing.assert_close(got, one, rtol=1e-6, atol=0, equal_nan=True)
     one = _sequence_effects()                       # the transformer's node oracle, float64
     assert one.isfinite().all() and one.abs().max() > 0
+    features = _sequence_effects(features=True)
+    assert features.isfinite().all() and features.abs().max() > 0
     for r in ranks:
         assert torch.equal(r["effects"]["sequence"], one)
+        assert torch.equal(r["effects"]["features"], features)
     split = ranks[0]["split"]
     assert split["world_size"] == 2 and sum(split["jobs_per_rank"]) == split["jobs"]
     assert split["jobs"] > 8 and split["balance"] > 0.9

@@ -113,6 +113,15 @@ def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_n
     out[:, layers] = 0.0
     plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn)
     jobs = _jobs(plan, layers, B, T, H, *_chunks(model, B, T, memory))
+    return _compute(plan, jobs, out, "node ablation", progress)
+
+
+def _compute(plan: SequencePlan, jobs: list[tuple[int, int | None, slice, slice]],
+             out: Tensor, desc: str, progress: bool) -> Tensor:
+    """Every batch `(l, t, rows, ks)` of `jobs` into its block of `out` (`t` None: the
+    features, `out [B, L, H]`), split over the ranks of a process group by estimated cost
+    and gathered exactly (one process: all of them, in order), with a progress bar."""
+    B, L, T, _ = plan.run.z.shape
     world = distributed.world()
     costs = [_cost(job, B, L, T) for job in jobs]
     shares = ([list(range(len(jobs)))] if not world.active
@@ -121,12 +130,12 @@ def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_n
     bar = None
     if progress and world.is_main:
         from tqdm import tqdm
-        bar = tqdm(total=len(mine), desc="node ablation", unit="batch")
+        bar = tqdm(total=len(mine), desc=desc, unit="batch")
     try:
         with distributed.guard():        # a failure here reaches the other ranks' next agree
             for j in mine:
                 l, t, rows, ks = jobs[j]
-                out[rows, l, t, ks] = plan.effects(l, t, rows, ks)
+                out[_block(jobs[j])] = plan.effects(l, t, rows, ks)
                 if bar is not None:
                     bar.update()
     finally:
@@ -183,27 +192,16 @@ def feature_ablation_effects(
 def ablate_features_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *,
                              frozen_norm: bool, frozen_attn: bool, layers: list[int],
                              memory: str | int, progress: bool) -> Tensor:
-    """`feature_ablation_effects` on a prepared batch (one process: a feature batch carries
-    every position, so there are `T` times fewer batches than for the nodes)."""
+    """`feature_ablation_effects` on a prepared batch: one batch per `(l, rows, channels)`,
+    each carrying every position (`T` times fewer batches than for the nodes), split over
+    the ranks of a process group as the nodes are."""
     B, L, T, H = run.z.shape
     out = run.z.new_full((B, L, H), float("nan"))
     plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn)
     rows_per, ks_per = _chunks(model, B, T, memory)
-    jobs = [(l, slice(r0, min(r0 + rows_per, B)), slice(k0, min(k0 + ks_per, H)))
+    jobs = [(l, None, slice(r0, min(r0 + rows_per, B)), slice(k0, min(k0 + ks_per, H)))
             for l in layers for r0 in range(0, B, rows_per) for k0 in range(0, H, ks_per)]
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(jobs), desc="feature ablation", unit="batch")
-    try:
-        for l, rows, ks in jobs:
-            out[rows, l, ks] = plan.effects(l, None, rows, ks)
-            if bar is not None:
-                bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
-    return out
+    return _compute(plan, jobs, out, "feature ablation", progress)
 
 
 def _jobs(plan: SequencePlan, layers: list[int], B: int, T: int, H: int, rows_per: int,
@@ -221,16 +219,18 @@ def _jobs(plan: SequencePlan, layers: list[int], B: int, T: int, H: int, rows_pe
     return jobs
 
 
-def _block(job: tuple[int, int, slice, slice]) -> tuple[slice, int, int, slice]:
-    """The index of a batch's block in the `[B, L, T, H]` result."""
+def _block(job: tuple[int, int | None, slice, slice]) -> tuple:
+    """The index of a batch's block in the `[B, L, T, H]` result (features: `[B, L, H]`)."""
     l, t, rows, ks = job
-    return (rows, l, t, ks)
+    return (rows, l, ks) if t is None else (rows, l, t, ks)
 
 
-def _cost(job: tuple[int, int, slice, slice], B: int, L: int, T: int) -> float:
+def _cost(job: tuple[int, int | None, slice, slice], B: int, L: int, T: int) -> float:
     """Estimated cost of a batch: its ablations times the positions and layers its suffix
-    carries (the last layer's closed form at the head counted as a fraction of a layer)."""
+    carries (the last layer's closed form at the head counted as a fraction of a layer; a
+    feature batch carries every position)."""
     l, t, rows, ks = job
+    t = 0 if t is None else t
     n = len(range(*rows.indices(B))) * (ks.stop - ks.start)
     return n * (T - t) * (L - 1 - l + 0.1)
 
