@@ -57,14 +57,22 @@ def run(args: argparse.Namespace) -> int:
         "commands": [report.command_line()], "compare": result.to_dict(),
         "timing": {"compare": time.perf_counter() - start}})
     paths = report.write(results, args.out)
-    print()
-    print(report.compare_text(result.table))
-    print()
-    print(report.claims_text(results["claims"]))
-    print()
-    print("\n".join(results["recommendation"]["text"]))
-    print(f"\nreport: {paths['html']}  ({time.perf_counter() - start:.1f} s)")
+    _print(report.compare_text(result.table), results, paths, start)
     return 0
+
+
+def _print(table: str, part: dict, paths: dict, start: float) -> None:
+    """The comparison's table, claims and recommendation (`part`: the results' family),
+    and where the report is."""
+    from bilens import report
+
+    print()
+    print(table)
+    print()
+    print(report.claims_text(part["claims"]))
+    print()
+    print("\n".join(part["recommendation"]["text"]))
+    print(f"\nreport: {paths['html']}  ({time.perf_counter() - start:.1f} s)")
 
 
 def _run_lm(args: argparse.Namespace, dataset: str, start: float) -> int:
@@ -82,12 +90,5 @@ def _run_lm(args: argparse.Namespace, dataset: str, start: float) -> int:
         "commands": [report.command_line()], "lm": {"compare": result.to_dict()},
         "timing": {"compare": time.perf_counter() - start}})
     paths = report.write(results, args.out)
-    lm = results["lm"]
-    print()
-    print(report.lm_compare_text(result.table))
-    print()
-    print(report.claims_text(lm["claims"]))
-    print()
-    print("\n".join(lm["recommendation"]["text"]))
-    print(f"\nreport: {paths['html']}  ({time.perf_counter() - start:.1f} s)")
+    _print(report.lm_compare_text(result.table), results["lm"], paths, start)
     return 0

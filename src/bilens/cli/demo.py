@@ -53,26 +53,14 @@ def run(args: argparse.Namespace) -> int:
         command=report.command_line(),
         log=None if args.quiet else print)
     paths = report.write(results, args.out)
-    print()
-    print("Comparison (digits):")
-    print(report.compare_text(results["compare"]["table"]))
-    print()
-    print("The seed's claims:")
-    print(report.claims_text(results["claims"]))
-    print()
-    print("Recommendation:")
-    print("\n".join(f"  - {t}" for t in results["recommendation"]["text"]))
+    _section("Comparison (digits):", report.compare_text(results["compare"]["table"]),
+             results, "The seed's claims:", "Recommendation:")
     lm = results.get("lm")
     if lm:
-        print()
-        print(f"Comparison (language models, {lm['compare']['dataset']}):")
-        print(report.lm_compare_text(lm["compare"]["table"]))
-        print()
-        print("The seed's claims, on language models:")
-        print(report.claims_text(lm["claims"]))
-        print()
-        print("Recommendation for language models:")
-        print("\n".join(f"  - {t}" for t in lm["recommendation"]["text"]))
+        _section(f"Comparison (language models, {lm['compare']['dataset']}):",
+                 report.lm_compare_text(lm["compare"]["table"]), lm,
+                 "The seed's claims, on language models:",
+                 "Recommendation for language models:")
         if results.get("combined"):
             print()
             print("Combined recommendation:")
@@ -81,3 +69,18 @@ def run(args: argparse.Namespace) -> int:
     print(f"        {paths['markdown']}, {paths['json']}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+def _section(title: str, table: str, part: dict, claims_title: str, rec_title: str) -> None:
+    """One family's comparison table, claims and recommendation (`part`), each headed."""
+    from bilens import report
+
+    print()
+    print(title)
+    print(table)
+    print()
+    print(claims_title)
+    print(report.claims_text(part["claims"]))
+    print()
+    print(rec_title)
+    print("\n".join(f"  - {t}" for t in part["recommendation"]["text"]))

@@ -135,6 +135,17 @@ class CachedRunner:
         return result.model.cpu(), {"key": key, "model_dir": str(directory), "reused": False,
                                     **self.train_info(meta)}
 
+    def verified(self, spec: Spec, also: tuple[str, ...] = ()
+                 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """`(model, info, summary)`: the spec's model trained or reused, its summary for
+        `self.target`, and under `summary[t]` the same for each other target `t` of `also`."""
+        model, info = self.model(spec)
+        summary = self._verified(model, spec.dataset, info, self.target)
+        for t in also:
+            if t != self.target:
+                summary[t] = self._verified(model, spec.dataset, info, t)
+        return model, info, summary
+
     def _verified(self, model: Any, dataset: str, info: dict[str, Any],
                   target: str) -> dict[str, Any]:
         """`verify`'s summary for one target, from the cache when the model was reused."""
@@ -210,11 +221,7 @@ class Runner(CachedRunner):
     def evaluate(self, spec: Spec, also: tuple[str, ...] = ()) -> dict[str, Any]:
         """Train or reuse the spec's model and verify it: one row (see `summarize`), for
         `self.target`, and under `row[t]` the same summary for each target `t` of `also`."""
-        model, info = self.model(spec)
-        summary = self._verified(model, spec.dataset, info, self.target)
-        for t in also:
-            if t != self.target:
-                summary[t] = self._verified(model, spec.dataset, info, t)
+        model, info, summary = self.verified(spec, also)
         cfg = model.config
         return {"dataset": spec.dataset, "norm": cfg.norm, "position": cfg.norm_position,
                 "seed": int(spec.train.get("seed", 0)), "d_model": cfg.d_model,

@@ -176,11 +176,7 @@ class LMRunner(CachedRunner):
     def evaluate(self, spec: Spec, also: tuple[str, ...] = ()) -> dict[str, Any]:
         """Train or reuse the spec's model and verify it: one row (`summarize_sequence`)
         for `self.target`, and under `row[t]` the same for each target `t` of `also`."""
-        model, info = self.model(spec)
-        summary = self._verified(model, spec.dataset, info, self.target)
-        for t in also:
-            if t != self.target:
-                summary[t] = self._verified(model, spec.dataset, info, t)
+        model, info, summary = self.verified(spec, also)
         cfg = model.config
         return {"dataset": spec.dataset, "kind": "transformer", "norm": cfg.norm,
                 "position": spec.model.get("norm_position", cfg.norm_position),
