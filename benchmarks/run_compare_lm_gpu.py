@@ -9,16 +9,21 @@
     bilens sweep d_model|depth|sparsity --kind transformer --dataset text       (one each)
 
 each under `timeout LIMIT` (every process writes its JSON after each model, so a job cut
-short keeps the models it finished), merges the three seeds into one comparison
-(`aggregate_lm`), decomposes the compared models (claim 11 on `text`), builds the report
-(`summary.collect` + `build`, `report.write`), and packs reports, JSONs and logs (no
-models) into `OUT/results.tar.gz`. The text comes from `BILENS_DATA_DIR/kjv.txt` on a
-machine without Debian's `bible-kjv` (`benchmarks/lm_table.py --export .whl/data`).
+short keeps the models it finished), at most `--parallel` at once with the CPU threads
+shared among them (`OMP_NUM_THREADS`: with 6 processes of 16 threads each on 16 cores the
+verifications slowed down several-fold). It merges the seeds into one comparison
+(`aggregate_lm`, with `--earlier` calls' rows), decomposes the compared models (claim 11 on
+`text`: a `part` decomposes its own models while they are on disk, `--decompose-only`
+retrains an earlier call's from their seeds), builds the report (`summary.collect` +
+`build`, `report.write`), and packs reports, JSONs and logs (no models) into
+`OUT/results.tar.gz`. The text comes from `BILENS_DATA_DIR/kjv.txt` on a machine without
+Debian's `bible-kjv` (`benchmarks/lm_table.py --export .whl/data`).
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import os
 import subprocess
@@ -30,18 +35,25 @@ from pathlib import Path
 SWEEP_NAMES = ("d_model", "depth", "sparsity")
 
 
-def jobs(dataset: str, seeds: int, configs: str | None = None,
-         values: dict[str, str] | None = None) -> dict[str, list[str]]:
+def jobs(dataset: str, seeds: int | list[int], configs: str | None = None,
+         values: dict[str, str] | None = None,
+         decompose_only: dict[int, str] | None = None) -> dict[str, list[str]]:
     """The processes: one per seed of the comparison (`configs`: only those, through
-    `part`), one per sweep (`values`: only those points; `{}`: no sweep)."""
+    `part`, which decomposes its models too), one per sweep (`values`: only those points;
+    `{}`: no sweep), and one per seed of `decompose_only` (`seed -> configs` only trained
+    and decomposed)."""
     kind = ["--kind", "transformer", "--dataset", dataset]
+    seed_list = range(seeds) if isinstance(seeds, int) else seeds
     if configs:
         out = {f"compare-{dataset}-s{s}-part": [
-            "@part", "--dataset", dataset, "--seed", str(s), "--configs", configs]
-            for s in range(seeds)}
+            "@part", "--dataset", dataset, "--seed", str(s), "--configs", configs,
+            "--decompose"] for s in seed_list}
     else:
         out = {f"compare-{dataset}-s{s}": ["compare", *kind, "--seeds", "1",
-                                           "--first-seed", str(s)] for s in range(seeds)}
+                                           "--first-seed", str(s)] for s in seed_list}
+    for s, which in (decompose_only or {}).items():
+        out[f"decompose-{dataset}-s{s}"] = ["@part", "--dataset", dataset, "--seed", str(s),
+                                             "--configs", which, "--no-verify"]
     for s in SWEEP_NAMES:
         if values is None or s in values:
             out[f"sweep-{s}{'-part' if values else ''}"] = [
@@ -50,15 +62,60 @@ def jobs(dataset: str, seeds: int, configs: str | None = None,
 
 
 def part(args: argparse.Namespace) -> int:
-    """One seed of the comparison for some `(norm, position)` pairs only: `compare_lm`."""
+    """One seed of the comparison for some `(norm, position)` pairs only: `compare_lm`;
+    with `--decompose` the models are decomposed here too, while they are on disk (a device
+    call's models do not come back); with `--no-verify` they are only trained and decomposed
+    (`retrained.json` records their held-out loss, to set beside the verified rows')."""
     sys.path.insert(0, str(Path("src").resolve()))
-    from bilens.experiments.lm_compare import LMRunner, compare_lm
+    from bilens.core.io import write_json
+    from bilens.experiments.compare import compare_specs
+    from bilens.experiments.lm_compare import POSITIONS_LM, LMRunner, compare_lm, lm_preset_spec
 
     configs = [tuple(c.split("/")) for c in args.configs.split(",")]
-    runner = LMRunner(Path(args.out) / "models", device=args.device, n_verify=args.n_verify)
-    compare_lm(args.dataset, seeds=1, first_seed=args.seed, out=args.out, steps=args.steps,
-               runner=runner, configs=configs)
+    if args.stack_every:                    # where a slow job spends its time, in its log
+        faulthandler.dump_traceback_later(args.stack_every, repeat=True)
+    start = time.time()
+    runner = LMRunner(Path(args.out) / "models", device=args.device, n_verify=args.n_verify,
+                      log=lambda line: print(f"[{time.time() - start:6.1f} s] {line}",
+                                             flush=True))
+    verify = runner.verify
+
+    def timed(model, dataset, target=None):
+        runner.log(f"verifying {model.config.norm}/{model.config.norm_position} for {target}")
+        summary = verify(model, dataset, target)
+        runner.log(f"verified in {summary['verify_time']:.1f} s")
+        return summary
+
+    runner.verify = timed
+    if args.no_verify:
+        specs = [s for s in compare_specs(lm_preset_spec(args.dataset, args.steps), 1,
+                                          positions=POSITIONS_LM, first_seed=args.seed)
+                 if (s.model["norm"], s.model["norm_position"]) in configs]
+        rows = []
+        for spec in specs:
+            info = runner.model(spec)[1]
+            rows.append({"norm": spec.model["norm"], "position": spec.model["norm_position"],
+                         "seed": args.seed, **info})
+        cmp = {"dataset": args.dataset, "settings": {"kind": "transformer"}, "rows": rows}
+        write_json(Path(args.out) / "retrained.json", cmp)
+    else:
+        cmp = compare_lm(args.dataset, seeds=1, first_seed=args.seed, out=args.out,
+                         steps=args.steps, runner=runner, configs=configs).to_dict()
+    if args.decompose or args.no_verify:
+        decompose_rows(cmp, Path(args.out) / "decomposition-lm.json", runner.log)
     return 0
+
+
+def decompose_rows(cmp: dict, path: Path, log) -> None:
+    """`decompose_compared` of the rows of `cmp` whose checkpoints are on disk -> `path`."""
+    from bilens.core.io import write_json
+    from bilens.experiments.decompose_models import decompose_compared
+    from bilens.experiments.lm_compare import LMRunner
+
+    rows = [r for r in cmp["rows"] if Path(r["model_dir"]).is_dir()]
+    if rows:
+        runner = LMRunner(path.parent / "unused", log=None)
+        write_json(path, decompose_compared({**cmp, "rows": rows}, runner.dataset, log=log))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,33 +126,36 @@ def run(args: argparse.Namespace) -> int:
            "PYTHONPATH": str(Path("src").resolve()) + os.pathsep + os.environ.get("PYTHONPATH",
                                                                                    "")}
     start = time.time()
-    procs = {}
     values = ({} if args.no_sweeps else
               dict(v.split("=", 1) for v in args.sweep_values.split(";"))
               if args.sweep_values else None)
-    for name, cmd in jobs(args.dataset, args.seeds, args.configs, values).items():
-        if args.only and name not in args.only.split(","):
-            continue
-        extra = ["--device", args.device, "--out", str(work / name)]
-        extra += ["--steps", str(args.steps)] if args.steps else []
-        extra += ["--n-verify", str(args.n_verify)] if args.n_verify else []
-        log = open(work / f"{name}.log", "w")   # noqa: SIM115 (closed below)
-        head = ([sys.executable, __file__, "part", *cmd[1:]] if cmd[0] == "@part"
-                else [sys.executable, "-m", "bilens", *cmd])
-        full = ["timeout", str(args.limit), *head, *extra]
-        log.write("$ " + " ".join(full) + "\n")
-        log.flush()
-        procs[name] = (subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env=env),
-                       log)
-    for name, (proc, log) in procs.items():
-        rc = proc.wait()
-        log.close()
-        print(f"{name}: exit {rc} after {time.time() - start:.0f} s", flush=True)
+    seeds = ([int(v) for v in args.seed_list.split(",")] if args.seed_list
+             else args.seeds)
+    only = (dict((int(k), v) for k, v in (e.split(":", 1) for e in
+                                           args.decompose_only.split(";")))
+            if args.decompose_only else None)
+    todo = [(name, cmd) for name, cmd in jobs(args.dataset, seeds, args.configs, values,
+                                              only).items()
+            if not args.only or name in args.only.split(",")]
+    width = args.parallel or len(todo)
+    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, width)))
+    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    while todo or running:
+        while todo and len(running) < width:
+            name, cmd = todo.pop(0)
+            running[name] = launch(name, cmd, work, args, env)
+        time.sleep(1)
+        for name, (proc, log) in list(running.items()):
+            if proc.poll() is not None:
+                log.close()
+                del running[name]
+                print(f"{name}: exit {proc.returncode} after {time.time() - start:.0f} s",
+                      flush=True)
     merge(work, args.dataset, args.earlier)
     if args.verify_len:
         verify_one(work, args, env)
     if not args.no_decompose:
-        decompose(work, args.dataset)
+        decompose(work, args.dataset, args.earlier_decomposition)
     try:                                    # the JSONs come back even if the report fails
         build_report(out, args.dataset, time.time() - start)
     except Exception as err:                # noqa: BLE001 (reported, then packed anyway)
@@ -107,6 +167,23 @@ def run(args: argparse.Namespace) -> int:
                 tar.add(path, arcname=str(path.relative_to(out)))
     print(f"packed {out / 'results.tar.gz'} in {time.time() - start:.0f} s")
     return 0
+
+
+def launch(name: str, cmd: list[str], work: Path, args: argparse.Namespace,
+           env: dict[str, str]) -> tuple[subprocess.Popen, object]:
+    """Start one job under `timeout args.limit`, its output in `work/<name>.log`."""
+    extra = ["--device", args.device, "--out", str(work / name)]
+    extra += ["--steps", str(args.steps)] if args.steps else []
+    extra += ["--n-verify", str(args.n_verify)] if args.n_verify else []
+    if cmd[0] == "@part" and args.stack_every:
+        extra += ["--stack-every", str(args.stack_every)]
+    log = open(work / f"{name}.log", "w")   # noqa: SIM115 (closed by the caller)
+    head = ([sys.executable, __file__, "part", *cmd[1:]] if cmd[0] == "@part"
+            else [sys.executable, "-m", "bilens", *cmd])
+    full = ["timeout", str(args.limit), *head, *extra]
+    log.write("$ " + " ".join(full) + "\n")
+    log.flush()
+    return subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env=env), log
 
 
 def verify_one(work: Path, args: argparse.Namespace, env: dict[str, str]) -> None:
@@ -136,8 +213,7 @@ def merge(work: Path, dataset: str, earlier: str | None = None) -> None:
 
     parts = [json.loads(f.read_text())
              for f in sorted(work.glob(f"compare-{dataset}-s*/compare-lm.json"))]
-    if earlier:
-        parts.append(json.loads(Path(earlier).read_text()))
+    parts += [json.loads(Path(f).read_text()) for f in (earlier or "").split(",") if f]
     if not parts:
         return
     unique = {(r["norm"], r["position"], r["seed"]): r for p in parts for r in p["rows"]}
@@ -153,21 +229,42 @@ def merge(work: Path, dataset: str, earlier: str | None = None) -> None:
                 "wall_time": max(p["wall_time"] for p in parts)})
 
 
-def decompose(work: Path, dataset: str) -> None:
-    """The weight-based decomposition of every compared model (claim 11 on `text`)."""
+def decompose(work: Path, dataset: str, earlier: str | None = None) -> None:
+    """The weight-based decomposition of every compared model (claim 11 on `text`): the
+    parts' own (`part --decompose`), the rows whose models are still on disk, and an
+    `earlier` call's merged `decomposition-lm.json`, joined (a model decomposed twice counts
+    once) -> `compare-<dataset>/decomposition-lm.json`."""
     sys.path.insert(0, str(Path("src").resolve()))
     from bilens.core.io import write_json
-    from bilens.experiments.decompose_models import decompose_compared
-    from bilens.experiments.lm_compare import LMRunner
 
     path = work / f"compare-{dataset}" / "compare-lm.json"
     if not path.is_file():
         return
     start = time.time()
+    here = work / f"compare-{dataset}" / "decomposition-here.json"
     cmp = json.loads(path.read_text())
-    runner = LMRunner(work / "unused", log=None)
-    write_json(path.parent / "decomposition-lm.json", decompose_compared(cmp, runner.dataset))
-    print(f"decomposed {len(cmp['rows'])} models in {time.time() - start:.0f} s", flush=True)
+    done = [json.loads(f.read_text()) for f in sorted(work.glob("*/decomposition-lm.json"))
+            if f.parent.name != f"compare-{dataset}"]
+    seen = {(r["norm"], r["position"], r["seed"]) for d in done for r in d["records"]}
+    decompose_rows({**cmp, "rows": [r for r in cmp["rows"]
+                                    if (r["norm"], r["position"], r["seed"]) not in seen]},
+                   here, None)
+    parts = done + [json.loads(here.read_text())] if here.is_file() else done
+    parts += [json.loads(Path(f).read_text()) for f in (earlier or "").split(",") if f]
+    if not parts:
+        return
+    records = {(r["norm"], r["position"], r["seed"]): r for p in parts for r in p["records"]}
+    sections = {(s["norm"], "any" if s["norm"] == "none" else s["position"]): s
+                for p in reversed(parts) for s in p["sections"]}
+    order = {"none": 0, "rms": 1, "layer": 2}
+    write_json(path.parent / "decomposition-lm.json", {
+        "settings": {**parts[0]["settings"], "seconds": sum(p["settings"]["seconds"]
+                                                            for p in parts)},
+        "records": sorted(records.values(), key=lambda r: (r["seed"], order[r["norm"]],
+                                                            r["position"])),
+        "sections": sorted(sections.values(), key=lambda s: (order[s["norm"]],
+                                                             s["position"]))})
+    print(f"decomposition: {len(records)} models ({time.time() - start:.0f} s)", flush=True)
 
 
 def build_report(out: Path, dataset: str, wall: float | None = None) -> None:
@@ -213,13 +310,25 @@ def main() -> int:
     p.add_argument("--n-verify", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated job names")
     p.add_argument("--no-decompose", action="store_true")
+    p.add_argument("--parallel", type=int, default=None,
+                   help="jobs at once (default: all); the CPU threads are shared among them")
+    p.add_argument("--stack-every", type=float, default=None,
+                   help="comparison parts print their stacks every this many seconds")
     p.add_argument("--configs", default=None,
                    help="only these norm/position pairs of the comparison, e.g. "
                         "rms/post,layer/pre (one process per seed)")
+    p.add_argument("--earlier-decomposition", default=None,
+                   help="earlier calls' merged decomposition-lm.json files (comma-separated) "
+                        "whose records join this call's")
+    p.add_argument("--seed-list", default=None,
+                   help="only these seeds of the comparison, e.g. 1 (default: 0..seeds-1)")
+    p.add_argument("--decompose-only", default=None,
+                   help="models only trained and decomposed (verified by an earlier call), "
+                        "as SEED:CONFIGS;..., e.g. '0:rms/post,layer/pre;2:rms/post'")
     p.add_argument("--no-sweeps", action="store_true", help="only the comparison")
     p.add_argument("--earlier", default=None,
-                   help="a merged compare-lm.json of an earlier call whose rows join this one's "
-                        "(e.g. benchmarks/results/h200-lm/compare-lm.json)")
+                   help="earlier calls' merged compare-lm.json files (comma-separated) whose "
+                        "rows join this one's (e.g. benchmarks/results/h200-lm/compare-lm.json)")
     p.add_argument("--sweep-values", default=None,
                    help="only these sweep points, e.g. 'd_model=512;depth=8' (other sweeps "
                         "skipped)")
@@ -236,6 +345,11 @@ def main() -> int:
     q.add_argument("--out", required=True)
     q.add_argument("--steps", type=int, default=None)
     q.add_argument("--n-verify", type=int, default=None)
+    q.add_argument("--decompose", action="store_true", help="decompose the models too")
+    q.add_argument("--no-verify", action="store_true",
+                   help="only train (or reuse) and decompose the models")
+    q.add_argument("--stack-every", type=float, default=None,
+                   help="print every thread's stack every this many seconds")
     q.set_defaults(func=part)
     r = sub.add_parser("report")
     r.add_argument("results")
