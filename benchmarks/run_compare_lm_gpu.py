@@ -36,12 +36,12 @@ SWEEP_NAMES = ("d_model", "depth", "sparsity")
 
 
 def jobs(dataset: str, seeds: int | list[int], configs: str | None = None,
-         values: dict[str, str] | None = None,
+         values: list[tuple[str, str | None]] | None = None,
          decompose_only: dict[int, str] | None = None) -> dict[str, list[str]]:
     """The processes: one per seed of the comparison (`configs`: only those, through
-    `part`, which decomposes its models too), one per sweep (`values`: only those points;
-    `{}`: no sweep), and one per seed of `decompose_only` (`seed -> configs` only trained
-    and decomposed)."""
+    `part`, which decomposes its models too), one per sweep (`values`: one per
+    `(sweep, points)` pair instead, `[]`: no sweep), and one per seed of `decompose_only`
+    (`seed -> configs` only trained and decomposed)."""
     kind = ["--kind", "transformer", "--dataset", dataset]
     seed_list = range(seeds) if isinstance(seeds, int) else seeds
     if configs:
@@ -54,10 +54,11 @@ def jobs(dataset: str, seeds: int | list[int], configs: str | None = None,
     for s, which in (decompose_only or {}).items():
         out[f"decompose-{dataset}-s{s}"] = ["@part", "--dataset", dataset, "--seed", str(s),
                                              "--configs", which, "--no-verify"]
-    for s in SWEEP_NAMES:
-        if values is None or s in values:
-            out[f"sweep-{s}{'-part' if values else ''}"] = [
-                "sweep", s, *kind, *(["--values", values[s]] if values else [])]
+    if values is None:
+        values = [(s, None) for s in SWEEP_NAMES]
+    for i, (s, v) in enumerate(values):
+        out[f"sweep-{s}" if v is None else f"sweep-{s}-part{i}"] = [
+            "sweep", s, *kind, *(["--values", v] if v else [])]
     return out
 
 
@@ -126,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
            "PYTHONPATH": str(Path("src").resolve()) + os.pathsep + os.environ.get("PYTHONPATH",
                                                                                    "")}
     start = time.time()
-    values = ({} if args.no_sweeps else
-              dict(v.split("=", 1) for v in args.sweep_values.split(";"))
+    values = ([] if args.no_sweeps else
+              [tuple(v.split("=", 1)) for v in args.sweep_values.split(";")]
               if args.sweep_values else None)
     seeds = ([int(v) for v in args.seed_list.split(",")] if args.seed_list
              else args.seeds)
@@ -152,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 print(f"{name}: exit {proc.returncode} after {time.time() - start:.0f} s",
                       flush=True)
     merge(work, args.dataset, args.earlier)
+    merge_sweeps(work)
     if args.verify_len:
         verify_one(work, args, env)
     if not args.no_decompose:
@@ -227,6 +229,42 @@ def merge(work: Path, dataset: str, earlier: str | None = None) -> None:
                {"dataset": dataset, "settings": settings,
                 "table": aggregate_lm(rows, ("norm", "position")), "rows": rows,
                 "wall_time": max(p["wall_time"] for p in parts)})
+
+
+SWEEP_FIELDS = {"d_model": "d_model", "depth": "n_layers", "sparsity": "l1"}
+
+
+def merge_sweeps(work: Path) -> None:
+    """`sweep-<name>-part<i>/sweep-lm-<name>.json` -> `sweep-<name>/sweep-lm-<name>.json`.
+    A point at the base of every sweep (d_model 256, 4 layers, L1 0) is one model: a row of
+    any sweep whose other two fields are at the base joins this sweep too, its `x` read
+    from the row's own field."""
+    sys.path.insert(0, str(Path("src").resolve()))
+    from bilens.core.io import write_json
+    from bilens.experiments.lm_compare import aggregate_lm
+
+    parts = {f: json.loads(f.read_text()) for f in sorted(work.glob("sweep-*-part*/*.json"))}
+    rows = {}
+    for d in parts.values():
+        for r in d["rows"]:
+            rows[(r["d_model"], r["n_layers"], float(r["l1"]), r["seed"])] = r
+    for name, field in SWEEP_FIELDS.items():
+        mine = [d for d in parts.values() if d["name"] == name]
+        if not mine:
+            continue
+        base = mine[0]["settings"]
+        at_base = {"d_model": base["model"]["d_model"], "n_layers": base["model"]["n_layers"],
+                   "l1": float(base["train"].get("l1", 0.0))}
+        got = sorted(({**r, "x": r[field], "tags": {**r["tags"], "x": r[field]}}
+                      for r in rows.values()
+                      if all(float(r[f]) == v for f, v in at_base.items() if f != field)),
+                     key=lambda r: (r["x"], r["seed"]))
+        values = sorted({r["x"] for r in got})
+        write_json(work / f"sweep-{name}" / f"sweep-lm-{name}.json", {
+            **mine[0], "rows": got, "table": aggregate_lm(got, ("norm", "position", "x")),
+            "settings": {**base, "values": values, "complete": True},
+            "wall_time": max(d["wall_time"] for d in mine)})
+        print(f"sweep {name}: {values}", flush=True)
 
 
 def decompose(work: Path, dataset: str, earlier: str | None = None) -> None:
@@ -330,8 +368,9 @@ def main() -> int:
                    help="earlier calls' merged compare-lm.json files (comma-separated) whose "
                         "rows join this one's (e.g. benchmarks/results/h200-lm/compare-lm.json)")
     p.add_argument("--sweep-values", default=None,
-                   help="only these sweep points, e.g. 'd_model=512;depth=8' (other sweeps "
-                        "skipped)")
+                   help="one process per entry, each only these sweep points, e.g. "
+                        "'d_model=512;depth=8;sparsity=0.1,0.3;sparsity=1.0' (other sweeps "
+                        "skipped; the parts are merged per sweep)")
     p.add_argument("--verify-len", type=int, default=64,
                    help="tokens per sequence of the one bilens verify run (0: skip it)")
     p.add_argument("--verify-n", type=int, default=8)

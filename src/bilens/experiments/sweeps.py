@@ -27,7 +27,13 @@ from typing import Any
 from bilens.core.errors import BilensError
 from bilens.core.io import write_json
 from bilens.experiments.compare import DEFAULT_N_VERIFY, Runner, Spec, preset_spec
-from bilens.experiments.lm_compare import LM_PRESETS, LMRunner, aggregate_lm, lm_preset_spec
+from bilens.experiments.lm_compare import (
+    LM_EXTRA_TARGETS,
+    LM_PRESETS,
+    LMRunner,
+    aggregate_lm,
+    lm_preset_spec,
+)
 from bilens.experiments.stats import aggregate
 
 
@@ -147,7 +153,8 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
             (`target` None: the family's default, `predicted` or `next`).
 
     Returns:
-        A `SweepResult`.
+        A `SweepResult`; a transformer's rows carry the margin target's numbers too
+        (`row["margin"]`, as in `compare_lm`).
     """
     lm, defs = dataset in LM_PRESETS, sweeps_for(dataset)
     if name not in defs:
@@ -172,7 +179,7 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
     specs = sweep_specs(definition, base, grid, seeds)
     rows: list[dict[str, Any]] = []
     for spec in specs:
-        row = runner.evaluate(spec)
+        row = runner.evaluate(spec, also=LM_EXTRA_TARGETS) if lm else runner.evaluate(spec)
         row["x"] = spec.tags["x"]
         rows.append(row)
         result = SweepResult(name, dataset, definition.param, definition.label, rows,
