@@ -3,7 +3,7 @@ and the forward + backward floor, side by side in one run.
 
     python benchmarks/lm_attribution.py --threads 1                  # CPU, both configurations
     python benchmarks/lm_attribution.py --threads 1 --against main   # and the code of a git ref
-    python benchmarks/lm_attribution.py --device cuda --configs issue --n 128
+    python benchmarks/lm_attribution.py --device cuda --configs issue --n 128 [--profile]
 
 Configurations (random weights, float32, pre-norm RMS, target `next` at the last position):
 
@@ -142,6 +142,30 @@ def agreement(last: dict, old) -> list[str]:
     return lines
 
 
+def where_time_goes(rows: dict, sync) -> dict:
+    """Per row, one call under `torch.profiler`: the kernels launched and the GPU's busy time
+    (the sum of the kernels' own times) against the call's wall time; a call whose kernels
+    keep the GPU busy for much less than its wall time is bound by the host launching them."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    print(f"\n{'where the time goes (one call)':40} {'wall ms':>9} {'GPU busy ms':>12} "
+          f"{'kernels':>8}")
+    for key, fn in rows.items():
+        fn()
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            fn()
+            sync()
+            wall = time.perf_counter() - start
+        kernels = [e for e in prof.events() if e.device_type.name == "CUDA"]
+        busy = sum(e.device_time for e in kernels) / 1e6     # us -> s
+        out[key] = {"wall_s": wall, "gpu_busy_s": busy, "kernels": len(kernels)}
+        print(f"{key:40} {1e3 * wall:9.2f} {1e3 * busy:12.2f} {len(kernels):8d}")
+    return out
+
+
 def run_config(name: str, args, old) -> dict:
     spec = CONFIGS[name]
     cfg = TransformerConfig(**spec["cfg"])
@@ -150,8 +174,8 @@ def run_config(name: str, args, old) -> dict:
     model = BilinearTransformer(cfg).to(dev).eval()
     data = torch.randint(cfg.vocab_size, (n, T + 1), device=dev)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    median, last = measure(cases(model, data, old, not args.no_captum), args.repeats,
-                           args.warmup, sync)
+    rows = cases(model, data, old, not args.no_captum)
+    median, last = measure(rows, args.repeats, args.warmup, sync)
     base = median["forward"]
     print(f"\n{name}: {cfg.n_layers} layers, d_model {cfg.d_model}, d_hidden {cfg.d_hidden}, "
           f"{cfg.n_heads} heads, {T} tokens, vocab {cfg.vocab_size}, {n} sequences "
@@ -162,7 +186,8 @@ def run_config(name: str, args, old) -> dict:
               f"{t / base:10.2f}")
     for line in agreement(last, old):
         print(line.replace("REF", str(args.against)))
-    return {"n": n, "seq": T, "median_s": median,
+    profiled = where_time_goes(rows, sync) if args.profile and dev.startswith("cuda") else None
+    return {"n": n, "seq": T, "median_s": median, "profile": profiled,
             "ratio_to_forward": {k: t / base for k, t in median.items()}}
 
 
@@ -177,6 +202,8 @@ def main() -> None:
     p.add_argument("--against", default=None, help="also time this git ref's attribution")
     p.add_argument("--no-captum", action="store_true")
     p.add_argument("--out", default=None, help="also write the timings as JSON")
+    p.add_argument("--profile", action="store_true",
+                   help="on CUDA: also each row's kernels and GPU busy time (torch.profiler)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

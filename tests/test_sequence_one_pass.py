@@ -192,3 +192,27 @@ def test_mlp_family_detaches_its_own_scale():
         grads.append(torch.autograd.grad(out.logits[:, 1].sum(), off)[0])
     assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)
     assert rel(grads[1], grads[2]) > 1e-3
+
+
+def test_chunks_count_the_logits_where_the_target_reads_them():
+    """A target read at `p` keeps one row of logits per sequence, `mean-logprob` one per
+    position: with a vocabulary that dominates the count, a budget of two sequences' worth
+    at `p` fits twice as many sequences per chunk for `next` as for `mean-logprob`."""
+    from bilens.core.config import TransformerConfig
+    from bilens.core.models.transformer import BilinearTransformer
+
+    torch.manual_seed(0)
+    model = BilinearTransformer(TransformerConfig(vocab_size=50_000, n_ctx=8, d_model=8,
+                                                  d_hidden=5, n_layers=2, n_heads=2)).double()
+    seq = 7
+    cfg = model.config
+    acts = 3 * seq * cfg.n_layers * (12 * cfg.d_model + 6 * cfg.d_hidden + 3 * cfg.n_heads * seq)
+    at_p, every = acts + 9 * cfg.vocab_size, acts + 9 * cfg.vocab_size * seq   # values / seq
+    memory = 2 * at_p * 8                                                        # float64 bytes
+    assert every > memory // 8                                  # mean-logprob: one per chunk
+    assert sequence.batch_for(model, 10, seq, memory, every_position=False) == 2
+    assert sequence.batch_for(model, 10, seq, memory, every_position=True) == 1
+    tokens = tokens_for(model, n=3, seq=seq)
+    whole = attribute_sequence(model, tokens, target="next", mode="live")
+    parts = attribute_sequence(model, tokens, target="next", mode="live", memory=memory)
+    assert_close(parts, whole, rtol=1e-12, atol=1e-15)
