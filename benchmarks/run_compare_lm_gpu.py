@@ -37,7 +37,8 @@ SWEEP_NAMES = ("d_model", "depth", "sparsity")
 
 def jobs(dataset: str, seeds: int | list[int], configs: str | None = None,
          values: list[tuple[str, str | None]] | None = None,
-         decompose_only: dict[int, str] | None = None) -> dict[str, list[str]]:
+         decompose_only: dict[int, str] | None = None,
+         decompose_parts: bool = True) -> dict[str, list[str]]:
     """The processes: one per seed of the comparison (`configs`: only those, through
     `part`, which decomposes its models too), one per sweep (`values`: one per
     `(sweep, points)` pair instead, `[]`: no sweep), and one per seed of `decompose_only`
@@ -47,7 +48,7 @@ def jobs(dataset: str, seeds: int | list[int], configs: str | None = None,
     if configs:
         out = {f"compare-{dataset}-s{s}-part": [
             "@part", "--dataset", dataset, "--seed", str(s), "--configs", configs,
-            "--decompose"] for s in seed_list}
+            *(["--decompose"] if decompose_parts else [])] for s in seed_list}
     else:
         out = {f"compare-{dataset}-s{s}": ["compare", *kind, "--seeds", "1",
                                            "--first-seed", str(s)] for s in seed_list}
@@ -127,6 +128,9 @@ def run(args: argparse.Namespace) -> int:
            "PYTHONPATH": str(Path("src").resolve()) + os.pathsep + os.environ.get("PYTHONPATH",
                                                                                    "")}
     start = time.time()
+    if args.sweep_values and any("=" not in v for v in args.sweep_values.split(";")):
+        raise SystemExit(f"--sweep-values: expected NAME=V1,V2;NAME=V3, got "
+                         f"{args.sweep_values!r}")
     values = ([] if args.no_sweeps else
               [tuple(v.split("=", 1)) for v in args.sweep_values.split(";")]
               if args.sweep_values else None)
@@ -136,15 +140,20 @@ def run(args: argparse.Namespace) -> int:
                                            args.decompose_only.split(";")))
             if args.decompose_only else None)
     todo = [(name, cmd) for name, cmd in jobs(args.dataset, seeds, args.configs, values,
-                                              only).items()
+                                              only, not args.no_decompose).items()
             if not args.only or name in args.only.split(",")]
-    width = args.parallel or len(todo)
-    env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // max(1, width)))
+    width = min(args.parallel or len(todo), len(todo)) or 1
+    env["OMP_NUM_THREADS"] = str(max(1, len(os.sched_getaffinity(0)) // width))
     running: dict[str, tuple[subprocess.Popen, object]] = {}
     while todo or running:
         while todo and len(running) < width:
+            left = int(args.deadline - (time.time() - start)) if args.deadline else args.limit
+            if left < 30:                   # not worth starting: the call's deadline is near
+                print(f"skipped (deadline): {', '.join(n for n, _ in todo)}", flush=True)
+                todo.clear()
+                break
             name, cmd = todo.pop(0)
-            running[name] = launch(name, cmd, work, args, env)
+            running[name] = launch(name, cmd, work, args, env, min(args.limit, left))
         time.sleep(1)
         for name, (proc, log) in list(running.items()):
             if proc.poll() is not None:
@@ -172,8 +181,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def launch(name: str, cmd: list[str], work: Path, args: argparse.Namespace,
-           env: dict[str, str]) -> tuple[subprocess.Popen, object]:
-    """Start one job under `timeout args.limit`, its output in `work/<name>.log`."""
+           env: dict[str, str], limit: int) -> tuple[subprocess.Popen, object]:
+    """Start one job under `timeout limit`, its output in `work/<name>.log`."""
     extra = ["--device", args.device, "--out", str(work / name)]
     extra += ["--steps", str(args.steps)] if args.steps else []
     extra += ["--n-verify", str(args.n_verify)] if args.n_verify else []
@@ -182,7 +191,7 @@ def launch(name: str, cmd: list[str], work: Path, args: argparse.Namespace,
     log = open(work / f"{name}.log", "w")   # noqa: SIM115 (closed by the caller)
     head = ([sys.executable, __file__, "part", *cmd[1:]] if cmd[0] == "@part"
             else [sys.executable, "-m", "bilens", *cmd])
-    full = ["timeout", str(args.limit), *head, *extra]
+    full = ["timeout", str(limit), *head, *extra]
     log.write("$ " + " ".join(full) + "\n")
     log.flush()
     return subprocess.Popen(full, stdout=log, stderr=subprocess.STDOUT, env=env), log
@@ -213,9 +222,9 @@ def merge(work: Path, dataset: str, earlier: str | None = None) -> None:
     from bilens.core.io import write_json
     from bilens.experiments.lm_compare import aggregate_lm
 
-    parts = [json.loads(f.read_text())
-             for f in sorted(work.glob(f"compare-{dataset}-s*/compare-lm.json"))]
-    parts += [json.loads(Path(f).read_text()) for f in (earlier or "").split(",") if f]
+    parts = [json.loads(Path(f).read_text()) for f in (earlier or "").split(",") if f]
+    parts += [json.loads(f.read_text())           # after the earlier ones: this call's win
+              for f in sorted(work.glob(f"compare-{dataset}-s*/compare-lm.json"))]
     if not parts:
         return
     unique = {(r["norm"], r["position"], r["seed"]): r for p in parts for r in p["rows"]}
@@ -247,7 +256,8 @@ def merge_sweeps(work: Path) -> None:
     rows = {}
     for d in parts.values():
         for r in d["rows"]:
-            rows[(r["d_model"], r["n_layers"], float(r["l1"]), r["seed"])] = r
+            rows[(r["norm"], r["position"], r["d_model"], r["n_layers"], float(r["l1"]),
+                  r["seed"])] = r
     for name, field in SWEEP_FIELDS.items():
         mine = [d for d in parts.values() if d["name"] == name]
         if not mine:
@@ -255,14 +265,15 @@ def merge_sweeps(work: Path) -> None:
         base = mine[0]["settings"]
         at_base = {"d_model": base["model"]["d_model"], "n_layers": base["model"]["n_layers"],
                    "l1": float(base["train"].get("l1", 0.0))}
-        got = sorted(({**r, "x": r[field], "tags": {**r["tags"], "x": r[field]}}
+        got = sorted(({**r, "x": r[field], "tags": {**r["tags"], "sweep": name, "x": r[field]}}
                       for r in rows.values()
                       if all(float(r[f]) == v for f, v in at_base.items() if f != field)),
                      key=lambda r: (r["x"], r["seed"]))
         values = sorted({r["x"] for r in got})
         write_json(work / f"sweep-{name}" / f"sweep-lm-{name}.json", {
             **mine[0], "rows": got, "table": aggregate_lm(got, ("norm", "position", "x")),
-            "settings": {**base, "values": values, "complete": True},
+            "settings": {**base, "values": values,
+                         "complete": all(d["settings"].get("complete", True) for d in mine)},
             "wall_time": max(d["wall_time"] for d in mine)})
         print(f"sweep {name}: {values}", flush=True)
 
@@ -280,6 +291,7 @@ def decompose(work: Path, dataset: str, earlier: str | None = None) -> None:
         return
     start = time.time()
     here = work / f"compare-{dataset}" / "decomposition-here.json"
+    here.unlink(missing_ok=True)                    # an earlier run's in the same --out
     cmp = json.loads(path.read_text())
     done = [json.loads(f.read_text()) for f in sorted(work.glob("*/decomposition-lm.json"))
             if f.parent.name != f"compare-{dataset}"]
@@ -287,13 +299,16 @@ def decompose(work: Path, dataset: str, earlier: str | None = None) -> None:
     decompose_rows({**cmp, "rows": [r for r in cmp["rows"]
                                     if (r["norm"], r["position"], r["seed"]) not in seen]},
                    here, None)
-    parts = done + [json.loads(here.read_text())] if here.is_file() else done
-    parts += [json.loads(Path(f).read_text()) for f in (earlier or "").split(",") if f]
-    if not parts:
+    parts = [json.loads(Path(f).read_text()) for f in (earlier or "").split(",") if f]
+    parts += done + ([json.loads(here.read_text())] if here.is_file() else [])
+    if not parts:                                   # (this call's come last: they win)
         return
     records = {(r["norm"], r["position"], r["seed"]): r for p in parts for r in p["records"]}
-    sections = {(s["norm"], "any" if s["norm"] == "none" else s["position"]): s
-                for p in reversed(parts) for s in p["sections"]}
+    sections: dict[tuple[str, str], dict] = {}      # per configuration its lowest seed's
+    for s in (s for p in parts for s in p["sections"]):
+        key = (s["norm"], "any" if s["norm"] == "none" else s["position"])
+        if key not in sections or s["seed"] <= sections[key]["seed"]:
+            sections[key] = s
     order = {"none": 0, "rms": 1, "layer": 2}
     write_json(path.parent / "decomposition-lm.json", {
         "settings": {**parts[0]["settings"], "seconds": sum(p["settings"]["seconds"]
@@ -344,6 +359,9 @@ def main() -> int:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--device", default="cuda")
     p.add_argument("--limit", type=int, default=540, help="seconds per job")
+    p.add_argument("--deadline", type=int, default=None,
+                   help="seconds for all the jobs together: a job starts with at most what is "
+                        "left, and none starts with less than 30 s (default: no deadline)")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--n-verify", type=int, default=None)
     p.add_argument("--only", default=None, help="comma-separated job names")

@@ -134,7 +134,8 @@ def test_sweep_depth_on_the_transformer(compared, tmp_path):
     assert [len(r["frozen-norm.ne_per_layer"]) for r in result.table] == [1, 2]
     assert all(math.isfinite(r["margin.frozen-norm.ne"]) for r in result.table)  # 2nd target
     assert all(r["margin"]["frozen-norm"]["ne"] != r["frozen-norm"]["ne"] for r in result.rows)
-    assert (tmp_path / "sweep-lm-depth.json").is_file()
+    saved = json.loads((tmp_path / "sweep-lm-depth.json").read_text())
+    assert saved["settings"]["also_targets"] == ["margin"]
     with pytest.raises(Exception, match="position"):
         sweep("position", "synthetic-lm", runner=runner)
 

@@ -194,10 +194,11 @@ def test_mlp_family_detaches_its_own_scale():
     assert rel(grads[1], grads[2]) > 1e-3
 
 
-def test_chunks_count_the_logits_where_the_target_reads_them():
+def test_chunks_count_the_logits_where_the_target_reads_them(monkeypatch):
     """A target read at `p` keeps one row of logits per sequence, `mean-logprob` one per
     position: with a vocabulary that dominates the count, a budget of two sequences' worth
-    at `p` fits twice as many sequences per chunk for `next` as for `mean-logprob`."""
+    at `p` runs 4 sequences in 2 passes for `next` and in 4 for `mean-logprob`, with the
+    whole batch's predictions."""
     from bilens.core.config import TransformerConfig
     from bilens.core.models.transformer import BilinearTransformer
 
@@ -210,9 +211,19 @@ def test_chunks_count_the_logits_where_the_target_reads_them():
     at_p, every = acts + 9 * cfg.vocab_size, acts + 9 * cfg.vocab_size * seq   # values / seq
     memory = 2 * at_p * 8                                                        # float64 bytes
     assert every > memory // 8                                  # mean-logprob: one per chunk
-    assert sequence.batch_for(model, 10, seq, memory, every_position=False) == 2
-    assert sequence.batch_for(model, 10, seq, memory, every_position=True) == 1
-    tokens = tokens_for(model, n=3, seq=seq)
-    whole = attribute_sequence(model, tokens, target="next", mode="live")
-    parts = attribute_sequence(model, tokens, target="next", mode="live", memory=memory)
-    assert_close(parts, whole, rtol=1e-12, atol=1e-15)
+    tokens = tokens_for(model, n=4, seq=seq)
+    passes = []
+    real = BilinearTransformer.run
+
+    def counted(self, *args, **kwargs):
+        passes.append(args[0].shape[0])                         # sequences in this pass
+        return real(self, *args, **kwargs)
+
+    for target, want in (("next", [2, 2]), ("mean-logprob", [1, 1, 1, 1])):
+        whole = attribute_sequence(model, tokens, target=target, mode="live")
+        monkeypatch.setattr(BilinearTransformer, "run", counted)
+        passes.clear()
+        parts = attribute_sequence(model, tokens, target=target, mode="live", memory=memory)
+        monkeypatch.undo()
+        assert passes == want, target
+        assert_close(parts, whole, rtol=1e-12, atol=1e-15)

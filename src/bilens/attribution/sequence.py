@@ -90,9 +90,11 @@ class SequenceAttribution:
 def batch_for(model: BilinearTransformer, n: int, seq: int, memory: str | int,
               every_position: bool = True) -> int:
     """Sequences per chunk so that one chunk's run and its autograd graph fit `memory`; the
-    logits are counted at every position only for a target read there (`mean-logprob`),
-    else once per sequence (the head runs at `p` alone). The count is about 2.5x the peak
-    measured at the issue's shape (30.8 MB a sequence for `next`, 12-13 MB measured)."""
+    logits are counted at every position only where they are computed there (a target read
+    at every position, `mean-logprob`, or a clean run kept with all its fields), else once
+    per sequence (the head runs at `p` alone). The count is about 2.5x the peak of live
+    tensors at the issue's shape (30.8 MB a sequence for `next` against 12-13 MB,
+    `benchmarks/lm_attribution_memory.py`)."""
     cfg = model.config
     per_pos = cfg.n_layers * (12 * cfg.d_model + 6 * cfg.d_hidden + 3 * cfg.n_heads * seq)
     logits = 3 * cfg.vocab_size * (seq if every_position else 1)
@@ -177,7 +179,7 @@ def attribute_sequence_modes(
                                   None if labels is None else torch.as_tensor(labels))
     b = resolve_sequence_baseline(baselines, model,
                                   blank.expand(B, cfg.n_layers, T, cfg.d_hidden), reference)
-    chunk = batch_for(model, B, T, memory, tgt.every_position)
+    chunk = batch_for(model, B, T, memory, tgt.every_position or keep_run)
     was_training = model.training
     if was_training:                    # only then: walking every module there and back costs
         model.eval()                    # ~70 us, 5% of the small benchmark model's forward

@@ -175,7 +175,8 @@ def sweep(name: str, dataset: str = "digits", out: str | os.PathLike | None = No
                 "seeds": seeds, "model": base.model, "train": base.train,
                 "n_verify": runner.n_verify, "target": runner.target, "device": runner.device}
     if lm:
-        settings.update(kind="transformer", **runner.settings_of(dataset))
+        settings.update(kind="transformer", **runner.settings_of(dataset),
+                        also_targets=[t for t in LM_EXTRA_TARGETS if t != runner.target])
     specs = sweep_specs(definition, base, grid, seeds)
     rows: list[dict[str, Any]] = []
     for spec in specs:
