@@ -111,9 +111,10 @@ class SequencePlan:
         if self.frozen_norm:
             return norm.weight * (dh / s)
         r = _at(self.centred[rows, :, i], pos)[:, None]                        # [b, 1, S, d]
-        s_new, ds2 = perturbed_scale(s, (r * dh).sum(-1, keepdim=True),
-                                     dh.pow(2).sum(-1, keepdim=True), dh.shape[-1])
-        return norm.weight * (dh / s_new + inverse_scale_change(s, s_new, ds2) * r)
+        s_new, ds2 = perturbed_scale(s, torch.linalg.vecdot(dh, r)[..., None],
+                                     torch.linalg.vecdot(dh, dh)[..., None], dh.shape[-1])
+        out = (dh / s_new).addcmul_(inverse_scale_change(s, s_new, ds2), r)   # one temporary
+        return out.mul_(norm.weight)
 
     def layer_step(self, m: int, dh: Tensor, rows: slice, pos: Tensor,
                    query: Tensor | None = None) -> Tensor:
@@ -140,7 +141,7 @@ class SequencePlan:
         a = _at(self.run.left[rows, m], pos)[:, None]                          # [b, 1, S, H]
         bb = _at(self.run.right[rows, m], pos)[:, None]
         dL, dR = du @ layer.L.T, du @ layer.R.T                                # [b, K, S, H]
-        return (a * dR + dL * (bb + dR)) @ layer.D.T
+        return (bb + dR).mul_(dL).addcmul_(a, dR) @ layer.D.T                  # in place
 
     def attention(self, m: int, da: Tensor, rows: slice, pos: Tensor, qpos: Tensor) -> Tensor:
         """`Attn(a + da) - Attn(a)` at the query positions `qpos` `[b, Sq]`, `da` given at

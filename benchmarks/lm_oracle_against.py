@@ -1,0 +1,87 @@
+"""The node oracle's per-position plan against the same plan at a git ref, side by side in one
+run (interleaved calls, median), on the CPU or a GPU: `SequencePlan.effects` for every channel
+of the layers and positions below, random weights, float32, target `next`.
+
+    python benchmarks/lm_oracle_against.py --against HEAD --norm rms
+    python benchmarks/lm_oracle_against.py --against HEAD --small      # 2 x 64 x 128, 32 tokens
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from bilens.ablation._engine.sequence_plan import SequencePlan
+from bilens.core.config import TransformerConfig
+from bilens.core.models.transformer import BilinearTransformer
+from bilens.core.sequence import prepare_sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def plan_at(ref: str):
+    """`SequencePlan` as it is at git `ref` (its module read with `git show`)."""
+    path = "src/bilens/ablation/_engine/sequence_plan.py"
+    source = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    spec = importlib.util.spec_from_loader(f"sequence_plan_at_{ref}", loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    exec(compile(source, f"{ref}:{path}", "exec"), module.__dict__)
+    return module.SequencePlan
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--against", default="HEAD")
+    ap.add_argument("--norm", default="rms")
+    ap.add_argument("--small", action="store_true")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    shape = (dict(vocab_size=512, d_model=64, d_hidden=128, n_layers=2) if args.small else
+             dict(vocab_size=4096, d_model=256, d_hidden=1024, n_layers=4))
+    cfg = TransformerConfig(n_ctx=32, n_heads=4, norm=args.norm, **shape)
+    torch.manual_seed(0)
+    model = BilinearTransformer(cfg).to(args.device).eval()
+    n = 2 if args.small else 1
+    data = torch.randint(cfg.vocab_size, (n, 33), device=args.device)
+    _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
+    plans = {"today": SequencePlan(model, run, tgt, b),
+             args.against: plan_at(args.against)(model, run, tgt, b)}
+    groups = [(l, t) for l in range(2) for t in range(0, 32, 1 if args.small else 8)]
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def effects(plan):
+        return [plan.effects(l, t, slice(0, n), slice(None)) for l, t in groups]
+
+    got = {k: effects(p) for k, p in plans.items()}
+    diff = max(((x - y).abs().max() / y.abs().max()).item()
+               for x, y in zip(got["today"], got[args.against], strict=True))
+    times: dict[str, list[float]] = {k: [] for k in plans}
+    for _ in range(args.repeats):
+        for key, plan in plans.items():
+            sync()
+            start = time.perf_counter()
+            effects(plan)
+            sync()
+            times[key].append(time.perf_counter() - start)
+    old, new = (statistics.median(times[k]) for k in (args.against, "today"))
+    print(f"{args.norm}, {cfg.n_layers} layers x d_model {cfg.d_model} x d_hidden "
+          f"{cfg.d_hidden}, 32 tokens, {n} sequence(s), layers 0-1 at {len(groups) // 2} "
+          f"positions: {args.against} {1e3 * old:.1f} ms, today {1e3 * new:.1f} ms -> "
+          f"{old / new:.2f}x (largest difference {diff:.1e} of the largest effect)")
+
+
+if __name__ == "__main__":
+    main()
