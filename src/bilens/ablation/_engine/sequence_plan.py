@@ -75,7 +75,8 @@ class SequencePlan:
         """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`;
         `t=None`: the feature, `z_l[t, k] := b` at every position `t` at once."""
         run, layer = self.run, self.model.layers[l]
-        if t is None:                      # every position 0..end perturbed, all carried
+        every = t is None
+        if every:                          # every position 0..end perturbed, all carried
             S, t = self.end(rows) + 1, 0
             c = (self.b[rows, l, :S] - run.z[rows, l, :S])[..., ks]            # [b, S, K]
             dh = c.transpose(1, 2)[..., None] * layer.D.T[ks][None, :, None]   # [b, K, S, d]
@@ -93,7 +94,7 @@ class SequencePlan:
             query = None
             if m == self.L - 1 and not self.target.every_position:
                 query = (self.last[rows] - t).clamp(0, S - 1)[:, None]         # [b, 1]: p - t
-            dh = self.layer_step(m, dh, rows, pos, query)
+            dh = self.layer_step(m, dh, rows, pos, query, first=m == l + 1 and not every)
             if query is not None:
                 pos = t + query
         if self.pre:
@@ -117,21 +118,25 @@ class SequencePlan:
         return out.mul_(norm.weight)
 
     def layer_step(self, m: int, dh: Tensor, rows: slice, pos: Tensor,
-                   query: Tensor | None = None) -> Tensor:
+                   query: Tensor | None = None, first: bool = False) -> Tensor:
         """The perturbation of the residual after layer `m`, given the one before it at
         positions `pos`; with `query` (`[b, 1]`, an index into `pos`) only at that position
-        (the last layer, whose other positions no target reads)."""
+        (the last layer, whose other positions no target reads). `first`: `dh` is 0 beyond
+        the first of `pos` (layer `m` is the first after the ablated node's), so the
+        attention's input change is computed there alone."""
         alpha = self.model.config.attn_scale
         out_pos = pos if query is None else torch.take_along_dim(pos, query, 1)
 
         def at_query(x: Tensor) -> Tensor:
             return x if query is None else torch.take_along_dim(x, query[:, None, :, None], 2)
 
+        key = pos[:, :1] if first else pos                  # where the input change can be
         if self.pre:
-            da = self.norm_delta(2 * m, dh, rows, pos)
+            da = self.norm_delta(2 * m, dh[:, :, :1] if first else dh, rows, key)
             dh = at_query(dh) + alpha * self.attention(m, da, rows, pos, out_pos)
             return dh + self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos)
-        dh = at_query(dh) + alpha * self.attention(m, dh, rows, pos, out_pos)
+        da = dh[:, :, :1] if first else dh
+        dh = at_query(dh) + alpha * self.attention(m, da, rows, pos, out_pos)
         dh = self.norm_delta(2 * m, dh, rows, out_pos)
         return self.norm_delta(2 * m + 1, dh + self.mlp(m, dh, rows, out_pos), rows, out_pos)
 
@@ -145,12 +150,13 @@ class SequencePlan:
 
     def attention(self, m: int, da: Tensor, rows: slice, pos: Tensor, qpos: Tensor) -> Tensor:
         """`Attn(a + da) - Attn(a)` at the query positions `qpos` `[b, Sq]`, `da` given at
-        the key positions `pos` = `t..t+S-1` (the pattern exact, or frozen)."""
+        the key positions `pos` = `t..t+S-1` (the pattern exact, or frozen); a `da` of one
+        position is the change at `t` alone (0 at the others: the layer after the node's)."""
         attn = self.model.layers[m].attn
-        b, K, S, d = da.shape
+        b, K, Sd, d = da.shape                         # Sd = S, or 1: da at t alone
         nh, dh_ = attn.n_heads, attn.d_head
         t = int(pos[0, 0])
-        J = t + S                                                              # keys 0..J-1
+        J = t + pos.shape[1]                                                   # keys 0..J-1
         Sq = qpos.shape[1]
 
         def heads(x: Tensor, n: int) -> Tensor:                                # [b, K, nh, n, dh]
@@ -159,24 +165,31 @@ class SequencePlan:
         def rows_at(x: Tensor) -> Tensor:                                      # [b, 1, nh, Sq, .]
             return torch.take_along_dim(x, qpos[:, None, :, None], 2)[:, None]
 
-        dv = heads(attn.v(da), S)
+        dv = heads(attn.v(da), Sd)
         q, k, v = (x[rows] for x in self.qkv[m])                               # [b, nh, T, dh]
         k, v = k[:, None, :, :J], v[:, None, :, :J]                            # [b, 1, nh, J, dh]
         P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, 1, nh, Sq, J]
+        keys = slice(t, t + Sd)                                                # where dk, dv live
         if self.frozen_attn:
-            do = P[..., t:] @ dv
+            do = P[..., keys] @ dv
         else:
-            da_q = da if Sq == S else torch.take_along_dim(da, (qpos - t)[:, None, :, None], 2)
-            cos, sin = (x[qpos][:, None, None] for x in (self.cos, self.sin))  # [b,1,1,Sq,dh]
-            dq = rope(heads(attn.q(da_q), Sq), cos, sin)
-            dk = rope(heads(attn.k(da), S), self.cos[t:J], self.sin[t:J])
+            if Sd == 1:                            # dq: the query at t alone (0 elsewhere)
+                cos, sin = (x[t:t + 1] for x in (self.cos, self.sin))
+                at_t = (qpos == t)[:, None, None, :, None]                     # [b, 1, 1, Sq, 1]
+                dq = at_t * rope(heads(attn.q(da), 1), cos, sin)               # [b, K, nh, Sq, dh]
+            else:
+                da_q = da if Sq == Sd else torch.take_along_dim(
+                    da, (qpos - t)[:, None, :, None], 2)
+                cos, sin = (x[qpos][:, None, None] for x in (self.cos, self.sin))
+                dq = rope(heads(attn.q(da_q), Sq), cos, sin)                   # [b, K, nh, Sq, dh]
+            dk = rope(heads(attn.k(da), Sd), self.cos[keys], self.sin[keys])
             dS = dq @ k.transpose(-1, -2)                                      # [b, K, nh, Sq, J]
-            dS[..., t:] += (rows_at(q) + dq) @ dk.transpose(-1, -2)
+            dS[..., keys] += (rows_at(q) + dq) @ dk.transpose(-1, -2)
             dS = dS * (1 / math.sqrt(dh_))
             causal = torch.arange(J, device=da.device)[None, None, :] <= qpos[:, :, None]
             dS = dS.masked_fill(~causal[:, None, None], 0.0)
             dP = pattern_change(P, dS)
-            do = dP @ v + (dP[..., t:] + P[..., t:]) @ dv
+            do = dP @ v + (dP[..., keys] + P[..., keys]) @ dv
         return attn.o(do.transpose(2, 3).reshape(b, K, Sq, d))
 
     def readout(self, dfinal: Tensor, rows: slice, pos: Tensor) -> Tensor:
