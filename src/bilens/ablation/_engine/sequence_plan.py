@@ -83,13 +83,11 @@ class SequencePlan:
         else:
             S = 1 if l == self.L - 1 else self.end(rows) - t + 1  # positions t..t+S-1
             c = (self.b[rows, l, t] - run.z[rows, l, t])[:, ks]                # [b, K]
-            delta = c[..., None] * layer.D.T[ks]                               # [b, K, d]
-            dh = delta.new_zeros(delta.shape[0], delta.shape[1], S, delta.shape[-1])
-            dh[:, :, 0] = delta                                                # [b, K, S, d]
+            dh = (c[..., None] * layer.D.T[ks])[:, :, None]        # [b, K, 1, d]: at t alone
         b = dh.shape[0]
         pos = torch.arange(t, t + S, device=dh.device)[None].expand(b, S)      # [b, S]
         if not self.pre:                                       # layer l's MLP norm sees it
-            dh = self.norm_delta(2 * l + 1, dh, rows, pos)
+            dh = self.norm_delta(2 * l + 1, dh, rows, pos[:, :dh.shape[2]])
         for m in range(l + 1, self.L):
             query = None
             if m == self.L - 1 and not self.target.every_position:
@@ -121,22 +119,26 @@ class SequencePlan:
                    query: Tensor | None = None, first: bool = False) -> Tensor:
         """The perturbation of the residual after layer `m`, given the one before it at
         positions `pos`; with `query` (`[b, 1]`, an index into `pos`) only at that position
-        (the last layer, whose other positions no target reads). `first`: `dh` is 0 beyond
-        the first of `pos` (layer `m` is the first after the ablated node's), so the
-        attention's input change is computed there alone."""
+        (the last layer, whose other positions no target reads). `first`: layer `m` is the
+        first after the ablated node's, and `dh` `[b, K, 1, d]` is the change at the first of
+        `pos` alone (0 at the others), so the attention's input change is computed there."""
         alpha = self.model.config.attn_scale
         out_pos = pos if query is None else torch.take_along_dim(pos, query, 1)
 
-        def at_query(x: Tensor) -> Tensor:
-            return x if query is None else torch.take_along_dim(x, query[:, None, :, None], 2)
+        def plus_residual(out: Tensor) -> Tensor:          # out + dh, dh carried at `out_pos`
+            if not first:
+                return out + (dh if query is None else
+                              torch.take_along_dim(dh, query[:, None, :, None], 2))
+            if query is None:
+                out[:, :, :1] += dh
+                return out
+            return out.add_(dh * (query == 0)[:, None, :, None])      # p = t, or 0
 
-        key = pos[:, :1] if first else pos                  # where the input change can be
         if self.pre:
-            da = self.norm_delta(2 * m, dh[:, :, :1] if first else dh, rows, key)
-            dh = at_query(dh) + alpha * self.attention(m, da, rows, pos, out_pos)
+            da = self.norm_delta(2 * m, dh, rows, pos[:, :dh.shape[2]])
+            dh = plus_residual(alpha * self.attention(m, da, rows, pos, out_pos))
             return dh + self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos)
-        da = dh[:, :, :1] if first else dh
-        dh = at_query(dh) + alpha * self.attention(m, da, rows, pos, out_pos)
+        dh = plus_residual(alpha * self.attention(m, dh, rows, pos, out_pos))
         dh = self.norm_delta(2 * m, dh, rows, out_pos)
         return self.norm_delta(2 * m + 1, dh + self.mlp(m, dh, rows, out_pos), rows, out_pos)
 
