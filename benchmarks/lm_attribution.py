@@ -53,19 +53,27 @@ CONFIGS = {
 }
 
 
+def module_from_ref(ref: str, path: str, name: str, rename: dict[str, str] | None = None):
+    """The module at `path` as it is at git `ref`, loaded as `name` (its imports rewritten by
+    `rename`), on today's everything else."""
+    source = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout
+    for old, new in (rename or {}).items():
+        source = source.replace(old, new)
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module                          # imports and dataclasses look there
+    exec(compile(source, f"{ref}:{path}", "exec"), module.__dict__)
+    return module
+
+
 def module_at(ref: str):
     """`bilens.attribution.sequence` as it is at git `ref`, with `attribution/renorm.py` of
     `ref` too (under aliases), on today's model and core."""
-    module = None
-    for name in ("renorm", "sequence"):
-        source = subprocess.run(["git", "show", f"{ref}:src/bilens/attribution/{name}.py"],
-                                cwd=ROOT, capture_output=True, text=True, check=True).stdout
-        source = source.replace("bilens.attribution.renorm", f"renorm_at_{ref}")
-        spec = importlib.util.spec_from_loader(f"{name}_at_{ref}", loader=None)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module                      # imports and dataclasses look there
-        exec(compile(source, f"{ref}:{name}.py", "exec"), module.__dict__)
-    return module
+    rename = {"bilens.attribution.renorm": f"renorm_at_{ref}"}
+    module_from_ref(ref, "src/bilens/attribution/renorm.py", f"renorm_at_{ref}", rename)
+    return module_from_ref(ref, "src/bilens/attribution/sequence.py", f"sequence_at_{ref}",
+                           rename)
 
 
 def forward_backward(model: BilinearTransformer, tokens: torch.Tensor, nxt: torch.Tensor):

@@ -9,33 +9,22 @@ of the layers and positions below, random weights, float32, target `next`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import torch
+from lm_attribution import module_from_ref
 
 from bilens.ablation._engine.sequence_plan import SequencePlan
 from bilens.core.config import TransformerConfig
 from bilens.core.models.transformer import BilinearTransformer
 from bilens.core.sequence import prepare_sequence
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def plan_at(ref: str):
     """`SequencePlan` as it is at git `ref` (its module read with `git show`)."""
-    path = "src/bilens/ablation/_engine/sequence_plan.py"
-    source = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
-    spec = importlib.util.spec_from_loader(f"sequence_plan_at_{ref}", loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    exec(compile(source, f"{ref}:{path}", "exec"), module.__dict__)
-    return module.SequencePlan
+    return module_from_ref(ref, "src/bilens/ablation/_engine/sequence_plan.py",
+                           f"sequence_plan_at_{ref}").SequencePlan
 
 
 def main() -> None:

@@ -88,7 +88,7 @@ class SequenceAttribution:
 
 
 def batch_for(model: BilinearTransformer, n: int, seq: int, memory: str | int,
-              every_position: bool = True) -> int:
+              all_logits: bool = True) -> int:
     """Sequences per chunk so that one chunk's run and its autograd graph fit `memory`; the
     logits are counted at every position only where they are computed there (a target read
     at every position, `mean-logprob`, or a clean run kept with all its fields), else once
@@ -97,7 +97,7 @@ def batch_for(model: BilinearTransformer, n: int, seq: int, memory: str | int,
     `benchmarks/lm_attribution_memory.py`)."""
     cfg = model.config
     per_pos = cfg.n_layers * (12 * cfg.d_model + 6 * cfg.d_hidden + 3 * cfg.n_heads * seq)
-    logits = 3 * cfg.vocab_size * (seq if every_position else 1)
+    logits = 3 * cfg.vocab_size * (seq if all_logits else 1)
     per_seq = 3 * (seq * per_pos + logits) * torch.finfo(model.dtype).bits // 8
     return max(1, min(n, parse_memory(memory) // per_seq))
 

@@ -75,8 +75,7 @@ class SequencePlan:
         """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`;
         `t=None`: the feature, `z_l[t, k] := b` at every position `t` at once."""
         run, layer = self.run, self.model.layers[l]
-        every = t is None
-        if every:                          # every position 0..end perturbed, all carried
+        if t is None:                      # every position 0..end perturbed, all carried
             S, t = self.end(rows) + 1, 0
             c = (self.b[rows, l, :S] - run.z[rows, l, :S])[..., ks]            # [b, S, K]
             dh = c.transpose(1, 2)[..., None] * layer.D.T[ks][None, :, None]   # [b, K, S, d]
@@ -92,7 +91,7 @@ class SequencePlan:
             query = None
             if m == self.L - 1 and not self.target.every_position:
                 query = (self.last[rows] - t).clamp(0, S - 1)[:, None]         # [b, 1]: p - t
-            dh = self.layer_step(m, dh, rows, pos, query, first=m == l + 1 and not every)
+            dh = self.layer_step(m, dh, rows, pos, query)
             if query is not None:
                 pos = t + query
         if self.pre:
@@ -116,13 +115,15 @@ class SequencePlan:
         return out.mul_(norm.weight)
 
     def layer_step(self, m: int, dh: Tensor, rows: slice, pos: Tensor,
-                   query: Tensor | None = None, first: bool = False) -> Tensor:
+                   query: Tensor | None = None) -> Tensor:
         """The perturbation of the residual after layer `m`, given the one before it at
         positions `pos`; with `query` (`[b, 1]`, an index into `pos`) only at that position
-        (the last layer, whose other positions no target reads). `first`: layer `m` is the
-        first after the ablated node's, and `dh` `[b, K, 1, d]` is the change at the first of
-        `pos` alone (0 at the others), so the attention's input change is computed there."""
+        (the last layer, whose other positions no target reads). A `dh` of one position
+        `[b, K, 1, d]` for several `pos` is the change at the first alone (0 at the others:
+        layer `m` is the first after the ablated node's): the attention's input change is
+        computed there."""
         alpha = self.model.config.attn_scale
+        first = dh.shape[2] < pos.shape[1]
         out_pos = pos if query is None else torch.take_along_dim(pos, query, 1)
 
         def plus_residual(out: Tensor) -> Tensor:          # out + dh, dh carried at `out_pos`
