@@ -53,11 +53,13 @@ CONFIGS = {
 }
 
 
-def module_from_ref(ref: str, path: str, name: str, rename: dict[str, str] | None = None):
-    """The module at `path` as it is at git `ref`, loaded as `name` (its imports rewritten by
-    `rename`), on today's everything else."""
-    source = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT, capture_output=True,
-                            text=True, check=True).stdout
+def module_from_ref(ref: str, path: str, name: str, rename: dict[str, str] | None = None,
+                    source: str | None = None):
+    """The module at `path` as it is at git `ref` (or given as `source`), loaded as `name`
+    (its imports rewritten by `rename`), on today's everything else."""
+    if source is None:
+        source = subprocess.run(["git", "show", f"{ref}:{path}"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout
     for old, new in (rename or {}).items():
         source = source.replace(old, new)
     spec = importlib.util.spec_from_loader(name, loader=None)

@@ -9,8 +9,9 @@ Random weights (float32), pre-norm RMS, target `next` at the last position. Rows
 
 1. attribution of every node (`live`, `frozen`) against one forward pass and against captum's
    `LayerGradientXActivation` over the layers' `z`;
-2. the oracle (every node of every sequence), first checked against the float64 oracle
-   (normwise relative error <= 1e-5) before any time counts; its FLOP count and FLOP/s;
+2. the oracle (every node of every sequence) at each `--precision`, first checked against the
+   float64 oracle (normwise relative error <= 1e-5) before any time counts; its FLOP count
+   and FLOP/s;
 3. on a subset (sequence 0, layer 0, the positions `--subset-every`): the oracle against
    captum's `LayerFeatureAblation` (best `perturbations_per_eval`), a per-node hook loop that
    reruns the network, and a plain prefix-reusing batched loop (layers < l and positions < t
@@ -100,6 +101,12 @@ def prefix_loop(model, run, tgt, b, groups) -> dict:
     return out
 
 
+def how(entry: str) -> tuple[str, str]:
+    """`"3xtf32"` -> `("eager", "3xtf32")`, `"triton:3xfp16"` -> `("triton", "3xfp16")`."""
+    backend, _, precision = entry.rpartition(":")
+    return backend or "eager", precision
+
+
 def oracle_flops(cfg: TransformerConfig, n: int, T: int) -> float:
     """2 x the multiply-adds of the oracle's products, every node of `n` sequences (target
     at the last position): per later layer over the S = T - t carried positions the k, v
@@ -130,6 +137,13 @@ def main() -> None:
                     help="subset positions: every k-th of layer 0 (default 1 CPU, 8 GPU)")
     ap.add_argument("--memory", default=None, help="oracle memory budget (default 1GiB/16GiB)")
     ap.add_argument("--no-captum", action="store_true")
+    ap.add_argument("--precision", default="fp32",
+                    help="the oracle's products: fp32, 3xtf32 (CUDA), triton:3xfp16, "
+                         "triton:3xtf32 (CUDA and Triton), or a comma list")
+    ap.add_argument("--no-hooks", action="store_true",
+                    help="skip the per-node hook loop of the subset (half a minute on a GPU)")
+    ap.add_argument("--no-full", action="store_true",
+                    help="skip the every-node run (the check and the subset only)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: a shared 2-core machine thrashes with more)")
     args = ap.parse_args()
@@ -172,51 +186,54 @@ def main() -> None:
         print(f"captum LayerGradientXActivation {t_cap * 1e3:.1f} ms: bilens live is "
               f"{t_cap / t_live:.1f}x faster (same numbers: rel. diff {err:.1e})")
 
-    # ---- 2. the oracle, checked against float64 first
+    # ---- 2. the oracle at each precision, checked against float64 first
     check = slice(0, min(n, 2))
     a64 = sequence_ablation_effects(model.double(), data[check],
                                     target="next", memory=memory)
     model.float()
-    a32 = sequence_ablation_effects(model, data[check], target="next", memory=memory)
-    err = ((a32.double() - a64).norm() / a64.norm()).item()
-    print(f"oracle float32 vs float64 (2 sequences): normwise rel. error {err:.2e} "
-          f"({'ok' if err <= 1e-5 else 'ABOVE 1e-5'})")
-    if err > 1e-5:
-        raise SystemExit("the oracle's float32 effects disagree with float64; no timing")
     _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
-    t_oracle, _ = timed(lambda: ablate_prepared(model, run, tgt, b, frozen_norm=False,
-                                                frozen_attn=False,
-                                                layers=list(range(cfg.n_layers)),
-                                                memory=memory, progress=False), sync,
-                           warm=False)                    # warmed by the float32 check
-    flops = oracle_flops(cfg, n, T)
-    per_node = t_oracle / (n * cfg.n_layers * T * cfg.d_hidden)
-    print(f"oracle, every node: {t_oracle:.2f} s ({per_node * 1e9:.0f} ns/node), "
-          f"{flops:.3g} FLOP, {flops / t_oracle / 1e12:.3f} TFLOP/s")
-
-    # ---- 3. the subset: sequence 0, layer 0, positions every `every`
     one = data[:1]
     _, run1, tgt1, b1 = prepare_sequence(model, one, "next", None, "zero", None, None)
     groups = [(0, t) for t in range(0, T, every)]
-    plan = SequencePlan(model, run1, tgt1, b1)
-    t_ours, ours = timed(lambda: {g: plan.effects(*g, slice(0, 1), slice(None))[0]
-                                  for g in groups}, sync)
+    subset = {}
+    for prec in args.precision.split(","):
+        backend, precision = how(prec)
+        a32 = sequence_ablation_effects(model, data[check], target="next", memory=memory,
+                                        backend=backend, precision=precision)
+        err = ((a32.double() - a64).norm() / a64.norm()).item()
+        print(f"oracle {prec} vs float64 (2 sequences): normwise rel. error {err:.2e} "
+              f"({'ok' if err <= 1e-5 else 'ABOVE 1e-5'})")
+        if err > 1e-5:
+            raise SystemExit(f"the oracle's {prec} effects disagree with float64; no timing")
+        if not args.no_full:
+            t_oracle, _ = timed(lambda backend=backend, precision=precision: ablate_prepared(
+                model, run, tgt, b, frozen_norm=False, frozen_attn=False,
+                layers=list(range(cfg.n_layers)), memory=memory, progress=False,
+                backend=backend, precision=precision), sync, warm=False)  # warmed: the check
+            flops = oracle_flops(cfg, n, T)
+            per_node = t_oracle / (n * cfg.n_layers * T * cfg.d_hidden)
+            print(f"oracle {prec}, every node: {t_oracle:.2f} s ({per_node * 1e9:.0f} ns/node), "
+                  f"{flops:.3g} FLOP, {flops / t_oracle / 1e12:.3f} TFLOP/s")
+        plan = SequencePlan(model, run1, tgt1, b1, precision=precision, backend=backend)
+        subset[prec] = timed(lambda plan=plan: {g: plan.effects(*g, slice(0, 1), slice(None))[0]
+                                                for g in groups}, sync)
+
+    # ---- 3. the subset: sequence 0, layer 0, positions every `every`
     nodes = len(groups) * cfg.d_hidden
     print(f"subset: sequence 0, layer 0, {len(groups)} positions = {nodes} nodes; bilens "
-          f"{t_ours * 1e3:.1f} ms")
+          + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, (t, _) in subset.items()))
     t_pre, pre = timed(lambda: prefix_loop(model, run1, tgt1, b1, groups), sync)
-    diff = max((pre[g] - ours[g]).abs().max().item() for g in groups)
-    scale = max(ours[g].abs().max().item() for g in groups)
-    print(f"  prefix-reusing batched loop {t_pre * 1e3:.1f} ms: bilens {t_pre / t_ours:.1f}x "
-          f"faster (max diff {diff / scale:.1e} of the largest effect)")
-    _hook_and_captum(znet, model, one, groups, t_ours, sync, args.no_captum, cfg)
+    for prec, (t_ours, ours) in subset.items():
+        diff = max((pre[g] - ours[g]).abs().max().item() for g in groups)
+        scale = max(ours[g].abs().max().item() for g in groups)
+        print(f"  prefix-reusing batched loop {t_pre * 1e3:.1f} ms: bilens {prec} "
+              f"{t_pre / t_ours:.1f}x faster (max diff {diff / scale:.1e} of the largest effect)")
+    t_ours = min(t for t, _ in subset.values())
+    _hook_and_captum(znet, model, one, groups, t_ours, sync, args, cfg)
 
 
-def _hook_and_captum(znet, model, one, groups, t_ours, sync, no_captum, cfg):
-    """The per-node hook loop and captum's LayerFeatureAblation on the subset."""
-    znet.nxt = znet.nxt[:1]
-    H = cfg.d_hidden
-
+def _hooks(znet, one, groups, t_ours, sync, H):
+    """The per-node hook loop: one rerun of the network per node of the subset."""
     def hooks():
         out = []
         with torch.no_grad():
@@ -234,7 +251,15 @@ def _hook_and_captum(znet, model, one, groups, t_ours, sync, no_captum, cfg):
 
     t_hook, _ = timed(hooks, sync, warm=False)          # thousands of forwards: warm
     print(f"  per-node hook loop {t_hook:.2f} s: bilens {t_hook / t_ours:.0f}x faster")
-    if no_captum:
+
+
+def _hook_and_captum(znet, model, one, groups, t_ours, sync, args, cfg):
+    """The per-node hook loop and captum's LayerFeatureAblation on the subset."""
+    znet.nxt = znet.nxt[:1]
+    H = cfg.d_hidden
+    if not args.no_hooks:
+        _hooks(znet, one, groups, t_ours, sync, H)
+    if args.no_captum:
         return
     from captum.attr import LayerFeatureAblation
 

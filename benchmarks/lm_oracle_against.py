@@ -4,6 +4,7 @@ of the layers and positions below, random weights, float32, target `next`.
 
     python benchmarks/lm_oracle_against.py --against HEAD --norm rms
     python benchmarks/lm_oracle_against.py --against HEAD --small      # 2 x 64 x 128, 32 tokens
+    python benchmarks/lm_oracle_against.py --against HEAD --device cuda --precision 3xtf32
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from lm_attribution import module_from_ref
+from lm_oracle import how
 
 from bilens.ablation._engine.sequence_plan import SequencePlan
 from bilens.core.config import TransformerConfig
@@ -22,9 +25,15 @@ from bilens.core.sequence import prepare_sequence
 
 
 def plan_at(ref: str):
-    """`SequencePlan` as it is at git `ref` (its module read with `git show`)."""
-    return module_from_ref(ref, "src/bilens/ablation/_engine/sequence_plan.py",
-                           f"sequence_plan_at_{ref}").SequencePlan
+    """`SequencePlan` as it is at git `ref` (its module read with `git show`), or in the file
+    `ref` (a copy of the module carried to a machine without the history)."""
+    if Path(ref).is_file():
+        module = module_from_ref(ref, "", f"sequence_plan_at_{Path(ref).stem}",
+                                 source=Path(ref).read_text())
+    else:
+        module = module_from_ref(ref, "src/bilens/ablation/_engine/sequence_plan.py",
+                                 f"sequence_plan_at_{ref}")
+    return module.SequencePlan
 
 
 def main() -> None:
@@ -35,6 +44,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--precision", default="fp32",
+                    help="today's products: fp32, 3xtf32, triton:3xfp16 or triton:3xtf32")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -46,7 +57,8 @@ def main() -> None:
     n = 2 if args.small else 1
     data = torch.randint(cfg.vocab_size, (n, 33), device=args.device)
     _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
-    plans = {"today": SequencePlan(model, run, tgt, b),
+    backend, precision = how(args.precision)
+    plans = {"today": SequencePlan(model, run, tgt, b, precision=precision, backend=backend),
              args.against: plan_at(args.against)(model, run, tgt, b)}
     groups = [(l, t) for l in range(2) for t in range(0, 32, 1 if args.small else 8)]
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
@@ -66,7 +78,8 @@ def main() -> None:
             sync()
             times[key].append(time.perf_counter() - start)
     old, new = (statistics.median(times[k]) for k in (args.against, "today"))
-    print(f"{args.norm}, {cfg.n_layers} layers x d_model {cfg.d_model} x d_hidden "
+    print(f"{args.norm}, today {args.precision}, {cfg.n_layers} layers x d_model "
+          f"{cfg.d_model} x d_hidden "
           f"{cfg.d_hidden}, 32 tokens, {n} sequence(s), layers 0-1 at {len(groups) // 2} "
           f"positions: {args.against} {1e3 * old:.1f} ms, today {1e3 * new:.1f} ms -> "
           f"{old / new:.2f}x (largest difference {diff:.1e} of the largest effect)")

@@ -27,7 +27,7 @@ TARGETS = [("next", [2, 4, 1]), ("class:3", None), ("mean-logprob", None)]
 
 def tiny_transformer(norm="rms", position="pre", seed=0, n_layers=2, **sizes):
     """A small random float64 transformer with non-trivial gains, biases and attention."""
-    shape = dict(vocab_size=9, n_ctx=8, d_model=8, d_hidden=5, n_heads=2, **sizes)
+    shape = {**dict(vocab_size=9, n_ctx=8, d_model=8, d_hidden=5, n_heads=2), **sizes}
     cfg = TransformerConfig(**shape, n_layers=n_layers, norm=norm, norm_position=position,
                             attn_scale=0.7, rope_base=50.0)
     gen = torch.Generator().manual_seed(seed)

@@ -83,7 +83,7 @@ def test_save_and_load(result, tmp_path):
 @pytest.mark.parametrize("kw,match", [
     (dict(position=7), "beyond the sequence"),
     (dict(modes=("frozen", "exact")), "sequence-model attribution mode"),
-    (dict(backend="triton"), "not used for a sequence model"),
+    (dict(channels=[0]), "not used for a sequence model"),
 ])
 def test_bad_input(kw, match):
     model = tiny_transformer()
@@ -130,6 +130,8 @@ def test_cli_verify_sequence(lm_dir, tmp_path, capsys):
     (["--position", "9"], "beyond the sequence"),
     (["--seq-len", "7", "--target", "class:1"], ""),
     (["--modes", "frozen,exact"], "sequence-model attribution mode"),
+    (["--backend", "triton", "--precision", "fp32"], "runs split products"),
+    (["--precision", "3xfp16"], "exists only as Triton GEMMs"),
 ])
 def test_cli_sequence_one_line_errors(lm_dir, tmp_path, capsys, argv, message):
     from bilens.cli import main

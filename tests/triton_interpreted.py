@@ -126,3 +126,32 @@ def test_plan_with_triton_gemms_matches_float64(norm, position, frozen):
     ref = ablation_effects_loop(model.double(), x.double(), target="predicted",
                                 frozen_norm=frozen)
     assert error(got, ref) < TOL
+
+
+@pytest.mark.parametrize("norm,position", [("rms", "pre"), ("rms", "post"), ("layer", "pre"),
+                                           ("layer", "post"), ("none", "pre"), ("none", "post")])
+def test_sequence_plan_with_triton_gemms_matches_float64(norm, position):
+    """Every node of a 2-layer transformer through the Triton GEMMs (`down` for every
+    product, `lr_dz` for the MLP's first), against the float64 oracle; the precision and the
+    held flags alternate over the cases (the kernels' own tests above run both precisions)."""
+    from test_sequence import tiny_transformer, tokens_for
+
+    from bilens.ablation._engine.sequence_plan import SequencePlan
+    from bilens.ablation.sequence import ablate_prepared, sequence_ablation_effects
+    from bilens.core.sequence import prepare_sequence
+
+    i = ["rms", "layer", "none"].index(norm) * 2 + (position == "post")
+    precision = ("3xtf32", "3xfp16")[i % 2]
+    fn, fa = (i // 2) % 2 == 1, i % 3 == 2
+    sizes = dict(d_model=12, d_hidden=20, n_heads=2, vocab_size=23)
+    model64 = tiny_transformer(norm, position, **sizes)
+    tokens = tokens_for(model64, n=2, seq=5)
+    want = sequence_ablation_effects(model64, tokens, target="next", frozen_norm=fn,
+                                     frozen_attn=fa)
+    model = tiny_transformer(norm, position, **sizes).float()
+    _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
+    assert SequencePlan(model, run, tgt, b, precision=precision, backend="triton").triton is T
+    got = ablate_prepared(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa, layers=[0, 1],
+                          memory="64MiB", progress=False, precision=precision,
+                          backend="triton")
+    assert error(got, want) < TOL

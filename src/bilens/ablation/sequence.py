@@ -19,6 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from bilens.ablation._engine.backend import resolve_backend
 from bilens.ablation._engine.sequence_plan import SequencePlan
 from bilens.core import distributed
 from bilens.core.errors import BilensError
@@ -27,7 +28,6 @@ from bilens.core.models.transformer import BilinearTransformer
 from bilens.core.sequence import prepare_sequence
 
 __all__ = ["sequence_ablation_effects", "feature_ablation_effects", "check_layers"]
-
 
 def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     """The layers to ablate (None: all), each checked."""
@@ -64,6 +64,8 @@ def sequence_ablation_effects(
     frozen_attn: bool = False,
     layers: Sequence[int] | None = None,
     memory: str | int = DEFAULT_MEMORY,
+    backend: str | None = None,
+    precision: str | None = None,
     progress: bool = False,
 ) -> Float[Tensor, "batch layer seq d_hidden"]:
     """The effect on the target of really ablating every node `(l, t, k)`.
@@ -76,6 +78,11 @@ def sequence_ablation_effects(
         frozen_attn: hold every attention pattern at its clean value.
         layers: layers to ablate (default all); the others are NaN.
         memory: bound on one batch's working set, e.g. `"4GiB"`.
+        backend, precision: how the steps and the large products run, as for
+            `bilens.ablation_effects` (`_engine/backend.py`): `"eager"` (default) or
+            `"compile"` (the elementwise steps fused by `torch.compile`) with `"fp32"` or
+            `"3xtf32"` cuBLAS products, or `"triton"` GEMMs (`"3xfp16"`, `"3xtf32"`);
+            float32-level accurate; off CUDA eager float32.
         progress: a progress bar over the `(l, t)` groups.
 
     Returns:
@@ -91,16 +98,19 @@ def sequence_ablation_effects(
     """
     parse_memory(memory)
     chosen = check_layers(layers, model.config.n_layers)
+    backend, precision = resolve_backend(backend, precision, model.device, model.dtype)
     tokens, run, tgt, b = prepare_sequence(model, tokens, target, position, baselines, labels,
                                            reference)
     return ablate_prepared(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn,
-                           layers=chosen, memory=memory, progress=progress)
+                           layers=chosen, memory=memory, backend=backend, precision=precision,
+                           progress=progress)
 
 
 @torch.no_grad()
 def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_norm: bool,
                     frozen_attn: bool, layers: list[int], memory: str | int,
-                    progress: bool) -> Tensor:
+                    progress: bool, precision: str = "fp32", backend: str = "eager"
+                    ) -> Tensor:
     """`sequence_ablation_effects` on a prepared batch (clean run, target, baselines).
 
     Under `torchrun` (an active process group) the batches of ablations are split over the
@@ -111,7 +121,8 @@ def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_n
     B, L, T, H = run.z.shape
     out = torch.full_like(run.z, float("nan"))
     out[:, layers] = 0.0
-    plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn)
+    plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn,
+                        precision=precision, backend=backend)
     jobs = _jobs(plan, layers, B, T, H, *_chunks(model, B, T, memory))
     return _compute(plan, jobs, out, "node ablation", progress)
 
@@ -159,6 +170,8 @@ def feature_ablation_effects(
     frozen_attn: bool = False,
     layers: Sequence[int] | None = None,
     memory: str | int = DEFAULT_MEMORY,
+    backend: str | None = None,
+    precision: str | None = None,
     progress: bool = False,
 ) -> Float[Tensor, "batch layer d_hidden"]:
     """The effect on the target of really ablating every feature: channel `(l, k)` at every
@@ -181,23 +194,26 @@ def feature_ablation_effects(
     """
     parse_memory(memory)
     chosen = check_layers(layers, model.config.n_layers)
+    backend, precision = resolve_backend(backend, precision, model.device, model.dtype)
     tokens, run, tgt, b = prepare_sequence(model, tokens, target, position, baselines, labels,
                                            reference)
     return ablate_features_prepared(model, run, tgt, b, frozen_norm=frozen_norm,
                                     frozen_attn=frozen_attn, layers=chosen, memory=memory,
-                                    progress=progress)
+                                    backend=backend, precision=precision, progress=progress)
 
 
 @torch.no_grad()
 def ablate_features_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *,
                              frozen_norm: bool, frozen_attn: bool, layers: list[int],
-                             memory: str | int, progress: bool) -> Tensor:
+                             memory: str | int, progress: bool, precision: str = "fp32",
+                             backend: str = "eager") -> Tensor:
     """`feature_ablation_effects` on a prepared batch: one batch per `(l, rows, channels)`,
     each carrying every position (`T` times fewer batches than for the nodes), split over
     the ranks of a process group as the nodes are."""
     B, L, T, H = run.z.shape
     out = run.z.new_full((B, L, H), float("nan"))
-    plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn)
+    plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn,
+                        precision=precision, backend=backend)
     rows_per, ks_per = _chunks(model, B, T, memory)
     jobs = [(l, None, slice(r0, min(r0 + rows_per, B)), slice(k0, min(k0 + ks_per, H)))
             for l in layers for r0 in range(0, B, rows_per) for k0 in range(0, H, ks_per)]

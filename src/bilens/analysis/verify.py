@@ -91,7 +91,7 @@ def verify(
 
     A `BilinearTransformer` is verified node by node (`analysis.verify_sequence`): `inputs`
     are token ids, `modes` default to its four (`frozen`, `frozen-norm`, `live`, `renorm`),
-    `channels`, `backend` and `precision` do not apply.
+    and `channels` does not apply.
 
     Returns:
         a `VerifyResult`; `metrics["info"]` records `world_size` and, under `distributed`,
@@ -113,13 +113,13 @@ def verify(
     if isinstance(model, BilinearTransformer):
         from bilens.analysis.verify_sequence import verify_sequence
 
-        if channels is not None or backend is not None or precision is not None:
-            raise BilensError("channels/backend/precision: not used for a sequence model; "
-                              "select nodes with layers=..., leave the others None")
-        return verify_sequence(model, inputs, target=target, position=position,
+        if channels is not None:
+            raise BilensError("channels: not used for a sequence model; select with layers=...")
+        return verify_sequence(model, inputs, target=target, position=position, ks=ks,
                                baselines=baselines, labels=labels, reference=reference,
                                modes=None if modes is MODES else modes, layers=layers,
-                               circuit_ks=circuit_ks, ks=ks, memory=memory, progress=progress)
+                               circuit_ks=circuit_ks, memory=memory, backend=backend,
+                               precision=precision, progress=progress)
     if position is not None:
         raise BilensError("position: only a sequence model (BilinearTransformer) reads its "
                           "target at a position; leave position=None")

@@ -39,8 +39,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from bilens.ablation import resolve_backend
 from bilens.ablation.reference_sequence import joint_sequence_ablation_effect
-from bilens.ablation.sequence import ablate_features_prepared, ablate_prepared, check_layers
+from bilens.ablation.sequence import (
+    ablate_features_prepared,
+    ablate_prepared,
+    check_layers,
+)
 from bilens.analysis.circuits import _summary, top_k_mask
 from bilens.analysis.metrics import DEFAULT_KS, evaluate, metric_set, pearson, sign_agreement
 from bilens.analysis.verify_result import VerifyResult
@@ -78,6 +83,8 @@ def verify_sequence(
     ks: Sequence[int] = DEFAULT_KS,
     features: bool = True,
     memory: str | int = DEFAULT_MEMORY,
+    backend: str | None = None,
+    precision: str | None = None,
     progress: bool = True,
 ) -> VerifyResult:
     """Attribute every node in each mode and check it against the exact oracle.
@@ -93,6 +100,8 @@ def verify_sequence(
         ks: the `k` of top-k recall.
         features: also ablate every feature (item 6 of the module docstring).
         memory: the working-memory budget.
+        backend, precision: how the oracle's large products run (default eager `"fp32"`;
+            `bilens.ablation.resolve_backend`).
         progress: progress bars.
 
     Returns:
@@ -103,6 +112,7 @@ def verify_sequence(
         >>> r.metrics["modes"]["frozen"]["overall"]["pearson"]                 # doctest: +SKIP
     """
     chosen = check_layers(layers, model.config.n_layers)
+    backend, precision = resolve_backend(backend, precision, model.device, model.dtype)
     modes = SEQUENCE_MODES if modes is None else tuple(modes)
     if "frozen" not in modes:                        # the split needs the frozen prediction
         modes = (*modes, "frozen")
@@ -110,15 +120,16 @@ def verify_sequence(
                                    baselines=baselines, modes=modes, labels=labels,
                                    reference=reference, memory=memory)
     run, tgt, b = att.run, att.target, att.baselines
-    actual = {name: ablate_prepared(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa,
-                                    layers=chosen, memory=memory, progress=progress)
+    how = dict(layers=chosen, memory=memory, progress=progress, backend=backend,
+               precision=precision)
+    actual = {name: ablate_prepared(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa, **how)
               for name, (fn, fa) in ACTUALS.items()}
     B, L, T, H = run.z.shape
     ok = reachable(tgt.position, L, T, tgt.every_position) & torch.isfinite(actual["actual"])
     tensors = {"tokens": att.tokens, **tgt.to_tensors(), "activation": run.z,
                **{f"predicted.{m}": p for m, p in att.predicted.items()}, **actual}
-    metrics: dict[str, Any] = {"kind": "sequence", "info": _info(model, att, ok, baselines),
-                               "modes": {}}
+    info = {**_info(model, att, ok, baselines), "backend": backend, "precision": precision}
+    metrics: dict[str, Any] = {"kind": "sequence", "info": info, "modes": {}}
     nan = torch.tensor(math.nan, dtype=run.z.dtype, device=run.z.device)
     a = torch.where(ok, actual["actual"], nan)
     for mode, p in att.predicted.items():
@@ -132,8 +143,7 @@ def verify_sequence(
     metrics["split"] = error_split(att.predicted["frozen"], actual, ok)
     if features:
         feat = ablate_features_prepared(model, run, tgt, b, frozen_norm=False,
-                                        frozen_attn=False, layers=chosen, memory=memory,
-                                        progress=progress)
+                                        frozen_attn=False, **how)
         tensors["feature.actual"] = feat
         metrics["features"] = {}
         for mode, p in att.predicted.items():

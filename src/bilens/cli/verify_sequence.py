@@ -107,8 +107,6 @@ def run_sequence(args: argparse.Namespace) -> int:
               if m.strip()] if args.modes else list(SEQUENCE_MODES))
     if args.n < 1:
         raise BilensError(f"--n: expected a positive number of sequences, got {args.n}")
-    if args.backend is not None or args.precision is not None:
-        raise BilensError("--backend/--precision: not used for a sequence model; leave them")
     out = Path(args.out)
     check_replaceable(out, args.force)
     parse_memory(args.memory)
@@ -130,7 +128,8 @@ def run_sequence(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     result = verify_sequence(model, tokens, target=args.target, position=args.position,
                              baselines=args.baseline, modes=modes, layers=layers,
-                             circuit_ks=ks, memory=args.memory, progress=not args.no_progress)
+                             circuit_ks=ks, memory=args.memory, backend=args.backend,
+                             precision=args.precision, progress=not args.no_progress)
     seconds = time.perf_counter() - start
     world = distributed.world()
     result.metrics["info"].update(

@@ -17,6 +17,12 @@ sequences x a batch of channels, carrying `dh` `[b, K, S, d]` for positions `t..
     head:       dlogits = W dfinal_p;  f's change by `target_delta` (stable log-softmax)
 
 Nothing is recomputed and subtracted, so each effect is accurate relative to its own size.
+The large products (`W_Q`, `W_K`, `W_V` as one, `W_O`, `[L; R]` as one, `D`, the head) run
+through `Kernels.mm` (`backend="eager"`): plain float32, or with `precision="3xtf32"` three
+TF32 products of split halves on a GPU's tensor cores (`_engine/steps.py`); or, with
+`backend="triton"`, as the Triton GEMMs of `triton_ops` (3xTF32 or 3xFP16 halves split as
+they load, the MLP's `dz` made in the epilogue of `[L; R]`'s product): float32-level
+accurate either way.
 The last layer's node at `t` changes only position `t`'s residual, which no attention reads
 again: only `S = 1` is carried there; and in the last layer only the query position `p` is
 computed (its attention reads the perturbed keys and values of `t..p`), since no later
@@ -33,6 +39,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from bilens.ablation._engine.plan import target_delta
+from bilens.ablation._engine.steps import Kernels
 from bilens.core.models.transformer import BilinearTransformer, TransformerRun, rope, rope_angles
 from bilens.core.norms import inverse_scale_change, perturbed_scale
 from bilens.core.sequence import SequenceTarget
@@ -49,13 +56,43 @@ class SequencePlan:
         b: the baselines `[B, L, T, H]`.
         frozen_norm: hold every norm's `s` at its clean value (LayerNorm's centring kept).
         frozen_attn: hold every attention pattern at its clean value.
+        precision: `"fp32"` or `"3xtf32"` (the split products; on a CPU they run, slower,
+            as float32 products of the halves); with `backend="triton"` `"3xtf32"` or
+            `"3xfp16"`.
+        backend: `"eager"` (torch ops, cuBLAS or CPU BLAS products) or `"triton"` (the
+            products as the Triton GEMMs of `triton_ops`, which split their factors as they
+            load them, and the bilinear step fused into the first MLP product).
     """
 
     def __init__(self, model: BilinearTransformer, run: TransformerRun, target: SequenceTarget,
-                 b: Tensor, frozen_norm: bool = False, frozen_attn: bool = False):
+                 b: Tensor, frozen_norm: bool = False, frozen_attn: bool = False,
+                 precision: str = "fp32", backend: str = "eager"):
+        if precision not in _PRECISIONS.get(backend, ()):
+            raise ValueError(f"backend {backend!r}, precision {precision!r}: expected one of "
+                             f"{_PRECISIONS}")
         cfg = model.config
         self.model, self.run, self.target, self.b = model, run, target, b
         self.frozen_norm, self.frozen_attn = frozen_norm, frozen_attn
+        self.triton = None
+        if backend == "triton":
+            from bilens.ablation._engine import triton_ops  # only where Triton is installed
+
+            self.triton, self.kernels = triton_ops, Kernels("fp32", "compile")  # its steps
+
+            def prepare(w: Tensor):                            # `[out, in]`, split
+                return triton_ops.split_weight(w, precision == "3xfp16")
+        else:
+            self.kernels = Kernels(precision, backend)
+
+            def prepare(w: Tensor):                            # `[in, out]`
+                return self.kernels.weight(w.T)
+        with torch.no_grad():
+            self.w = [_LayerWeights(layer, prepare, fused_lr=self.triton is not None)
+                      for layer in model.layers]
+            self.w_head = prepare(model.head.weight)
+        self.norm_step = self.kernels.step(norm_change)
+        self.pattern_step = self.kernels.step(pattern_change)
+        self.rope_step = self.kernels.step(rope)
         self.pre = cfg.norm_position == "pre"
         self.L, self.T = cfg.n_layers, run.z.shape[2]
         with torch.no_grad():
@@ -68,6 +105,13 @@ class SequencePlan:
     def end(self, rows: slice) -> int:
         """The last position any of these rows' targets reads."""
         return self.T - 1 if self.target.every_position else int(self.last[rows].max())
+
+    def mm(self, x: Tensor, w) -> Tensor:
+        """`x @ W^T` over the last axis of `x`, for a weight `W` as prepared in `__init__`."""
+        if self.triton is not None:
+            out = self.triton.down(x.reshape(-1, x.shape[-1]).contiguous(), w)
+            return out.view(*x.shape[:-1], w.hi.shape[0])
+        return self.kernels.mm(self.kernels.rows(x), w)
 
     @torch.no_grad()
     def effects(self, l: int, t: int | None, rows: slice, ks: Tensor | slice
@@ -103,16 +147,10 @@ class SequencePlan:
         norm = self.model.norm(i)
         if norm.kind == "none":
             return dh
-        if norm.kind == "layer":
-            dh = dh - dh.mean(-1, keepdim=True)
         s = _at(self.run.scale[rows, :, i], pos)[:, None, :, None]             # [b, 1, S, 1]
-        if self.frozen_norm:
-            return norm.weight * (dh / s)
         r = _at(self.centred[rows, :, i], pos)[:, None]                        # [b, 1, S, d]
-        s_new, ds2 = perturbed_scale(s, torch.linalg.vecdot(dh, r)[..., None],
-                                     torch.linalg.vecdot(dh, dh)[..., None], dh.shape[-1])
-        out = (dh / s_new).addcmul_(inverse_scale_change(s, s_new, ds2), r)   # one temporary
-        return out.mul_(norm.weight)
+        return self.norm_step(norm.kind == "layer", self.frozen_norm, dh, s, r,
+                              norm.weight.detach())
 
     def layer_step(self, m: int, dh: Tensor, rows: slice, pos: Tensor,
                    query: Tensor | None = None) -> Tensor:
@@ -145,64 +183,80 @@ class SequencePlan:
 
     def mlp(self, m: int, du: Tensor, rows: slice, pos: Tensor) -> Tensor:
         """`D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`."""
-        layer = self.model.layers[m]
-        a = _at(self.run.left[rows, m], pos)[:, None]                          # [b, 1, S, H]
-        bb = _at(self.run.right[rows, m], pos)[:, None]
-        dL, dR = du @ layer.L.T, du @ layer.R.T                                # [b, K, S, H]
-        return (bb + dR).mul_(dL).addcmul_(a, dR) @ layer.D.T                  # in place
+        a = _at(self.run.left[rows, m], pos)                                   # [b, S, H]
+        bb = _at(self.run.right[rows, m], pos)
+        w = self.w[m]
+        if self.triton is not None:              # rows (i, s, k): a and b by row // K
+            b_, K, S, d = du.shape
+            x = du.transpose(1, 2).reshape(b_ * S * K, d)
+            z, zmax = self.triton.lr_dz(x, w.L, w.R, a.flatten(0, 1), bb.flatten(0, 1), K)
+            return self.triton.down(z, w.D, zmax=zmax).view(b_, S, K, d).transpose(1, 2)
+        dL, dR = self.mm(du, w.lr).chunk(2, -1)                                # [b, K, S, H]
+        return self.mm((bb[:, None] + dR).mul_(dL).addcmul_(a[:, None], dR), w.D)  # in place
 
     def attention(self, m: int, da: Tensor, rows: slice, pos: Tensor, qpos: Tensor) -> Tensor:
         """`Attn(a + da) - Attn(a)` at the query positions `qpos` `[b, Sq]`, `da` given at
         the key positions `pos` = `t..t+S-1` (the pattern exact, or frozen); a `da` of one
         position is the change at `t` alone (0 at the others: the layer after the node's)."""
-        attn = self.model.layers[m].attn
+        attn, w = self.model.layers[m].attn, self.w[m]
         b, K, Sd, d = da.shape                         # Sd = S, or 1: da at t alone
         nh, dh_ = attn.n_heads, attn.d_head
         t = int(pos[0, 0])
         J = t + pos.shape[1]                                                   # keys 0..J-1
         Sq = qpos.shape[1]
 
-        def heads(x: Tensor, n: int) -> Tensor:                                # [b, K, nh, n, dh]
-            return x.view(b, K, n, nh, dh_).transpose(2, 3)
+        def heads(x: Tensor, n: int) -> Tensor:                                # [b, nh, K, n, dh]
+            return x.view(b, K, n, nh, dh_).permute(0, 3, 1, 2, 4)
 
-        def rows_at(x: Tensor) -> Tensor:                                      # [b, 1, nh, Sq, .]
-            return torch.take_along_dim(x, qpos[:, None, :, None], 2)[:, None]
+        def rows_at(x: Tensor) -> Tensor:                                      # [b, nh, 1, Sq, .]
+            return torch.take_along_dim(x, qpos[:, None, :, None], 2)[:, :, None]
 
-        dv = heads(attn.v(da), Sd)
+        def by_keys(x: Tensor, y: Tensor) -> Tensor:   # [b, nh, K, Sq, n] @ [b, nh, n, m]:
+            return (x.reshape(b, nh, K * Sq, -1) @ y).view(b, nh, K, Sq, -1)  # K in the rows
+
         q, k, v = (x[rows] for x in self.qkv[m])                               # [b, nh, T, dh]
-        k, v = k[:, None, :, :J], v[:, None, :, :J]                            # [b, 1, nh, J, dh]
-        P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, 1, nh, Sq, J]
+        k, v = k[:, :, :J], v[:, :, :J]                                        # [b, nh, J, dh]
+        P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, nh, 1, Sq, J]
         keys = slice(t, t + Sd)                                                # where dk, dv live
         if self.frozen_attn:
-            do = P[..., keys] @ dv
+            do = P[..., keys] @ heads(self.mm(da, w.v), Sd)
         else:
+            dq, dk, dv = self.qkv_change(m, da, qpos, t)
+            dq, dk, dv = heads(dq, dq.shape[2]), heads(dk, Sd), heads(dv, Sd)
             if Sd == 1:                            # dq: the query at t alone (0 elsewhere)
-                cos, sin = (x[t:t + 1] for x in (self.cos, self.sin))
-                at_t = (qpos == t)[:, None, None, :, None]                     # [b, 1, 1, Sq, 1]
-                dq = at_t * rope(heads(attn.q(da), 1), cos, sin)               # [b, K, nh, Sq, dh]
+                dq = self.rope_step(dq, self.cos[t:t + 1], self.sin[t:t + 1])
+                dq = (qpos == t)[:, None, None, :, None] * dq                  # [b, nh, K, Sq, dh]
             else:
-                da_q = da if Sq == Sd else torch.take_along_dim(
-                    da, (qpos - t)[:, None, :, None], 2)
-                cos, sin = (x[qpos][:, None, None] for x in (self.cos, self.sin))
-                dq = rope(heads(attn.q(da_q), Sq), cos, sin)                   # [b, K, nh, Sq, dh]
-            dk = rope(heads(attn.k(da), Sd), self.cos[keys], self.sin[keys])
-            dS = dq @ k.transpose(-1, -2)                                      # [b, K, nh, Sq, J]
+                dq = self.rope_step(dq, self.cos[qpos][:, None, None],
+                                    self.sin[qpos][:, None, None])
+            dk = self.rope_step(dk, self.cos[keys], self.sin[keys])
+            dS = by_keys(dq, k.transpose(-1, -2))                              # [b, nh, K, Sq, J]
             dS[..., keys] += (rows_at(q) + dq) @ dk.transpose(-1, -2)
-            dS = dS * (1 / math.sqrt(dh_))
             causal = torch.arange(J, device=da.device)[None, None, :] <= qpos[:, :, None]
-            dS = dS.masked_fill(~causal[:, None, None], 0.0)
-            dP = pattern_change(P, dS)
-            do = dP @ v + (dP[..., keys] + P[..., keys]) @ dv
-        return attn.o(do.transpose(2, 3).reshape(b, K, Sq, d))
+            dS.mul_(1 / math.sqrt(dh_)).masked_fill_(~causal[:, None, None], 0.0)
+            dP = self.pattern_step(P, dS)
+            do = by_keys(dP, v)
+            do += (dP[..., keys] + P[..., keys]) @ dv
+        return self.mm(do.permute(0, 2, 3, 1, 4).reshape(b, K, Sq, d), w.o)
+
+    def qkv_change(self, m: int, da: Tensor, qpos: Tensor, t: int
+                   ) -> tuple[Tensor, Tensor, Tensor]:
+        """`(dq, dk, dv)` before rotary, `[b, K, ., d]`: `dk`, `dv` wherever `da` is given,
+        `dq` at the query positions `qpos` (or, for a `da` at `t` alone, at `t`): one product
+        when they read the same rows of `da`."""
+        w, d, Sq = self.w[m], da.shape[-1], qpos.shape[1]
+        if Sq == da.shape[2] or da.shape[2] == 1:
+            return self.mm(da, w.qkv).split(d, -1)
+        dk, dv = self.mm(da, w.kv).split(d, -1)
+        return self.mm(torch.take_along_dim(da, (qpos - t)[:, None, :, None], 2), w.q), dk, dv
 
     def readout(self, dfinal: Tensor, rows: slice, pos: Tensor) -> Tensor:
         """The target's change from the perturbation of the vector the head reads at the
         positions `pos` `[b, S]`."""
-        W = self.model.head.weight                                             # [V, d]
         tgt, logits = self.target, self.run.logits[rows]
         b, K, S, _ = dfinal.shape
         if tgt.every_position:                                                 # mean-logprob
-            dlogits = (dfinal @ W.T).transpose(1, 2).flatten(0, 1)             # [b*S, K, V]
+            dlogits = self.mm(dfinal, self.w_head).transpose(1, 2).flatten(0, 1)  # [b*S, K, V]
             label = _at(tgt.next_tokens[rows], pos).flatten()
             out = target_delta(Target(label=label), _at(logits, pos).flatten(0, 1), dlogits)
             return out.view(b, S, K).sum(1) / self.T
@@ -210,9 +264,26 @@ class SequencePlan:
         valid = (s >= 0) & (s < S)
         rows_b = torch.arange(b, device=s.device)
         at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
-        dlogits = at_p @ W.T                                                   # [b, K, V]
+        dlogits = self.mm(at_p, self.w_head)                                   # [b, K, V]
         out = target_delta(tgt.target.select(rows), logits[rows_b, self.last[rows]], dlogits)
         return torch.where(valid[:, None], out, torch.zeros_like(out))
+
+
+_PRECISIONS = {"eager": ("fp32", "3xtf32"), "compile": ("fp32", "3xtf32"),
+               "triton": ("3xtf32", "3xfp16")}
+
+
+class _LayerWeights:
+    """One layer's weights `[out, in]`, each prepared once by `prepare`: `qkv` is
+    `[W_Q; W_K; W_V]`, `kv` `[W_K; W_V]`; `lr` `[L; R]`, or (`fused_lr`) `L` and `R` apart."""
+
+    def __init__(self, layer, prepare, fused_lr: bool):
+        attn = layer.attn
+        Wq, Wk, Wv = (x.weight for x in (attn.q, attn.k, attn.v))
+        mlp = {"L": layer.L, "R": layer.R} if fused_lr else {"lr": torch.cat([layer.L, layer.R])}
+        for name, w in {"qkv": torch.cat([Wq, Wk, Wv]), "kv": torch.cat([Wk, Wv]), "q": Wq,
+                        "v": Wv, "o": attn.o.weight, "D": layer.D, **mlp}.items():
+            setattr(self, name, prepare(w))
 
 
 def _at(x: Tensor, pos: Tensor) -> Tensor:
@@ -220,10 +291,28 @@ def _at(x: Tensor, pos: Tensor) -> Tensor:
     return x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
 
 
+def norm_change(centre: bool, frozen: bool, dh: Tensor, s: Tensor, r: Tensor, gamma: Tensor
+                ) -> Tensor:
+    """`N(r + dh) - N(r)` (`dh` centred first for LayerNorm, whose beta cancels; `r` the
+    centred clean input, `s` its statistic): `gamma (dh / s' + r (1/s' - 1/s))`, or with
+    `frozen` `gamma dh / s`; no cancellation (`core/norms.py`)."""
+    if centre:
+        dh = dh - dh.mean(-1, keepdim=True)
+    if frozen:
+        return gamma * (dh / s)
+    s_new, ds2 = perturbed_scale(s, torch.linalg.vecdot(dh, r)[..., None],
+                                 torch.linalg.vecdot(dh, dh)[..., None], dh.shape[-1])
+    out = (dh / s_new).addcmul_(inverse_scale_change(s, s_new, ds2), r)       # one temporary
+    return out.mul_(gamma)
+
+
 def pattern_change(P: Tensor, dS: Tensor) -> Tensor:
     """`softmax(S + dS) - softmax(S)` from the clean pattern `P` and the scores' change
-    `dS`, accurate relative to its own size: `P expm1(dS - dL)`, `dL = log sum P e^dS`."""
-    small = torch.log1p((P * torch.expm1(dS.clamp(max=1.0))).sum(-1, keepdim=True))
+    `dS`, accurate relative to its own size: `P expm1(dS - dL)`, `dL = log sum P e^dS`, as
+    `log1p(sum P expm1(dS))` where every `|dS| < 0.5` (relative accuracy), else a logsumexp
+    (no overflow, and no `1 + x` near 0). Consumes `dS` (in place)."""
+    small = dS.clamp(max=1.0).expm1_().mul_(P).sum(-1, keepdim=True).log1p_()
     large = torch.logsumexp(P.log() + dS, -1, keepdim=True)
-    dL = torch.where(dS.abs().amax(-1, keepdim=True) < 0.5, small, large)
-    return P * torch.expm1(dS - dL)
+    lo, hi = torch.aminmax(dS, dim=-1, keepdim=True)
+    dL = torch.where((hi < 0.5) & (lo > -0.5), small, large)
+    return dS.sub_(dL).expm1_().mul_(P)

@@ -83,6 +83,9 @@ def norm_delta(
     return gamma * (delta / s_new[..., None] + beta[..., None] * r[:, None, :])
 
 
+STEP_RECOMPILES = 64          # graphs of one step function before dynamo runs it eager
+
+
 class Kernels:
     """How the steps run for one backend (`bilens.ablation._engine.backend`): eager or
     compiled elementwise steps; float32 or split products, on cuBLAS or as Triton GEMMs.
@@ -108,17 +111,32 @@ class Kernels:
             self.entry, self.layer = self._entry, self._layer
         if compile_steps is None:
             compile_steps = backend != "eager"
+        self.compile_steps = compile_steps
         if compile_steps:
             self.entry = self._compiled(self.entry)
             self.layer = self._compiled(self.layer)
             self.norm = self._compiled(norm_delta)
             self.norm_rows = self._compiled(self.norm_rows)
 
-    def _compiled(self, fn):
-        """`torch.compile(fn)`; if the compiler fails, warn once and run `fn` eager."""
+    def step(self, fn):
+        """`fn` as this backend runs a step of varying shape: where the steps are compiled,
+        compiled with symbolic shapes (`dynamic=True`), allowing `STEP_RECOMPILES` graphs
+        (one per dtype, flag and size-1 axis met), else `fn` itself."""
+        if not self.compile_steps:
+            return fn
+        fast = self._compiled(fn, dynamic=True)
+
+        def call(*args):
+            with torch._dynamo.config.patch(recompile_limit=STEP_RECOMPILES):
+                return fast(*args)
+        return call
+
+    def _compiled(self, fn, dynamic: bool = False):
+        """`torch.compile(fn)`; if the compiler fails, warn once and run `fn` eager. Static
+        shapes by default: cheaper index arithmetic, one compile per shape."""
         from torch._dynamo.exc import TorchDynamoException
 
-        fast = torch.compile(fn, dynamic=False)     # static shapes: cheaper index arithmetic
+        fast = torch.compile(fn, dynamic=dynamic)
 
         def call(*args):
             if self.compile_error is None:

@@ -1,0 +1,40 @@
+#!/bin/bash
+# The node oracle's GPU rows (docs/lm-verification.md, docs/benchmarks.md), in one device call:
+#   run(command="bash benchmarks/lm_oracle_gpu.sh", carry=[".whl/ref"])
+# .whl/ref holds copies of sequence_plan.py at earlier commits, for the side-by-side step
+# (git show REF:src/bilens/ablation/_engine/sequence_plan.py > .whl/ref/sequence_plan_REF.py).
+# Steps (STEPS, comma list): against (today against each REFS file, fp32 and 3xtf32), subset
+# (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
+# profile (where the GPU's time goes, at each PROFILE_PREC), full (128 sequences at FULL_PREC,
+# once per FULL_MEMORY). A precision is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32.
+set -o pipefail
+export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
+OUT=${OUT:-out}; mkdir -p "$OUT"
+STEPS=${STEPS:-against,subset,profile,full}
+has() { [[ ",$STEPS," == *",$1,"* ]]; }
+nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt"
+python3 -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
+if has against; then
+  for ref in ${REFS:-.whl/ref/sequence_plan_4ca389d.py .whl/ref/sequence_plan_e06188b.py}; do
+    for prec in ${AGAINST_PREC:-fp32 3xtf32}; do
+      timeout 150 python3 benchmarks/lm_oracle_against.py --device cuda --against "$ref" \
+          --precision $prec --repeats 5 2>&1 | grep -v -i warn
+    done
+  done | tee "$OUT/against.log"
+fi
+if has subset; then
+  timeout 240 python3 benchmarks/lm_oracle.py --gpu --n 8 --no-captum --no-hooks \
+      --precision ${PREC:-fp32,triton:3xtf32,triton:3xfp16} 2>&1 | tee "$OUT/oracle8.log"
+fi
+if has profile; then
+  for prec in ${PROFILE_PREC:-triton:3xfp16}; do
+    timeout 90 python3 benchmarks/lm_oracle_profile.py --n 2 --precision $prec 2>&1
+  done > "$OUT/profile.log"
+  grep -A3 "sequences," "$OUT/profile.log" | cut -c1-160
+fi
+if has full; then    # one run per FULL_MEMORY budget (the batch of ablations per kernel)
+  for mem in ${FULL_MEMORY:-16GiB}; do
+    timeout ${FULL_TIMEOUT:-300} python3 benchmarks/lm_oracle.py --gpu --no-captum --no-hooks \
+        --precision ${FULL_PREC:-triton:3xfp16} --memory $mem 2>&1
+  done | tee "$OUT/oracle128.log"
+fi

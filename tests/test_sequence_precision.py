@@ -1,0 +1,179 @@
+"""The node oracle's split products (`precision="3xtf32"`): float32-level accurate against the
+float64 oracle, for every norm x position and every held flag; and how the backend and
+precision are chosen, refused or fall back; the compiled steps. (The Triton GEMMs of
+`backend="triton"` run under Triton's interpreter in `tests/triton_interpreted.py`.)
+
+On a CPU the split path runs as float32 products of TF32-exact halves: each product of two
+halves is exact in float32 (11 x 11 significant bits), so this is the arithmetic of the tensor
+cores up to the order of the sums, and a dropped correction term shows here as it would there.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CASES
+from test_sequence import FLAGS, rel, tiny_transformer, tokens_for
+
+import bilens
+from bilens.ablation._engine import steps
+from bilens.ablation._engine.backend import triton_available
+from bilens.ablation._engine.sequence_plan import SequencePlan
+from bilens.ablation.sequence import (
+    ablate_prepared,
+    sequence_ablation_effects,
+)
+from bilens.core.errors import BilensError
+from bilens.core.sequence import prepare_sequence
+
+
+def _oracle(model, tokens, precision, fn, fa):
+    _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
+    return ablate_prepared(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa,
+                           layers=list(range(model.config.n_layers)), memory="64MiB",
+                           progress=False, precision=precision)
+
+
+def _wide(norm, position):
+    """A float64 transformer wide enough that a TF32-only product (2^-11) stands out."""
+    return tiny_transformer(norm, position, n_layers=3, d_model=32, d_hidden=48, n_heads=4,
+                            vocab_size=40)
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+def test_split_products_match_float64(norm, position):
+    model64 = _wide(norm, position)
+    tokens = tokens_for(model64, n=2, seq=7)
+    model32 = _wide(norm, position).float()
+    for fn, fa in FLAGS:
+        want = _oracle(model64, tokens, "fp32", fn, fa)
+        got = _oracle(model32, tokens, "3xtf32", fn, fa).double()
+        assert rel(got, want) < 1e-5, (fn, fa)
+
+
+def test_a_tf32_only_product_would_fail(monkeypatch):
+    """The tolerance above is tight enough: products of the high halves alone (plain TF32)
+    are off by far more than 1e-5."""
+    model64 = _wide("rms", "pre")
+    tokens = tokens_for(model64, n=2, seq=7)
+    want = _oracle(model64, tokens, "fp32", False, False)
+
+    def hi_only(self, x, w):
+        w2, w_lo = w
+        flat = x.reshape(-1, x.shape[-1])[:, :w_lo.shape[0]]
+        return (flat @ w2[:w_lo.shape[0]]).view(*x.shape[:-1], w_lo.shape[-1])
+
+    monkeypatch.setattr(steps.Kernels, "mm", hi_only)
+    got = _oracle(_wide("rms", "pre").float(), tokens, "3xtf32", False, False).double()
+    assert rel(got, want) > 1e-5
+
+
+def test_plan_splits_only_when_asked():
+    model = _wide("rms", "pre").float()
+    _, run, tgt, b = prepare_sequence(model, tokens_for(model), "next", None, "zero", None,
+                                      None)
+    assert SequencePlan(model, run, tgt, b, precision="3xtf32").kernels.split
+    assert not SequencePlan(model, run, tgt, b).kernels.split
+    with pytest.raises(ValueError, match="precision"):
+        SequencePlan(model, run, tgt, b, precision="3xfp16")
+    with pytest.raises(ValueError, match="precision"):
+        SequencePlan(model, run, tgt, b, precision="fp32", backend="triton")
+
+
+def _all_effects(plan):
+    """Every node of layers 0 .. L-2 (the last layer's only at `p`) of all rows."""
+    B, L, T, _ = plan.run.z.shape
+    return torch.stack([torch.stack([plan.effects(l, t, slice(0, B), slice(None))
+                                     for t in range(T)], 1) for l in range(L - 1)], 1)
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+def test_compiled_steps_equal_eager(norm, position, monkeypatch):
+    """`backend="compile"`: the steps through dynamo's graph capture with symbolic shapes and
+    functionalized in-place ops (`aot_eager`: inductor's code generation is for the GPU, where
+    `benchmarks/lm_oracle.py` checks it against float64 before timing) equal the eager steps
+    in float64, with no fallback to eager."""
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile",
+                        lambda fn, **kw: real(fn, backend="aot_eager", **kw))
+    model = _wide(norm, position)
+    tokens = tokens_for(model, n=2, seq=7)
+    _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
+    for fn, fa in ((False, False), (True, True)):          # every step's graphs
+        plan = SequencePlan(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa,
+                            backend="compile")
+        got = _all_effects(plan)
+        assert plan.kernels.compile_steps and plan.kernels.compile_error is None
+        want = _all_effects(SequencePlan(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa))
+        assert rel(got, want) < 1e-12, (fn, fa)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend,precision", [("eager", "3xtf32"), ("compile", "fp32"),
+                                               ("compile", "3xtf32"), ("triton", "3xtf32"),
+                                               ("triton", "3xfp16")])
+def test_gpu_backends_match_float64(backend, precision):
+    """On a GPU, each backend's oracle (inductor's kernels, cuBLAS's TF32 products, the
+    Triton GEMMs) against the float64 oracle."""
+    if backend == "triton" and not triton_available():
+        pytest.skip("needs Triton")
+    model64 = _wide("layer", "pre").cuda()
+    tokens = tokens_for(model64, n=2, seq=7).cuda()
+    want = sequence_ablation_effects(model64, tokens, target="next")
+    got = sequence_ablation_effects(_wide("layer", "pre").float().cuda(), tokens,
+                                    target="next", backend=backend, precision=precision)
+    assert rel(got.double(), want) < 1e-5
+
+
+def test_entry_points_resolve_the_backend():
+    """The sequence oracle takes `bilens.ablation_effects`'s backends and precisions: names
+    and pairs it has not are refused before any work; off CUDA it runs eager float32 with
+    one warning, and verify records what ran."""
+    model = tiny_transformer().float()
+    tokens = tokens_for(model)
+    for kw, match in ((dict(precision="bf16"), "precision: expected one of"),
+                      (dict(backend="cuda"), "backend: expected one of"),
+                      (dict(precision="3xfp16"), "exists only as Triton"),
+                      (dict(backend="triton", precision="fp32"), "runs split products")):
+        for call in (sequence_ablation_effects, bilens.feature_ablation_effects):
+            with pytest.raises(BilensError, match=match):
+                call(model, tokens, target="next", **kw)
+    with pytest.warns(RuntimeWarning, match="need CUDA"):
+        r = bilens.verify(model, tokens, target="next", backend="triton", progress=False,
+                          circuit_ks=())
+    assert (r.metrics["info"]["backend"], r.metrics["info"]["precision"]) == ("eager", "fp32")
+
+
+def test_split_products_on_the_cpu_fall_back():
+    """On a CPU `3xtf32` falls back (one warning) and gives the float32 result exactly."""
+    model = tiny_transformer().float()
+    tokens = tokens_for(model)
+    plain = sequence_ablation_effects(model, tokens, target="next")
+    with pytest.warns(RuntimeWarning, match="need CUDA"):
+        got = sequence_ablation_effects(model, tokens, target="next", precision="3xtf32")
+    assert torch.equal(got, plain)
+
+
+@pytest.mark.parametrize("case", ["tiny", "moderate", "uniform shift down", "spike at a rare key"])
+def test_pattern_change_accurate_relative_to_its_size(case):
+    """`pattern_change` in float32 against the float64 softmax difference, where a plain
+    float32 difference would lose digits (tiny changes) or overflow (large ones)."""
+    from bilens.ablation._engine.sequence_plan import pattern_change
+
+    g = torch.Generator().manual_seed(3)
+    S = 3 * torch.randn(64, 12, generator=g, dtype=torch.float64)
+    dS = {"tiny": 1e-4 * torch.randn(64, 12, generator=g, dtype=torch.float64),
+          "moderate": 3 * torch.randn(64, 12, generator=g, dtype=torch.float64),
+          "uniform shift down": torch.full((64, 12), -8.0, dtype=torch.float64)
+          + 0.1 * torch.randn(64, 12, generator=g, dtype=torch.float64),
+          "spike at a rare key": torch.zeros(64, 12, dtype=torch.float64)}[case]
+    if case == "spike at a rare key":
+        S[:, 0], dS[:, 0] = -25.0, 60.0                  # P ~ 1e-12 there, then dominant
+    P, dS = S.softmax(-1).float().double(), dS.float().double()   # the inputs as float32
+    want = (S + dS).softmax(-1) - S.softmax(-1)
+    got = pattern_change(P.float(), dS.float()).double()
+    assert torch.isfinite(got).all()
+    assert rel(got, want) < 1e-5
