@@ -3,17 +3,21 @@
 #   run(command="bash benchmarks/lm_oracle_gpu.sh", carry=[".whl/ref"])
 # .whl/ref holds copies of sequence_plan.py at earlier commits, for the side-by-side step
 # (git show REF:src/bilens/ablation/_engine/sequence_plan.py > .whl/ref/sequence_plan_REF.py).
-# Steps (STEPS, comma list): against (today against each REFS file, fp32 and 3xtf32), subset
+# Steps (STEPS, comma list): tests (the CUDA tests of the oracle's backends), against (today against each REFS file, fp32 and 3xtf32), subset
 # (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
 # profile (where the GPU's time goes, at each PROFILE_PREC), full (128 sequences at FULL_PREC,
 # once per FULL_MEMORY). A precision is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32.
 set -o pipefail
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
-STEPS=${STEPS:-against,subset,profile,full}
+STEPS=${STEPS:-tests,against,subset,profile,full}
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
+if has tests; then
+  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_sequence_precision.py \
+      -k gpu 2>&1 | tail -5 | tee "$OUT/tests.log"
+fi
 if has against; then
   for ref in ${REFS:-.whl/ref/sequence_plan_4ca389d.py .whl/ref/sequence_plan_e06188b.py}; do
     for prec in ${AGAINST_PREC:-fp32 3xtf32}; do
