@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32",
                     help="the oracle's products: fp32, 3xtf32 (CUDA), triton:3xfp16, "
                          "triton:3xtf32 (CUDA and Triton), or a comma list")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="the subset's rows: best of this many calls (after a warm-up)")
     ap.add_argument("--no-hooks", action="store_true",
                     help="skip the per-node hook loop of the subset (half a minute on a GPU)")
     ap.add_argument("--no-full", action="store_true",
@@ -216,13 +218,13 @@ def main() -> None:
                   f"{flops:.3g} FLOP, {flops / t_oracle / 1e12:.3f} TFLOP/s")
         plan = SequencePlan(model, run1, tgt1, b1, precision=precision, backend=backend)
         subset[prec] = timed(lambda plan=plan: {g: plan.effects(*g, slice(0, 1), slice(None))[0]
-                                                for g in groups}, sync)
+                                                for g in groups}, sync, args.repeat)
 
     # ---- 3. the subset: sequence 0, layer 0, positions every `every`
     nodes = len(groups) * cfg.d_hidden
     print(f"subset: sequence 0, layer 0, {len(groups)} positions = {nodes} nodes; bilens "
           + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, (t, _) in subset.items()))
-    t_pre, pre = timed(lambda: prefix_loop(model, run1, tgt1, b1, groups), sync)
+    t_pre, pre = timed(lambda: prefix_loop(model, run1, tgt1, b1, groups), sync, args.repeat)
     for prec, (t_ours, ours) in subset.items():
         diff = max((pre[g] - ours[g]).abs().max().item() for g in groups)
         scale = max(ours[g].abs().max().item() for g in groups)
