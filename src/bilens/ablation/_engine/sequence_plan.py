@@ -18,11 +18,13 @@ sequences x a batch of channels, carrying `dh` `[b, K, S, d]` for positions `t..
 
 Nothing is recomputed and subtracted, so each effect is accurate relative to its own size.
 The large products (`W_Q`, `W_K`, `W_V` as one, `W_O`, `[L; R]` as one, `D`, the head) run
-through `Kernels.mm` (`backend="eager"`): plain float32, or with `precision="3xtf32"` three
-TF32 products of split halves on a GPU's tensor cores (`_engine/steps.py`); or, with
-`backend="triton"`, as the Triton GEMMs of `triton_ops` (3xTF32 or 3xFP16 halves split as
-they load, the MLP's `dz` made in the epilogue of `[L; R]`'s product): float32-level
-accurate either way.
+through `Kernels.mm` (`backend="eager"` or `"compile"`): plain float32, or with
+`precision="3xtf32"` three TF32 products of split halves on a GPU's tensor cores
+(`_engine/steps.py`); or, with `backend="triton"`, as the Triton GEMMs of `triton_ops`
+(3xTF32 or 3xFP16 halves split as they load, the MLP's `dz` made in the epilogue of
+`[L; R]`'s product): float32-level accurate either way. The elementwise steps (the norm
+change, the pattern change, rotary) are plain functions below, compiled with symbolic shapes
+under `"compile"` and `"triton"` (`Kernels.step`).
 The last layer's node at `t` changes only position `t`'s residual, which no attention reads
 again: only `S = 1` is carried there; and in the last layer only the query position `p` is
 computed (its attention reads the perturbed keys and values of `t..p`), since no later
@@ -59,9 +61,11 @@ class SequencePlan:
         precision: `"fp32"` or `"3xtf32"` (the split products; on a CPU they run, slower,
             as float32 products of the halves); with `backend="triton"` `"3xtf32"` or
             `"3xfp16"`.
-        backend: `"eager"` (torch ops, cuBLAS or CPU BLAS products) or `"triton"` (the
-            products as the Triton GEMMs of `triton_ops`, which split their factors as they
-            load them, and the bilinear step fused into the first MLP product).
+        backend: `"eager"` (torch ops, cuBLAS or CPU BLAS products), `"compile"` (the same
+            products, the elementwise steps `torch.compile`d by `Kernels.step`) or
+            `"triton"` (the products as the Triton GEMMs of `triton_ops`, which split their
+            factors as they load them, the bilinear step fused into the first MLP product;
+            the steps compiled). As resolved by `backend.resolve_backend`.
     """
 
     def __init__(self, model: BilinearTransformer, run: TransformerRun, target: SequenceTarget,
