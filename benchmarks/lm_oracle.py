@@ -16,6 +16,9 @@ Random weights (float32), pre-norm RMS, target `next` at the last position. Rows
    captum's `LayerFeatureAblation` (best `perturbations_per_eval`), a per-node hook loop that
    reruns the network, and a plain prefix-reusing batched loop (layers < l and positions < t
    reused, all channels of one (l, t) per batch, recompute and subtract).
+
+`bilens bench --kind transformer` measures the same rows from the CLI (with the comparison
+code of `bilens.experiments.competitors_lm`, which this script uses too).
 """
 
 # ruff: noqa: E741
@@ -26,7 +29,6 @@ import math
 import time
 
 import torch
-from torch import Tensor, nn
 
 from bilens.ablation._engine.sequence_plan import SequencePlan
 from bilens.ablation.sequence import ablate_prepared, sequence_ablation_effects
@@ -34,6 +36,13 @@ from bilens.attribution.sequence import attribute_sequence
 from bilens.core.config import TransformerConfig
 from bilens.core.models.transformer import BilinearTransformer
 from bilens.core.sequence import prepare_sequence
+from bilens.experiments.competitors_lm import (
+    ZSeq,
+    captum_node_ablation,
+    hook_loop,
+    oracle_flops,
+    prefix_loop,
+)
 
 
 def timed(fn, sync, repeat: int = 1, warm: bool = True):
@@ -51,82 +60,10 @@ def timed(fn, sync, repeat: int = 1, warm: bool = True):
     return best, out
 
 
-class ZSeq(nn.Module):
-    """The transformer's forward with an `nn.Identity` on every `z` (for captum and hooks),
-    returning `log p(next token)` at the last position."""
-
-    def __init__(self, model: BilinearTransformer, nxt: Tensor):
-        super().__init__()
-        self.model, self.nxt = model, nxt
-        self.z = nn.ModuleList(nn.Identity() for _ in model.layers)
-
-    def forward(self, tokens: Tensor) -> Tensor:
-        m = self.model
-        h = m.embed(tokens)
-        for l, layer in enumerate(m.layers):
-            h = h + m.config.attn_scale * layer.attn.fast(layer.attn_norm(h)[0])
-            left, right, _ = layer.mlp(layer.mlp_norm(h)[0])
-            h = h + self.z[l](left * right) @ layer.D.T
-        logp = m.head(m.final_norm(h[:, -1])[0]).log_softmax(-1)
-        nxt = self.nxt.repeat(tokens.shape[0] // self.nxt.shape[0])
-        return logp.gather(1, nxt[:, None])[:, 0]
-
-
-def prefix_loop(model, run, tgt, b, groups) -> dict:
-    """The careful hand-written loop (pre-norm): per (l, t), H copies of the residual after
-    layer l at positions t..p with c_k D_k added at t, the later layers run on those
-    positions with the clean keys and values of positions < t, then subtract."""
-    out = {}
-    p = int(tgt.position[0])
-    with torch.no_grad():
-        for l, t in groups:
-            layer = model.layers[l]
-            c = b[0, l, t] - run.z[0, l, t]                                   # [H]
-            h = run.resid[0, t:p + 1, 2 * l + 2].clone().expand(c.shape[0], -1, -1).clone()
-            h[:, 0] += c[:, None] * layer.D.T
-            for m in range(l + 1, model.config.n_layers):
-                lm = model.layers[m]
-                a = lm.attn_norm(h)[0]
-                prefix = run.attn_in[0:1, m, :t].expand(h.shape[0], -1, -1)
-                q, k, v = lm.attn.qkv(torch.cat([prefix, a], 1))
-                q = q[:, :, t:]
-                scores = q @ k.transpose(-1, -2) / math.sqrt(lm.attn.d_head)
-                mask = torch.ones(p + 1 - t, p + 1, dtype=torch.bool, device=h.device).tril(t)
-                o = scores.masked_fill(~mask, -math.inf).softmax(-1) @ v
-                h = h + model.config.attn_scale * lm.attn.o(o.transpose(1, 2).flatten(2))
-                h = h + lm.mlp(lm.mlp_norm(h)[0])[2] @ lm.D.T
-            logp = model.head(model.final_norm(h[:, -1])[0]).log_softmax(-1)
-            f0 = run.logits[0, p].log_softmax(-1)[tgt.target.label[0]]
-            out[(l, t)] = logp[:, tgt.target.label[0]] - f0
-    return out
-
-
 def how(entry: str) -> tuple[str, str]:
     """`"3xtf32"` -> `("eager", "3xtf32")`, `"triton:3xfp16"` -> `("triton", "3xfp16")`."""
     backend, _, precision = entry.rpartition(":")
     return backend or "eager", precision
-
-
-def oracle_flops(cfg: TransformerConfig, n: int, T: int) -> float:
-    """2 x the multiply-adds of the oracle's products, every node of `n` sequences (target
-    at the last position): per later layer over the S = T - t carried positions the k, v
-    projections, and q, o, the MLP and the scores only where they are computed (every
-    position, or in the last layer the query p alone)."""
-    d, H, V = cfg.d_model, cfg.d_hidden, cfg.vocab_size
-    total = 0.0
-    for l in range(cfg.n_layers):
-        for t in range(T):
-            if l == cfg.n_layers - 1 and t != T - 1:
-                continue                                     # exactly 0, not computed
-            S = T - t
-            per = 2 * d * V + 2 * d                                   # readout, entry
-            for m in range(l + 1, cfg.n_layers):
-                Sq = 1 if m == cfg.n_layers - 1 else S
-                per += 2 * 2 * d * d * S + 2 * 2 * d * d * Sq          # k, v; q, o
-                per += 2 * 3 * d * H * Sq                              # L, R, D
-                per += 2 * 2 * Sq * T * d                              # scores, values
-            total += n * H * per
-    return total
 
 
 def main() -> None:
@@ -234,47 +171,18 @@ def main() -> None:
     _hook_and_captum(znet, model, one, groups, t_ours, sync, args, cfg)
 
 
-def _hooks(znet, one, groups, t_ours, sync, H):
-    """The per-node hook loop: one rerun of the network per node of the subset."""
-    def hooks():
-        out = []
-        with torch.no_grad():
-            f0 = znet(one)
-            for _, t in groups:
-                for k in range(H):
-                    def hook(_m, _i, z, t=t, k=k):
-                        z = z.clone()
-                        z[:, t, k] = 0.0
-                        return z
-                    handle = znet.z[0].register_forward_hook(hook)
-                    out.append(znet(one) - f0)
-                    handle.remove()
-        return out
-
-    t_hook, _ = timed(hooks, sync, warm=False)          # thousands of forwards: warm
-    print(f"  per-node hook loop {t_hook:.2f} s: bilens {t_hook / t_ours:.0f}x faster")
-
-
 def _hook_and_captum(znet, model, one, groups, t_ours, sync, args, cfg):
-    """The per-node hook loop and captum's LayerFeatureAblation on the subset."""
-    znet.nxt = znet.nxt[:1]
-    H = cfg.d_hidden
+    """The per-node hook loop and captum's LayerFeatureAblation on the subset (sequence
+    `one`, its tokens without the label), as `bilens bench --kind transformer` runs them."""
+    one, single = one[:, :-1], ZSeq(model, one[:, -1])
     if not args.no_hooks:
-        _hooks(znet, one, groups, t_ours, sync, H)
+        t_hook, _ = timed(lambda: hook_loop(single, one, groups), sync, warm=False)
+        print(f"  per-node hook loop {t_hook:.2f} s: bilens {t_hook / t_ours:.0f}x faster")
     if args.no_captum:
         return
-    from captum.attr import LayerFeatureAblation
-
-    T = one.shape[1]
-    mask = torch.full((1, T, H), -1, dtype=torch.long, device=one.device)
-    for i, (_, t) in enumerate(groups):
-        mask[0, t] = torch.arange(H, device=one.device) + i * H
-    mask = torch.where(mask < 0, mask.max() + 1, mask)      # the rest: one extra feature
-    fa = LayerFeatureAblation(znet, znet.z[0])
     best = math.inf
     for ppe in (16, 64, 256, 1024):
-        t_fa, _ = timed(lambda ppe=ppe: fa.attribute(one, layer_mask=mask,
-                                                     perturbations_per_eval=ppe), sync,
+        t_fa, _ = timed(lambda ppe=ppe: captum_node_ablation(single, one, groups, ppe), sync,
                         warm=False)
         best = min(best, t_fa)
         print(f"  captum LayerFeatureAblation ppe={ppe}: {t_fa:.2f} s")
