@@ -131,10 +131,9 @@ class SequencePlan:
             S = 1 if l == self.L - 1 else self.end(rows) - t + 1  # positions t..t+S-1
             c = (self.b[rows, l, t] - run.z[rows, l, t])[:, ks]                # [b, K]
             dh = (c[..., None] * layer.D.T[ks])[:, :, None]        # [b, K, 1, d]: at t alone
-        b = dh.shape[0]
-        pos = torch.arange(t, t + S, device=dh.device)[None].expand(b, S)      # [b, S]
+        pos: slice | Tensor = slice(t, t + S)          # every row's positions t..t+S-1
         if not self.pre:                                       # layer l's MLP norm sees it
-            dh = self.norm_delta(2 * l + 1, dh, rows, pos[:, :dh.shape[2]])
+            dh = self.norm_delta(2 * l + 1, dh, rows, slice(t, t + dh.shape[2]))
         for m in range(l + 1, self.L):
             query = None
             if m == self.L - 1 and not self.target.every_position:
@@ -146,8 +145,9 @@ class SequencePlan:
             dh = self.norm_delta(2 * self.L, dh, rows, pos)
         return self.readout(dh, rows, pos)
 
-    def norm_delta(self, i: int, dh: Tensor, rows: slice, pos: Tensor) -> Tensor:
-        """`N_i(r + dh) - N_i(r)` at positions `pos` `[b, S]`, without cancellation."""
+    def norm_delta(self, i: int, dh: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
+        """`N_i(r + dh) - N_i(r)` at positions `pos` (a slice, or per row `[b, S]`), without
+        cancellation."""
         norm = self.model.norm(i)
         if norm.kind == "none":
             return dh
@@ -156,7 +156,7 @@ class SequencePlan:
         return self.norm_step(norm.kind == "layer", self.frozen_norm, dh, s, r,
                               norm.weight.detach())
 
-    def layer_step(self, m: int, dh: Tensor, rows: slice, pos: Tensor,
+    def layer_step(self, m: int, dh: Tensor, rows: slice, pos: slice,
                    query: Tensor | None = None) -> Tensor:
         """The perturbation of the residual after layer `m`, given the one before it at
         positions `pos`; with `query` (`[b, 1]`, an index into `pos`) only at that position
@@ -165,8 +165,8 @@ class SequencePlan:
         layer `m` is the first after the ablated node's): the attention's input change is
         computed there."""
         alpha = self.model.config.attn_scale
-        first = dh.shape[2] < pos.shape[1]
-        out_pos = pos if query is None else torch.take_along_dim(pos, query, 1)
+        first = dh.shape[2] < pos.stop - pos.start
+        out_pos = pos if query is None else pos.start + query                 # [b, 1]
 
         def plus_residual(out: Tensor) -> Tensor:          # out + dh, dh carried at `out_pos`
             if not first:
@@ -178,14 +178,14 @@ class SequencePlan:
             return out.add_(dh * (query == 0)[:, None, :, None])      # p = t, or 0
 
         if self.pre:
-            da = self.norm_delta(2 * m, dh, rows, pos[:, :dh.shape[2]])
+            da = self.norm_delta(2 * m, dh, rows, slice(pos.start, pos.start + dh.shape[2]))
             dh = plus_residual(alpha * self.attention(m, da, rows, pos, out_pos))
             return dh + self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos)
         dh = plus_residual(alpha * self.attention(m, dh, rows, pos, out_pos))
         dh = self.norm_delta(2 * m, dh, rows, out_pos)
         return self.norm_delta(2 * m + 1, dh + self.mlp(m, dh, rows, out_pos), rows, out_pos)
 
-    def mlp(self, m: int, du: Tensor, rows: slice, pos: Tensor) -> Tensor:
+    def mlp(self, m: int, du: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
         """`D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`."""
         a = _at(self.run.left[rows, m], pos)                                   # [b, S, H]
         bb = _at(self.run.right[rows, m], pos)
@@ -198,22 +198,26 @@ class SequencePlan:
         dL, dR = self.mm(du, w.lr).chunk(2, -1)                                # [b, K, S, H]
         return self.mm((bb[:, None] + dR).mul_(dL).addcmul_(a[:, None], dR), w.D)  # in place
 
-    def attention(self, m: int, da: Tensor, rows: slice, pos: Tensor, qpos: Tensor) -> Tensor:
-        """`Attn(a + da) - Attn(a)` at the query positions `qpos` `[b, Sq]`, `da` given at
-        the key positions `pos` = `t..t+S-1` (the pattern exact, or frozen); a `da` of one
-        position is the change at `t` alone (0 at the others: the layer after the node's)."""
+    def attention(self, m: int, da: Tensor, rows: slice, pos: slice, qpos: slice | Tensor
+                  ) -> Tensor:
+        """`Attn(a + da) - Attn(a)` at the query positions `qpos` (`pos`, or one per row
+        `[b, 1]`), `da` given at the key positions `pos` = `t..t+S-1` (the pattern exact, or
+        frozen); a `da` of one position is the change at `t` alone (0 at the others: the
+        layer after the node's)."""
         attn, w = self.model.layers[m].attn, self.w[m]
         b, K, Sd, d = da.shape                         # Sd = S, or 1: da at t alone
         nh, dh_ = attn.n_heads, attn.d_head
-        t = int(pos[0, 0])
-        J = t + pos.shape[1]                                                   # keys 0..J-1
-        Sq = qpos.shape[1]
+        t, J = pos.start, pos.stop                                             # keys 0..J-1
+        every = isinstance(qpos, slice)                # the queries: all of t..J-1, or one
+        qp = torch.arange(t, J, device=da.device)[None] if every else qpos      # [1 | b, Sq]
+        Sq = qp.shape[1]
 
         def heads(x: Tensor, n: int) -> Tensor:                                # [b, nh, K, n, dh]
             return x.view(b, K, n, nh, dh_).permute(0, 3, 1, 2, 4)
 
         def rows_at(x: Tensor) -> Tensor:                                      # [b, nh, 1, Sq, .]
-            return torch.take_along_dim(x, qpos[:, None, :, None], 2)[:, :, None]
+            return (x[:, :, qpos] if every else
+                    torch.take_along_dim(x, qpos[:, None, :, None], 2))[:, :, None]
 
         def by_keys(x: Tensor, y: Tensor) -> Tensor:   # [b, nh, K, Sq, n] @ [b, nh, n, m]:
             return (x.reshape(b, nh, K * Sq, -1) @ y).view(b, nh, K, Sq, -1)  # K in the rows
@@ -225,18 +229,20 @@ class SequencePlan:
         if self.frozen_attn:
             do = P[..., keys] @ heads(self.mm(da, w.v), Sd)
         else:
-            dq, dk, dv = self.qkv_change(m, da, qpos, t)
+            dq, dk, dv = self.qkv_change(m, da, qp, t)
             dq, dk, dv = heads(dq, dq.shape[2]), heads(dk, Sd), heads(dv, Sd)
             if Sd == 1:                            # dq: the query at t alone (0 elsewhere)
                 dq = self.rope_step(dq, self.cos[t:t + 1], self.sin[t:t + 1])
-                dq = (qpos == t)[:, None, None, :, None] * dq                  # [b, nh, K, Sq, dh]
+                dq = (qp == t)[:, None, None, :, None] * dq                    # [b, nh, K, Sq, dh]
             else:
-                dq = self.rope_step(dq, self.cos[qpos][:, None, None],
-                                    self.sin[qpos][:, None, None])
+                cos, sin = self.cos[qpos], self.sin[qpos]                      # [Sq | b, 1, dh]
+                if not every:
+                    cos, sin = cos[:, None, None], sin[:, None, None]
+                dq = self.rope_step(dq, cos, sin)
             dk = self.rope_step(dk, self.cos[keys], self.sin[keys])
             dS = by_keys(dq, k.transpose(-1, -2))                              # [b, nh, K, Sq, J]
             dS[..., keys] += (rows_at(q) + dq) @ dk.transpose(-1, -2)
-            causal = torch.arange(J, device=da.device)[None, None, :] <= qpos[:, :, None]
+            causal = torch.arange(J, device=da.device)[None, None, :] <= qp[:, :, None]
             dS.mul_(1 / math.sqrt(dh_)).masked_fill_(~causal[:, None, None], 0.0)
             dP = self.pattern_step(P, dS)
             do = by_keys(dP, v)
@@ -254,9 +260,9 @@ class SequencePlan:
         dk, dv = self.mm(da, w.kv).split(d, -1)
         return self.mm(torch.take_along_dim(da, (qpos - t)[:, None, :, None], 2), w.q), dk, dv
 
-    def readout(self, dfinal: Tensor, rows: slice, pos: Tensor) -> Tensor:
+    def readout(self, dfinal: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
         """The target's change from the perturbation of the vector the head reads at the
-        positions `pos` `[b, S]`."""
+        positions `pos` (a slice, or per row `[b, S]`)."""
         tgt, logits = self.target, self.run.logits[rows]
         b, K, S, _ = dfinal.shape
         if tgt.every_position:                                                 # mean-logprob
@@ -264,7 +270,7 @@ class SequencePlan:
             label = _at(tgt.next_tokens[rows], pos).flatten()
             out = target_delta(Target(label=label), _at(logits, pos).flatten(0, 1), dlogits)
             return out.view(b, S, K).sum(1) / self.T
-        s = self.last[rows] - pos[:, 0]                                        # where p reads
+        s = self.last[rows] - (pos.start if isinstance(pos, slice) else pos[:, 0])  # p's index
         valid = (s >= 0) & (s < S)
         rows_b = torch.arange(b, device=s.device)
         at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
@@ -290,8 +296,11 @@ class _LayerWeights:
             setattr(self, name, prepare(w))
 
 
-def _at(x: Tensor, pos: Tensor) -> Tensor:
-    """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`: `[b, S, ...]`."""
+def _at(x: Tensor, pos: slice | Tensor) -> Tensor:
+    """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`, or `x[:, pos]`
+    for a slice (a view): `[b, S, ...]`."""
+    if isinstance(pos, slice):
+        return x[:, pos]
     return x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
 
 
