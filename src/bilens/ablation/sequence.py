@@ -29,6 +29,7 @@ from bilens.core.sequence import prepare_sequence
 
 __all__ = ["sequence_ablation_effects", "feature_ablation_effects", "check_layers"]
 
+
 def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     """The layers to ablate (None: all), each checked."""
     if layers is None:

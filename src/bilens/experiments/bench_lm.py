@@ -31,7 +31,7 @@ from bilens.core.config import TransformerConfig
 from bilens.core.errors import BilensError
 from bilens.core.models.transformer import BilinearTransformer
 from bilens.core.sequence import prepare_sequence
-from bilens.experiments.bench import Rows
+from bilens.experiments.bench import TOL, Rows
 from bilens.experiments.competitors import _captum
 from bilens.experiments.competitors_lm import (
     ZSeq,
@@ -42,8 +42,6 @@ from bilens.experiments.competitors_lm import (
     prefix_loop,
 )
 from bilens.experiments.timing import agreement, interleaved, machine, timed
-
-TOL = 1e-5                          # the oracle against float64, before any time counts
 
 
 @dataclass
@@ -110,8 +108,9 @@ def run_lm_bench(cfg: LMBenchConfig, log: Callable[[str], None] = print) -> dict
     rows = Rows(res["rows"], log)
     znet = ZSeq(model, data[:, -1])
     t_fwd = _attribution_rows(cfg, model, znet, data, rows, res)
-    t_subset = _oracle_rows(cfg, model, data, t_fwd, rows, res)
-    _subset_competitors(cfg, model, data, t_subset, rows, res)
+    one = prepare_sequence(model, data[:1], "next", None, "zero", None, None)[1:]
+    t_subset = _oracle_rows(cfg, model, data, one, t_fwd, rows, res)
+    _subset_competitors(cfg, model, data, one, t_subset, rows, res)
     res["sizes"] = {"n_sequences": cfg.n, "seq_len": cfg.seq_len, "nodes": nodes}
     res["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     res["notes"] = cfg.notes
@@ -152,17 +151,17 @@ def _attribution_rows(cfg: LMBenchConfig, model: BilinearTransformer, znet: ZSeq
     return t_fwd
 
 
-def _oracle_rows(cfg: LMBenchConfig, model: BilinearTransformer, data: Tensor, t_fwd: float,
-                 rows: Rows, res: dict) -> dict[str, tuple[float, dict]]:
+def _oracle_rows(cfg: LMBenchConfig, model: BilinearTransformer, data: Tensor, one: tuple,
+                 t_fwd: float, rows: Rows, res: dict) -> dict[str, tuple[float, dict]]:
     """Each precision's oracle: checked against float64, then every node (`full`) and the
-    subset; returns the subset's `{row: (seconds, effects by (l, t))}`."""
+    subset (sequence 0: `one` is its prepared `(run, target, baselines)`); returns the
+    subset's `{row: (seconds, effects by (l, t))}`."""
     device = data.device
     m64 = BilinearTransformer(model.config).to(device, torch.float64)
     m64.load_state_dict(model.state_dict())
     truth = sequence_ablation_effects(m64, data[:2], target="next", memory=cfg.memory)
     del m64
     _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
-    _, run1, tgt1, b1 = prepare_sequence(model, data[:1], "next", None, "zero", None, None)
     groups = _groups(cfg)
     subset = {}
     for backend, prec in cfg.rows_to_run():
@@ -180,7 +179,7 @@ def _oracle_rows(cfg: LMBenchConfig, model: BilinearTransformer, data: Tensor, t
         if err > TOL:
             raise BilensError(f"{name}: the oracle disagrees with float64 ({err:.1e} > {TOL:g}):"
                               f" no timing counts (report this as a bug)")
-        plan = SequencePlan(model, run1, tgt1, b1, precision=ran[1], backend=ran[0])
+        plan = SequencePlan(model, *one, precision=ran[1], backend=ran[0])
         t, eff, _ = timed(lambda plan=plan: {g: plan.effects(*g, slice(0, 1), slice(None))[0]
                                              for g in groups}, device, cfg.repeats)
         subset[f"subset {name}"] = (t, eff)
@@ -204,16 +203,16 @@ def _groups(cfg: LMBenchConfig) -> list[tuple[int, int]]:
 
 
 def _subset_competitors(cfg: LMBenchConfig, model: BilinearTransformer, data: Tensor,
-                        subset: dict[str, tuple[float, dict]], rows: Rows, res: dict) -> None:
+                        one: tuple, subset: dict[str, tuple[float, dict]], rows: Rows,
+                        res: dict) -> None:
     """The subset's prefix-reusing loop, hook loop and captum, against the fastest oracle."""
-    device, groups, one = data.device, _groups(cfg), data[:1, :-1]
+    device, groups, tokens = data.device, _groups(cfg), data[:1, :-1]
     best = min(subset, key=lambda k: subset[k][0])
     t_ours, ours = subset[best]
     ref = torch.stack([ours[g] for g in groups])                          # [groups, H]
     res["subset"] = {"nodes": len(groups) * cfg.d_hidden, "fastest": best, "seconds": t_ours}
     if cfg.position == "pre":
-        _, run1, tgt1, b1 = prepare_sequence(model, data[:1], "next", None, "zero", None, None)
-        t, pre, _ = timed(lambda: prefix_loop(model, run1, tgt1, b1, groups), device,
+        t, pre, _ = timed(lambda: prefix_loop(model, *one, groups), device,
                           cfg.repeats)
         rows.add("subset prefix-reusing batched loop", t,
                  agree=agreement(torch.stack([pre[g] for g in groups]), ref))
@@ -222,12 +221,12 @@ def _subset_competitors(cfg: LMBenchConfig, model: BilinearTransformer, data: Te
         cfg.notes.append("the prefix-reusing loop is written for pre-norm: not run")
     znet = ZSeq(model, data[:1, -1])
     if cfg.loop:
-        t, hooks, _ = timed(lambda: hook_loop(znet, one, groups), device, 1, warmup=False)
+        t, hooks, _ = timed(lambda: hook_loop(znet, tokens, groups), device, 1, warmup=False)
         rows.add("subset per-node hook loop", t, agree=agreement(hooks, ref))
         res["oracle_speedup_vs_hook_loop"] = t / t_ours
     if cfg.captum:
-        captum_node_ablation(znet, one, groups[:1], max(cfg.ppe))          # warm-up
-        pick = {p: timed(lambda p=p: captum_node_ablation(znet, one, groups, p), device, 1,
+        captum_node_ablation(znet, tokens, groups[:1], max(cfg.ppe))       # warm-up
+        pick = {p: timed(lambda p=p: captum_node_ablation(znet, tokens, groups, p), device, 1,
                          warmup=False) for p in cfg.ppe}
         ppe = min(pick, key=lambda p: pick[p][0])
         rows.add(f"subset captum LayerFeatureAblation ppe={ppe}", pick[ppe][0],
