@@ -85,7 +85,15 @@ def main() -> None:
                     help="skip the every-node run (the check and the subset only)")
     ap.add_argument("--threads", type=int, default=1,
                     help="CPU threads (default 1: a shared 2-core machine thrashes with more)")
+    ap.add_argument("--unfused-attention", action="store_true",
+                    help="backend triton: the attention's change as torch ops, not the fused "
+                         "kernel of _engine/triton_attention.py (to time one against the other)")
     args = ap.parse_args()
+    if args.unfused_attention:        # SequencePlan imports it per plan: None takes the torch path
+        import bilens.ablation._engine.triton_attention as fused
+
+        fused.attention_change = None
+        print("triton backend: attention as torch ops (the fused kernel off)")
     torch.set_num_threads(args.threads)
     dev = torch.device("cuda" if args.gpu else "cpu")
     if args.gpu:

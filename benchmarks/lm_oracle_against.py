@@ -5,6 +5,8 @@ of the layers and positions below, random weights, float32, target `next`.
     python benchmarks/lm_oracle_against.py --against HEAD --norm rms
     python benchmarks/lm_oracle_against.py --against HEAD --small      # 2 x 64 x 128, 32 tokens
     python benchmarks/lm_oracle_against.py --against HEAD --device cuda --precision 3xtf32
+    python benchmarks/lm_oracle_against.py --against REF --device cuda \
+        --precision triton:3xfp16 --ref-precision triton:3xfp16
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--precision", default="fp32",
                     help="today's products: fp32, 3xtf32, triton:3xfp16 or triton:3xtf32")
+    ap.add_argument("--ref-precision", default="fp32",
+                    help="the ref's products, as --precision (a ref from before session 7 "
+                         "runs fp32 only)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -58,8 +63,11 @@ def main() -> None:
     data = torch.randint(cfg.vocab_size, (n, 33), device=args.device)
     _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
     backend, precision = how(args.precision)
+    ref_backend, ref_precision = how(args.ref_precision)
+    ref_how = ({} if (ref_backend, ref_precision) == ("eager", "fp32") else
+               dict(precision=ref_precision, backend=ref_backend))
     plans = {"today": SequencePlan(model, run, tgt, b, precision=precision, backend=backend),
-             args.against: plan_at(args.against)(model, run, tgt, b)}
+             args.against: plan_at(args.against)(model, run, tgt, b, **ref_how)}
     groups = [(l, t) for l in range(2) for t in range(0, 32, 1 if args.small else 8)]
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
@@ -78,7 +86,8 @@ def main() -> None:
             sync()
             times[key].append(time.perf_counter() - start)
     old, new = (statistics.median(times[k]) for k in (args.against, "today"))
-    print(f"{args.norm}, today {args.precision}, {cfg.n_layers} layers x d_model "
+    print(f"{args.norm}, today {args.precision}, ref {args.ref_precision}, {cfg.n_layers} "
+          f"layers x d_model "
           f"{cfg.d_model} x d_hidden "
           f"{cfg.d_hidden}, 32 tokens, {n} sequence(s), layers 0-1 at {len(groups) // 2} "
           f"positions: {args.against} {1e3 * old:.1f} ms, today {1e3 * new:.1f} ms -> "

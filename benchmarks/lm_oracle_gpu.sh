@@ -3,7 +3,9 @@
 #   run(command="bash benchmarks/lm_oracle_gpu.sh", carry=[".whl/ref"])
 # .whl/ref holds copies of sequence_plan.py at earlier commits, for the side-by-side step
 # (git show REF:src/bilens/ablation/_engine/sequence_plan.py > .whl/ref/sequence_plan_REF.py).
-# Steps (STEPS, comma list): tests (the CUDA tests of the oracle's backends), against (today against each REFS file, fp32 and 3xtf32), subset
+# Steps (STEPS, comma list): tests (the CUDA tests of the oracle's backends), against (today
+# at each AGAINST_PREC against each REFS file at AGAINST_REF_PREC: fp32 by default,
+# `same`: the same precision), subset
 # (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
 # profile (where the GPU's time goes, at each PROFILE_PREC), full (128 sequences at FULL_PREC,
 # once per FULL_MEMORY). A precision is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32.
@@ -21,8 +23,10 @@ fi
 if has against; then
   for ref in ${REFS:-.whl/ref/sequence_plan_4ca389d.py .whl/ref/sequence_plan_e06188b.py}; do
     for prec in ${AGAINST_PREC:-fp32 3xtf32}; do
+      ref_prec=${AGAINST_REF_PREC:-fp32}; [[ $ref_prec == same ]] && ref_prec=$prec
       timeout 150 python3 benchmarks/lm_oracle_against.py --device cuda --against "$ref" \
-          --precision $prec --repeats 5 2>&1 | grep -v -i warn
+          --precision $prec --ref-precision $ref_prec --repeats 5 2>&1 \
+          | grep -v -i warn
     done
   done | tee "$OUT/against.log"
 fi

@@ -96,6 +96,28 @@ def test_kernels_compile_for_hopper(f16):
         assert fits >= 1, f"{kernel.fn.__name__}: no autotune shape fits in shared memory"
 
 
+@needs_triton
+@pytest.mark.parametrize("dq_at_t,amax,single", [(False, True, True), (True, False, False)])
+def test_attention_kernel_compiles_for_hopper(dq_at_t, amax, single):
+    """The attention-change kernel (`triton_attention`) compiles for sm_90 at the largest
+    block shape it launches (64 query rows, 64 keys, d_head 64) with the warps and stages it
+    launches with, and fits in shared memory (no GPU needed)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bilens.ablation._engine import triton_attention as A
+
+    kernel = A._attention_change_kernel
+    consts = dict(DQ_AT_T=dq_at_t, AMAX=amax, SINGLE=single, BQ=64, BJ=64, BD=64)
+    sig = {n: "constexpr" if n in consts else "*i64" if n == "qpos_ptr"
+           else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32"
+           for n in kernel.arg_names}
+    compiled = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": A._WARPS, "num_stages": A._STAGES})
+    assert compiled.metadata.shared <= SHARED_MEMORY
+
+
 @needs_gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("frozen", [False, True])

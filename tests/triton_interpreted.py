@@ -44,15 +44,21 @@ def error(got, ref):
     return ((got - ref).abs().max() / ref.abs().max()).item()
 
 
+@pytest.mark.parametrize("inner", [1, 3], ids=["rows-i-k", "rows-i-k-s"])
 @pytest.mark.parametrize("f16", [False, True], ids=["3xtf32", "3xfp16"])
-def test_lr_dz(f16):
+def test_lr_dz(f16, inner):
+    """`inner > 1`: each ablation's rows run over `inner` inputs (a sequence's positions),
+    whose clean `a`, `b` differ: row `(i * per_input + k) * inner + s` reads input
+    `i * inner + s`."""
     n, per_input, d, H = 3, 5, 10, 21
-    rows = rand(n * per_input, d, seed=0)
+    rows = rand(n * per_input * inner, d, seed=0)
     L, R = rand(H, d, seed=1), rand(H, d, seed=2)
-    clean = rand(n, 4, H, seed=3)                           # like run.left: a strided view
+    clean = rand(n * inner, 4, H, seed=3)                   # like run.left: a strided view
     a, b = clean[:, 1], clean[:, 2]
-    dz, zmax = T.lr_dz(rows, T.split_weight(L, f16), T.split_weight(R, f16), a, b, per_input)
-    i = torch.arange(n * per_input) // per_input
+    dz, zmax = T.lr_dz(rows, T.split_weight(L, f16), T.split_weight(R, f16), a, b, per_input,
+                       inner=inner)
+    i = torch.tensor([i * inner + s for i in range(n) for _ in range(per_input)
+                      for s in range(inner)])                # each row's input, in row order
     dl, dr = rows.double() @ L.double().T, rows.double() @ R.double().T
     ref = a.double()[i] * dr + dl * (b.double()[i] + dr)
     assert error(dz, ref) < TOL
@@ -131,9 +137,11 @@ def test_plan_with_triton_gemms_matches_float64(norm, position, frozen):
 @pytest.mark.parametrize("norm,position", [("rms", "pre"), ("rms", "post"), ("layer", "pre"),
                                            ("layer", "post"), ("none", "pre"), ("none", "post")])
 def test_sequence_plan_with_triton_gemms_matches_float64(norm, position):
-    """Every node of a 2-layer transformer through the Triton GEMMs (`down` for every
-    product, `lr_dz` for the MLP's first), against the float64 oracle; the precision and the
-    held flags alternate over the cases (the kernels' own tests above run both precisions)."""
+    """Every node of a 3-layer transformer through the Triton kernels (`down` for every
+    product, `lr_dz` for the MLP's first, `attention_change` for the live attention), against
+    the float64 oracle; the precision, the held flags and the target (`next`, or
+    `mean-logprob`, which reads every position) alternate over the cases (the kernels' own
+    tests above run both precisions)."""
     from test_sequence import tiny_transformer, tokens_for
 
     from bilens.ablation._engine.sequence_plan import SequencePlan
@@ -143,15 +151,71 @@ def test_sequence_plan_with_triton_gemms_matches_float64(norm, position):
     i = ["rms", "layer", "none"].index(norm) * 2 + (position == "post")
     precision = ("3xtf32", "3xfp16")[i % 2]
     fn, fa = (i // 2) % 2 == 1, i % 3 == 2
-    sizes = dict(d_model=12, d_hidden=20, n_heads=2, vocab_size=23)
+    target = ("next", "mean-logprob")[(i // 2) % 2]   # mean-logprob: every position read
+    sizes = dict(d_model=12, d_hidden=7, n_heads=2, vocab_size=23, n_layers=3)
     model64 = tiny_transformer(norm, position, **sizes)
     tokens = tokens_for(model64, n=2, seq=5)
-    want = sequence_ablation_effects(model64, tokens, target="next", frozen_norm=fn,
+    want = sequence_ablation_effects(model64, tokens, target=target, frozen_norm=fn,
                                      frozen_attn=fa)
     model = tiny_transformer(norm, position, **sizes).float()
-    _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
+    _, run, tgt, b = prepare_sequence(model, tokens, target, None, "zero", None, None)
     assert SequencePlan(model, run, tgt, b, precision=precision, backend="triton").triton is T
-    got = ablate_prepared(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa, layers=[0, 1],
+    got = ablate_prepared(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa, layers=[0, 1, 2],
                           memory="64MiB", progress=False, precision=precision,
                           backend="triton")
     assert error(got, want) < TOL
+
+
+@pytest.mark.parametrize("every,first,size,T", [
+    (True, False, 1e-3, 9), (True, True, 1e-3, 9), (False, False, 1e-3, 9),
+    (False, True, 1e-3, 9), (True, False, 3.0, 9), (False, True, 3.0, 9),
+    (True, False, 1e-3, 70), (False, True, 3.0, 70)],
+    ids=["every", "every-first", "query", "query-first", "every-large", "query-first-large",
+         "every-long", "query-first-large-long"])
+def test_attention_change_matches_float64_softmax(every, first, size, T):
+    """`triton_attention.attention_change` against the definition in float64: the
+    perturbed attention `softmax((q + dq)(k + dk)^T / sqrt(d_head)) (v + dv)` minus the
+    clean one, written here from the formulas (rotary on the changes, the causal mask).
+    Small changes take the `log1p` branch of the row statistic, large ones the logsumexp;
+    `first`: the changes at position `t` alone (the layer after the ablated node's); the
+    query mode reads one query per sequence, at different positions. `T = 70`: more keys
+    than one block (two walks over them) and more queries than one block of rows."""
+    from bilens.ablation._engine.triton_attention import attention_change
+    from bilens.core.models.transformer import rope, rope_angles
+
+    b, K, nh, dh, t = 2, 3, 2, 6, 3
+    J = T                                                    # keys 0..T-1
+    S = J - t
+    Sd = 1 if first else S
+    qpos = (torch.arange(t, J)[None] if every else torch.tensor([[T - 1], [t + 2]]))
+    Sq = qpos.shape[1]
+    q, k, v = (rand(b, nh, T, dh, seed=s) for s in (10, 11, 12))
+    cos, sin = rope_angles(T, dh, 10000.0, torch.float64, torch.device("cpu"))
+    n_dq = 1 if first else Sq
+    dq = rand(b, K, n_dq, nh, dh, seed=13, scale=size)
+    dk, dv = (rand(b, K, Sd, nh, dh, seed=s, scale=size) for s in (14, 15))
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+
+    def attend(q, k, v):                                     # [.., T, dh] each, float64
+        scores = (q @ k.transpose(-1, -2) / dh ** 0.5).masked_fill(~causal, float("-inf"))
+        return scores.softmax(-1) @ v
+
+    P = attend(q.double(), k.double(), torch.eye(T, dtype=torch.float64))  # the pattern
+    clean = P @ v.double()                                   # [b, nh, T, dh]
+    keys = torch.arange(t, t + Sd)
+    want = torch.zeros(b, K, Sq, nh, dh, dtype=torch.float64)
+    for i in range(b):
+        for c in range(K):
+            q2, k2, v2 = (x[i].double().clone() for x in (q, k, v))
+            at = keys if first else qpos[0 if every else i]  # where dq lives, per slot
+            for s_, pos in enumerate(at):
+                q2[:, pos] += rope(dq[i, c, s_].double(), cos[pos], sin[pos])
+            k2[:, keys] += rope(dk[i, c].double().transpose(0, 1), cos[keys], sin[keys])
+            v2[:, keys] += dv[i, c].double().transpose(0, 1)
+            out = attend(q2, k2, v2) - clean[i]              # [nh, T, dh]
+            want[i, c] = out[:, qpos[0 if every else i]].transpose(0, 1)
+    got, top = attention_change(dq, dk, dv, q, k, v, P.float(), cos.float(), sin.float(),
+                                qpos, t, J, amax=True)
+    assert got.shape == (b, K, Sq, nh * dh)
+    assert top.item() == pytest.approx(got.abs().max().item(), rel=1e-6)
+    assert error(got, want.reshape(b, K, Sq, nh * dh)) < TOL

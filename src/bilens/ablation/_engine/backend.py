@@ -6,6 +6,9 @@
 | `compile` | `torch.compile`d, fused | cuBLAS (`fp32`, `3xtf32`)             | CUDA       |
 | `triton`  | fused into the GEMMs    | Triton GEMMs (`3xtf32`, `3xfp16`)     | CUDA + Triton |
 
+In the transformer's node oracle `triton` also runs the live attention's change as one
+Triton kernel (`_engine/triton_attention.py`; its products 3xTF32 at either precision).
+
 The default is `eager` with `fp32` products on every device: exact to float32 rounding and
 with no compile step. On an H200, `backend="triton", precision="3xfp16"` is the fastest path
 measured (docs/benchmarks.md), after a one-time compile of each new shape. A choice the

@@ -12,7 +12,7 @@ sequences x a batch of channels, carrying `dh` `[b, K, S, d]` for positions `t..
                 dS = (dq.k + (q + dq).dk) / sqrt(d_head)
                 dL = log sum_j P_j exp(dS_j) = log1p(sum_j P_j expm1(dS_j))
                 dP = P expm1(dS - dL)                                   (frozen: 0)
-                do = dP (v + dv) + P dv;  written back as alpha W_O do
+                do = dP (v + dv) + P dv;  written back as (alpha W_O) do
     bilinear:   dz = a dR + dL (b + dR),  a = L u, b = R u clean, dL = L du, dR = R du
     head:       dlogits = W dfinal_p;  f's change by `target_delta` (stable log-softmax)
 
@@ -22,9 +22,11 @@ through `Kernels.mm` (`backend="eager"` or `"compile"`): plain float32, or with
 `precision="3xtf32"` three TF32 products of split halves on a GPU's tensor cores
 (`_engine/steps.py`); or, with `backend="triton"`, as the Triton GEMMs of `triton_ops`
 (3xTF32 or 3xFP16 halves split as they load, the MLP's `dz` made in the epilogue of
-`[L; R]`'s product): float32-level accurate either way. The elementwise steps (the norm
-change, the pattern change, rotary) are plain functions below, compiled with symbolic shapes
-under `"compile"` and `"triton"` (`Kernels.step`).
+`[L; R]`'s product, the residual added in the epilogue of `W_O`'s and `D`'s), and the live
+attention's change, rotary to `do`, as one kernel (`triton_attention`): float32-level
+accurate either way. The elementwise steps (the norm change, the pattern change, rotary) are
+plain functions below, compiled with symbolic shapes under `"compile"` and `"triton"`
+(`Kernels.step`).
 The last layer's node at `t` changes only position `t`'s residual, which no attention reads
 again: only `S = 1` is carried there; and in the last layer only the query position `p` is
 computed (its attention reads the perturbed keys and values of `t..p`), since no later
@@ -77,11 +79,13 @@ class SequencePlan:
         cfg = model.config
         self.model, self.run, self.target, self.b = model, run, target, b
         self.frozen_norm, self.frozen_attn = frozen_norm, frozen_attn
-        self.triton = None
+        self.triton = self.fused_attention = None
         if backend == "triton":
             from bilens.ablation._engine import triton_ops  # only where Triton is installed
+            from bilens.ablation._engine.triton_attention import attention_change
 
             self.triton, self.kernels = triton_ops, Kernels("fp32", "compile")  # its steps
+            self.fused_attention = attention_change
 
             def prepare(w: Tensor):                            # `[out, in]`, split
                 return triton_ops.split_weight(w, precision == "3xfp16")
@@ -91,8 +95,8 @@ class SequencePlan:
             def prepare(w: Tensor):                            # `[in, out]`
                 return self.kernels.weight(w.T)
         with torch.no_grad():
-            self.w = [_LayerWeights(layer, prepare, fused_lr=self.triton is not None)
-                      for layer in model.layers]
+            self.w = [_LayerWeights(layer, prepare, fused_lr=self.triton is not None,
+                                    alpha=cfg.attn_scale) for layer in model.layers]
             self.w_head = prepare(model.head.weight)
         self.norm_step = self.kernels.step(norm_change)
         self.pattern_step = self.kernels.step(pattern_change)
@@ -110,12 +114,16 @@ class SequencePlan:
         """The last position any of these rows' targets reads."""
         return self.T - 1 if self.target.every_position else int(self.last[rows].max())
 
-    def mm(self, x: Tensor, w) -> Tensor:
-        """`x @ W^T` over the last axis of `x`, for a weight `W` as prepared in `__init__`."""
+    def mm(self, x: Tensor, w, add: Tensor | None = None, xmax: Tensor | None = None
+           ) -> Tensor:
+        """`x @ W^T (+ add)` over the last axis of `x`, for a weight `W` as prepared in
+        `__init__` (the Triton GEMM adds `add` in its epilogue; `xmax`: `max|x|`, if known)."""
         if self.triton is not None:
-            out = self.triton.down(x.reshape(-1, x.shape[-1]).contiguous(), w)
+            out = self.triton.down(x.reshape(-1, x.shape[-1]).contiguous(), w, add=add,
+                                   zmax=xmax)
             return out.view(*x.shape[:-1], w.hi.shape[0])
-        return self.kernels.mm(self.kernels.rows(x), w)
+        out = self.kernels.mm(self.kernels.rows(x), w)
+        return out if add is None else out.add_(add)
 
     @torch.no_grad()
     def effects(self, l: int, t: int | None, rows: slice, ks: Tensor | slice
@@ -164,46 +172,47 @@ class SequencePlan:
         `[b, K, 1, d]` for several `pos` is the change at the first alone (0 at the others:
         layer `m` is the first after the ablated node's): the attention's input change is
         computed there."""
-        alpha = self.model.config.attn_scale
         first = dh.shape[2] < pos.stop - pos.start
         out_pos = pos if query is None else pos.start + query                 # [b, 1]
 
-        def plus_residual(out: Tensor) -> Tensor:          # out + dh, dh carried at `out_pos`
-            if not first:
-                return out + (dh if query is None else
-                              torch.take_along_dim(dh, query[:, None, :, None], 2))
+        def plus_residual(da: Tensor) -> Tensor:     # attention + dh, dh carried at `out_pos`
+            if not first:                            # added in the W_O product's epilogue
+                return self.attention(m, da, rows, pos, out_pos, add=(
+                    dh if query is None else torch.take_along_dim(dh, query[:, None, :, None], 2)))
+            out = self.attention(m, da, rows, pos, out_pos)
             if query is None:
                 out[:, :, :1] += dh
                 return out
             return out.add_(dh * (query == 0)[:, None, :, None])      # p = t, or 0
 
         if self.pre:
-            da = self.norm_delta(2 * m, dh, rows, slice(pos.start, pos.start + dh.shape[2]))
-            dh = plus_residual(alpha * self.attention(m, da, rows, pos, out_pos))
-            return dh + self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos)
-        dh = plus_residual(alpha * self.attention(m, dh, rows, pos, out_pos))
+            dh = plus_residual(self.norm_delta(2 * m, dh, rows,
+                                               slice(pos.start, pos.start + dh.shape[2])))
+            return self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos, dh)
+        dh = plus_residual(dh)
         dh = self.norm_delta(2 * m, dh, rows, out_pos)
-        return self.norm_delta(2 * m + 1, dh + self.mlp(m, dh, rows, out_pos), rows, out_pos)
+        return self.norm_delta(2 * m + 1, self.mlp(m, dh, rows, out_pos, dh), rows, out_pos)
 
-    def mlp(self, m: int, du: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
-        """`D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`."""
+    def mlp(self, m: int, du: Tensor, rows: slice, pos: slice | Tensor, add: Tensor) -> Tensor:
+        """`add + D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`."""
         a = _at(self.run.left[rows, m], pos)                                   # [b, S, H]
         bb = _at(self.run.right[rows, m], pos)
         w = self.w[m]
-        if self.triton is not None:              # rows (i, s, k): a and b by row // K
+        if self.triton is not None:              # rows (i, k, s): a and b at i * S + s
             b_, K, S, d = du.shape
-            x = du.transpose(1, 2).reshape(b_ * S * K, d)
-            z, zmax = self.triton.lr_dz(x, w.L, w.R, a.flatten(0, 1), bb.flatten(0, 1), K)
-            return self.triton.down(z, w.D, zmax=zmax).view(b_, S, K, d).transpose(1, 2)
+            z, zmax = self.triton.lr_dz(du.reshape(-1, d), w.L, w.R, a.flatten(0, 1),
+                                        bb.flatten(0, 1), K, inner=S)
+            return self.triton.down(z, w.D, add=add, zmax=zmax).view(b_, K, S, d)
         dL, dR = self.mm(du, w.lr).chunk(2, -1)                                # [b, K, S, H]
-        return self.mm((bb[:, None] + dR).mul_(dL).addcmul_(a[:, None], dR), w.D)  # in place
+        return add + self.mm((bb[:, None] + dR).mul_(dL).addcmul_(a[:, None], dR), w.D)
 
-    def attention(self, m: int, da: Tensor, rows: slice, pos: slice, qpos: slice | Tensor
-                  ) -> Tensor:
-        """`Attn(a + da) - Attn(a)` at the query positions `qpos` (`pos`, or one per row
-        `[b, 1]`), `da` given at the key positions `pos` = `t..t+S-1` (the pattern exact, or
-        frozen); a `da` of one position is the change at `t` alone (0 at the others: the
-        layer after the node's)."""
+    def attention(self, m: int, da: Tensor, rows: slice, pos: slice, qpos: slice | Tensor,
+                  add: Tensor | None = None) -> Tensor:
+        """`alpha (Attn(a + da) - Attn(a)) (+ add)` at the query positions `qpos` (`pos`, or
+        one per row `[b, 1]`), `da` given at the key positions `pos` = `t..t+S-1` (the
+        pattern exact, or frozen); a `da` of one position is the change at `t` alone (0 at
+        the others: the layer after the node's). `alpha` (`attn_scale`) is folded into
+        `W_O` (`_LayerWeights`)."""
         attn, w = self.model.layers[m].attn, self.w[m]
         b, K, Sd, d = da.shape                         # Sd = S, or 1: da at t alone
         nh, dh_ = attn.n_heads, attn.d_head
@@ -223,6 +232,13 @@ class SequencePlan:
             return (x.reshape(b, nh, K * Sq, -1) @ y).view(b, nh, K, Sq, -1)  # K in the rows
 
         q, k, v = (x[rows] for x in self.qkv[m])                               # [b, nh, T, dh]
+        if self.fused_attention is not None and not self.frozen_attn:     # one Triton kernel
+            dq, dk, dv = (x.view(b, K, x.shape[2], nh, dh_)
+                          for x in self.qkv_change(m, da, qp, t))
+            do, top = self.fused_attention(dq, dk, dv, q, k, v, self.run.pattern[rows, m],
+                                           self.cos, self.sin, qp, t, J,
+                                           amax=w.o.hi.dtype == torch.float16)
+            return self.mm(do, w.o, add, top)
         k, v = k[:, :, :J], v[:, :, :J]                                        # [b, nh, J, dh]
         P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, nh, 1, Sq, J]
         keys = slice(t, t + Sd)                                                # where dk, dv live
@@ -247,7 +263,7 @@ class SequencePlan:
             dP = self.pattern_step(P, dS)
             do = by_keys(dP, v)
             do += (dP[..., keys] + P[..., keys]) @ dv
-        return self.mm(do.permute(0, 2, 3, 1, 4).reshape(b, K, Sq, d), w.o)
+        return self.mm(do.permute(0, 2, 3, 1, 4).reshape(b, K, Sq, d), w.o, add)
 
     def qkv_change(self, m: int, da: Tensor, qpos: Tensor, t: int
                    ) -> tuple[Tensor, Tensor, Tensor]:
@@ -285,14 +301,15 @@ _PRECISIONS = {"eager": ("fp32", "3xtf32"), "compile": ("fp32", "3xtf32"),
 
 class _LayerWeights:
     """One layer's weights `[out, in]`, each prepared once by `prepare`: `qkv` is
-    `[W_Q; W_K; W_V]`, `kv` `[W_K; W_V]`; `lr` `[L; R]`, or (`fused_lr`) `L` and `R` apart."""
+    `[W_Q; W_K; W_V]`, `kv` `[W_K; W_V]`; `o` is `alpha W_O` (`attn_scale` folded in); `lr`
+    `[L; R]`, or (`fused_lr`) `L` and `R` apart."""
 
-    def __init__(self, layer, prepare, fused_lr: bool):
+    def __init__(self, layer, prepare, fused_lr: bool, alpha: float):
         attn = layer.attn
         Wq, Wk, Wv = (x.weight for x in (attn.q, attn.k, attn.v))
         mlp = {"L": layer.L, "R": layer.R} if fused_lr else {"lr": torch.cat([layer.L, layer.R])}
         for name, w in {"qkv": torch.cat([Wq, Wk, Wv]), "kv": torch.cat([Wk, Wv]), "q": Wq,
-                        "v": Wv, "o": attn.o.weight, "D": layer.D, **mlp}.items():
+                        "v": Wv, "o": alpha * attn.o.weight, "D": layer.D, **mlp}.items():
             setattr(self, name, prepare(w))
 
 

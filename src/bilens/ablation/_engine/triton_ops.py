@@ -190,7 +190,7 @@ def _dot3(w_hi, w_lo, x, acc, x_scale, F16: tl.constexpr):
 @triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D", "F16"], prune_configs_by=_PRUNE)
 @triton.jit
 def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr, xmax_ptr, zmax_ptr,
-                  l_scale, r_scale, M, H, per_input, stride_ab,
+                  l_scale, r_scale, M, H, per_input, inner, stride_ab,
                   D: tl.constexpr, F16: tl.constexpr,
                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     rm, rn = _tile(H, BM, BN)                                   # ablations, hidden units
@@ -213,7 +213,8 @@ def _lr_dz_kernel(x_ptr, lh_ptr, ll_ptr, rh_ptr, rl_ptr, a_ptr, b_ptr, z_ptr, xm
         acc_l = acc_l * (1.0 / (x_scale * l_scale))
         acc_r = acc_r * (1.0 / (x_scale * r_scale))
     ok = col_ok[:, None] & row_ok[None, :]
-    ab = (rm // per_input)[None, :] * stride_ab + rn[:, None]
+    inp = (rm // (per_input * inner)) * inner + rm % inner      # rows (i, k, s): input i*inner+s
+    ab = inp[None, :] * stride_ab + rn[:, None]
     a = tl.load(a_ptr + ab, mask=ok, other=0.0)
     b = tl.load(b_ptr + ab, mask=ok, other=0.0)
     z = a * acc_r + acc_l * (b + acc_r)
@@ -327,15 +328,17 @@ def _grid(M: int, N: int):
     return lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
 
 
-def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int
-          ) -> tuple[Tensor, Tensor | None]:
+def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int,
+          inner: int = 1) -> tuple[Tensor, Tensor | None]:
     """`dz = a * dR + dL * (b + dR)`, `[dL | dR] = rows @ [L^T | R^T]`.
 
     Args:
-        rows: `[M, d]`, rows `i * per_input + k` (input `i`, ablation `k`).
+        rows: `[M, d]`, rows `(i * per_input + k) * inner + s`: ablation `k` of input
+            `i * inner + s` (with `inner = 1`, rows `i * per_input + k`).
         L, R: `split_weight` of the layer's `L` and `R` (`[H, d]`), both TF32 or both f16.
         a, b: the clean `L u` and `R u` of the layer, `[inputs, H]` (row stride free).
-        per_input: ablations per input.
+        per_input: ablations per input; inner: inputs interleaved within each ablation's
+            rows (positions of a sequence, each ablation carried at all of them).
 
     Returns:
         `dz [M, H]`, and (float16 halves) `max|dz|` as a one-element tensor, else None.
@@ -349,7 +352,7 @@ def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int
     zmax = torch.zeros(1, device=rows.device, dtype=torch.float32) if f16 else None
     _lr_dz_kernel[_grid(M, H)](rows, L.hi, L.lo, R.hi, R.lo, a, b, z, xmax,
                                z if zmax is None else zmax, L.scale, R.scale, M, H, per_input,
-                               a.stride(0), D=D, F16=f16)
+                               inner, a.stride(0), D=D, F16=f16)
     return z, zmax
 
 
