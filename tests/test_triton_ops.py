@@ -97,11 +97,12 @@ def test_kernels_compile_for_hopper(f16):
 
 
 @needs_triton
-@pytest.mark.parametrize("dq_at_t,amax,single", [(False, True, True), (True, False, False)])
-def test_attention_kernel_compiles_for_hopper(dq_at_t, amax, single):
+def test_attention_kernel_compiles_for_hopper():
     """The attention-change kernel (`triton_attention`) compiles for sm_90 at the largest
     block shape it launches (64 query rows, 64 keys, d_head 64) with the warps and stages it
-    launches with, and fits in shared memory (no GPU needed)."""
+    launches with, and fits in shared memory (no GPU needed). One variant, the one a model of
+    up to 64 tokens runs (every key in one block), with both optional branches on (CI time:
+    each compile takes seconds); the other variants run under the interpreter and on the GPU."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -109,7 +110,7 @@ def test_attention_kernel_compiles_for_hopper(dq_at_t, amax, single):
     from bilens.ablation._engine import triton_attention as A
 
     kernel = A._attention_change_kernel
-    consts = dict(DQ_AT_T=dq_at_t, AMAX=amax, SINGLE=single, BQ=64, BJ=64, BD=64)
+    consts = dict(DQ_AT_T=True, AMAX=True, SINGLE=True, BQ=64, BJ=64, BD=64)
     sig = {n: "constexpr" if n in consts else "*i64" if n == "qpos_ptr"
            else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32"
            for n in kernel.arg_names}
