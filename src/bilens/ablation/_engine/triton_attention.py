@@ -167,7 +167,7 @@ def _attention_change_kernel(
         DQ_AT_T: tl.constexpr, AMAX: tl.constexpr, SINGLE: tl.constexpr, BQ: tl.constexpr,
         BJ: tl.constexpr, BD: tl.constexpr):
     bk, h = tl.program_id(0), tl.program_id(1)
-    bi, ki = (bk // K).to(tl.int64), bk % K
+    bi, ki = (bk // K).to(tl.int64), (bk % K).to(tl.int64)     # 64-bit offsets
     rows = tl.program_id(2) * BQ + tl.arange(0, BQ)                    # query slots
     row_ok = rows < Sq
     qp = tl.load(qpos_ptr + bi * sqp_b + rows * sqp_s, mask=row_ok, other=-1)  # -1: no keys
