@@ -158,6 +158,17 @@ def test_split_products_on_the_cpu_fall_back():
     assert torch.equal(got, plain)
 
 
+def test_pattern_change_is_zero_at_masked_keys_when_every_score_falls():
+    """A masked key (`P = 0`) has no change, also when every live score falls so far that
+    `dL` is very negative and `expm1(dS - dL)` at the masked key overflows (0 * inf was NaN)."""
+    from bilens.ablation._engine.sequence_plan import pattern_change
+
+    P = torch.tensor([[1.0, 0.0], [1.0, 0.0]])            # one live key: nothing changes
+    dS = torch.tensor([[-100.0, 0.0], [-120.0, 0.0]])     # masked scores' change is 0
+    got = pattern_change(P, dS.clone())
+    assert torch.equal(got, torch.zeros(2, 2))
+
+
 @pytest.mark.parametrize("case", ["tiny", "moderate", "uniform shift down", "spike at a rare key"])
 def test_pattern_change_accurate_relative_to_its_size(case):
     """`pattern_change` in float32 against the float64 softmax difference, where a plain

@@ -166,30 +166,45 @@ def test_sequence_plan_with_triton_gemms_matches_float64(norm, position):
     assert error(got, want) < TOL
 
 
-@pytest.mark.parametrize("every,first,size,T", [
-    (True, False, 1e-3, 9), (True, True, 1e-3, 9), (False, False, 1e-3, 9),
-    (False, True, 1e-3, 9), (True, False, 3.0, 9), (False, True, 3.0, 9),
-    (True, False, 1e-3, 70), (False, True, 3.0, 70)],
-    ids=["every", "every-first", "query", "query-first", "every-large", "query-first-large",
-         "every-long", "query-first-large-long"])
-def test_attention_change_matches_float64_softmax(every, first, size, T):
+_ATTENTION_CASES = {           # every query or one per sequence; changes at t alone (first)
+    "every": dict(every=True, first=False),
+    "every-first": dict(every=True, first=True),
+    "query": dict(every=False, first=False),
+    "query-first": dict(every=False, first=True),         # one row's query at t: dq counts
+    "every-large": dict(every=True, first=False, size=3.0),
+    "query-first-large": dict(every=False, first=True, size=3.0),
+    "sharp": dict(every=True, first=False, size=1.0, sharp=30.0),    # P = 0 up to rounding
+    "every-long": dict(every=True, first=False, T=70),    # two key blocks, two row blocks
+    "query-first-large-long": dict(every=False, first=True, size=3.0, T=70, t=66, J=69),
+    "every-wide": dict(every=True, first=False, T=40, dh=100),   # d_head 100: 32-key blocks
+}
+
+
+@pytest.mark.parametrize("name", list(_ATTENTION_CASES))
+def test_attention_change_matches_float64_softmax(name):
     """`triton_attention.attention_change` against the definition in float64: the
     perturbed attention `softmax((q + dq)(k + dk)^T / sqrt(d_head)) (v + dv)` minus the
     clean one, written here from the formulas (rotary on the changes, the causal mask).
     Small changes take the `log1p` branch of the row statistic, large ones the logsumexp;
     `first`: the changes at position `t` alone (the layer after the ablated node's); the
-    query mode reads one query per sequence, at different positions. `T = 70`: more keys
-    than one block (two walks over them) and more queries than one block of rows."""
+    query mode reads one query per sequence (one of them at `t`). `sharp` scales the clean
+    queries so that most of the pattern underflows to 0 and `dL` is very negative (a masked
+    key's `expm1` overflows). `T = 70`: more keys than one block (two walks over them) and
+    more queries than one block of rows; `t = 66` leaves the first key block unchanged;
+    `J < T` reads fewer keys than the sequence has; `d_head = 100` takes smaller blocks."""
     from bilens.ablation._engine.triton_attention import attention_change
     from bilens.core.models.transformer import rope, rope_angles
 
-    b, K, nh, dh, t = 2, 3, 2, 6, 3
-    J = T                                                    # keys 0..T-1
+    c = {"size": 1e-3, "T": 9, "t": 3, "dh": 6, "sharp": 1.0, **_ATTENTION_CASES[name]}
+    every, first, size, T, t, dh = (c[k] for k in ("every", "first", "size", "T", "t", "dh"))
+    b, K, nh = 2, 3, 2
+    J = c.get("J", T)                                        # keys 0..J-1 are read
     S = J - t
     Sd = 1 if first else S
-    qpos = (torch.arange(t, J)[None] if every else torch.tensor([[T - 1], [t + 2]]))
+    qpos = (torch.arange(t, J)[None] if every else torch.tensor([[J - 1], [t]]))
     Sq = qpos.shape[1]
     q, k, v = (rand(b, nh, T, dh, seed=s) for s in (10, 11, 12))
+    q = q * c["sharp"]
     cos, sin = rope_angles(T, dh, 10000.0, torch.float64, torch.device("cpu"))
     n_dq = 1 if first else Sq
     dq = rand(b, K, n_dq, nh, dh, seed=13, scale=size)
@@ -205,17 +220,45 @@ def test_attention_change_matches_float64_softmax(every, first, size, T):
     keys = torch.arange(t, t + Sd)
     want = torch.zeros(b, K, Sq, nh, dh, dtype=torch.float64)
     for i in range(b):
-        for c in range(K):
+        for ch in range(K):
             q2, k2, v2 = (x[i].double().clone() for x in (q, k, v))
             at = keys if first else qpos[0 if every else i]  # where dq lives, per slot
             for s_, pos in enumerate(at):
-                q2[:, pos] += rope(dq[i, c, s_].double(), cos[pos], sin[pos])
-            k2[:, keys] += rope(dk[i, c].double().transpose(0, 1), cos[keys], sin[keys])
-            v2[:, keys] += dv[i, c].double().transpose(0, 1)
+                q2[:, pos] += rope(dq[i, ch, s_].double(), cos[pos], sin[pos])
+            k2[:, keys] += rope(dk[i, ch].double().transpose(0, 1), cos[keys], sin[keys])
+            v2[:, keys] += dv[i, ch].double().transpose(0, 1)
             out = attend(q2, k2, v2) - clean[i]              # [nh, T, dh]
-            want[i, c] = out[:, qpos[0 if every else i]].transpose(0, 1)
+            want[i, ch] = out[:, qpos[0 if every else i]].transpose(0, 1)
     got, top = attention_change(dq, dk, dv, q, k, v, P.float(), cos.float(), sin.float(),
                                 qpos, t, J, amax=True)
     assert got.shape == (b, K, Sq, nh * dh)
     assert top.item() == pytest.approx(got.abs().max().item(), rel=1e-6)
     assert error(got, want.reshape(b, K, Sq, nh * dh)) < TOL
+
+
+def test_sequence_plan_falls_back_to_torch_attention_when_the_kernel_fails(monkeypatch):
+    """A Triton failure of the attention kernel (here out of shared memory, as a large
+    `d_head` on a smaller GPU could be) makes the plan warn once and run the attention's
+    change as torch ops; the effects stay exact."""
+    from test_sequence import tiny_transformer, tokens_for
+    from triton.runtime.errors import OutOfResources
+
+    from bilens.ablation._engine import triton_attention
+    from bilens.ablation.sequence import ablate_prepared, sequence_ablation_effects
+    from bilens.core.sequence import prepare_sequence
+
+    def out_of_memory(*args, **kwargs):
+        raise OutOfResources(300_000, 232_448, "shared memory")
+
+    monkeypatch.setattr(triton_attention, "attention_change", out_of_memory)
+    sizes = dict(d_model=12, d_hidden=7, n_heads=2, vocab_size=23)
+    model64 = tiny_transformer("rms", "pre", **sizes)
+    tokens = tokens_for(model64, n=1, seq=4)
+    want = sequence_ablation_effects(model64, tokens, target="next")
+    model = tiny_transformer("rms", "pre", **sizes).float()
+    _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
+    with pytest.warns(RuntimeWarning, match="fused attention kernel failed.*OutOfResources"):
+        got = ablate_prepared(model, run, tgt, b, frozen_norm=False, frozen_attn=False,
+                              layers=[0, 1], memory="64MiB",
+                              progress=False, precision="3xtf32", backend="triton")
+    assert error(got, want) < TOL

@@ -42,6 +42,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from bilens.ablation._engine.backend import fallback
 from bilens.ablation._engine.plan import target_delta
 from bilens.ablation._engine.steps import Kernels
 from bilens.core.models.transformer import BilinearTransformer, TransformerRun, rope, rope_angles
@@ -235,10 +236,17 @@ class SequencePlan:
         if self.fused_attention is not None and not self.frozen_attn:     # one Triton kernel
             dq, dk, dv = (x.view(b, K, x.shape[2], nh, dh_)
                           for x in self.qkv_change(m, da, qp, t))
-            do, top = self.fused_attention(dq, dk, dv, q, k, v, self.run.pattern[rows, m],
-                                           self.cos, self.sin, qp, t, J,
-                                           amax=w.o.hi.dtype == torch.float16)
-            return self.mm(do, w.o, add, top)
+            try:
+                do, top = self.fused_attention(dq, dk, dv, q, k, v, self.run.pattern[rows, m],
+                                               self.cos, self.sin, qp, t, J,
+                                               amax=w.o.hi.dtype == torch.float16)
+            except self.triton.TRITON_ERRORS as err:   # e.g. out of shared memory: torch ops
+                fallback(f"the fused attention kernel failed ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); the attention's "
+                         "change runs as torch ops")
+                self.fused_attention = None
+            else:
+                return self.mm(do, w.o, add, top)
         k, v = k[:, :, :J], v[:, :, :J]                                        # [b, nh, J, dh]
         P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, nh, 1, Sq, J]
         keys = slice(t, t + Sd)                                                # where dk, dv live
@@ -340,9 +348,13 @@ def pattern_change(P: Tensor, dS: Tensor) -> Tensor:
     """`softmax(S + dS) - softmax(S)` from the clean pattern `P` and the scores' change
     `dS`, accurate relative to its own size: `P expm1(dS - dL)`, `dL = log sum P e^dS`, as
     `log1p(sum P expm1(dS))` where every `|dS| < 0.5` (relative accuracy), else a logsumexp
-    (no overflow, and no `1 + x` near 0). Consumes `dS` (in place)."""
+    (no overflow, and no `1 + x` near 0); 0 where `P = 0` (masked keys, whose `expm1` may
+    overflow when `dL` is very negative). `dS - dL` is clamped at 88 so that `expm1` stays
+    finite: that changes only keys whose clean weight is below `e^-88` (subnormal in
+    float32), which then come out too small (the Triton kernel computes them in full).
+    Consumes `dS` (in place)."""
     small = dS.clamp(max=1.0).expm1_().mul_(P).sum(-1, keepdim=True).log1p_()
     large = torch.logsumexp(P.log() + dS, -1, keepdim=True)
     lo, hi = torch.aminmax(dS, dim=-1, keepdim=True)
     dL = torch.where((hi < 0.5) & (lo > -0.5), small, large)
-    return dS.sub_(dL).expm1_().mul_(P)
+    return dS.sub_(dL).clamp_(max=88.0).expm1_().mul_(P).masked_fill_(P == 0, 0.0)

@@ -17,9 +17,11 @@ and walks the keys twice (the row statistic `dL` first, then `do`), so `dS` and 
 only in registers; the output is written as `[b, K, Sq, d_model]`, the layout `W_O` reads.
 
 Every product is three TF32 products of halves (`x_hi y_hi + x_lo y_hi + x_hi y_lo`), float32
-accurate. `expm1` is a polynomial where `|x| < 1/2` and `exp(x) - 1` beyond; the row's
-`log1p` is taken in float64. Neither relies on a library call, so the kernel also runs under
-Triton's interpreter (`tests/triton_interpreted.py`, against the torch path in float64).
+accurate. `expm1` is a polynomial where `|x| < 1/2` and `exp(x) - 1` beyond (and `P expm1`
+is `(P e^(x/2)) e^(x/2) - P` beyond, so that a subnormal `P` times a huge `e^x` stays
+finite); the row's `log1p` is taken in float64. Neither relies on a library call, so the
+kernel also runs under Triton's interpreter (`tests/triton_interpreted.py`, against the
+attention written from its definition in float64).
 """
 
 from __future__ import annotations
@@ -49,6 +51,12 @@ def _dot3(x, y, acc):
 @triton.jit
 def _expm1(x):
     """`exp(x) - 1`, accurate relative to itself: Taylor to x^9 where |x| < 1/2."""
+    return tl.where(tl.abs(x) < 0.5, x * _expm1_poly(x), tl.exp(x) - 1.0)
+
+
+@triton.jit
+def _expm1_poly(x):
+    """`(exp(x) - 1) / x` as its Taylor polynomial to x^8 (for |x| < 1/2: error < 1e-9)."""
     p = 1.0 + x / 9.0
     p = 1.0 + x / 8.0 * p
     p = 1.0 + x / 7.0 * p
@@ -56,8 +64,17 @@ def _expm1(x):
     p = 1.0 + x / 5.0 * p
     p = 1.0 + x / 4.0 * p
     p = 1.0 + x / 3.0 * p
-    p = 1.0 + x / 2.0 * p
-    return tl.where(tl.abs(x) < 0.5, x * p, tl.exp(x) - 1.0)
+    return 1.0 + x / 2.0 * p
+
+
+@triton.jit
+def _p_expm1(p, x):
+    """`p (exp(x) - 1)`, accurate relative to itself, 0 where `p = 0`: the polynomial where
+    `|x| < 1/2`, else `(p e^(x/2)) e^(x/2) - p`, finite for every `p e^x` up to ~1 even where
+    `p` is subnormal and `e^x` alone would overflow."""
+    h = tl.exp(0.5 * x)
+    big = (p * h) * h - p
+    return tl.where(p > 0, tl.where(tl.abs(x) < 0.5, p * (x * _expm1_poly(x)), big), 0.0)
 
 
 @triton.jit
@@ -140,8 +157,9 @@ def _dl(small, hi, lo, top, total):
 @triton.jit
 def _do_block(j0, s, p, dL, acc, v_base, stride_v, dv_base, stride_dv, t, Sd, J, dh,
               BJ: tl.constexpr, BD: tl.constexpr):
-    """`acc + dP v + (dP + P) dv` over keys `j0..j0+BJ-1`, `dP = P expm1(dS - dL)`."""
-    dp = p * _expm1(s - dL[:, None])
+    """`acc + dP v + (dP + P) dv` over keys `j0..j0+BJ-1`, `dP = P expm1(dS - dL)` (0 where
+    `P = 0`: masked keys, where `expm1` may overflow when `dL` is very negative)."""
+    dp = _p_expm1(p, s - dL[:, None])
     j = j0 + tl.arange(0, BJ)
     acc = _dot3(dp, _clean_rows(v_base, stride_v, j, j < J, dh, BD), acc)
     if j0 + BJ > t:
@@ -152,10 +170,14 @@ def _do_block(j0, s, p, dL, acc, v_base, stride_v, dv_base, stride_dv, t, Sd, J,
 
 
 # One launch shape, no autotuning: the kernel is compiled for each (DQ_AT_T, AMAX, SINGLE,
-# BQ) met (BJ = 64, BD = d_head rounded up), 24 variants at most, where autotuning 4 shapes
-# of each of 36 (BQ, BJ) pairs took minutes of the first run on the H200. With 8 warps a
-# 64 x 64 block overflows shared memory (`tests/test_triton_ops.py`).
+# BQ) met (BD = d_head rounded up), 24 variants at most, where autotuning 4 shapes of each
+# of 36 (BQ, BJ) pairs took minutes of the first run on the H200. With 8 warps a 64 x 64
+# block overflows shared memory (`tests/test_triton_ops.py`). The blocks of query rows and
+# keys shrink as d_head grows, so that the tiles fit in a GPU's shared memory (at most
+# 96 KiB for these, by compiling for sm_90; the H200 has 227 KiB); a launch that fails
+# anyway makes `SequencePlan` fall back to torch ops.
 _WARPS, _STAGES = 4, 1
+_BLOCK = {16: 64, 32: 64, 64: 64, 128: 32, 256: 16}            # BD -> largest BQ, and BJ
 
 
 @triton.jit
@@ -166,7 +188,7 @@ def _attention_change_kernel(
         sq_b, sq_h, sq_t, sk_b, sk_h, sk_t, sv_b, sv_h, sv_t, sp_b, sp_h, sp_t, sqp_b, sqp_s,
         DQ_AT_T: tl.constexpr, AMAX: tl.constexpr, SINGLE: tl.constexpr, BQ: tl.constexpr,
         BJ: tl.constexpr, BD: tl.constexpr):
-    bk, h = tl.program_id(0), tl.program_id(1)
+    bk, h = tl.program_id(0), tl.program_id(1).to(tl.int64)
     bi, ki = (bk // K).to(tl.int64), (bk % K).to(tl.int64)     # 64-bit offsets
     rows = tl.program_id(2) * BQ + tl.arange(0, BQ)                    # query slots
     row_ok = rows < Sq
@@ -240,8 +262,8 @@ def attention_change(dq: Tensor, dk: Tensor, dv: Tensor, q: Tensor, k: Tensor, v
         assert x.stride(-1) == 1, "the last axis must be contiguous"
     out = torch.empty(b, K, Sq, nh * dh, device=dq.device, dtype=torch.float32)
     top = torch.zeros(1, device=dq.device, dtype=torch.float32) if amax else None
-    BQ, BJ = min(64, max(16, triton.next_power_of_2(Sq))), 64
     BD = max(16, triton.next_power_of_2(dh))
+    BQ, BJ = min(_BLOCK[BD], max(16, triton.next_power_of_2(Sq))), _BLOCK[BD]
     qpos = qpos.expand(b, Sq)
     cos, sin = cos.contiguous(), sin.contiguous()
     grid = (b * K, nh, triton.cdiv(Sq, BQ))
