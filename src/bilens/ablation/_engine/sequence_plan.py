@@ -348,13 +348,13 @@ def pattern_change(P: Tensor, dS: Tensor) -> Tensor:
     """`softmax(S + dS) - softmax(S)` from the clean pattern `P` and the scores' change
     `dS`, accurate relative to its own size: `P expm1(dS - dL)`, `dL = log sum P e^dS`, as
     `log1p(sum P expm1(dS))` where every `|dS| < 0.5` (relative accuracy), else a logsumexp
-    (no overflow, and no `1 + x` near 0); 0 where `P = 0` (masked keys, whose `expm1` may
-    overflow when `dL` is very negative). `dS - dL` is clamped at 88 so that `expm1` stays
-    finite: that changes only keys whose clean weight is below `e^-88` (subnormal in
-    float32), which then come out too small (the Triton kernel computes them in full).
-    Consumes `dS` (in place)."""
+    (no overflow, and no `1 + x` near 0). `dS - dL` is clamped at 88 so that `expm1` stays
+    finite, which keeps masked keys (`P = 0`) at 0 when `dL` is very negative (unclamped,
+    `0 * inf` there was NaN); the clamp changes only keys whose clean weight is below `e^-88`
+    (subnormal in float32), which then come out too small (the Triton kernel computes them
+    in full). Consumes `dS` (in place)."""
     small = dS.clamp(max=1.0).expm1_().mul_(P).sum(-1, keepdim=True).log1p_()
     large = torch.logsumexp(P.log() + dS, -1, keepdim=True)
     lo, hi = torch.aminmax(dS, dim=-1, keepdim=True)
     dL = torch.where((hi < 0.5) & (lo > -0.5), small, large)
-    return dS.sub_(dL).clamp_(max=88.0).expm1_().mul_(P).masked_fill_(P == 0, 0.0)
+    return dS.sub_(dL).clamp_(max=88.0).expm1_().mul_(P)
