@@ -78,7 +78,8 @@ def main() -> None:
                     help="the oracle's products: fp32, 3xtf32 (CUDA), triton:3xfp16, "
                          "triton:3xtf32 (CUDA and Triton), or a comma list")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="the subset's rows: best of this many calls (after a warm-up)")
+                    help="the subset's rows and the whole oracle: best of this many calls "
+                         "(after a warm-up; the oracle's is the float64 check's run)")
     ap.add_argument("--no-hooks", action="store_true",
                     help="skip the per-node hook loop of the subset (half a minute on a GPU)")
     ap.add_argument("--no-full", action="store_true",
@@ -88,7 +89,12 @@ def main() -> None:
     ap.add_argument("--unfused-attention", action="store_true",
                     help="backend triton: the attention's change as torch ops, not the fused "
                          "kernel of _engine/triton_attention.py (to time one against the other)")
+    ap.add_argument("--grow-batches", action="store_true",
+                    help="the timed oracle's (l, t) batches sized for the positions each "
+                         "carries, not all (`ablate_prepared(grow_batches=True)`)")
     args = ap.parse_args()
+    if args.grow_batches:
+        print("oracle batches: sized for the T - t positions each carries")
     if args.unfused_attention:        # SequencePlan imports it per plan: None takes the torch path
         import bilens.ablation._engine.triton_attention as fused
 
@@ -156,7 +162,8 @@ def main() -> None:
             t_oracle, _ = timed(lambda backend=backend, precision=precision: ablate_prepared(
                 model, run, tgt, b, frozen_norm=False, frozen_attn=False,
                 layers=list(range(cfg.n_layers)), memory=memory, progress=False,
-                backend=backend, precision=precision), sync, warm=False)  # warmed: the check
+                backend=backend, precision=precision, grow_batches=args.grow_batches), sync,
+                args.repeat, warm=False)                                  # warmed: the check
             flops = oracle_flops(cfg, n, T)
             per_node = t_oracle / (n * cfg.n_layers * T * cfg.d_hidden)
             print(f"oracle {prec}, every node: {t_oracle:.2f} s ({per_node * 1e9:.0f} ns/node), "

@@ -3,12 +3,16 @@
 #   run(command="bash benchmarks/lm_oracle_gpu.sh", carry=[".whl/ref"])
 # .whl/ref holds copies of sequence_plan.py at earlier commits, for the side-by-side step
 # (git show REF:src/bilens/ablation/_engine/sequence_plan.py > .whl/ref/sequence_plan_REF.py).
-# Steps (STEPS, comma list): tests (the CUDA tests of the oracle's backends), against (today
+# Steps (STEPS, comma list; run in this order: full, kernel, tests, against, subset,
+# profile): tests (the CUDA tests of the oracle's backends), against (today
 # at each AGAINST_PREC against each REFS file at AGAINST_REF_PREC: fp32 by default,
 # `same`: the same precision), subset
 # (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
 # profile (where the GPU's time goes, at each PROFILE_PREC), full (128 sequences at FULL_PREC,
-# once per FULL_MEMORY). A precision is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32.
+# once per FULL_MEMORY and per `|`-separated flag set of FULL_FLAGS, e.g.
+# FULL_FLAGS='|--fixed-batches'), kernel (benchmarks/attention_kernel.py: the fused attention
+# kernel at each launch shape of LAUNCH and against each module file of VARIANTS). A precision
+# is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32.
 set -o pipefail
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -16,6 +20,22 @@ STEPS=${STEPS:-tests,against,subset,profile,full}
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
 nvidia-smi --query-gpu=name,clocks.sm,clocks.mem --format=csv > "$OUT/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" >> "$OUT/gpu.txt"
+if has full; then    # one run per FULL_MEMORY budget (the batch of ablations per kernel)
+  IFS='|' read -r -a flag_sets <<< "${FULL_FLAGS:-}"
+  [[ ${#flag_sets[@]} == 0 ]] && flag_sets=("")
+  for mem in ${FULL_MEMORY:-16GiB}; do
+    for flags in "${flag_sets[@]}"; do
+      echo "== --memory $mem $flags"
+      timeout ${FULL_TIMEOUT:-300} python3 benchmarks/lm_oracle.py --gpu --no-captum --no-hooks \
+          --precision ${FULL_PREC:-triton:3xfp16} --memory $mem $flags 2>&1
+    done
+  done | tee "$OUT/oracle128.log"
+fi
+if has kernel; then
+  timeout ${KERNEL_TIMEOUT:-200} python3 benchmarks/attention_kernel.py \
+      ${LAUNCH:+--launch $LAUNCH} $(for v in $VARIANTS; do echo --variant $v; done) 2>&1 \
+      | grep -v -i warn | tee "$OUT/kernel.log"
+fi
 if has tests; then
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_sequence_precision.py \
       -k gpu 2>&1 | tail -5 | tee "$OUT/tests.log"
@@ -36,13 +56,8 @@ if has subset; then
 fi
 if has profile; then
   for prec in ${PROFILE_PREC:-triton:3xfp16}; do
-    timeout 90 python3 benchmarks/lm_oracle_profile.py --n 2 --precision $prec 2>&1
+    timeout ${PROFILE_TIMEOUT:-90} python3 benchmarks/lm_oracle_profile.py --n ${PROFILE_N:-2} \
+        --memory ${PROFILE_MEMORY:-16GiB} --precision $prec 2>&1
   done > "$OUT/profile.log"
   grep -A3 "sequences," "$OUT/profile.log" | cut -c1-160
-fi
-if has full; then    # one run per FULL_MEMORY budget (the batch of ablations per kernel)
-  for mem in ${FULL_MEMORY:-16GiB}; do
-    timeout ${FULL_TIMEOUT:-300} python3 benchmarks/lm_oracle.py --gpu --no-captum --no-hooks \
-        --precision ${FULL_PREC:-triton:3xfp16} --memory $mem 2>&1
-  done | tee "$OUT/oracle128.log"
 fi

@@ -235,6 +235,37 @@ def test_batched_equals_one_by_one():
                      actual[i : i + 1], rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("grow", [False, True])
+def test_batches_grow_as_the_suffix_shrinks(monkeypatch, grow):
+    """A budget of 3 channels when every position is carried runs them 3 + 2 at a time;
+    with `grow_batches`, whole rows 2 at a time where one position is carried (the last
+    layer, and every layer at the last position): the batches follow `T - t`, and either
+    way the effects equal one batch's."""
+    from bilens.ablation._engine.sequence_plan import SequencePlan
+    from bilens.ablation.sequence import ablate_prepared
+
+    model = tiny_transformer("rms", "pre", n_layers=3)
+    tokens = tokens_for(model, n=4, seq=8)                 # `next` reads 7 positions
+    whole = sequence_ablation_effects(model, tokens, target="next")
+    cfg, sizes = model.config, set()
+    per_pair = 7 * (14 * cfg.d_model + 4 * cfg.d_hidden + 4 * cfg.n_heads * 7) + 27  # S = T
+    real = SequencePlan.effects
+
+    def counted(self, l, t, rows, ks):
+        sizes.add((l, t, rows.stop - rows.start, ks.stop - ks.start))
+        return real(self, l, t, rows, ks)
+
+    monkeypatch.setattr(SequencePlan, "effects", counted)
+    _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
+    parts = ablate_prepared(model, run, tgt, b, frozen_norm=False, frozen_attn=False,
+                            layers=[0, 1, 2], memory=3 * per_pair * 8, progress=False,
+                            grow_batches=grow)
+    assert (0, 0, 1, 3) in sizes and (0, 0, 1, 2) in sizes
+    late = {(1, 6, 2, 5), (2, 6, 2, 5)}
+    assert late <= sizes if grow else not late & sizes
+    assert_close(parts, whole, rtol=1e-12, atol=1e-15)
+
+
 def test_baselines_mean_and_tensor():
     model = tiny_transformer("rms", "post")
     tokens = tokens_for(model)

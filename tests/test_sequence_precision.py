@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import CASES
 from test_sequence import FLAGS, rel, tiny_transformer, tokens_for
+from torch.testing import assert_close
 
 import bilens
 from bilens.ablation._engine import steps
@@ -107,6 +108,32 @@ def test_compiled_steps_equal_eager(norm, position, monkeypatch):
         assert plan.kernels.compile_steps and plan.kernels.compile_error is None
         want = _all_effects(SequencePlan(model, run, tgt, b, frozen_norm=fn, frozen_attn=fa))
         assert rel(got, want) < 1e-12, (fn, fa)
+
+
+def test_compiled_step_is_one_graph_for_every_batch(monkeypatch):
+    """`Kernels.step` compiles one graph for batches whose sizes and storage offsets happen
+    to coincide or not (rows equal to positions, then not; clean statistics read at
+    different rows and positions): with duck sizing each coincidence was guarded and every
+    batch that broke it compiled another graph."""
+    from torch._dynamo.utils import counters
+
+    from bilens.ablation._engine.sequence_plan import norm_change
+    from bilens.ablation._engine.steps import Kernels
+
+    real = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
+    torch._dynamo.reset()
+    before = counters["stats"]["unique_graphs"]
+    step = Kernels("fp32", "compile").step(norm_change)
+    scale, centred = torch.rand(9, 10, 3) + 0.5, torch.randn(9, 10, 3, 8)
+    gamma = torch.rand(8)
+    for b, S, r0, t in ((4, 4, 0, 2), (5, 4, 3, 1), (3, 6, 2, 4), (6, 2, 1, 5), (2, 3, 7, 3)):
+        s = scale[r0:r0 + b, t:t + S, 1][:, None, :, None]
+        r = centred[r0:r0 + b, t:t + S, 1][:, None]
+        dh = torch.randn(b, 3, S, 8)
+        assert_close(step(False, False, dh, s, r, gamma), norm_change(False, False, dh, s, r,
+                                                                     gamma))
+    assert counters["stats"]["unique_graphs"] - before == 1
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

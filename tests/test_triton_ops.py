@@ -111,17 +111,17 @@ def test_attention_kernel_compiles_for_hopper():
     from bilens.ablation._engine import triton_attention as A
 
     kernel = A._attention_change_kernel
-    variants = ([(bd, single) for bd in A._BLOCK for single in (True, False)] if ALL_SHAPES
+    variants = ([(bd, single) for bd in A._LAUNCH for single in (True, False)] if ALL_SHAPES
                 else [(64, True)])
     for bd, single in variants:
-        block = A._BLOCK[bd]
-        consts = dict(DQ_AT_T=True, AMAX=True, SINGLE=single, BQ=block, BJ=block, BD=bd)
+        bq, bj, warps = A._LAUNCH[bd]
+        consts = dict(DQ_AT_T=True, AMAX=True, SINGLE=single, BQ=bq, BJ=bj, BD=bd)
         sig = {n: "constexpr" if n in consts else "*i64" if n == "qpos_ptr"
                else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32"
                for n in kernel.arg_names}
         compiled = triton.compile(ASTSource(kernel, sig, consts),
                                   target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": A._WARPS, "num_stages": A._STAGES})
+                                  options={"num_warps": warps, "num_stages": A._STAGES})
         assert compiled.metadata.shared <= 96 * 1024, (bd, single, compiled.metadata.shared)
 
 

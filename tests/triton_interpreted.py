@@ -21,11 +21,14 @@ if os.environ.get("TRITON_INTERPRET") != "1":       # pragma: no cover (a misuse
     raise RuntimeError("run this file with TRITON_INTERPRET=1 (see tests/test_triton_ops.py)")
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
 from test_ablation import make  # noqa: E402
 
 from bilens.ablation import ablation_effects_loop  # noqa: E402
 from bilens.ablation._engine import triton_ops as T  # noqa: E402
 from bilens.ablation._engine.plan import Plan  # noqa: E402
+from bilens.ablation._engine.triton_attention import _p_expm1  # noqa: E402
 from bilens.ablation.reference import prepare  # noqa: E402
 
 TOL = 1e-5                   # normwise, as `bilens bench` and the GPU tests hold them
@@ -176,6 +179,7 @@ _ATTENTION_CASES = {           # every query or one per sequence; changes at t a
     "query-first-large": dict(every=False, first=True, size=3.0),
     "sharp": dict(every=True, first=False, size=1.0, sharp=30.0),    # P = 0 up to rounding
     "every-long": dict(every=True, first=False, T=70),    # two key blocks, two row blocks
+    "every-first-long": dict(every=True, first=True, T=70),   # key t in the first block
     "query-first-large-long": dict(every=False, first=True, size=3.0, T=70, t=66, J=69),
     "every-wide": dict(every=True, first=False, T=40, dh=100),   # d_head 100: 32-key blocks
 }
@@ -235,6 +239,35 @@ def test_attention_change_matches_float64_softmax(name):
     assert got.shape == (b, K, Sq, nh * dh)
     assert top.item() == pytest.approx(got.abs().max().item(), rel=1e-6)
     assert error(got, want.reshape(b, K, Sq, nh * dh)) < TOL
+
+
+@triton.jit
+def _p_expm1_kernel(p_ptr, x_ptr, out_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)[None, :]                   # one row: the block a kernel's row is
+    tl.store(out_ptr + i, _p_expm1(tl.load(p_ptr + i), tl.load(x_ptr + i)))
+
+
+def test_p_expm1_is_accurate_relative_to_itself():
+    """The kernel's `p (exp(x) - 1)` against float64, elementwise: within a few float32
+    roundings of itself on both sides of the polynomial's range (|x| < 1/2), 0 where `p = 0`
+    even where `e^x` overflows, finite where `p` is subnormal and `e^x` alone would
+    overflow. A block with every |x| < 1/2 takes the polynomial alone, one with a larger x
+    the exponential too."""
+    x_small = torch.linspace(-0.4999, 0.4999, 64)
+    x_wide = torch.cat([torch.linspace(-0.4999, 0.4999, 32), torch.linspace(-30, 30, 30),
+                        torch.tensor([200.0, 150.0])])
+    p_wide = torch.cat([torch.rand(62, generator=torch.Generator().manual_seed(0)) + 1e-3,
+                        torch.tensor([0.0, 1e-40])])     # 0 at e^200 = inf; subnormal at e^150
+    x_mid = torch.linspace(-3, 3, 64)                  # the largest |x| in the block below 50
+    for p, x in ((torch.rand(64, generator=torch.Generator().manual_seed(1)), x_small),
+                 (p_wide, x_wide), (p_wide[:62].repeat(2)[:64], x_mid)):
+        out = torch.empty(64)
+        _p_expm1_kernel[(1,)](p, x, out, N=64)
+        want = p.double() * torch.expm1(x.double())
+        assert torch.isfinite(out).all()
+        assert out[p == 0].eq(0).all()
+        ok = p > 0
+        assert ((out.double() - want)[ok].abs() / want[ok].abs()).max() < 1e-6
 
 
 def test_sequence_plan_falls_back_to_torch_attention_when_the_kernel_fails(monkeypatch):

@@ -13,7 +13,7 @@ batch of channels, as many as the memory budget allows. Nodes after `p` have no 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -40,16 +40,21 @@ def check_layers(layers: Sequence[int] | None, n_layers: int) -> list[int]:
     return out
 
 
-def _chunks(model: BilinearTransformer, n_rows: int, seq: int, memory: str | int
-            ) -> tuple[int, int]:
-    """(rows, channels) per batch: the working set of one `(l, t)` within `memory`."""
+def _chunks(model: BilinearTransformer, n_rows: int, carried: int, seq: int,
+            memory: str | int, every_position: bool) -> tuple[int, int]:
+    """(rows, channels) per batch: the working set of one `(l, t)` that carries `carried`
+    of a sequence's `seq` positions within `memory` (with the logits' change at the target's
+    position, or at every carried one), split into equal batches (128 rows that fit 37 at
+    a time run as 4 batches of 32, not 37 + 37 + 37 + 17)."""
     cfg = model.config
-    per_pair = seq * (14 * cfg.d_model + 4 * cfg.d_hidden + 4 * cfg.n_heads * seq)
+    per_pair = (carried * (14 * cfg.d_model + 4 * cfg.d_hidden + 4 * cfg.n_heads * seq)
+                + 3 * cfg.vocab_size * (carried if every_position else 1))
     units = max(1, parse_memory(memory) // (per_pair * torch.finfo(model.dtype).bits // 8))
     H = cfg.d_hidden
     if units >= H:
-        return max(1, min(n_rows, units // H)), H
-    return 1, units
+        rows = min(n_rows, units // H)
+        return -(-n_rows // -(-n_rows // rows)), H
+    return 1, -(-H // -(-H // units))
 
 
 def sequence_ablation_effects(
@@ -110,9 +115,15 @@ def sequence_ablation_effects(
 @torch.no_grad()
 def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_norm: bool,
                     frozen_attn: bool, layers: list[int], memory: str | int,
-                    progress: bool, precision: str = "fp32", backend: str = "eager"
-                    ) -> Tensor:
+                    progress: bool, precision: str = "fp32", backend: str = "eager",
+                    grow_batches: bool = False) -> Tensor:
     """`sequence_ablation_effects` on a prepared batch (clean run, target, baselines).
+
+    Every `(l, t)` batch is sized for `memory` as if it carried every position; with
+    `grow_batches` it is sized for the `T - t` positions it carries, so that late positions
+    run in fewer, larger batches (1.1-1.24x faster on a CPU where the budget splits the rows;
+    off by default because its one GPU run did not finish: docs/lm-verification.md,
+    session 9).
 
     Under `torchrun` (an active process group) the batches of ablations are split over the
     ranks by estimated cost, as `bilens.ablation_effects` splits its chunks: each batch is
@@ -124,7 +135,8 @@ def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_n
     out[:, layers] = 0.0
     plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn,
                         precision=precision, backend=backend)
-    jobs = _jobs(plan, layers, B, T, H, *_chunks(model, B, T, memory))
+    jobs = _jobs(plan, layers, B, T, H, lambda S: _chunks(
+        model, B, S if grow_batches else T, T, memory, tgt.every_position))
     return _compute(plan, jobs, out, "node ablation", progress)
 
 
@@ -215,19 +227,21 @@ def ablate_features_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *,
     out = run.z.new_full((B, L, H), float("nan"))
     plan = SequencePlan(model, run, tgt, b, frozen_norm=frozen_norm, frozen_attn=frozen_attn,
                         precision=precision, backend=backend)
-    rows_per, ks_per = _chunks(model, B, T, memory)
+    rows_per, ks_per = _chunks(model, B, T, T, memory, tgt.every_position)
     jobs = [(l, None, slice(r0, min(r0 + rows_per, B)), slice(k0, min(k0 + ks_per, H)))
             for l in layers for r0 in range(0, B, rows_per) for k0 in range(0, H, ks_per)]
     return _compute(plan, jobs, out, "feature ablation", progress)
 
 
-def _jobs(plan: SequencePlan, layers: list[int], B: int, T: int, H: int, rows_per: int,
-          ks_per: int) -> list[tuple[int, int, slice, slice]]:
+def _jobs(plan: SequencePlan, layers: list[int], B: int, T: int, H: int,
+          chunks: Callable[[int], tuple[int, int]]) -> list[tuple[int, int, slice, slice]]:
     """The batches of ablations, in one fixed order: `(l, t)`, then rows, then channels,
-    skipping rows whose nodes `(l, t, .)` cannot reach the target."""
+    skipping rows whose nodes `(l, t, .)` cannot reach the target; `chunks(S)`: the rows
+    and channels per batch when `S` positions are carried (`T - t`, 1 in the last layer)."""
     jobs = []
     for l in layers:
         for t in range(T):
+            rows_per, ks_per = chunks(1 if l == plan.L - 1 else T - t)
             for r0 in range(0, B, rows_per):
                 rows = slice(r0, min(r0 + rows_per, B))
                 if _reaches(plan, l, t, rows):

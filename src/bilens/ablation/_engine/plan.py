@@ -49,7 +49,14 @@ def target_delta(
     """`f(logits + dlogits) - f(logits)` for a linear or log-probability target."""
     if tgt.is_linear:
         return torch.einsum("bko,bo->bk", dlogits, tgt.direction.to(dlogits.dtype))
-    y = tgt.label.view(-1, 1, 1).expand(-1, dlogits.shape[1], 1)
+    return logprob_delta(tgt.label, logits, dlogits)
+
+
+def logprob_delta(label: Tensor, logits: Float[Tensor, "batch n_out"],
+                  dlogits: Float[Tensor, "batch k n_out"]) -> Float[Tensor, "batch k"]:
+    """`log softmax(logits + dlogits)[label] - log softmax(logits)[label]`, accurate relative
+    to its own size (tensors only, so that a backend can compile it as one step)."""
+    y = label.view(-1, 1, 1).expand(-1, dlogits.shape[1], 1)
     logp = logits.log_softmax(-1)[:, None, :]                                # [Bc, 1, n_out]
     # LSE(logits + dl) - LSE(logits) = log sum_i p_i exp(dl_i), accurate for small and large dl
     small = torch.log1p((logp.exp() * torch.expm1(dlogits.clamp(max=1.0))).sum(-1))

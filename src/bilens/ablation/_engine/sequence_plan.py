@@ -25,8 +25,8 @@ through `Kernels.mm` (`backend="eager"` or `"compile"`): plain float32, or with
 `[L; R]`'s product, the residual added in the epilogue of `W_O`'s and `D`'s), and the live
 attention's change, rotary to `do`, as one kernel (`triton_attention`): float32-level
 accurate either way. The elementwise steps (the norm change, the pattern change, rotary) are
-plain functions below, compiled with symbolic shapes under `"compile"` and `"triton"`
-(`Kernels.step`).
+plain functions below (and the log-probability's change, `plan.logprob_delta`), compiled
+with symbolic shapes under `"compile"` and `"triton"` (`Kernels.step`).
 The last layer's node at `t` changes only position `t`'s residual, which no attention reads
 again: only `S = 1` is carried there; and in the last layer only the query position `p` is
 computed (its attention reads the perturbed keys and values of `t..p`), since no later
@@ -43,12 +43,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from bilens.ablation._engine.backend import fallback
-from bilens.ablation._engine.plan import target_delta
+from bilens.ablation._engine.plan import logprob_delta, target_delta
 from bilens.ablation._engine.steps import Kernels
 from bilens.core.models.transformer import BilinearTransformer, TransformerRun, rope, rope_angles
 from bilens.core.norms import inverse_scale_change, perturbed_scale
 from bilens.core.sequence import SequenceTarget
-from bilens.core.targets import Target
 
 
 class SequencePlan:
@@ -102,6 +101,7 @@ class SequencePlan:
         self.norm_step = self.kernels.step(norm_change)
         self.pattern_step = self.kernels.step(pattern_change)
         self.rope_step = self.kernels.step(rope)
+        self.logprob_step = self.kernels.step(logprob_delta)  # a few passes over [b, K, V]
         self.pre = cfg.norm_position == "pre"
         self.L, self.T = cfg.n_layers, run.z.shape[2]
         with torch.no_grad():
@@ -292,14 +292,16 @@ class SequencePlan:
         if tgt.every_position:                                                 # mean-logprob
             dlogits = self.mm(dfinal, self.w_head).transpose(1, 2).flatten(0, 1)  # [b*S, K, V]
             label = _at(tgt.next_tokens[rows], pos).flatten()
-            out = target_delta(Target(label=label), _at(logits, pos).flatten(0, 1), dlogits)
+            out = self.logprob_step(label, _at(logits, pos).flatten(0, 1), dlogits)
             return out.view(b, S, K).sum(1) / self.T
         s = self.last[rows] - (pos.start if isinstance(pos, slice) else pos[:, 0])  # p's index
         valid = (s >= 0) & (s < S)
         rows_b = torch.arange(b, device=s.device)
         at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
         dlogits = self.mm(at_p, self.w_head)                                   # [b, K, V]
-        out = target_delta(tgt.target.select(rows), logits[rows_b, self.last[rows]], dlogits)
+        chosen, at_last = tgt.target.select(rows), logits[rows_b, self.last[rows]]
+        out = (target_delta(chosen, at_last, dlogits) if chosen.is_linear
+               else self.logprob_step(chosen.label, at_last, dlogits))
         return torch.where(valid[:, None], out, torch.zeros_like(out))
 
 

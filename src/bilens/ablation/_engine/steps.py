@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.fx.experimental._config as fx_config
 from jaxtyping import Float
 from torch import Tensor
 
@@ -120,14 +121,18 @@ class Kernels:
 
     def step(self, fn):
         """`fn` as this backend runs a step of varying shape: where the steps are compiled,
-        compiled with symbolic shapes (`dynamic=True`), allowing `STEP_RECOMPILES` graphs
-        (one per dtype, flag and size-1 axis met), else `fn` itself."""
+        compiled with symbolic shapes (`dynamic=True`) and no duck sizing (two sizes or
+        storage offsets that happen to be equal, such as a batch of 64 rows and a head of 64,
+        would otherwise be guarded equal, and every batch that breaks the coincidence would
+        compile another graph), allowing `STEP_RECOMPILES` graphs (one per dtype, flag and
+        size-1 axis met), else `fn` itself."""
         if not self.compile_steps:
             return fn
         fast = self._compiled(fn, dynamic=True)
 
         def call(*args):
-            with torch._dynamo.config.patch(recompile_limit=STEP_RECOMPILES):
+            with (torch._dynamo.config.patch(recompile_limit=STEP_RECOMPILES),
+                  fx_config.patch(use_duck_shape=False)):
                 return fast(*args)
         return call
 

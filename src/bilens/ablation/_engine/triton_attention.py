@@ -12,16 +12,21 @@ Per ablation (one channel `k` of one sequence) and head, the query rows `s` of p
 `SequencePlan.attention` runs this as about a dozen torch ops, and the `[b, heads, K, Sq, J]`
 scores, their change and the pattern's change each pass through memory several times: in the
 profile of the Triton backend they were the largest share of the GPU time after the MLP's
-products. Here one program holds a block of query rows of one `(sequence, channel, head)`
-and walks the keys twice (the row statistic `dL` first, then `do`), so `dS` and `dP` live
-only in registers; the output is written as `[b, K, Sq, d_model]`, the layout `W_O` reads.
+products. Here one program holds a block of query rows of one `(sequence, channel, head)`:
+where every key fits one block the scores are made once, else it walks the keys twice (the
+row statistic `dL` first, then `do`), so `dS` and `dP` live only in registers; the output
+is written as `[b, K, Sq, d_model]`, the layout `W_O` reads. In the layer right after the
+ablated node's, `dk` and `dv` live at key `t` alone: `(q + dq) . dk_t` is a column and
+`(dP + P)_t dv_t` an outer product, made without products of tiles.
 
-Every product is three TF32 products of halves (`x_hi y_hi + x_lo y_hi + x_hi y_lo`), float32
-accurate. `expm1` is a polynomial where `|x| < 1/2` and `exp(x) - 1` beyond (and `P expm1`
-is `(P e^(x/2)) e^(x/2) - P` beyond, so that a subnormal `P` times a huge `e^x` stays
-finite); the row's `log1p` is taken in float64. Neither relies on a library call, so the
-kernel also runs under Triton's interpreter (`tests/triton_interpreted.py`, against the
-attention written from its definition in float64).
+Every product of tiles is three TF32 products of halves (`x_hi y_hi + x_lo y_hi + x_hi
+y_lo`), float32 accurate. `expm1` is a polynomial where `|x| < 1/2` and `exp(x) - 1` beyond
+(and `P expm1` is `(P e^(x/2)) e^(x/2) - P` beyond, so that a subnormal `P` times a huge
+`e^x` stays finite); the exponentials and the logsumexp are only taken in a block where some
+element needs them (the common ablation changes every score by less than 1/2). The row's
+`log1p` is taken in float64. Nothing relies on a library call, so the kernel also runs
+under Triton's interpreter (`tests/triton_interpreted.py`, against the attention written
+from its definition in float64).
 """
 
 from __future__ import annotations
@@ -49,32 +54,33 @@ def _dot3(x, y, acc):
 
 
 @triton.jit
-def _expm1(x):
-    """`exp(x) - 1`, accurate relative to itself: Taylor to x^9 where |x| < 1/2."""
-    return tl.where(tl.abs(x) < 0.5, x * _expm1_poly(x), tl.exp(x) - 1.0)
-
-
-@triton.jit
 def _expm1_poly(x):
-    """`(exp(x) - 1) / x` as its Taylor polynomial to x^8 (for |x| < 1/2: error < 1e-9)."""
-    p = 1.0 + x / 9.0
-    p = 1.0 + x / 8.0 * p
-    p = 1.0 + x / 7.0 * p
-    p = 1.0 + x / 6.0 * p
-    p = 1.0 + x / 5.0 * p
-    p = 1.0 + x / 4.0 * p
-    p = 1.0 + x / 3.0 * p
-    return 1.0 + x / 2.0 * p
+    """`(exp(x) - 1) / x` as its Taylor polynomial to x^8, `sum x^n / (n + 1)!` by Horner's
+    rule with the coefficients as constants (no divisions); for |x| <= 1/2 the error is
+    below 1e-9."""
+    p = 2.7557319223985893e-06 * x + 2.48015873015873e-05          # 1/9!, 1/8!
+    p = p * x + 1.984126984126984e-04                              # 1/7!
+    p = p * x + 1.388888888888889e-03                              # 1/6!
+    p = p * x + 8.333333333333333e-03                              # 1/5!
+    p = p * x + 4.1666666666666664e-02                             # 1/4!
+    p = p * x + 1.6666666666666666e-01                             # 1/3!
+    p = p * x + 0.5
+    return p * x + 1.0
 
 
 @triton.jit
 def _p_expm1(p, x):
     """`p (exp(x) - 1)`, accurate relative to itself, 0 where `p = 0`: the polynomial where
     `|x| < 1/2`, else `(p e^(x/2)) e^(x/2) - p`, finite for every `p e^x` up to ~1 even where
-    `p` is subnormal and `e^x` alone would overflow."""
-    h = tl.exp(0.5 * x)
-    big = (p * h) * h - p
-    return tl.where(p > 0, tl.where(tl.abs(x) < 0.5, p * (x * _expm1_poly(x)), big), 0.0)
+    `p` is subnormal and `e^x` alone would overflow. The exponential is only taken when some
+    element of the block needs it (a change of the pattern by less than 1/2 everywhere is
+    the common case)."""
+    near = tl.minimum(tl.maximum(x, -0.5), 0.5)
+    out = p * (x * _expm1_poly(near))
+    if tl.max(tl.max(tl.where(p > 0, tl.abs(x), 0.0), 1), 0) >= 0.5:
+        h = tl.exp(0.5 * x)
+        out = tl.where(tl.abs(x) < 0.5, out, (p * h) * h - p)
+    return tl.where(p > 0, out, 0.0)
 
 
 @triton.jit
@@ -113,18 +119,27 @@ def _clean_rows(base, stride_row, rows, row_ok, dh, BD: tl.constexpr):
 
 
 @triton.jit
-def _scores(j0, dq, qq, qp, k_base, stride_k, dk_base, stride_dk, p_base, stride_p,
-            cos_ptr, sin_ptr, t, Sd, J, dh, scale,
+def _scores(j0, dq, qq, col, at_t, qp, k_base, stride_k, dk_base, stride_dk, p_base, stride_p,
+            cos_ptr, sin_ptr, t, Sd, J, dh, scale, AT_T: tl.constexpr,
             BQ: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr):
-    """For keys `j0..j0+BJ-1`: `dS` `[BQ, BJ]` (0 outside the causal mask), the clean `P`."""
+    """For keys `j0..j0+BJ-1`: `dS` `[BQ, BJ]` (0 outside the causal mask), the clean `P`.
+    With `AT_T` (the changes at `t` alone) the query at `t` (`at_t`) reads every key with
+    `dq` (`[1, BD]`), and every query reads the key at `t` alone with `col = (q + dq) . dk_t`,
+    a column added without a product of tiles (fewer registers spilled than with the
+    query's row made the same way, by compiling both for sm_90)."""
     j = j0 + tl.arange(0, BJ)
     key = _clean_rows(k_base, stride_k, j, j < J, dh, BD)
-    s = _dot3(dq, tl.trans(key), tl.zeros((BQ, BJ), dtype=tl.float32))
-    if j0 + BJ > t:                                       # the block holds changed keys
-        jd = j - t
-        dk = _rope_rows(dk_base, stride_dk, jd, (jd >= 0) & (jd < Sd), j, cos_ptr, sin_ptr,
-                        dh, BD)
-        s = _dot3(qq, tl.trans(dk), s)
+    if AT_T:
+        s = _dot3(tl.where(at_t[:, None], dq, 0.0), tl.trans(key),
+                  tl.zeros((BQ, BJ), dtype=tl.float32))
+        s += tl.where(j[None, :] == t, col[:, None], 0.0)
+    else:
+        s = _dot3(dq, tl.trans(key), tl.zeros((BQ, BJ), dtype=tl.float32))
+        if j0 + BJ > t:                                   # the block holds changed keys
+            jd = j - t
+            dk = _rope_rows(dk_base, stride_dk, jd, (jd >= 0) & (jd < Sd), j, cos_ptr,
+                            sin_ptr, dh, BD)
+            s = _dot3(qq, tl.trans(dk), s)
     causal = (j[None, :] <= qp[:, None]) & (j < J)[None, :]
     p = tl.load(p_base + qp[:, None].to(tl.int64) * stride_p + j[None, :], mask=causal,
                 other=0.0)
@@ -132,17 +147,32 @@ def _scores(j0, dq, qq, qp, k_base, stride_k, dk_base, stride_dk, p_base, stride
 
 
 @triton.jit
-def _stats(s, p, small, hi, lo, top, total):
-    """The row statistics of `dL` after one more block of keys: `sum P expm1(dS)`, the
-    extremes of `dS`, and the logsumexp of `log P + dS` kept online (`top`, `total`)."""
-    small += tl.sum(p * _expm1(tl.minimum(s, 1.0)), 1)
+def _stats(s, p, small, hi, lo, top, total, LAST: tl.constexpr):
+    """The row statistics of `dL` after one more block of keys: `sum P expm1(dS)` (its value
+    counts only where every `|dS| < 1/2`, so the polynomial alone), the extremes of `dS`,
+    and the logsumexp of `log P + dS` kept online (`top`, `total`). With `LAST` (every key
+    in this block) the logsumexp is only made when some row needs it."""
+    near = tl.minimum(tl.maximum(s, -0.5), 0.5)
+    small += tl.sum(p * (near * _expm1_poly(near)), 1)
     hi = tl.maximum(hi, tl.max(s, 1))
     lo = tl.minimum(lo, tl.min(s, 1))
+    if LAST:
+        if (tl.max(hi, 0) >= 0.5) | (tl.min(lo, 0) <= -0.5):
+            top, total = _logsumexp(s, p, top, total)
+    else:
+        top, total = _logsumexp(s, p, top, total)
+    return small, hi, lo, top, total
+
+
+@triton.jit
+def _logsumexp(s, p, top, total):
+    """The online logsumexp of `log P + dS` over one more block: the running maximum `top`
+    and the sum `total` of `exp(log P + dS - top)`."""
     lg = tl.where(p > 0, tl.log(tl.where(p > 0, p, 1.0)) + s, _NONE)
     new = tl.maximum(top, tl.max(lg, 1))
     total = total * tl.exp(top - new) + tl.sum(tl.where(p > 0, tl.exp(lg - new[:, None]), 0.0),
                                                1)
-    return small, hi, lo, new, total
+    return new, total
 
 
 @triton.jit
@@ -156,28 +186,34 @@ def _dl(small, hi, lo, top, total):
 
 @triton.jit
 def _do_block(j0, s, p, dL, acc, v_base, stride_v, dv_base, stride_dv, t, Sd, J, dh,
-              BJ: tl.constexpr, BD: tl.constexpr):
+              AT_T: tl.constexpr, BJ: tl.constexpr, BD: tl.constexpr):
     """`acc + dP v + (dP + P) dv` over keys `j0..j0+BJ-1`, `dP = P expm1(dS - dL)` (0 where
-    `P = 0`: masked keys, where `expm1` may overflow when `dL` is very negative)."""
+    `P = 0`: masked keys, where `expm1` may overflow when `dL` is very negative); with
+    `AT_T`, `dv` at key `t` alone: an outer product."""
     dp = _p_expm1(p, s - dL[:, None])
     j = j0 + tl.arange(0, BJ)
     acc = _dot3(dp, _clean_rows(v_base, stride_v, j, j < J, dh, BD), acc)
-    if j0 + BJ > t:
+    if AT_T:                                    # (dP + P) at key t, 0 if t is not in this block
+        w = tl.sum(tl.where(j[None, :] == t, dp + p, 0.0), 1)
+        first = tl.zeros((1,), dtype=tl.int32)
+        acc += w[:, None] * _clean_rows(dv_base, stride_dv, first, first == 0, dh, BD)
+    elif j0 + BJ > t:
         jd = j - t
         acc = _dot3(dp + p, _clean_rows(dv_base, stride_dv, jd, (jd >= 0) & (jd < Sd), dh, BD),
                     acc)
     return acc
 
 
-# One launch shape, no autotuning: the kernel is compiled for each (DQ_AT_T, AMAX, SINGLE,
-# BQ) met (BD = d_head rounded up), 24 variants at most, where autotuning 4 shapes of each
-# of 36 (BQ, BJ) pairs took minutes of the first run on the H200. With 8 warps a 64 x 64
-# block overflows shared memory (`tests/test_triton_ops.py`). The blocks of query rows and
-# keys shrink as d_head grows, so that the tiles fit in a GPU's shared memory (at most
-# 96 KiB for these, by compiling for sm_90; the H200 has 227 KiB); a launch that fails
-# anyway makes `SequencePlan` fall back to torch ops.
-_WARPS, _STAGES = 4, 1
-_BLOCK = {16: 64, 32: 64, 64: 64, 128: 32, 256: 16}            # BD -> largest BQ, and BJ
+# One launch shape per d_head, no autotuning: the kernel is compiled for each (DQ_AT_T, AMAX,
+# SINGLE, BQ) met (BD = d_head rounded up), 24 variants at most, where autotuning 4 shapes of
+# each of 36 (BQ, BJ) pairs took minutes of the first run on the H200. The blocks of query
+# rows and keys shrink as d_head grows, so that the tiles fit in a GPU's shared memory (at
+# most 96 KiB for these, by compiling for sm_90; the H200 has 227 KiB); a launch that fails
+# anyway makes `SequencePlan` fall back to torch ops. `benchmarks/attention_kernel.py` times
+# other launch shapes against these.
+_STAGES = 1
+_LAUNCH = {16: (64, 64, 4), 32: (64, 64, 4), 64: (64, 64, 4), 128: (32, 32, 4),
+           256: (16, 16, 4)}                     # BD -> (largest BQ, BJ, warps)
 
 
 @triton.jit
@@ -194,16 +230,21 @@ def _attention_change_kernel(
     row_ok = rows < Sq
     qp = tl.load(qpos_ptr + bi * sqp_b + rows * sqp_s, mask=row_ok, other=-1)  # -1: no keys
     dq_base = dq_ptr + bi * sdq_b + ki * sdq_k + h * sdq_h
-    if DQ_AT_T:             # dq is the query at t alone (0 at every other query position)
-        at_t = tl.zeros_like(rows)
-        dq = _rope_rows(dq_base, sdq_s, at_t, row_ok & (qp == t), at_t + t, cos_ptr, sin_ptr,
-                        dh, BD)
+    dk_base = dk_ptr + bi * sdk_b + ki * sdk_k + h * sdk_h
+    clean_q = _clean_rows(q_ptr + bi * sq_b + h * sq_h, sq_t, tl.maximum(qp, 0), row_ok, dh, BD)
+    if DQ_AT_T:      # dq, dk, dv at t alone: dq of the query at t ([1, BD]), dk_t . (q + dq)
+        first = tl.zeros((1,), dtype=tl.int32)
+        at_t = row_ok & (qp == t)
+        dq = _rope_rows(dq_base, sdq_s, first, first == 0, first + t, cos_ptr, sin_ptr, dh, BD)
+        qq = clean_q + tl.where(at_t[:, None], dq, 0.0)
+        col = tl.sum(qq * _rope_rows(dk_base, sdk_s, first, first == 0, first + t, cos_ptr,
+                                     sin_ptr, dh, BD), 1)
     else:
+        at_t, col = row_ok, tl.zeros((BQ,), dtype=tl.float32)            # (unused)
         dq = _rope_rows(dq_base, sdq_s, rows, row_ok, tl.maximum(qp, 0), cos_ptr, sin_ptr,
                         dh, BD)
-    qq = _clean_rows(q_ptr + bi * sq_b + h * sq_h, sq_t, tl.maximum(qp, 0), row_ok, dh, BD) + dq
+        qq = clean_q + dq
     k_base, p_base = k_ptr + bi * sk_b + h * sk_h, p_ptr + bi * sp_b + h * sp_h
-    dk_base = dk_ptr + bi * sdk_b + ki * sdk_k + h * sdk_h
     v_base = v_ptr + bi * sv_b + h * sv_h
     dv_base = dv_ptr + bi * sdv_b + ki * sdv_k + h * sdv_h
     small = tl.zeros((BQ,), dtype=tl.float32)
@@ -211,23 +252,23 @@ def _attention_change_kernel(
     top = tl.full((BQ,), _NONE, dtype=tl.float32)
     acc = tl.zeros((BQ, BD), dtype=tl.float32)
     if SINGLE:                        # every key in one block: the scores made once
-        s, p = _scores(0, dq, qq, qp, k_base, sk_t, dk_base, sdk_s, p_base, sp_t, cos_ptr,
-                       sin_ptr, t, Sd, J, dh, scale, BQ, BJ, BD)
-        small, hi, lo, top, total = _stats(s, p, small, hi, lo, top, total)
+        s, p = _scores(0, dq, qq, col, at_t, qp, k_base, sk_t, dk_base, sdk_s, p_base, sp_t,
+                       cos_ptr, sin_ptr, t, Sd, J, dh, scale, DQ_AT_T, BQ, BJ, BD)
+        small, hi, lo, top, total = _stats(s, p, small, hi, lo, top, total, True)
         acc = _do_block(0, s, p, _dl(small, hi, lo, top, total), acc, v_base, sv_t, dv_base,
-                        sdv_s, t, Sd, J, dh, BJ, BD)
+                        sdv_s, t, Sd, J, dh, DQ_AT_T, BJ, BD)
     else:                             # two walks over the keys: dL, then do
         j_end = tl.minimum(tl.max(qp, 0) + 1, J)
         for j0 in range(0, j_end, BJ):
-            s, p = _scores(j0, dq, qq, qp, k_base, sk_t, dk_base, sdk_s, p_base, sp_t, cos_ptr,
-                           sin_ptr, t, Sd, J, dh, scale, BQ, BJ, BD)
-            small, hi, lo, top, total = _stats(s, p, small, hi, lo, top, total)
+            s, p = _scores(j0, dq, qq, col, at_t, qp, k_base, sk_t, dk_base, sdk_s, p_base,
+                           sp_t, cos_ptr, sin_ptr, t, Sd, J, dh, scale, DQ_AT_T, BQ, BJ, BD)
+            small, hi, lo, top, total = _stats(s, p, small, hi, lo, top, total, False)
         dL = _dl(small, hi, lo, top, total)
         for j0 in range(0, j_end, BJ):
-            s, p = _scores(j0, dq, qq, qp, k_base, sk_t, dk_base, sdk_s, p_base, sp_t, cos_ptr,
-                           sin_ptr, t, Sd, J, dh, scale, BQ, BJ, BD)
+            s, p = _scores(j0, dq, qq, col, at_t, qp, k_base, sk_t, dk_base, sdk_s, p_base,
+                           sp_t, cos_ptr, sin_ptr, t, Sd, J, dh, scale, DQ_AT_T, BQ, BJ, BD)
             acc = _do_block(j0, s, p, dL, acc, v_base, sv_t, dv_base, sdv_s, t, Sd, J, dh,
-                            BJ, BD)
+                            DQ_AT_T, BJ, BD)
     d = tl.arange(0, BD)
     out = out_ptr + ((bi * K + ki) * Sq + rows[:, None]) * (dh * tl.num_programs(1)) \
         + h * dh + d[None, :]
@@ -263,7 +304,8 @@ def attention_change(dq: Tensor, dk: Tensor, dv: Tensor, q: Tensor, k: Tensor, v
     out = torch.empty(b, K, Sq, nh * dh, device=dq.device, dtype=torch.float32)
     top = torch.zeros(1, device=dq.device, dtype=torch.float32) if amax else None
     BD = max(16, triton.next_power_of_2(dh))
-    BQ, BJ = min(_BLOCK[BD], max(16, triton.next_power_of_2(Sq))), _BLOCK[BD]
+    bq, BJ, warps = _LAUNCH[BD]
+    BQ = min(bq, max(16, triton.next_power_of_2(Sq)))
     qpos = qpos.expand(b, Sq)
     cos, sin = cos.contiguous(), sin.contiguous()
     grid = (b * K, nh, triton.cdiv(Sq, BQ))
@@ -272,5 +314,5 @@ def attention_change(dq: Tensor, dk: Tensor, dv: Tensor, q: Tensor, k: Tensor, v
         Sd, J, t, dh, 1 / math.sqrt(dh), *dq.stride()[:4], *dk.stride()[:4],
         *dv.stride()[:4], *q.stride()[:3], *k.stride()[:3], *v.stride()[:3],
         *pattern.stride()[:3], *qpos.stride(), DQ_AT_T=Sd == 1, AMAX=amax, SINGLE=J <= BJ,
-        BQ=BQ, BJ=BJ, BD=BD, num_warps=_WARPS, num_stages=_STAGES)
+        BQ=BQ, BJ=BJ, BD=BD, num_warps=warps, num_stages=_STAGES)
     return out, top
