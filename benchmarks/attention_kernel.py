@@ -11,7 +11,8 @@ the layer right after the node's (`dq` at `t` alone), a later layer at t = 0 and
 and the last layer (one query per sequence). Each launch shape (`BQxBJxwarps`) and each
 variant (a module file with the same `attention_change`) is timed on the same inputs,
 interleaved, medians of `--repeats` CUDA-event timings; its output is compared with the
-first's (`max |diff|` over `max |out|`). Ratios are against the first row.
+first's (`max |diff|` over `max |out|`). Ratios are against the first row. (Session 9's run
+read one key instead of 64 in the first case, `J = t + 1`: fixed since.)
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def case(name: str, b: int, t: int, Sq: int, Sd: int, one_query: bool, K: int = 
     dk, dv = rand(b, K, Sd, nh, dh, s=scale), rand(b, K, Sd, nh, dh, s=scale)
     qpos = (torch.full((b, 1), T - 1, device=device) if one_query
             else torch.arange(t, t + Sq, device=device)[None])
-    return name, (dq, dk, dv, q, k, v, pattern, cos, sin, qpos, t, t + Sd)
+    J = T if one_query else t + Sq            # keys 0..J-1: the plan's t + S, as the queries
+    return name, (dq, dk, dv, q, k, v, pattern, cos, sin, qpos, t, J)
 
 
 CASES = [  # name, sequences, t, query rows, changed keys, one query per sequence

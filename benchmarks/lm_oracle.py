@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from bilens.ablation._engine.backend import resolve_backend
 from bilens.ablation._engine.sequence_plan import SequencePlan
 from bilens.ablation.sequence import ablate_prepared, sequence_ablation_effects
 from bilens.attribution.sequence import attribute_sequence
@@ -150,7 +151,7 @@ def main() -> None:
     groups = [(0, t) for t in range(0, T, every)]
     subset = {}
     for prec in args.precision.split(","):
-        backend, precision = how(prec)
+        backend, precision = resolve_backend(*how(prec), dev, model.dtype)  # what runs here
         a32 = sequence_ablation_effects(model, data[check], target="next", memory=memory,
                                         backend=backend, precision=precision)
         err = ((a32.double() - a64).norm() / a64.norm()).item()

@@ -266,6 +266,21 @@ def test_batches_grow_as_the_suffix_shrinks(monkeypatch, grow):
     assert_close(parts, whole, rtol=1e-12, atol=1e-15)
 
 
+def test_even_split_takes_the_fewest_parts_within_the_bound():
+    """`_even(n, most)`: parts of at most `most`, as few as `most` allows, the last smaller
+    than the others by less than the number of parts; 1 for an empty split."""
+    from bilens.ablation.sequence import _even
+
+    assert _even(0, 5) == 1 and _even(128, 37) == 32 and _even(128, 43) == 43
+    for n in range(1, 120):
+        for most in range(1, 40):
+            part = _even(n, most)
+            parts = -(-n // part)
+            last = n - (parts - 1) * part
+            assert 1 <= part <= most and parts == -(-n // most), (n, most)
+            assert 0 < last <= part and part - last < parts, (n, most)
+
+
 def test_baselines_mean_and_tensor():
     model = tiny_transformer("rms", "post")
     tokens = tokens_for(model)

@@ -102,8 +102,8 @@ def test_attention_kernel_compiles_for_hopper():
     and stages it launches with, and its largest blocks fit in 96 KiB of shared memory (no GPU
     needed; the H200 has 227 KiB, an A100 164 KiB). By default one variant (CI time: each
     compile takes seconds): d_head 64, the one a model of up to 64 tokens runs (every key in
-    one block), both optional branches on; with `ALL_SHAPES`, every d_head block and both
-    walks."""
+    one block), the changes at every position (the heavier case), `AMAX` on; with
+    `ALL_SHAPES`, every d_head block, both walks and both cases of where the changes are."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -111,18 +111,18 @@ def test_attention_kernel_compiles_for_hopper():
     from bilens.ablation._engine import triton_attention as A
 
     kernel = A._attention_change_kernel
-    variants = ([(bd, single) for bd in A._LAUNCH for single in (True, False)] if ALL_SHAPES
-                else [(64, True)])
-    for bd, single in variants:
+    variants = ([(bd, single, at_t) for bd in A._LAUNCH for single in (True, False)
+                 for at_t in (True, False)] if ALL_SHAPES else [(64, True, False)])
+    for bd, single, at_t in variants:
         bq, bj, warps = A._LAUNCH[bd]
-        consts = dict(DQ_AT_T=True, AMAX=True, SINGLE=single, BQ=bq, BJ=bj, BD=bd)
+        consts = dict(DQ_AT_T=at_t, AMAX=True, SINGLE=single, BQ=bq, BJ=bj, BD=bd)
         sig = {n: "constexpr" if n in consts else "*i64" if n == "qpos_ptr"
                else "*fp32" if n.endswith("_ptr") else "fp32" if n == "scale" else "i32"
                for n in kernel.arg_names}
         compiled = triton.compile(ASTSource(kernel, sig, consts),
                                   target=GPUTarget("cuda", 90, 32),
                                   options={"num_warps": warps, "num_stages": A._STAGES})
-        assert compiled.metadata.shared <= 96 * 1024, (bd, single, compiled.metadata.shared)
+        assert compiled.metadata.shared <= 96 * 1024, (bd, single, at_t, compiled.metadata.shared)
 
 
 @needs_gpu

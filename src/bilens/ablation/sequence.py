@@ -52,9 +52,15 @@ def _chunks(model: BilinearTransformer, n_rows: int, carried: int, seq: int,
     units = max(1, parse_memory(memory) // (per_pair * torch.finfo(model.dtype).bits // 8))
     H = cfg.d_hidden
     if units >= H:
-        rows = min(n_rows, units // H)
-        return -(-n_rows // -(-n_rows // rows)), H
-    return 1, -(-H // -(-H // units))
+        return _even(n_rows, units // H), H
+    return 1, _even(H, units)
+
+
+def _even(n: int, most: int) -> int:
+    """The size of the parts when `n` is split into the fewest parts of at most `most`, as
+    evenly as they go (at least 1)."""
+    parts = max(1, -(-n // most))
+    return max(1, -(-n // parts))
 
 
 def sequence_ablation_effects(
@@ -121,9 +127,9 @@ def ablate_prepared(model: BilinearTransformer, run, tgt, b: Tensor, *, frozen_n
 
     Every `(l, t)` batch is sized for `memory` as if it carried every position; with
     `grow_batches` it is sized for the `T - t` positions it carries, so that late positions
-    run in fewer, larger batches (1.1-1.24x faster on a CPU where the budget splits the rows;
-    off by default because its one GPU run did not finish: docs/lm-verification.md,
-    session 9).
+    run in fewer, larger batches (for a GPU, where small batches leave it idle; off by
+    default because its one GPU run did not finish, and on a CPU it changes nothing
+    measurable: docs/lm-verification.md, session 9).
 
     Under `torchrun` (an active process group) the batches of ablations are split over the
     ranks by estimated cost, as `bilens.ablation_effects` splits its chunks: each batch is

@@ -125,7 +125,9 @@ class Kernels:
         storage offsets that happen to be equal, such as a batch of 64 rows and a head of 64,
         would otherwise be guarded equal, and every batch that breaks the coincidence would
         compile another graph), allowing `STEP_RECOMPILES` graphs (one per dtype, flag and
-        size-1 axis met), else `fn` itself."""
+        size-1 axis met), else `fn` itself. (For a CPU inductor writes `expm1` as
+        `exp(x) - 1`, which loses the relative accuracy of small changes: the public
+        functions compile steps on CUDA only, `backend.resolve_backend`.)"""
         if not self.compile_steps:
             return fn
         fast = self._compiled(fn, dynamic=True)

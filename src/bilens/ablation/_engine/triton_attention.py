@@ -22,8 +22,9 @@ ablated node's, `dk` and `dv` live at key `t` alone: `(q + dq) . dk_t` is a colu
 Every product of tiles is three TF32 products of halves (`x_hi y_hi + x_lo y_hi + x_hi
 y_lo`), float32 accurate. `expm1` is a polynomial where `|x| < 1/2` and `exp(x) - 1` beyond
 (and `P expm1` is `(P e^(x/2)) e^(x/2) - P` beyond, so that a subnormal `P` times a huge
-`e^x` stays finite); the exponentials and the logsumexp are only taken in a block where some
-element needs them (the common ablation changes every score by less than 1/2). The row's
+`e^x` stays finite); that exponential is only taken in a block where some element needs
+it, and, where every key fits one block, the row statistic's logsumexp only where some row
+needs it (the common ablation changes every score by less than 1/2). The row's
 `log1p` is taken in float64. Nothing relies on a library call, so the kernel also runs
 under Triton's interpreter (`tests/triton_interpreted.py`, against the attention written
 from its definition in float64).
