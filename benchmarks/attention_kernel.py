@@ -125,11 +125,12 @@ def main() -> None:
 
 def smoke(args) -> None:
     """Every variant against the committed kernel on tiny inputs, on the CPU."""
+    variants = {p: load(p) for p in args.variant}
     for name, _, t, Sq, Sd, one in CASES:
         label, inputs = case(name, 2, t, Sq, Sd, one, K=2, device="cpu")
         ref, _ = committed.attention_change(*inputs, amax=True)
-        for p in args.variant:
-            out, _ = load(p).attention_change(*inputs, amax=True)
+        for p, module in variants.items():
+            out, _ = module.attention_change(*inputs, amax=True)
             diff = ((out - ref).abs().max() / ref.abs().max()).item()
             print(f"{label}: {p} max diff {diff:.1e}")
 

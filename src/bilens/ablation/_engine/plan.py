@@ -45,11 +45,13 @@ if TYPE_CHECKING:
 
 def target_delta(
     tgt: Target, logits: Float[Tensor, "batch n_out"], dlogits: Float[Tensor, "batch k n_out"],
+    logprob=None,
 ) -> Float[Tensor, "batch k"]:
-    """`f(logits + dlogits) - f(logits)` for a linear or log-probability target."""
+    """`f(logits + dlogits) - f(logits)` for a linear or log-probability target; `logprob`:
+    `logprob_delta` as the caller runs it (e.g. compiled), by default itself."""
     if tgt.is_linear:
         return torch.einsum("bko,bo->bk", dlogits, tgt.direction.to(dlogits.dtype))
-    return logprob_delta(tgt.label, logits, dlogits)
+    return (logprob or logprob_delta)(tgt.label, logits, dlogits)
 
 
 def logprob_delta(label: Tensor, logits: Float[Tensor, "batch n_out"],

@@ -299,9 +299,8 @@ class SequencePlan:
         rows_b = torch.arange(b, device=s.device)
         at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
         dlogits = self.mm(at_p, self.w_head)                                   # [b, K, V]
-        chosen, at_last = tgt.target.select(rows), logits[rows_b, self.last[rows]]
-        out = (target_delta(chosen, at_last, dlogits) if chosen.is_linear
-               else self.logprob_step(chosen.label, at_last, dlogits))
+        out = target_delta(tgt.target.select(rows), logits[rows_b, self.last[rows]], dlogits,
+                           self.logprob_step)
         return torch.where(valid[:, None], out, torch.zeros_like(out))
 
 
