@@ -7,7 +7,8 @@
 
 Random weights (float32), pre-norm RMS, target `next` at the last position. Rows:
 
-1. attribution of every node (`live`, `frozen`) against one forward pass and against captum's
+1. attribution of every node (each mode, best of 10) against one forward pass (the best of
+   10 before and 10 after) and against captum's
    `LayerGradientXActivation` over the layers' `z`;
 2. the oracle (every node of every sequence) at each `--precision`, first checked against the
    float64 oracle (normwise relative error <= 1e-5) before any time counts; its FLOP count
@@ -33,7 +34,7 @@ import torch
 from bilens.ablation._engine.backend import resolve_backend
 from bilens.ablation._engine.sequence_plan import SequencePlan
 from bilens.ablation.sequence import ablate_prepared, sequence_ablation_effects
-from bilens.attribution.sequence import attribute_sequence
+from bilens.attribution.sequence import SEQUENCE_MODES, attribute_sequence
 from bilens.core.config import TransformerConfig
 from bilens.core.models.transformer import BilinearTransformer
 from bilens.core.sequence import prepare_sequence
@@ -90,12 +91,12 @@ def main() -> None:
     ap.add_argument("--unfused-attention", action="store_true",
                     help="backend triton: the attention's change as torch ops, not the fused "
                          "kernel of _engine/triton_attention.py (to time one against the other)")
-    ap.add_argument("--grow-batches", action="store_true",
-                    help="the timed oracle's (l, t) batches sized for the positions each "
-                         "carries, not all (`ablate_prepared(grow_batches=True)`)")
+    ap.add_argument("--even-batches", action="store_true",
+                    help="the timed oracle's (l, t) batches sized as if each carried every "
+                         "position (`ablate_prepared(grow_batches=False)`)")
     args = ap.parse_args()
-    if args.grow_batches:
-        print("oracle batches: sized for the T - t positions each carries")
+    if args.even_batches:
+        print("oracle batches: every (l, t) sized as if it carried all positions")
     if args.unfused_attention:        # SequencePlan imports it per plan: None takes the torch path
         import bilens.ablation._engine.triton_attention as fused
 
@@ -122,14 +123,15 @@ def main() -> None:
           f" nodes; target next at the last position; float32")
 
     # ---- 1. attribution
-    t_fwd, _ = timed(lambda: model(tokens), sync, 3)
-    t_live, p_live = timed(lambda: attribute_sequence(model, data, target="next", mode="live"),
-                           sync, 3)
-    t_frozen, _ = timed(lambda: attribute_sequence(model, data, target="next", mode="frozen"),
-                        sync, 3)
-    print(f"forward {t_fwd * 1e3:.1f} ms | attribution live {t_live * 1e3:.1f} ms "
-          f"({t_live / t_fwd:.1f}x forward), frozen {t_frozen * 1e3:.1f} ms "
-          f"({t_frozen / t_fwd:.1f}x)")
+    t_before, _ = timed(lambda: model(tokens), sync, 10)
+    modes = {mode: timed(lambda mode=mode: attribute_sequence(model, data, target="next",
+                                                              mode=mode), sync, 10)
+             for mode in SEQUENCE_MODES}
+    t_fwd = min(t_before, timed(lambda: model(tokens), sync, 10)[0])  # before and after
+    t_live, p_live = modes["live"]
+    print(f"forward {t_fwd * 1e3:.1f} ms | attribution " + ", ".join(
+        f"{mode} {t * 1e3:.1f} ms ({t / t_fwd:.1f}x)" for mode, (t, _) in modes.items())
+          + " (best of 10 each)")
     znet = ZSeq(model, data[:, -1])
     if not args.no_captum:
         from captum.attr import LayerGradientXActivation
@@ -142,8 +144,10 @@ def main() -> None:
 
     # ---- 2. the oracle at each precision, checked against float64 first
     check = slice(0, min(n, 2))
+    start = time.perf_counter()
     a64 = sequence_ablation_effects(model.double(), data[check],
                                     target="next", memory=memory)
+    print(f"float64 oracle, {len(range(n)[check])} sequences: {time.perf_counter() - start:.1f} s")
     model.float()
     _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
     one = data[:1]
@@ -152,18 +156,21 @@ def main() -> None:
     subset = {}
     for prec in args.precision.split(","):
         backend, precision = resolve_backend(*how(prec), dev, model.dtype)  # what runs here
+        start = time.perf_counter()
         a32 = sequence_ablation_effects(model, data[check], target="next", memory=memory,
                                         backend=backend, precision=precision)
+        sync()
+        first = time.perf_counter() - start                   # with the compiles, on CUDA
         err = ((a32.double() - a64).norm() / a64.norm()).item()
         print(f"oracle {prec} vs float64 (2 sequences): normwise rel. error {err:.2e} "
-              f"({'ok' if err <= 1e-5 else 'ABOVE 1e-5'})")
+              f"({'ok' if err <= 1e-5 else 'ABOVE 1e-5'}; this first run {first:.1f} s)")
         if err > 1e-5:
             raise SystemExit(f"the oracle's {prec} effects disagree with float64; no timing")
         if not args.no_full:
             t_oracle, _ = timed(lambda backend=backend, precision=precision: ablate_prepared(
                 model, run, tgt, b, frozen_norm=False, frozen_attn=False,
                 layers=list(range(cfg.n_layers)), memory=memory, progress=False,
-                backend=backend, precision=precision, grow_batches=args.grow_batches), sync,
+                backend=backend, precision=precision, grow_batches=not args.even_batches), sync,
                 args.repeat, warm=False)                                  # warmed: the check
             flops = oracle_flops(cfg, n, T)
             per_node = t_oracle / (n * cfg.n_layers * T * cfg.d_hidden)

@@ -10,11 +10,17 @@
 # (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
 # profile (where the GPU's time goes, at each PROFILE_PREC), full (128 sequences at FULL_PREC,
 # once per FULL_MEMORY and per `|`-separated flag set of FULL_FLAGS, e.g.
-# FULL_FLAGS='|--fixed-batches'), kernel (benchmarks/attention_kernel.py: the fused attention
+# FULL_FLAGS='|--even-batches'; PROFILE_FLAGS likewise, e.g. '|--subset 8'), kernel (benchmarks/attention_kernel.py: the fused attention
 # kernel at each launch shape of LAUNCH and against each module file of VARIANTS). A precision
-# is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32.
+# is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32. TESTS_K: pytest's -k for
+# the tests step (default gpu: all of them). The compile caches (Triton's and inductor's)
+# live in /tmp/bilens-cache: CACHE_IN=file.tgz (carried) starts from one, CACHE_OUT=1 returns
+# this call's as $OUT/compile-cache.tgz (a cold start compiles for about two minutes).
 set -o pipefail
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
+export TRITON_CACHE_DIR=/tmp/bilens-cache/triton TORCHINDUCTOR_CACHE_DIR=/tmp/bilens-cache/inductor
+mkdir -p /tmp/bilens-cache
+[[ -n ${CACHE_IN:-} ]] && tar xzf "$CACHE_IN" -C /tmp/bilens-cache
 OUT=${OUT:-out}; mkdir -p "$OUT"
 STEPS=${STEPS:-tests,against,subset,profile,full}
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -38,7 +44,7 @@ if has kernel; then
 fi
 if has tests; then
   timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_sequence_precision.py \
-      -k gpu 2>&1 | tail -5 | tee "$OUT/tests.log"
+      -k "${TESTS_K:-gpu}" 2>&1 | tail -5 | tee "$OUT/tests.log"
 fi
 if has against; then
   for ref in ${REFS:-.whl/ref/sequence_plan_4ca389d.py .whl/ref/sequence_plan_e06188b.py}; do
@@ -55,9 +61,16 @@ if has subset; then
       --precision ${PREC:-fp32,triton:3xtf32,triton:3xfp16} 2>&1 | tee "$OUT/oracle8.log"
 fi
 if has profile; then
+  IFS='|' read -r -a profile_sets <<< "${PROFILE_FLAGS:-}"
+  [[ ${#profile_sets[@]} == 0 ]] && profile_sets=("")
   for prec in ${PROFILE_PREC:-triton:3xfp16}; do
-    timeout ${PROFILE_TIMEOUT:-90} python3 benchmarks/lm_oracle_profile.py --n ${PROFILE_N:-2} \
-        --memory ${PROFILE_MEMORY:-16GiB} --precision $prec 2>&1
+    for flags in "${profile_sets[@]}"; do
+      timeout ${PROFILE_TIMEOUT:-90} python3 benchmarks/lm_oracle_profile.py --n ${PROFILE_N:-2} \
+          --memory ${PROFILE_MEMORY:-16GiB} --precision $prec $flags 2>&1
+    done
   done > "$OUT/profile.log"
-  grep -A3 "sequences," "$OUT/profile.log" | cut -c1-160
+  grep -A3 "nodes: wall" "$OUT/profile.log" | cut -c1-160
 fi
+[[ -n ${CACHE_OUT:-} ]] && tar czf "$OUT/compile-cache.tgz" -C /tmp/bilens-cache . \
+    && ls -l "$OUT/compile-cache.tgz"
+true

@@ -125,6 +125,27 @@ def test_attention_kernel_compiles_for_hopper():
         assert compiled.metadata.shared <= 96 * 1024, (bd, single, at_t, compiled.metadata.shared)
 
 
+@needs_triton
+def test_norm_change_kernel_compiles_for_hopper():
+    """The norm-change kernel (`triton_norm`) compiles for sm_90 at d_model 256 with
+    LayerNorm's centring, the live statistic and `max|out|` on (its heaviest case), with
+    its arguments typed as the launch passes them (`tiny` a float32 argument, not a
+    literal: the H200's Triton once read such a literal as float64)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bilens.ablation._engine import triton_norm as N
+
+    kernel = N._norm_change_kernel
+    consts = dict(CENTRE=True, FROZEN=False, TOP=True, BR=N._ROWS, BD=256)
+    sig = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr")
+           else "fp32" if n == "tiny" else "i32" for n in kernel.arg_names}
+    compiled = triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": 4})
+    assert compiled.metadata.shared <= 96 * 1024
+
+
 @needs_gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("frozen", [False, True])

@@ -170,6 +170,42 @@ def test_sequence_plan_with_triton_gemms_matches_float64(norm, position):
     assert error(got, want) < TOL
 
 
+@pytest.mark.parametrize("frozen", [False, True])
+@pytest.mark.parametrize("centre", [False, True], ids=["rms", "layer"])
+@pytest.mark.parametrize("gathered", [False, True], ids=["positions-slice", "one-per-row"])
+def test_norm_change_kernel_matches_float64(centre, frozen, gathered):
+    """`triton_norm.norm_change` against the norm's change written from its definition in
+    float64, `N(r + dh) - N(r)` with `N(x) = gamma (x - mean) / sqrt(mean (x - mean)^2 +
+    eps)` (or held `s`): the clean statistics read through strides (a slice of positions
+    of `[B, T, n_norms]`) or gathered one per row; rows that do not fill a program, a
+    d_model that is not a power of two; `max|out|` exact, `dh` untouched."""
+    from bilens.ablation._engine.triton_norm import norm_change
+
+    b, K, S, d, eps = 3, 5, 4 if not gathered else 1, 12, 1e-5
+    x = rand(b, 7, 2, d, seed=1) * 3                          # clean inputs [b, T, norms, d]
+    centred = x - x.mean(-1, keepdim=True) if centre else x
+    scale = (centred.pow(2).mean(-1) + eps).sqrt()            # [b, T, norms]
+    pos = slice(2, 2 + S)
+    s, r = scale[:, pos, 1][:, None, :, None], centred[:, pos, 1][:, None]
+    if gathered:
+        s, r = s.contiguous(), r.contiguous()
+    dh, gamma = rand(b, K, S, d, seed=2) * 0.3, rand(d, seed=3) + 1
+    before = dh.clone()
+    got, top = norm_change(centre, frozen, dh, s, r, gamma, top=True)
+
+    x64, dh64, g64 = x[:, pos, 1].double()[:, None], dh.double(), gamma.double()
+
+    def norm(v, s_held=None):
+        v = v - v.mean(-1, keepdim=True) if centre else v
+        return g64 * v / (s_held if s_held is not None else
+                          (v.pow(2).mean(-1, keepdim=True) + eps).sqrt())
+
+    held = s.double() if frozen else None
+    want = norm(x64 + dh64, held) - norm(x64, held)
+    assert error(got, want) < 1e-6
+    assert top.item() == got.abs().max().item() and torch.equal(dh, before)
+
+
 _ATTENTION_CASES = {           # every query or one per sequence; changes at t alone (first)
     "every": dict(every=True, first=False),
     "every-first": dict(every=True, first=True),

@@ -79,13 +79,14 @@ class SequencePlan:
         cfg = model.config
         self.model, self.run, self.target, self.b = model, run, target, b
         self.frozen_norm, self.frozen_attn = frozen_norm, frozen_attn
-        self.triton = self.fused_attention = None
+        self.triton = self.fused_attention = self.fused_norm = None
+        self.f16 = precision == "3xfp16"        # the Triton products' float16 halves
         if backend == "triton":
-            from bilens.ablation._engine import triton_ops  # only where Triton is installed
+            from bilens.ablation._engine import triton_norm, triton_ops  # where Triton is
             from bilens.ablation._engine.triton_attention import attention_change
 
             self.triton, self.kernels = triton_ops, Kernels("fp32", "compile")  # its steps
-            self.fused_attention = attention_change
+            self.fused_attention, self.fused_norm = attention_change, triton_norm.norm_change
 
             def prepare(w: Tensor):                            # `[out, in]`, split
                 return triton_ops.split_weight(w, precision == "3xfp16")
@@ -110,10 +111,20 @@ class SequencePlan:
                                          run.z.device)
         self.centred = run.resid - run.mean[..., None]                    # [B, T, n_norms, d]
         self.last = target.position                                       # p per sequence [B]
+        self.last_host = target.position.tolist()      # the same on the host: `end` syncs never
+        self.arange = torch.arange(max(self.T, run.z.shape[0]), device=run.z.device)
 
     def end(self, rows: slice) -> int:
-        """The last position any of these rows' targets reads."""
-        return self.T - 1 if self.target.every_position else int(self.last[rows].max())
+        """The last position any of these rows' targets reads (from the host's copy: asking
+        the device would wait for every kernel queued before, once per batch)."""
+        return self.T - 1 if self.target.every_position else max(self.last_host[rows])
+
+    def _at(self, x: Tensor, pos: slice | Tensor) -> Tensor:
+        """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`, or `x[:, pos]`
+        for a slice (a view): `[b, S, ...]`."""
+        if isinstance(pos, slice):
+            return x[:, pos]
+        return x[self.arange[:x.shape[0], None], pos]
 
     def mm(self, x: Tensor, w, add: Tensor | None = None, xmax: Tensor | None = None
            ) -> Tensor:
@@ -157,13 +168,23 @@ class SequencePlan:
     def norm_delta(self, i: int, dh: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
         """`N_i(r + dh) - N_i(r)` at positions `pos` (a slice, or per row `[b, S]`), without
         cancellation."""
+        return self.norm_delta_max(i, dh, rows, pos, want_max=False)[0]
+
+    def norm_delta_max(self, i: int, dh: Tensor, rows: slice, pos: slice | Tensor,
+                       want_max: bool = True) -> tuple[Tensor, Tensor | None]:
+        """`norm_delta`, and `max|.|` of it where the fused kernel makes it for the next
+        product's float16 halves (a one-element tensor; else None, and the product makes
+        its own)."""
         norm = self.model.norm(i)
         if norm.kind == "none":
-            return dh
-        s = _at(self.run.scale[rows, :, i], pos)[:, None, :, None]             # [b, 1, S, 1]
-        r = _at(self.centred[rows, :, i], pos)[:, None]                        # [b, 1, S, d]
+            return dh, None
+        s = self._at(self.run.scale[rows, :, i], pos)[:, None, :, None]        # [b, 1, S, 1]
+        r = self._at(self.centred[rows, :, i], pos)[:, None]                   # [b, 1, S, d]
+        if self.fused_norm is not None:
+            return self.fused_norm(norm.kind == "layer", self.frozen_norm, dh, s, r,
+                                   norm.weight.detach(), top=want_max and self.f16)
         return self.norm_step(norm.kind == "layer", self.frozen_norm, dh, s, r,
-                              norm.weight.detach())
+                              norm.weight.detach()), None
 
     def layer_step(self, m: int, dh: Tensor, rows: slice, pos: slice,
                    query: Tensor | None = None) -> Tensor:
@@ -176,50 +197,54 @@ class SequencePlan:
         first = dh.shape[2] < pos.stop - pos.start
         out_pos = pos if query is None else pos.start + query                 # [b, 1]
 
-        def plus_residual(da: Tensor) -> Tensor:     # attention + dh, dh carried at `out_pos`
-            if not first:                            # added in the W_O product's epilogue
-                return self.attention(m, da, rows, pos, out_pos, add=(
-                    dh if query is None else torch.take_along_dim(dh, query[:, None, :, None], 2)))
-            out = self.attention(m, da, rows, pos, out_pos)
+        def plus_residual(da: Tensor, da_max: Tensor | None = None) -> Tensor:
+            if not first:            # attention + dh, dh carried at `out_pos`: added in the
+                return self.attention(m, da, rows, pos, out_pos, add=(     # W_O epilogue
+                    dh if query is None else torch.take_along_dim(dh, query[:, None, :, None], 2)),
+                    da_max=da_max)
+            out = self.attention(m, da, rows, pos, out_pos, da_max=da_max)
             if query is None:
                 out[:, :, :1] += dh
                 return out
             return out.add_(dh * (query == 0)[:, None, :, None])      # p = t, or 0
 
         if self.pre:
-            dh = plus_residual(self.norm_delta(2 * m, dh, rows,
-                                               slice(pos.start, pos.start + dh.shape[2])))
-            return self.mlp(m, self.norm_delta(2 * m + 1, dh, rows, out_pos), rows, out_pos, dh)
+            dh = plus_residual(*self.norm_delta_max(2 * m, dh, rows,
+                                                    slice(pos.start, pos.start + dh.shape[2])))
+            du, du_max = self.norm_delta_max(2 * m + 1, dh, rows, out_pos)
+            return self.mlp(m, du, rows, out_pos, dh, du_max)
         dh = plus_residual(dh)
         dh = self.norm_delta(2 * m, dh, rows, out_pos)
         return self.norm_delta(2 * m + 1, self.mlp(m, dh, rows, out_pos, dh), rows, out_pos)
 
-    def mlp(self, m: int, du: Tensor, rows: slice, pos: slice | Tensor, add: Tensor) -> Tensor:
-        """`add + D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`."""
-        a = _at(self.run.left[rows, m], pos)                                   # [b, S, H]
-        bb = _at(self.run.right[rows, m], pos)
+    def mlp(self, m: int, du: Tensor, rows: slice, pos: slice | Tensor, add: Tensor,
+            du_max: Tensor | None = None) -> Tensor:
+        """`add + D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`
+        (`du_max`: `max|du|`, if known)."""
+        a = self._at(self.run.left[rows, m], pos)                              # [b, S, H]
+        bb = self._at(self.run.right[rows, m], pos)
         w = self.w[m]
         if self.triton is not None:              # rows (i, k, s): a and b at i * S + s
             b_, K, S, d = du.shape
             z, zmax = self.triton.lr_dz(du.reshape(-1, d), w.L, w.R, a.flatten(0, 1),
-                                        bb.flatten(0, 1), K, inner=S)
+                                        bb.flatten(0, 1), K, inner=S, xmax=du_max)
             return self.triton.down(z, w.D, add=add, zmax=zmax).view(b_, K, S, d)
         dL, dR = self.mm(du, w.lr).chunk(2, -1)                                # [b, K, S, H]
         return add + self.mm((bb[:, None] + dR).mul_(dL).addcmul_(a[:, None], dR), w.D)
 
     def attention(self, m: int, da: Tensor, rows: slice, pos: slice, qpos: slice | Tensor,
-                  add: Tensor | None = None) -> Tensor:
+                  add: Tensor | None = None, da_max: Tensor | None = None) -> Tensor:
         """`alpha (Attn(a + da) - Attn(a)) (+ add)` at the query positions `qpos` (`pos`, or
         one per row `[b, 1]`), `da` given at the key positions `pos` = `t..t+S-1` (the
         pattern exact, or frozen); a `da` of one position is the change at `t` alone (0 at
         the others: the layer after the node's). `alpha` (`attn_scale`) is folded into
-        `W_O` (`_LayerWeights`)."""
+        `W_O` (`_LayerWeights`); `da_max`: `max|da|`, if known."""
         attn, w = self.model.layers[m].attn, self.w[m]
         b, K, Sd, d = da.shape                         # Sd = S, or 1: da at t alone
         nh, dh_ = attn.n_heads, attn.d_head
         t, J = pos.start, pos.stop                                             # keys 0..J-1
         every = isinstance(qpos, slice)                # the queries: all of t..J-1, or one
-        qp = torch.arange(t, J, device=da.device)[None] if every else qpos      # [1 | b, Sq]
+        qp = self.arange[t:J][None] if every else qpos                         # [1 | b, Sq]
         Sq = qp.shape[1]
 
         def heads(x: Tensor, n: int) -> Tensor:                                # [b, nh, K, n, dh]
@@ -235,7 +260,7 @@ class SequencePlan:
         q, k, v = (x[rows] for x in self.qkv[m])                               # [b, nh, T, dh]
         if self.fused_attention is not None and not self.frozen_attn:     # one Triton kernel
             dq, dk, dv = (x.view(b, K, x.shape[2], nh, dh_)
-                          for x in self.qkv_change(m, da, qp, t))
+                          for x in self.qkv_change(m, da, qp, t, da_max))
             try:
                 do, top = self.fused_attention(dq, dk, dv, q, k, v, self.run.pattern[rows, m],
                                                self.cos, self.sin, qp, t, J,
@@ -251,9 +276,9 @@ class SequencePlan:
         P = rows_at(self.run.pattern[rows, m][..., :J])                        # [b, nh, 1, Sq, J]
         keys = slice(t, t + Sd)                                                # where dk, dv live
         if self.frozen_attn:
-            do = P[..., keys] @ heads(self.mm(da, w.v), Sd)
+            do = P[..., keys] @ heads(self.mm(da, w.v, xmax=da_max), Sd)
         else:
-            dq, dk, dv = self.qkv_change(m, da, qp, t)
+            dq, dk, dv = self.qkv_change(m, da, qp, t, da_max)
             dq, dk, dv = heads(dq, dq.shape[2]), heads(dk, Sd), heads(dv, Sd)
             if Sd == 1:                            # dq: the query at t alone (0 elsewhere)
                 dq = self.rope_step(dq, self.cos[t:t + 1], self.sin[t:t + 1])
@@ -266,22 +291,22 @@ class SequencePlan:
             dk = self.rope_step(dk, self.cos[keys], self.sin[keys])
             dS = by_keys(dq, k.transpose(-1, -2))                              # [b, nh, K, Sq, J]
             dS[..., keys] += (rows_at(q) + dq) @ dk.transpose(-1, -2)
-            causal = torch.arange(J, device=da.device)[None, None, :] <= qp[:, :, None]
+            causal = self.arange[:J][None, None, :] <= qp[:, :, None]
             dS.mul_(1 / math.sqrt(dh_)).masked_fill_(~causal[:, None, None], 0.0)
             dP = self.pattern_step(P, dS)
             do = by_keys(dP, v)
             do += (dP[..., keys] + P[..., keys]) @ dv
         return self.mm(do.permute(0, 2, 3, 1, 4).reshape(b, K, Sq, d), w.o, add)
 
-    def qkv_change(self, m: int, da: Tensor, qpos: Tensor, t: int
-                   ) -> tuple[Tensor, Tensor, Tensor]:
+    def qkv_change(self, m: int, da: Tensor, qpos: Tensor, t: int,
+                   da_max: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """`(dq, dk, dv)` before rotary, `[b, K, ., d]`: `dk`, `dv` wherever `da` is given,
         `dq` at the query positions `qpos` (or, for a `da` at `t` alone, at `t`): one product
-        when they read the same rows of `da`."""
+        when they read the same rows of `da` (`da_max`: `max|da|`, if known)."""
         w, d, Sq = self.w[m], da.shape[-1], qpos.shape[1]
         if Sq == da.shape[2] or da.shape[2] == 1:
-            return self.mm(da, w.qkv).split(d, -1)
-        dk, dv = self.mm(da, w.kv).split(d, -1)
+            return self.mm(da, w.qkv, xmax=da_max).split(d, -1)
+        dk, dv = self.mm(da, w.kv, xmax=da_max).split(d, -1)
         return self.mm(torch.take_along_dim(da, (qpos - t)[:, None, :, None], 2), w.q), dk, dv
 
     def readout(self, dfinal: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
@@ -291,12 +316,12 @@ class SequencePlan:
         b, K, S, _ = dfinal.shape
         if tgt.every_position:                                                 # mean-logprob
             dlogits = self.mm(dfinal, self.w_head).transpose(1, 2).flatten(0, 1)  # [b*S, K, V]
-            label = _at(tgt.next_tokens[rows], pos).flatten()
-            out = self.logprob_step(label, _at(logits, pos).flatten(0, 1), dlogits)
+            label = self._at(tgt.next_tokens[rows], pos).flatten()
+            out = self.logprob_step(label, self._at(logits, pos).flatten(0, 1), dlogits)
             return out.view(b, S, K).sum(1) / self.T
         s = self.last[rows] - (pos.start if isinstance(pos, slice) else pos[:, 0])  # p's index
         valid = (s >= 0) & (s < S)
-        rows_b = torch.arange(b, device=s.device)
+        rows_b = self.arange[:b]
         at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
         dlogits = self.mm(at_p, self.w_head)                                   # [b, K, V]
         out = target_delta(tgt.target.select(rows), logits[rows_b, self.last[rows]], dlogits,
@@ -322,12 +347,6 @@ class _LayerWeights:
             setattr(self, name, prepare(w))
 
 
-def _at(x: Tensor, pos: slice | Tensor) -> Tensor:
-    """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`, or `x[:, pos]`
-    for a slice (a view): `[b, S, ...]`."""
-    if isinstance(pos, slice):
-        return x[:, pos]
-    return x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
 
 
 def norm_change(centre: bool, frozen: bool, dh: Tensor, s: Tensor, r: Tensor, gamma: Tensor
