@@ -108,6 +108,12 @@ def cases(model, data, old, captum: bool) -> dict:
                 lambda one=one, mode=mode: one(model, data, target="next", mode=mode))
         out[f"{label}attribute, all four modes"] = (
             lambda every=every: every(model, data, target="next", keep_run=False).predicted)
+        if mod is None:           # today's two backwards, each where "auto" takes the other
+            for mode in SEQUENCE_MODES:
+                out[f"attribute {mode}, explicit"] = (lambda mode=mode: attribute_sequence(
+                    model, data, target="next", mode=mode, method="explicit"))
+            out["attribute, all four modes, autograd"] = lambda: attribute_sequence_modes(
+                model, data, target="next", keep_run=False, method="autograd").predicted
     if captum:
         from captum.attr import LayerGradientXActivation
 
@@ -145,6 +151,10 @@ def agreement(last: dict, old) -> list[str]:
         diffs = [f"{m} {rel(last[f'attribute {m}'], last[f'@REF attribute {m}']):.1e}"
                  for m in SEQUENCE_MODES]
         lines.append("today vs REF, normwise: " + ", ".join(diffs))
+    diffs = [f"{m} {rel(last[f'attribute {m}, explicit'], last[f'attribute {m}']):.1e}"
+             for m in SEQUENCE_MODES if f"attribute {m}, explicit" in last]
+    if diffs:
+        lines.append("explicit vs autograd backward, normwise: " + ", ".join(diffs))
     if "captum, one call, all layers" in last:
         cap = torch.stack(last["captum, one call, all layers"], 1)
         lines.append(f"captum vs attribute live (sign flipped: b - z = -z): "

@@ -98,7 +98,8 @@ def test_each_detach_is_needed(norm, position, monkeypatch):
 
 def test_one_autograd_pass_per_mode(monkeypatch):
     """No clean run first: one `run` per mode (`live` and `renorm` share theirs), and no
-    logits-only forward."""
+    logits-only forward; several modes through the explicit backward share one `run`, with
+    no autograd graph, and through autograd take one each."""
     model = tiny_transformer("layer", "pre")
     tokens = tokens_for(model, seq=6)
     calls = []
@@ -116,6 +117,9 @@ def test_one_autograd_pass_per_mode(monkeypatch):
         assert calls == [True], mode
     calls.clear()
     attribute_sequence_modes(model, tokens, target="predicted")
+    assert calls == [False]                                  # explicit: one clean run
+    calls.clear()
+    attribute_sequence_modes(model, tokens, target="predicted", method="autograd")
     assert calls == [True, True, True]                       # frozen, frozen-norm, live+renorm
 
 

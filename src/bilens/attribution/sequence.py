@@ -17,7 +17,11 @@ A node is `(l, t, k)`, entry `k` of `z_l` at position `t`; the target is read at
   layer), whose path's live slope is swapped for the exact change:
   `predicted = c g_live - c slope_path + g_N . (N(r + c D_k) - N(r))`.
 
-The gradients come from autograd through `BilinearTransformer.run`, with a zero `z_offset`
+The gradients come from the backward written out (`attribution.sequence_backward`,
+`method="explicit"`: one clean forward with every intermediate, then one backward per
+graph) or from autograd (`method="autograd"`), the two held to 1e-10 in float64; `"auto"`
+takes the explicit one where several graphs share its forward. Through autograd,
+they come from `BilinearTransformer.run` with a zero `z_offset`
 (and `norm_offset` for `renorm`) that requires grad. The held quantities are that forward's
 own statistics and patterns, detached inside it (`Intervention.detach_scale`,
 `detach_pattern`: a clean run's values, constants to autograd), so the same forward is also
@@ -39,7 +43,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from bilens.attribution.backward import METHODS
 from bilens.attribution.renorm import _norm_change, _swap_norm
+from bilens.attribution.sequence_backward import gradients_explicit
 from bilens.core.errors import BilensError
 from bilens.core.memory import DEFAULT_MEMORY, parse_memory
 from bilens.core.models.intervention import Intervention
@@ -113,6 +119,7 @@ def attribute_sequence(
     labels: Int[Tensor, "batch seq"] | None = None,
     reference: Int[Tensor, "ref seq"] | None = None,
     memory: str | int = DEFAULT_MEMORY,
+    method: str = "auto",
 ) -> Float[Tensor, "batch layer seq d_hidden"]:
     """Predict the effect on the target of ablating every node `(l, t, k)`.
 
@@ -129,6 +136,11 @@ def attribute_sequence(
         labels: the next tokens `x_{t+1}` `[B, T]` (instead of the extra token).
         reference: token sequences for the `"mean"` baseline.
         memory: bound on one chunk's run and backward, e.g. `"4GiB"`.
+        method: `"explicit"` (the backward written out, `attribution.sequence_backward`:
+            one clean forward serves every mode), `"autograd"` (one autograd forward and
+            backward per mode), or `"auto"`: explicit where one forward serves several
+            graphs (`attribute_sequence_modes`), autograd for one, the faster of the two on
+            this machine's CPU at the issue's shape (docs/benchmarks.md).
 
     Returns:
         `predicted [B, n_layers, T, d_hidden]`, exactly 0 for nodes after `p`.
@@ -144,7 +156,7 @@ def attribute_sequence(
     return attribute_sequence_modes(model, tokens, target=target, position=position,
                                     baselines=baselines, modes=(mode,), labels=labels,
                                     reference=reference, memory=memory,
-                                    keep_run=False).predicted[mode]
+                                    keep_run=False, method=method).predicted[mode]
 
 
 def attribute_sequence_modes(
@@ -159,17 +171,24 @@ def attribute_sequence_modes(
     reference: Int[Tensor, "ref seq"] | None = None,
     memory: str | int = DEFAULT_MEMORY,
     keep_run: bool = True,
+    method: str = "auto",
 ) -> SequenceAttribution:
     """`attribute_sequence` for several modes; arguments as there.
 
-    Each chunk costs one autograd forward and one backward per graph the modes need
-    (`frozen`, `frozen-norm`, and `live` which also serves `renorm`); the first of them is
-    also the clean run (`keep_run`), and the target is resolved on its own logits.
+    Each chunk costs, per graph the modes need (`frozen`, `frozen-norm`, and `live` which
+    also serves `renorm`), one written-out backward after one shared clean forward
+    (`method="explicit"`), or one autograd forward and backward, the first of them also
+    the clean run (`"autograd"`); either way the target is resolved on the clean logits.
     """
     if isinstance(modes, str) or not modes:
         raise BilensError(f"modes: expected a non-empty sequence of {list(SEQUENCE_MODES)}, "
                           f"got {modes!r}")
     modes = tuple(dict.fromkeys(check_sequence_mode(m, "modes") for m in modes))
+    if method not in ("auto", *METHODS):
+        raise BilensError(f"method: expected one of {['auto', *METHODS]}, got {method!r}; "
+                          f"'explicit' is the written-out backward, 'autograd' checks it")
+    if method == "auto":
+        method = "explicit" if len(_graphs(modes)) > 1 else "autograd"
     parse_memory(memory)
     tokens, labels = check_sequence_inputs(model, tokens, target, labels, reference)
     B, T = tokens.shape
@@ -185,7 +204,8 @@ def attribute_sequence_modes(
         model.eval()                    # ~70 us, 5% of the small benchmark model's forward
     try:
         parts = [_predict_chunk(model, tokens[i:i + chunk], target,
-                                tgt.select(slice(i, i + chunk)), b[i:i + chunk], modes, keep_run)
+                                tgt.select(slice(i, i + chunk)), b[i:i + chunk], modes, keep_run,
+                                method)
                  for i in range(0, B, chunk)]
     finally:
         if was_training:
@@ -214,10 +234,15 @@ def _graphs(modes: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: SequenceTarget,
-                   b: Tensor, modes: tuple[str, ...], keep_run: bool) -> SequenceAttribution:
-    """One chunk: per graph one autograd forward (the first is also the clean run, and resolves
-    the target on its own logits) and one backward; `renorm` adds its closed form."""
+                   b: Tensor, modes: tuple[str, ...], keep_run: bool, method: str
+                   ) -> SequenceAttribution:
+    """One chunk: `explicit`, one clean forward and one written-out backward per graph;
+    `autograd`, per graph one autograd forward (the first is also the clean run, and
+    resolves the target on its own logits) and one backward. `renorm` adds its closed
+    form."""
     keep = node_mask(tgt.position, tokens.shape[1])
+    if method == "explicit":
+        return _predict_chunk_explicit(model, tokens, spec, tgt, b, modes, keep_run, keep)
     out: dict[str, Tensor] = {}
     run = c = None
     for graph in _graphs(modes):
@@ -232,6 +257,32 @@ def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt
                 continue
             p = _renorm(model, fwd, tgt, c, g_z, g_norm) if mode == "renorm" else g_z.mul_(c)
             out[mode] = p.masked_fill_(~keep, 0.0)                      # nodes after p: 0
+    return SequenceAttribution(out, run if keep_run else None, tgt, b, tokens)
+
+
+def _predict_chunk_explicit(model: BilinearTransformer, tokens: Tensor, spec: object,
+                            tgt: SequenceTarget, b: Tensor, modes: tuple[str, ...],
+                            keep_run: bool, keep: Tensor) -> SequenceAttribution:
+    """`_predict_chunk` with `sequence_backward.gradients_explicit`: the clean run (every
+    intermediate; the logits at every position only for `keep_run`) resolves the target at
+    `p` and serves every graph's backward."""
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        run = model.run(tokens, check=False, logits=keep_run)
+        if reads_logits(spec) and not tgt.every_position:      # resolved on these logits
+            rows = torch.arange(tokens.shape[0], device=tokens.device)
+            tgt = SequenceTarget(tgt.position, resolve_target(
+                spec, model.head(run.final[rows, tgt.position])), None, tgt.spec)
+        c = b - run.z                                                    # b - z  [B, L, T, H]
+        for graph in _graphs(modes):
+            first = "renorm" in modes and graph == "live"       # the norms renorm recomputes
+            g_z, g_norm = gradients_explicit(model, run, tgt, graph,
+                                             _first_norms(model) if first else ())
+            for mode in ("renorm", "live") if graph == "live" else (graph,):
+                if mode not in modes:
+                    continue
+                p = _renorm(model, run, tgt, c, g_z, g_norm) if mode == "renorm" else g_z.mul_(c)
+                out[mode] = p.masked_fill_(~keep, 0.0)                  # nodes after p: 0
     return SequenceAttribution(out, run if keep_run else None, tgt, b, tokens)
 
 

@@ -215,7 +215,8 @@ class BilinearTransformer(ResidualModel):
         return self.head(self.final_norm(h)[0] if pre else h)
 
     def run(self, tokens: Int[Tensor, "batch seq"], intervention: Intervention = NONE,
-            *, check: bool = True, intermediates: bool = True) -> TransformerRun:
+            *, check: bool = True, intermediates: bool = True,
+            logits: bool = True) -> TransformerRun:
         """One forward pass returning every intermediate.
 
         Args:
@@ -233,6 +234,9 @@ class BilinearTransformer(ResidualModel):
                 among them, are None (no stacking copies, no head: a caller that reads one
                 position applies `self.head` to `final` there; and, unless the patterns
                 are frozen or detached, attention through `scaled_dot_product_attention`).
+            logits: False leaves `logits` None with the intermediates kept (the head at
+                every position is a fifth of the issue model's forward; a caller that reads
+                one position applies `self.head` to `final` there).
 
         Returns:
             A `TransformerRun`.
@@ -266,8 +270,8 @@ class BilinearTransformer(ResidualModel):
         pattern, a, attn, u, left, right = (torch.stack(t, 1) if intermediates else None
                                             for t in per_layer)
         resid, scale, mean = (torch.stack(t, 2) for t in zip(*norms, strict=True))
-        logits = self.head(final) if intermediates else None
-        return TransformerRun(logits=logits, resid=resid, scale=scale, mean=mean,
+        out = self.head(final) if intermediates and logits else None
+        return TransformerRun(logits=out, resid=resid, scale=scale, mean=mean,
                               pattern=pattern, attn_in=a, attn_out=attn, u=u, left=left,
                               right=right, z=z, final=final)
 
