@@ -137,15 +137,18 @@ def test_plan_with_triton_gemms_matches_float64(norm, position, frozen):
     assert error(got, ref) < TOL
 
 
-@pytest.mark.parametrize("norm,position", [("rms", "pre"), ("rms", "post"), ("layer", "pre"),
-                                           ("layer", "post"), ("none", "pre"), ("none", "post")])
-def test_sequence_plan_with_triton_gemms_matches_float64(norm, position):
+@pytest.mark.parametrize("norm,position,f16", [
+    ("rms", "pre", False), ("rms", "post", False), ("layer", "pre", False),
+    ("layer", "post", False), ("none", "pre", False), ("none", "post", False),
+    ("rms", "pre", True), ("layer", "pre", True)])        # the norm kernel's max|out| read
+def test_sequence_plan_with_triton_gemms_matches_float64(norm, position, f16):
     """Every node of a 2-layer transformer through the Triton kernels (`down` for every
     product, `lr_dz` for the MLP's first, `attention_change` for the live attention), against
     the float64 oracle; the precision, the held flags and the target alternate over the
-    cases (the kernels' own tests above run both precisions). `mean-logprob` reads every
-    position, so the last layer carries all of them (`lr_dz` with `inner > 1`); `next` reads
-    the last alone."""
+    cases (the kernels' own tests above run both precisions; two more run the pre-norm
+    cases in float16 halves, whose products read the norm kernel's `max|out|`).
+    `mean-logprob` reads every position, so the last layer carries all of them (`lr_dz` with
+    `inner > 1`); `next` reads the last alone."""
     from test_sequence import tiny_transformer, tokens_for
 
     from bilens.ablation._engine.sequence_plan import SequencePlan
@@ -153,7 +156,7 @@ def test_sequence_plan_with_triton_gemms_matches_float64(norm, position):
     from bilens.core.sequence import prepare_sequence
 
     i = ["rms", "layer", "none"].index(norm) * 2 + (position == "post")
-    precision = ("3xtf32", "3xfp16")[i % 2]
+    precision = "3xfp16" if f16 else ("3xtf32", "3xfp16")[i % 2]
     fn, fa = (i // 2) % 2 == 1, i % 3 == 2
     target = ("next", "mean-logprob")[(i // 2) % 2]   # mean-logprob: every position read
     sizes = dict(d_model=12, d_hidden=7, n_heads=2, vocab_size=23)

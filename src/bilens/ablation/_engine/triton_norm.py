@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-_ROWS = 16                                   # rows per program (each row is one d_model)
+_ROWS = 16            # rows per program (each row one d_model); fewer where d_model > 256
 
 
 @triton.jit
@@ -32,7 +32,7 @@ def _norm_change_kernel(dh_ptr, s_ptr, r_ptr, g_ptr, out_ptr, top_ptr, n_rows, K
                         s_sb, s_ss, r_sb, r_ss, tiny, CENTRE: tl.constexpr,
                         FROZEN: tl.constexpr, TOP: tl.constexpr, BR: tl.constexpr,
                         BD: tl.constexpr):
-    rows = tl.program_id(0) * BR + tl.arange(0, BR)                  # (i, k, s) flattened
+    rows = (tl.program_id(0) * BR + tl.arange(0, BR)).to(tl.int64)  # (i, k, s); 64-bit offsets
     cols = tl.arange(0, BD)
     ok_r, ok_c = rows < n_rows, cols < d
     ok = ok_r[:, None] & ok_c[None, :]
@@ -65,9 +65,10 @@ def norm_change(centre: bool, frozen: bool, dh: Tensor, s: Tensor, r: Tensor, ga
     assert r.stride(-1) == 1 and dh.dtype == torch.float32, "float32, r's last axis contiguous"
     out = torch.empty_like(dh)
     most = torch.zeros(1, device=dh.device, dtype=torch.float32) if top else None
-    n = b * K * S
-    _norm_change_kernel[(triton.cdiv(n, _ROWS),)](
+    n, BD = b * K * S, triton.next_power_of_2(d)
+    BR = max(1, min(_ROWS, 4096 // BD))                  # at most 4,096 elements a program
+    _norm_change_kernel[(triton.cdiv(n, BR),)](
         dh, s, r, gamma.contiguous(), out, out if most is None else most, n, K * S, S, d,
         s.stride(0), s.stride(2), r.stride(0), r.stride(2), torch.finfo(torch.float32).tiny,
-        CENTRE=centre, FROZEN=frozen, TOP=top, BR=_ROWS, BD=triton.next_power_of_2(d))
+        CENTRE=centre, FROZEN=frozen, TOP=top, BR=BR, BD=BD)
     return out, most
