@@ -4,7 +4,8 @@
 # .whl/ref holds copies of sequence_plan.py at earlier commits, for the side-by-side step
 # (git show REF:src/bilens/ablation/_engine/sequence_plan.py > .whl/ref/sequence_plan_REF.py).
 # Steps (STEPS, comma list; run in this order: full, kernel, tests, against, subset,
-# profile): tests (the CUDA tests of the oracle's backends), against (today
+# profile, attribution): attribution (benchmarks/lm_attribution.py at the issue's shape,
+# 128 sequences: every mode through autograd and the explicit backward), tests (the CUDA tests of the oracle's backends), against (today
 # at each AGAINST_PREC against each REFS file at AGAINST_REF_PREC: fp32 by default,
 # `same`: the same precision), subset
 # (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
@@ -15,12 +16,14 @@
 # is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32. TESTS_K: pytest's -k for
 # the tests step (default gpu: all of them). The compile caches (Triton's and inductor's)
 # live in /tmp/bilens-cache: CACHE_IN=file.tgz (carried) starts from one, CACHE_OUT=1 returns
-# this call's as $OUT/compile-cache.tgz (a cold start compiles for about two minutes).
+# this call's as $OUT/compile-cache.tgz.part-* (15 MiB parts: `cat` them to one file; a
+# cold start compiles for about two minutes). AUTOTUNE=1 prints the winning launch shapes.
 set -o pipefail
 export PYTHONPATH=$PWD/src:$PWD/benchmarks PYTHONUNBUFFERED=1
 export TRITON_CACHE_DIR=/tmp/bilens-cache/triton TORCHINDUCTOR_CACHE_DIR=/tmp/bilens-cache/inductor
 mkdir -p /tmp/bilens-cache
 [[ -n ${CACHE_IN:-} ]] && tar xzf "$CACHE_IN" -C /tmp/bilens-cache
+[[ -n ${AUTOTUNE:-} ]] && export TRITON_PRINT_AUTOTUNING=1
 OUT=${OUT:-out}; mkdir -p "$OUT"
 STEPS=${STEPS:-tests,against,subset,profile,full}
 has() { [[ ",$STEPS," == *",$1,"* ]]; }
@@ -71,6 +74,10 @@ if has profile; then
   done > "$OUT/profile.log"
   grep -A3 "nodes: wall" "$OUT/profile.log" | cut -c1-160
 fi
-[[ -n ${CACHE_OUT:-} ]] && tar czf "$OUT/compile-cache.tgz" -C /tmp/bilens-cache . \
-    && ls -l "$OUT/compile-cache.tgz"
+if has attribution; then
+  timeout ${ATTRIBUTION_TIMEOUT:-150} python3 benchmarks/lm_attribution.py --device cuda \
+      --configs issue --n 128 --repeats 10 --no-captum 2>&1 | tee "$OUT/attribution.log"
+fi
+[[ -n ${CACHE_OUT:-} ]] && tar czf - -C /tmp/bilens-cache . \
+    | split -b 15m - "$OUT/compile-cache.tgz.part-" && ls -l "$OUT"/compile-cache.tgz.part-*
 true

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -177,29 +175,32 @@ def test_l1_penalty_shrinks_z():
     (["--kind", "transformer", "--epochs", "2"], "use --steps"),
     (["--steps", "2"], "use --epochs"),
 ])
-def test_compare_refuses_mixed_families(tmp_path, argv, message):
+def test_compare_refuses_mixed_families(tmp_path, argv, message, capsys):
+    """One line on stderr, a non-zero status, nothing written (in this process: the console
+    script's exit status is `test_cli_foundation.py`'s)."""
+    from bilens.cli import main
+
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "bilens", "compare", *argv, "--out", str(out)],
-                          capture_output=True, text=True)
-    assert proc.returncode != 0
-    assert message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert main(["compare", *argv, "--out", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
-def test_train_cli_passes_l1_and_refuses_input_noise(tmp_path):
+def test_train_cli_passes_l1_and_refuses_input_noise(tmp_path, capsys):
     """`bilens train --kind transformer --l1` reaches the penalty (it was once ignored);
-    `--input-noise` has no meaning for token ids and is refused."""
-    base = [sys.executable, "-m", "bilens", "train", "--kind", "transformer", "--steps", "2",
-            "--d-model", "8", "--d-hidden", "8", "--layers", "1", "--heads", "2",
-            "--device", "cpu", "--no-progress"]
-    ok = subprocess.run([*base, "--l1", "0.25", "--out", str(tmp_path / "m")],
-                        capture_output=True, text=True)
-    assert ok.returncode == 0, ok.stderr
+    `--input-noise` has no meaning for token ids and is refused (in this process: the
+    console script's exit status is `test_cli_foundation.py`'s)."""
+    from bilens.cli import main
+
+    base = ["train", "--kind", "transformer", "--steps", "2", "--d-model", "8", "--d-hidden",
+            "8", "--layers", "1", "--heads", "2", "--device", "cpu", "--no-progress"]
+    assert main([*base, "--l1", "0.25", "--out", str(tmp_path / "m")]) == 0
     config = json.loads((tmp_path / "m" / "config.json").read_text())
     assert config["training"]["l1"] == 0.25
-    bad = subprocess.run([*base, "--input-noise", "0.1", "--out", str(tmp_path / "n")],
-                         capture_output=True, text=True)
-    assert bad.returncode != 0 and "--input-noise" in bad.stderr
+    capsys.readouterr()
+    assert main([*base, "--input-noise", "0.1", "--out", str(tmp_path / "n")]) != 0
+    assert "--input-noise" in capsys.readouterr().err
     assert not (tmp_path / "n").exists()
 
 
