@@ -80,8 +80,12 @@ def main() -> None:
                     help="the oracle's products: fp32, 3xtf32 (CUDA), triton:3xfp16, "
                          "triton:3xtf32 (CUDA and Triton), or a comma list")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="the subset's rows and the whole oracle: best of this many calls "
-                         "(after a warm-up; the oracle's is the float64 check's run)")
+                    help="the whole oracle: best of this many calls (after a warm-up: the "
+                         "float64 check's run)")
+    ap.add_argument("--subset-repeat", type=int, default=5,
+                    help="the subset's rows (bilens, the prefix-reusing loop): best of this "
+                         "many calls after a warm-up (a GPU's subset is bound by the host, "
+                         "which is noisy)")
     ap.add_argument("--no-hooks", action="store_true",
                     help="skip the per-node hook loop of the subset (half a minute on a GPU)")
     ap.add_argument("--no-full", action="store_true",
@@ -178,13 +182,14 @@ def main() -> None:
                   f"{flops:.3g} FLOP, {flops / t_oracle / 1e12:.3f} TFLOP/s")
         plan = SequencePlan(model, run1, tgt1, b1, precision=precision, backend=backend)
         subset[prec] = timed(lambda plan=plan: {g: plan.effects(*g, slice(0, 1), slice(None))[0]
-                                                for g in groups}, sync, args.repeat)
+                                                for g in groups}, sync, args.subset_repeat)
 
     # ---- 3. the subset: sequence 0, layer 0, positions every `every`
     nodes = len(groups) * cfg.d_hidden
     print(f"subset: sequence 0, layer 0, {len(groups)} positions = {nodes} nodes; bilens "
           + ", ".join(f"{p} {t * 1e3:.1f} ms" for p, (t, _) in subset.items()))
-    t_pre, pre = timed(lambda: prefix_loop(model, run1, tgt1, b1, groups), sync, args.repeat)
+    t_pre, pre = timed(lambda: prefix_loop(model, run1, tgt1, b1, groups), sync,
+                       args.subset_repeat)
     for prec, (t_ours, ours) in subset.items():
         diff = max((pre[g] - ours[g]).abs().max().item() for g in groups)
         scale = max(ours[g].abs().max().item() for g in groups)
