@@ -139,8 +139,8 @@ def attribute_sequence(
         method: `"explicit"` (the backward written out, `attribution.sequence_backward`:
             one clean forward serves every mode), `"autograd"` (one autograd forward and
             backward per mode), or `"auto"`: explicit where one forward serves several
-            graphs (`attribute_sequence_modes`), autograd for one, the faster of the two on
-            this machine's CPU at the issue's shape (docs/benchmarks.md).
+            graphs (`attribute_sequence_modes`), autograd for one: the faster of the two in
+            each case on a CPU (docs/benchmarks.md, "The written-out backward").
 
     Returns:
         `predicted [B, n_layers, T, d_hidden]`, exactly 0 for nodes after `p`.
