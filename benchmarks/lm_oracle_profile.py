@@ -54,7 +54,8 @@ def main() -> None:
     _, run, tgt, b = prepare_sequence(model, data, "next", None, "zero", None, None)
 
     backend, precision = resolve_backend(backend, precision, torch.device("cuda"), model.dtype)
-    plan = SequencePlan(model, run, tgt, b, precision=precision, backend=backend)
+    plan = SequencePlan(model, run, tgt, b, precision=precision, backend=backend
+                        ) if args.subset else None          # the subset's (0, t) batches
 
     def oracle():
         if args.subset:

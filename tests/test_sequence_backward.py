@@ -43,16 +43,16 @@ def test_auto_takes_explicit_for_several_graphs_and_autograd_for_one(monkeypatch
     model = tiny_transformer()
     tokens = tokens_for(model)
     ran = []
-    real_auto, real_exp = sequence._one_pass, sequence._predict_chunk_explicit
+    real_auto, real_exp = sequence._one_pass, sequence.gradients_explicit
     monkeypatch.setattr(sequence, "_one_pass",
                         lambda *a, **k: ran.append("autograd") or real_auto(*a, **k))
-    monkeypatch.setattr(sequence, "_predict_chunk_explicit",
+    monkeypatch.setattr(sequence, "gradients_explicit",
                         lambda *a, **k: ran.append("explicit") or real_exp(*a, **k))
     attribute_sequence(model, tokens, target="next", mode="renorm")
     attribute_sequence_modes(model, tokens, target="next", modes=("live", "renorm"))
     assert ran == ["autograd", "autograd"]
     ran.clear()
     attribute_sequence_modes(model, tokens, target="next", modes=("frozen", "live"))
-    assert ran == ["explicit"]
+    assert ran == ["explicit", "explicit"]                       # one backward per graph
     with pytest.raises(BilensError, match="method: expected one of"):
         attribute_sequence(model, tokens, target="next", method="jvp")

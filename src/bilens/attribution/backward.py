@@ -54,14 +54,15 @@ def norm_backward(
     Args:
         model: the network (for `gamma`, the norm kind).
         i: norm index (layer `i`'s norm; `n_layers` is pre-norm's final norm).
-        run: the clean run whose statistics define the linearization.
-        g: gradient with respect to the norm's output, `[B, d_model]`.
+        run: the clean run whose statistics define the linearization (the norm axis
+            second; more axes may follow it, as the transformer's positions `[B, norm, T]`).
+        g: gradient with respect to the norm's output, `[B, d_model]` (or `[B, T, d_model]`).
         mode: `"frozen"` (statistics constant) or `"live"` (statistics differentiated).
     """
     norm = model.norm(i)
     if norm.kind == "none":
         return g
-    s = run.scale[:, i, None]                                        # [B, 1]
+    s = run.scale[:, i][..., None]                                   # [B, 1]
     a = g * norm.weight / s                                          # diag(gamma / s) g  [B, d]
     d = g.shape[-1]
     if norm.kind == "rms":
@@ -73,7 +74,7 @@ def norm_backward(
     a = a - a.mean(-1, keepdim=True)                                 # (I - 1 1^T / d) a
     if mode == "frozen":
         return a
-    xhat = (run.resid[:, i] - run.mean[:, i, None]) / s              # [B, d]
+    xhat = (run.resid[:, i] - run.mean[:, i][..., None]) / s         # [B, d]
     coef = torch.linalg.vecdot(xhat, a).unsqueeze(-1) / d
     return torch.addcmul(a, xhat, coef, value=-1)                    # ... - x^ x^T a / d
 

@@ -236,22 +236,32 @@ def _graphs(modes: tuple[str, ...]) -> tuple[str, ...]:
 def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: SequenceTarget,
                    b: Tensor, modes: tuple[str, ...], keep_run: bool, method: str
                    ) -> SequenceAttribution:
-    """One chunk: `explicit`, one clean forward and one written-out backward per graph;
-    `autograd`, per graph one autograd forward (the first is also the clean run, and
-    resolves the target on its own logits) and one backward. `renorm` adds its closed
-    form."""
+    """One chunk: `explicit`, one clean forward (every intermediate; the logits at every
+    position only for `keep_run`) and one written-out backward per graph; `autograd`, per
+    graph one autograd forward (the first is also the clean run) and one backward. Either
+    way the target is resolved on the clean logits; `renorm` adds its closed form."""
     keep = node_mask(tgt.position, tokens.shape[1])
-    if method == "explicit":
-        return _predict_chunk_explicit(model, tokens, spec, tgt, b, modes, keep_run, keep)
     out: dict[str, Tensor] = {}
     run = c = None
+    if method == "explicit":
+        with torch.no_grad():
+            run = model.run(tokens, check=False, logits=keep_run)
+        if not tgt.every_position:
+            rows = torch.arange(tokens.shape[0], device=tokens.device)
+            tgt = _resolved(spec, tgt, model.head(run.final[rows, tgt.position]))
+        c = b - run.z                                                    # b - z  [B, L, T, H]
     for graph in _graphs(modes):
         first = "renorm" in modes and graph == "live"           # the norms renorm recomputes
-        fwd, tgt, g_z, g_norm = _one_pass(model, tokens, spec, tgt, graph,
-                                          _first_norms(model) if first else (),
-                                          intermediates=keep_run and run is None)
-        if run is None:
-            run, c = fwd, b - fwd.z                                      # b - z  [B, L, T, H]
+        norms = _first_norms(model) if first else ()
+        if method == "explicit":
+            fwd = run
+            with torch.no_grad():
+                g_z, g_norm = gradients_explicit(model, run, tgt, graph, norms)
+        else:
+            fwd, tgt, g_z, g_norm = _one_pass(model, tokens, spec, tgt, graph, norms,
+                                              intermediates=keep_run and run is None)
+            if run is None:
+                run, c = fwd, b - fwd.z
         for mode in ("renorm", "live") if graph == "live" else (graph,):  # renorm reads g_z
             if mode not in modes:
                 continue
@@ -260,30 +270,12 @@ def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt
     return SequenceAttribution(out, run if keep_run else None, tgt, b, tokens)
 
 
-def _predict_chunk_explicit(model: BilinearTransformer, tokens: Tensor, spec: object,
-                            tgt: SequenceTarget, b: Tensor, modes: tuple[str, ...],
-                            keep_run: bool, keep: Tensor) -> SequenceAttribution:
-    """`_predict_chunk` with `sequence_backward.gradients_explicit`: the clean run (every
-    intermediate; the logits at every position only for `keep_run`) resolves the target at
-    `p` and serves every graph's backward."""
-    out: dict[str, Tensor] = {}
-    with torch.no_grad():
-        run = model.run(tokens, check=False, logits=keep_run)
-        if reads_logits(spec) and not tgt.every_position:      # resolved on these logits
-            rows = torch.arange(tokens.shape[0], device=tokens.device)
-            tgt = SequenceTarget(tgt.position, resolve_target(
-                spec, model.head(run.final[rows, tgt.position])), None, tgt.spec)
-        c = b - run.z                                                    # b - z  [B, L, T, H]
-        for graph in _graphs(modes):
-            first = "renorm" in modes and graph == "live"       # the norms renorm recomputes
-            g_z, g_norm = gradients_explicit(model, run, tgt, graph,
-                                             _first_norms(model) if first else ())
-            for mode in ("renorm", "live") if graph == "live" else (graph,):
-                if mode not in modes:
-                    continue
-                p = _renorm(model, run, tgt, c, g_z, g_norm) if mode == "renorm" else g_z.mul_(c)
-                out[mode] = p.masked_fill_(~keep, 0.0)                  # nodes after p: 0
-    return SequenceAttribution(out, run if keep_run else None, tgt, b, tokens)
+def _resolved(spec: object, tgt: SequenceTarget, logits: Tensor) -> SequenceTarget:
+    """`tgt` with its target resolved on the clean run's logits at `p` `[B, vocab]`, where
+    the spec reads them (`predicted`, ...); else `tgt` itself."""
+    if not reads_logits(spec):
+        return tgt
+    return SequenceTarget(tgt.position, resolve_target(spec, logits.detach()), None, tgt.spec)
 
 
 def _one_pass(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: SequenceTarget,
@@ -310,9 +302,7 @@ def _one_pass(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: Seq
             f = tgt(model.head(out.final))
         else:                                                          # only p's: [B, vocab]
             logits = model.head(out.final[torch.arange(B, device=tokens.device), tgt.position])
-            if reads_logits(spec):                                     # this run is the clean one
-                tgt = SequenceTarget(tgt.position, resolve_target(spec, logits.detach()), None,
-                                     tgt.spec)
+            tgt = _resolved(spec, tgt, logits)                         # this run is the clean one
             f = tgt.target(logits)
         grads = torch.autograd.grad(f.sum(), [z_off, *n_off.values()], allow_unused=True)
     g_norm = {i: torch.zeros_like(n_off[i]) if g is None else g     # None: not reached

@@ -24,11 +24,18 @@ per-position reference of `tests/test_sequence_reference.py`.
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from torch import Tensor
 
-from bilens.core.models.transformer import BilinearTransformer, TransformerRun, rope_angles
+from bilens.attribution.backward import norm_backward
+from bilens.core.models.transformer import (
+    BilinearTransformer,
+    TransformerRun,
+    rope,
+    rope_angles,
+)
 from bilens.core.sequence import SequenceTarget
 
 HOLDS = {"frozen": (True, True), "frozen-norm": (True, False), "live": (False, False)}
@@ -74,11 +81,11 @@ def _head_backward(model: BilinearTransformer, run: TransformerRun, tgt: Sequenc
     position for `mean-logprob`), through the head."""
     final, W = run.final, model.head.weight
     B, T, _ = final.shape
-    g = torch.zeros_like(final)
     if tgt.every_position:              # f = mean_t log p(x_{t+1}): (onehot - softmax) / T
         logits = final @ W.T
         onehot = torch.nn.functional.one_hot(tgt.next_tokens, W.shape[0]).to(final.dtype)
         return (onehot - logits.softmax(-1)) @ W / T
+    g = torch.zeros_like(final)
     rows = torch.arange(B, device=final.device)
     logits = final[rows, tgt.position] @ W.T                              # [B, vocab]
     g[rows, tgt.position] = tgt.target.grad_logits(logits) @ W
@@ -87,20 +94,12 @@ def _head_backward(model: BilinearTransformer, run: TransformerRun, tgt: Sequenc
 
 def _norm_backward(model: BilinearTransformer, run: TransformerRun, i: int, g: Tensor,
                    held: bool) -> Tensor:
-    """`J^T g` of norm `i` at every position (`g` `[B, T, d]` at its output)."""
-    norm = model.norm(i)
-    if norm.kind == "none":
-        return g
-    s = run.scale[:, :, i, None]                                          # [B, T, 1]
-    a = g * norm.weight / s
-    c = run.resid[:, :, i]
-    if norm.kind == "layer":
-        a = a - a.mean(-1, keepdim=True)
-        c = c - run.mean[:, :, i, None]
-    if held:
-        return a
-    coef = torch.linalg.vecdot(c, a).unsqueeze(-1) / (g.shape[-1] * s * s)
-    return torch.addcmul(a, c, coef, value=-1)
+    """`J^T g` of norm `i` at every position (`g` `[B, T, d]` at its output): the MLP
+    network's `backward.norm_backward`, on the run's statistics with the norm axis second
+    (views, as `renorm`'s closed forms read them)."""
+    stats = SimpleNamespace(resid=run.resid.movedim(2, 1), scale=run.scale.movedim(2, 1),
+                            mean=run.mean.movedim(2, 1))
+    return norm_backward(model, i, stats, g, "frozen" if held else "live")
 
 
 def _attention_backward(model: BilinearTransformer, run: TransformerRun, l: int, g: Tensor,
@@ -119,14 +118,9 @@ def _attention_backward(model: BilinearTransformer, run: TransformerRun, l: int,
     g_P = g_o @ v.transpose(-1, -2)
     g_S = P * (g_P - (P * g_P).sum(-1, keepdim=True)) / math.sqrt(attn.d_head)
     cos, sin = rope_angles(T, attn.d_head, attn.rope_base, a.dtype, a.device)
-    g_q, g_k = (_rope_back(x, cos, sin) for x in (g_S @ k, g_S.transpose(-1, -2) @ q))
+    # rope's adjoint is rope at -phi: rot^T = -rot, and sin(phi) is the same in both halves
+    g_q, g_k = (rope(x, cos, -sin) for x in (g_S @ k, g_S.transpose(-1, -2) @ q))
     return out + _flat(g_q) @ attn.q.weight + _flat(g_k) @ attn.k.weight
-
-
-def _rope_back(g: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """The adjoint of `rope`: `g cos + rot^T(g sin)`, `rot^T(w) = cat(w[d/2:], -w[:d/2])`."""
-    w, half = g * sin, g.shape[-1] // 2
-    return g * cos + torch.cat((w[..., half:], -w[..., :half]), dim=-1)
 
 
 def _flat(x: Tensor) -> Tensor:

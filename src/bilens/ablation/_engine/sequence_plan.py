@@ -347,8 +347,6 @@ class _LayerWeights:
             setattr(self, name, prepare(w))
 
 
-
-
 def norm_change(centre: bool, frozen: bool, dh: Tensor, s: Tensor, r: Tensor, gamma: Tensor
                 ) -> Tensor:
     """`N(r + dh) - N(r)` (`dh` centred first for LayerNorm, whose beta cancels; `r` the
