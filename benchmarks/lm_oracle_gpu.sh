@@ -5,7 +5,7 @@
 # (git show REF:src/bilens/ablation/_engine/sequence_plan.py > .whl/ref/sequence_plan_REF.py).
 # Steps (STEPS, comma list; run in this order: full, kernel, tests, against, subset,
 # profile, attribution): attribution (benchmarks/lm_attribution.py at the issue's shape,
-# 128 sequences: every mode through autograd and the explicit backward), tests (the CUDA tests of the oracle's backends), against (today
+# 128 sequences, or each of ATTRIBUTION_N: every mode through autograd and the explicit backward), tests (the CUDA tests of the oracle's backends), against (today
 # at each AGAINST_PREC against each REFS file at AGAINST_REF_PREC: fp32 by default,
 # `same`: the same precision), subset
 # (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
@@ -75,8 +75,10 @@ if has profile; then
   grep -A3 "nodes: wall" "$OUT/profile.log" | cut -c1-160
 fi
 if has attribution; then
-  timeout ${ATTRIBUTION_TIMEOUT:-150} python3 benchmarks/lm_attribution.py --device cuda \
-      --configs issue --n 128 --repeats 10 --no-captum 2>&1 | tee "$OUT/attribution.log"
+  for n in ${ATTRIBUTION_N:-128}; do        # sequences per batch, e.g. ATTRIBUTION_N='128 1024'
+    timeout ${ATTRIBUTION_TIMEOUT:-150} python3 benchmarks/lm_attribution.py --device cuda \
+        --configs issue --n $n --repeats 10 --no-captum 2>&1
+  done | tee "$OUT/attribution.log"
 fi
 [[ -n ${CACHE_OUT:-} ]] && tar czf - -C /tmp/bilens-cache . \
     | split -b 15m - "$OUT/compile-cache.tgz.part-" && ls -l "$OUT"/compile-cache.tgz.part-*
