@@ -4,6 +4,7 @@ and the forward + backward floor, side by side in one run.
     python benchmarks/lm_attribution.py --threads 1                  # CPU, both configurations
     python benchmarks/lm_attribution.py --threads 1 --against main   # and the code of a git ref
     python benchmarks/lm_attribution.py --device cuda --configs issue --n 128 [--profile]
+    python benchmarks/lm_attribution.py --device cuda --configs issue --n 1024 --memory 40GiB
 
 Configurations (random weights, float32, pre-norm RMS, target `next` at the last position):
 
@@ -40,8 +41,14 @@ from pathlib import Path
 import torch
 from lm_oracle import ZSeq
 
-from bilens.attribution.sequence import SEQUENCE_MODES, attribute_sequence, attribute_sequence_modes
+from bilens.attribution.sequence import (
+    SEQUENCE_MODES,
+    attribute_sequence,
+    attribute_sequence_modes,
+    batch_for,
+)
 from bilens.core.config import TransformerConfig
+from bilens.core.memory import DEFAULT_MEMORY
 from bilens.core.models.transformer import BilinearTransformer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,9 +99,11 @@ def forward_backward(model: BilinearTransformer, tokens: torch.Tensor, nxt: torc
     return torch.autograd.grad(logp.gather(1, nxt[:, None]).sum(), zs)
 
 
-def cases(model, data, old, captum: bool) -> dict:
-    """Every timed row: name -> a call with no arguments."""
+def cases(model, data, old, captum: bool, memory: str) -> dict:
+    """Every timed row: name -> a call with no arguments (the attribution's chunks bounded
+    by `memory`)."""
     tokens, nxt = data[:, :-1], data[:, -1]
+    mem = dict(memory=memory)
     out = {"forward": torch.no_grad()(lambda: model(tokens)),
            "forward, autograd graph": lambda: model(tokens).sum(),
            "forward + backward (floor)": lambda: forward_backward(model, tokens, nxt)}
@@ -105,15 +114,15 @@ def cases(model, data, old, captum: bool) -> dict:
         every = attribute_sequence_modes if mod is None else mod.attribute_sequence_modes
         for mode in SEQUENCE_MODES:
             out[f"{label}attribute {mode}"] = (
-                lambda one=one, mode=mode: one(model, data, target="next", mode=mode))
+                lambda one=one, mode=mode: one(model, data, target="next", mode=mode, **mem))
         out[f"{label}attribute, all four modes"] = (
-            lambda every=every: every(model, data, target="next", keep_run=False).predicted)
+            lambda every=every: every(model, data, target="next", keep_run=False, **mem).predicted)
         if mod is None:           # today's two backwards, each where "auto" takes the other
             for mode in SEQUENCE_MODES:
                 out[f"attribute {mode}, explicit"] = (lambda mode=mode: attribute_sequence(
-                    model, data, target="next", mode=mode, method="explicit"))
+                    model, data, target="next", mode=mode, method="explicit", **mem))
             out["attribute, all four modes, autograd"] = lambda: attribute_sequence_modes(
-                model, data, target="next", keep_run=False, method="autograd").predicted
+                model, data, target="next", keep_run=False, method="autograd", **mem).predicted
     if captum:
         from captum.attr import LayerGradientXActivation
 
@@ -194,12 +203,14 @@ def run_config(name: str, args, old) -> dict:
     model = BilinearTransformer(cfg).to(dev).eval()
     data = torch.randint(cfg.vocab_size, (n, T + 1), device=dev)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    rows = cases(model, data, old, not args.no_captum)
+    rows = cases(model, data, old, not args.no_captum, args.memory)
+    chunk = batch_for(model, n, T, args.memory, all_logits=False)     # `next`: the head at p
     median, last = measure(rows, args.repeats, args.warmup, sync)
     base = median["forward"]
     print(f"\n{name}: {cfg.n_layers} layers, d_model {cfg.d_model}, d_hidden {cfg.d_hidden}, "
           f"{cfg.n_heads} heads, {T} tokens, vocab {cfg.vocab_size}, {n} sequences "
-          f"({n * cfg.n_layers * T * cfg.d_hidden:,} nodes); median of {args.repeats}")
+          f"({n * cfg.n_layers * T * cfg.d_hidden:,} nodes); median of {args.repeats}; "
+          f"attribution in chunks of {chunk} sequences (--memory {args.memory})")
     print(f"{'':40} {'ms':>9} {'x forward':>10}")
     for key, t in median.items():
         print(f"{key.replace('@REF', '@' + str(args.against)):40} {1e3 * t:9.2f} "
@@ -207,7 +218,7 @@ def run_config(name: str, args, old) -> dict:
     for line in agreement(last, old):
         print(line.replace("REF", str(args.against)))
     profiled = where_time_goes(rows, sync) if args.profile and dev.startswith("cuda") else None
-    return {"n": n, "seq": T, "median_s": median, "profile": profiled,
+    return {"n": n, "seq": T, "chunk": chunk, "median_s": median, "profile": profiled,
             "ratio_to_forward": {k: t / base for k, t in median.items()}}
 
 
@@ -216,6 +227,9 @@ def main() -> None:
     p.add_argument("--configs", default="issue,small", help="comma-separated: issue, small")
     p.add_argument("--n", type=int, default=None, help="sequences (default 8 CPU, 128 GPU)")
     p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--memory", default=DEFAULT_MEMORY,
+                   help=f"the attribution's chunk budget (default {DEFAULT_MEMORY}; one chunk "
+                        "of 1,024 issue-shape sequences needs about 32GiB)")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

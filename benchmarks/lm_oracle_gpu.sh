@@ -5,16 +5,19 @@
 # (git show REF:src/bilens/ablation/_engine/sequence_plan.py > .whl/ref/sequence_plan_REF.py).
 # Steps (STEPS, comma list; run in this order: full, kernel, tests, against, subset,
 # profile, attribution): attribution (benchmarks/lm_attribution.py at the issue's shape,
-# 128 sequences, or each of ATTRIBUTION_N: every mode through autograd and the explicit backward), tests (the CUDA tests of the oracle's backends), against (today
+# 128 sequences, or each of ATTRIBUTION_N, chunked by ATTRIBUTION_MEMORY: every mode
+# through autograd and the explicit backward), tests (the CUDA tests of the oracle's backends), against (today
 # at each AGAINST_PREC against each REFS file at AGAINST_REF_PREC: fp32 by default,
 # `same`: the same precision), subset
-# (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC),
+# (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC;
+# SUBSET_FLAGS are lm_oracle.py's, e.g. '--subset-repeat 10'; SUBSET_RUNS processes),
 # profile (where the GPU's time goes, at each PROFILE_PREC), full (128 sequences at FULL_PREC,
 # once per FULL_MEMORY and per `|`-separated flag set of FULL_FLAGS, e.g.
 # FULL_FLAGS='|--even-batches'; PROFILE_FLAGS likewise, e.g. '|--subset 8'), kernel (benchmarks/attention_kernel.py: the fused attention
 # kernel at each launch shape of LAUNCH and against each module file of VARIANTS). A precision
 # is fp32, 3xtf32 (eager cuBLAS), triton:3xfp16, triton:3xtf32. TESTS_K: pytest's -k for
-# the tests step (default gpu: all of them). The compile caches (Triton's and inductor's)
+# the tests step (default gpu: all of them) in TESTS_FILES (default
+# tests/test_sequence_precision.py). The compile caches (Triton's and inductor's)
 # live in /tmp/bilens-cache: CACHE_IN=file.tgz (carried) starts from one, CACHE_OUT=1 returns
 # this call's as $OUT/compile-cache.tgz.part-* (15 MiB parts: `cat` them to one file; a
 # cold start compiles for about two minutes). AUTOTUNE=1 prints the winning launch shapes.
@@ -46,8 +49,9 @@ if has kernel; then
       | grep -v -i warn | tee "$OUT/kernel.log"
 fi
 if has tests; then
-  timeout 240 python3 -m pytest -q -p no:cacheprovider tests/test_sequence_precision.py \
-      -k "${TESTS_K:-gpu}" 2>&1 | tail -5 | tee "$OUT/tests.log"
+  timeout ${TESTS_TIMEOUT:-240} python3 -m pytest -q -p no:cacheprovider \
+      ${TESTS_FILES:-tests/test_sequence_precision.py} -k "${TESTS_K-gpu}" 2>&1 | tail -8 \
+      | tee "$OUT/tests.log"
 fi
 if has against; then
   for ref in ${REFS:-.whl/ref/sequence_plan_4ca389d.py .whl/ref/sequence_plan_e06188b.py}; do
@@ -60,8 +64,12 @@ if has against; then
   done | tee "$OUT/against.log"
 fi
 if has subset; then
-  timeout 240 python3 benchmarks/lm_oracle.py --gpu --n 8 --no-captum --no-hooks \
-      --precision ${PREC:-fp32,triton:3xtf32,triton:3xfp16} 2>&1 | tee "$OUT/oracle8.log"
+  for run in $(seq ${SUBSET_RUNS:-1}); do     # each a new process (its first run's compile)
+    echo "== subset process $run"
+    timeout 240 python3 benchmarks/lm_oracle.py --gpu --n 8 --no-captum --no-hooks \
+        --precision ${PREC:-fp32,triton:3xtf32,triton:3xfp16} ${SUBSET_FLAGS:-} 2>&1 \
+        | grep -v -i -e warn -e autotun -e "^Triton"
+  done | tee "$OUT/oracle8.log"
 fi
 if has profile; then
   IFS='|' read -r -a profile_sets <<< "${PROFILE_FLAGS:-}"
@@ -77,7 +85,7 @@ fi
 if has attribution; then
   for n in ${ATTRIBUTION_N:-128}; do        # sequences per batch, e.g. ATTRIBUTION_N='128 1024'
     timeout ${ATTRIBUTION_TIMEOUT:-150} python3 benchmarks/lm_attribution.py --device cuda \
-        --configs issue --n $n --repeats 10 --no-captum 2>&1
+        --configs issue --n $n --repeats 10 --no-captum --memory ${ATTRIBUTION_MEMORY:-4GiB} 2>&1
   done | tee "$OUT/attribution.log"
 fi
 [[ -n ${CACHE_OUT:-} ]] && tar czf - -C /tmp/bilens-cache . \
