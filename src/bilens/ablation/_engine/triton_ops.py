@@ -76,15 +76,22 @@ def _configs(shapes):
     configs = []
     for f16, group in ((False, both), (True, f16_only)):
         for bm, bn, bk, w, s in group:
-            config = triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s)
-            config.f16_only = f16                   # read by `configs_for`, not the kernel
-            configs.append(config)
+            configs.append(triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w,
+                                         num_stages=s))
+            if f16:
+                _F16_ONLY.add(id(configs[-1]))
     return configs
+
+
+# The configs tried for float16 halves only, by identity. Not an attribute of the Config:
+# Triton rebuilds a Config from its attributes when it reads cached winners from disk
+# (`cache_results`), and an extra one made that raise (seen on the H200, Triton of torch 2.11).
+_F16_ONLY: set[int] = set()
 
 
 def configs_for(configs: list, f16: bool) -> list:
     """The autotune shapes tried for one precision."""
-    return [c for c in configs if f16 or not c.f16_only]
+    return [c for c in configs if f16 or id(c) not in _F16_ONLY]
 
 
 def _prune(configs, named_args, **kwargs):
