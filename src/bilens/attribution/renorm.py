@@ -24,8 +24,6 @@ gradient, so it has no `gradients(mode=...)` counterpart.
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -83,33 +81,8 @@ def _centred(model: BilinearNet, run: Run, i: int, D: Tensor) -> tuple[Tensor, T
     norm axis is `run`'s second; more axes may follow it (`[B, norm, T, d]`: `r [B, T, d]`)."""
     r, s = run.resid[:, i], run.scale[:, i][..., None]
     if model.norm(i).kind == "layer":
-        return r - run.mean[:, i][..., None], s, centred_columns(D)
+        return r - run.mean[:, i][..., None], s, D - D.mean(0)
     return r, s, D
-
-
-def centred_columns(D: Tensor) -> Tensor:
-    """`D` `[..., d, H]` with each column's mean over `d` removed (LayerNorm's centring)."""
-    return D - D.mean(-2, keepdim=True)
-
-
-class Dots(NamedTuple):
-    """What the closed forms read of the norm's (centred) input `r`, its statistic `s`, the
-    gradient at its output times the gain `gy = gamma g_out` and the (centred) columns
-    `D_k`, each with any leading axes (a batch; or batch, layer and position): `r_dot = r .
-    D_k` and `g_dot = gy . D_k` `[..., H]`, `sq = |D_k|^2` (broadcasting against them),
-    `along_r = gy . r` and `s` `[..., 1]`, and the width `d`. The caller forms the products
-    the way its layout runs fastest."""
-    r_dot: Tensor
-    g_dot: Tensor
-    sq: Tensor
-    along_r: Tensor
-    s: Tensor
-    d: int
-
-
-def _dots(r: Tensor, s: Tensor, D: Tensor, gy: Tensor) -> Dots:
-    """`Dots` of `r`, `gy` `[B, d]` and `D` `[d, H]`."""
-    return Dots(r @ D, gy @ D, (D * D).sum(0), (gy * r).sum(-1, keepdim=True), s, r.shape[-1])
 
 
 def _norm_change(
@@ -127,16 +100,15 @@ def _norm_change(
     if norm.kind == "none":
         return c * slope
     r, s, D = _centred(model, run, i, D)
-    return norm_change_closed(_dots(r, s, D, g_out * norm.weight), c, slope)
-
-
-def norm_change_closed(x: Dots, c: Tensor, slope: Tensor) -> Tensor:
-    """`_norm_change` from its `Dots` (`g_dot` unused: the slope carries it)."""
-    s, d = x.s, x.d
-    s_new, ds2 = perturbed_scale(s, c * x.r_dot, c * c * x.sq, d)           # s'          [., H]
+    d = r.shape[-1]
+    gy = g_out * norm.weight                                               # [B, d]
+    r_dot = r @ D                                                          # r . D_k     [B, H]
+    sq = (D * D).sum(0)                                                    # |D_k|^2     [H]
+    s_new, ds2 = perturbed_scale(s, c * r_dot, c * c * sq, d)               # s'          [B, H]
     inv_change = inverse_scale_change(s, s_new, ds2)                        # 1/s' - 1/s
-    along_d = s * slope + x.along_r * x.r_dot / (d * s**2)                 # gy . D_k    [., H]
-    return x.along_r * inv_change + c * along_d / s_new
+    along_r = (gy * r).sum(-1, keepdim=True)                                # [B, 1]
+    along_d = s * slope + along_r * r_dot / (d * s**2)                     # gy . D_k    [B, H]
+    return along_r * inv_change + c * along_d / s_new
 
 
 def _swap_norm(
@@ -149,28 +121,24 @@ def _swap_norm(
     g_live: Float[Tensor, "batch d_hidden"],
 ) -> Float[Tensor, "batch d_hidden"]:
     """The live prediction `c g_live` with its path through norm `i` swapped for that norm's
-    exact change: `c g_live - c slope + g_out . (N_i(r + D_k c) - N_i(r))` for every `k`
-    (`swap_norm_closed`)."""
+    exact change: `c g_live - c slope + g_out . (N_i(r + D_k c) - N_i(r))` for every `k`.
+
+    With `gy = gamma g_out`, `slope = gy.D_k / s - (gy.r)(r.D_k) / (d s^3)` and the exact
+    change `(gy.r)(1/s' - 1/s) + c gy.D_k / s'`, the two `gy.D_k` terms share one
+    `1/s' - 1/s` (no cancellation between them), and the rest runs in place (on `[B, H]`
+    each temporary is a pass over fresh memory):
+
+        c g_live + (c gy.D_k + gy.r)(1/s' - 1/s) + c (r.D_k)(gy.r) / (d s^3)
+    """
     norm = model.norm(i)
     if norm.kind == "none":                          # linear: the exact change is the slope
         return c * g_live
     r, s, D = _centred(model, run, i, D)
-    return swap_norm_closed(_dots(r, s, D, g_out * norm.weight), c, g_live)
-
-
-def swap_norm_closed(x: Dots, c: Tensor, g_live: Tensor) -> Tensor:
-    """`_swap_norm` from its `Dots` (consumed: `r_dot` and `g_dot` are overwritten).
-
-    With `slope = gy.D_k / s - (gy.r)(r.D_k) / (d s^3)` and the exact change
-    `(gy.r)(1/s' - 1/s) + c gy.D_k / s'`, the two `gy.D_k` terms share one `1/s' - 1/s`
-    (no cancellation between them), and the rest runs in place (each temporary `[., H]` is
-    a pass over fresh memory):
-
-        c g_live + (c gy.D_k + gy.r)(1/s' - 1/s) + c (r.D_k)(gy.r) / (d s^3)
-    """
-    s, d, along_r = x.s, x.d, x.along_r
-    cr = x.r_dot.mul_(c)                                                   # c r . D_k   [., H]
-    s_new, ds2 = perturbed_scale(s, cr, (c * c).mul_(x.sq), d)             # s'          [., H]
-    out = x.g_dot.mul_(c).add_(along_r).mul_(inverse_scale_change(s, s_new, ds2))
-    out.add_(cr.mul_(along_r / (d * s**3)))
+    d = r.shape[-1]
+    gy = g_out * norm.weight                                               # [B, d]
+    x = (r @ D).mul_(c)                                                    # c r . D_k   [B, H]
+    s_new, ds2 = perturbed_scale(s, x, (c * c).mul_((D * D).sum(0)), d)    # s'          [B, H]
+    along_r = (gy * r).sum(-1, keepdim=True)                               # gy . r      [B, 1]
+    out = (gy @ D).mul_(c).add_(along_r).mul_(inverse_scale_change(s, s_new, ds2))
+    out.add_(x.mul_(along_r / (d * s**3)))
     return out.addcmul_(c, g_live)

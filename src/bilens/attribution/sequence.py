@@ -37,18 +37,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from types import SimpleNamespace
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from bilens.attribution.backward import METHODS
-from bilens.attribution.renorm import (
-    Dots,
-    centred_columns,
-    norm_change_closed,
-    swap_norm_closed,
-)
+from bilens.attribution.renorm import _norm_change, _swap_norm
 from bilens.attribution.sequence_backward import gradients_explicit
 from bilens.core.errors import BilensError
 from bilens.core.memory import DEFAULT_MEMORY, parse_memory
@@ -349,61 +345,18 @@ def _renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget
             g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
     """`renorm` (module docstring): the first norm each node reaches, exactly, per position,
     from the clean `run`, the live `d f / d z` and the live gradients at the norms' outputs.
-    The layers run at once, their norms' inputs, gains and `D` stacked along the layer axis
-    (a GPU launches each kernel once, not once per layer). The last layer's nodes reach a
-    target read at `p` only from `p` (their `g_live` and the gradient at the norm they reach
-    are 0 elsewhere, and so is the prediction): that layer is computed at `p` alone."""
-    (kind,) = {model.norm(i).kind for i in _first_norms(model)}        # one kind: the config's
-    if kind == "none":                                 # linear: the exact change is the slope
-        return c * g_live
+    The last layer's nodes reach a target read at `p` only from `p` (their `g_live` and the
+    gradient at the norm they reach are 0 elsewhere, and so is the prediction): only the
+    rows at `p` are computed there."""
     B, L, T, H = c.shape
     out = c.new_zeros(B, L, T, H)
-    stacked = L if tgt.every_position else L - 1                       # the rest: at p alone
+    every = (slice(None), slice(None))
+    at_p = (torch.arange(B, device=c.device), tgt.position)
     with torch.no_grad():
-        if stacked:
-            out[:, :stacked] = _renorm_layers(model, run, slice(0, stacked), None, c, g_live,
-                                              g_norm)
-        if stacked < L:
-            rows = torch.arange(B, device=c.device)
-            out[rows, -1, tgt.position] = _renorm_layers(model, run, slice(L - 1, L),
-                                                         tgt.position, c, g_live, g_norm)[:, 0]
+        for l in range(L):
+            at = at_p if l == L - 1 and not tgt.every_position else every
+            out[:, l][at] = _renorm_layer(model, run, l, at, c, g_live, g_norm)
     return out
-
-
-def _renorm_layers(model: BilinearTransformer, run: TransformerRun, layers: slice,
-                   p: Tensor | None, c: Tensor, g_live: Tensor, g_norm: dict[int, Tensor]
-                   ) -> Tensor:
-    """`renorm` of the nodes of `layers`, stacked on the second axis: at every position
-    `[B, n, T, H]`, or (`p`, one per sequence; one layer) at `p` alone `[B, 1, H]`."""
-    norms = list(_first_norms(model)[layers])
-    rows = torch.arange(c.shape[0], device=c.device)
-
-    def at(x: Tensor) -> Tensor:                      # [B, T, ...] -> [B, (T,) ...]
-        return x if p is None else x[rows, p]
-
-    def by_layer(x: Tensor) -> Tensor:                # [B, n, T, ...] -> [B, n, (T,) ...]
-        return x if p is None else x[rows, :, p]
-
-    r = at(run.resid)[..., norms, :].movedim(-2, 1)                   # [B, n, (T,) d]
-    s = at(run.scale)[..., norms].movedim(-1, 1)[..., None]           # [B, n, (T,) 1]
-    D = torch.stack([layer.D for layer in model.layers[layers]])       # [n, d, H]
-    if model.norm(norms[0]).kind == "layer":
-        r = r - at(run.mean)[..., norms].movedim(-1, 1)[..., None]
-        D = centred_columns(D)
-    n, d, H = D.shape
-    other = (1,) * (r.dim() - 3)                       # the positions' axis, if any
-    gamma = torch.stack([model.norm(i).weight for i in norms]).view(n, *other, d)
-    gy = torch.stack([at(g_norm[i]) for i in norms], 1).mul_(gamma)   # [B, n, (T,) d]
-
-    def dot(x: Tensor) -> Tensor:                     # x . D_k per layer: one batched product
-        return torch.einsum("bn...d,ndh->bn...h", x, D)                # over the layers
-
-    x = Dots(dot(r), dot(gy), (D * D).sum(1).view(n, *other, H), (gy * r).sum(-1, keepdim=True),
-             s, d)
-    c_l, g_l = by_layer(c[:, layers]), by_layer(g_live[:, layers])
-    if model.config.norm_position == "pre":            # the path through it swapped for exact
-        return swap_norm_closed(x, c_l, g_l)
-    return norm_change_closed(x, c_l, slope=g_l)      # every path runs through it
 
 
 def _first_norms(model: BilinearTransformer) -> tuple[int, ...]:
@@ -412,3 +365,16 @@ def _first_norms(model: BilinearTransformer) -> tuple[int, ...]:
     L = model.config.n_layers
     pre = model.config.norm_position == "pre"
     return tuple(2 * (l + 1) if pre else 2 * l + 1 for l in range(L))
+
+
+def _renorm_layer(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple,
+                  c: Tensor, g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
+    """`renorm` of layer `l`'s nodes at the positions `at` (an index of `[B, T]`)."""
+    i = _first_norms(model)[l]
+    held = SimpleNamespace(resid=run.resid[at].movedim(-2, 1),      # the norm axis second,
+                           scale=run.scale[at].movedim(-1, 1),      # as renorm's closed
+                           mean=run.mean[at].movedim(-1, 1))        # forms read it
+    c_l, g_l, g_n, D = c[:, l][at], g_live[:, l][at], g_norm[i][at], model.layers[l].D
+    if model.config.norm_position == "pre":  # the path through that norm swapped for exact
+        return _swap_norm(model, held, i, g_n, D, c_l, g_l)
+    return _norm_change(model, held, i, g_n, D, c_l, slope=g_l)   # every path runs through it
