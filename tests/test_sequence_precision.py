@@ -158,6 +158,21 @@ def test_gpu_backends_match_float64(backend, precision):
 
 
 @needs_cuda
+@pytest.mark.parametrize("norm", ["rms", "layer"])
+def test_gpu_triton_oracle_with_held_statistics_matches_float64(norm):
+    """The Triton norm kernel's held-statistic branch (`actual_frozen_norm`) on a GPU,
+    against the float64 oracle that holds them too."""
+    if not triton_available():
+        pytest.skip("needs Triton")
+    model64 = _wide(norm, "pre").cuda()
+    tokens = tokens_for(model64, n=2, seq=7).cuda()
+    want = sequence_ablation_effects(model64, tokens, target="next", frozen_norm=True)
+    got = sequence_ablation_effects(_wide(norm, "pre").float().cuda(), tokens, target="next",
+                                    frozen_norm=True, backend="triton", precision="3xfp16")
+    assert rel(got.double(), want) < 1e-5
+
+
+@needs_cuda
 @pytest.mark.parametrize("backend,precision", [("eager", "fp32"), ("triton", "3xfp16")])
 def test_gpu_oracle_batches_never_wait_for_the_device(backend, precision):
     """Once a plan is built, its batches of ablations (nodes and features) queue their

@@ -223,6 +223,23 @@ def test_float16_only_shapes_are_pruned_for_tf32():
     assert all(c.kwargs["BK"] <= 32 for c in tf32) and any(c.kwargs["BK"] == 64 for c in f16)
 
 
+@needs_triton
+def test_autotune_configs_survive_the_disk_cache():
+    """Triton's `cache_results` writes each config's attributes as JSON and rebuilds it with
+    `Config(**attributes)` in a later process: an attribute of ours made that raise on the
+    H200 (session 11)."""
+    import json
+
+    import triton
+
+    from bilens.ablation._engine import triton_ops as T
+
+    for kernel in (T._lr_dz_kernel, T._down_kernel, T._entry_down_kernel):
+        for config in kernel.configs:
+            again = triton.Config(**json.loads(json.dumps(config.__dict__)))
+            assert str(again) == str(config)
+
+
 INTERPRETED = Path(__file__).with_name("triton_interpreted.py")
 
 
