@@ -89,9 +89,14 @@ def _configs(shapes):
 _F16_ONLY: set[int] = set()
 
 
+def f16_only(config) -> bool:
+    """Whether an autotune shape is tried for float16 halves only."""
+    return id(config) in _F16_ONLY
+
+
 def configs_for(configs: list, f16: bool) -> list:
     """The autotune shapes tried for one precision."""
-    return [c for c in configs if f16 or id(c) not in _F16_ONLY]
+    return [c for c in configs if f16 or not f16_only(c)]
 
 
 def _prune(configs, named_args, **kwargs):
