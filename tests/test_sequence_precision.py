@@ -118,7 +118,7 @@ def test_compiled_step_is_one_graph_for_every_batch(monkeypatch):
     batch that broke it compiled another graph."""
     from torch._dynamo.utils import counters
 
-    from bilens.ablation._engine.sequence_plan import norm_change
+    from bilens.ablation._engine.sequence_steps import norm_change
     from bilens.ablation._engine.steps import Kernels
 
     real = torch.compile
@@ -229,7 +229,7 @@ def test_split_products_on_the_cpu_fall_back():
 def test_pattern_change_is_zero_at_masked_keys_when_every_score_falls():
     """A masked key (`P = 0`) has no change, also when every live score falls so far that
     `dL` is very negative and `expm1(dS - dL)` at the masked key overflows (0 * inf was NaN)."""
-    from bilens.ablation._engine.sequence_plan import pattern_change
+    from bilens.ablation._engine.sequence_steps import pattern_change
 
     P = torch.tensor([[1.0, 0.0], [1.0, 0.0]])            # one live key: nothing changes
     dS = torch.tensor([[-100.0, 0.0], [-120.0, 0.0]])     # masked scores' change is 0
@@ -241,7 +241,7 @@ def test_pattern_change_is_zero_at_masked_keys_when_every_score_falls():
 def test_pattern_change_accurate_relative_to_its_size(case):
     """`pattern_change` in float32 against the float64 softmax difference, where a plain
     float32 difference would lose digits (tiny changes) or overflow (large ones)."""
-    from bilens.ablation._engine.sequence_plan import pattern_change
+    from bilens.ablation._engine.sequence_steps import pattern_change
 
     g = torch.Generator().manual_seed(3)
     S = 3 * torch.randn(64, 12, generator=g, dtype=torch.float64)

@@ -335,3 +335,40 @@ def test_sequence_plan_falls_back_to_torch_attention_when_the_kernel_fails(monke
                               layers=[0], memory="64MiB",
                               progress=False, precision="3xtf32", backend="triton")
     assert error(got[:, :1], want[:, :1]) < TOL              # layer 0 ablated (layer 1 NaN)
+
+
+def test_a_node_batch_makes_one_zero_fill_and_tables_its_positions():
+    """On an H200 the subset's batches are bound by the host (docs/lm-verification.md,
+    session 11), so a batch's torch operators are counted here: one zeroed scratch for every
+    kernel's `max|.|` (not one `zeros` each), the last layer's query positions and the
+    readout's mask read from per-plan tables (no index arithmetic per batch), the clean
+    logits at `p` taken once per plan."""
+    from collections import Counter
+
+    from test_sequence import tiny_transformer, tokens_for
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from bilens.ablation._engine.sequence_plan import SequencePlan
+    from bilens.core.sequence import prepare_sequence
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    model = tiny_transformer("rms", "pre", n_layers=4, d_model=12, d_hidden=7, n_heads=2,
+                             vocab_size=23).float()
+    tokens = tokens_for(model, n=1, seq=6)
+    _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
+    plan = SequencePlan(model, run, tgt, b, precision="3xfp16", backend="triton")
+    plan.effects(0, 2, slice(0, 1), slice(None))                     # compiles
+    with Count() as counted:
+        plan.effects(0, 2, slice(0, 1), slice(None))
+    ops = counted.ops
+    assert ops["zeros"] + ops["new_zeros"] == 1 and ops["zeros_like"] == 0, ops
+    assert ops["remainder"] == 0 and ops["ge"] == 0 and ops["bitwise_and"] == 0, ops
+    assert ops["clamp"] <= 1, ops                                    # the log-prob step's own

@@ -27,10 +27,9 @@ attention's change, rotary to `do`, as one kernel (`triton_attention`): float32-
 accurate either way. The elementwise steps (the norm change, the pattern change, rotary) are
 plain functions below (and the log-probability's change, `plan.logprob_delta`), compiled
 with symbolic shapes under `"compile"` and `"triton"` (`Kernels.step`).
-The last layer's node at `t` changes only position `t`'s residual, which no attention reads
-again: only `S = 1` is carried there; and in the last layer only the query position `p` is
-computed (its attention reads the perturbed keys and values of `t..p`), since no later
-attention reads the others.
+The last layer's node at `t` changes only position `t`'s residual: only `S = 1` is carried;
+in the last layer only the query `p` is computed (reading the keys and values of `t..p`).
+What depends on `p` and `t` alone is tabled once per plan, read per batch through views.
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
@@ -44,9 +43,9 @@ from torch import Tensor
 
 from bilens.ablation._engine.backend import fallback
 from bilens.ablation._engine.plan import logprob_delta, target_delta
+from bilens.ablation._engine.sequence_steps import norm_change, pattern_change
 from bilens.ablation._engine.steps import Kernels
 from bilens.core.models.transformer import BilinearTransformer, TransformerRun, rope, rope_angles
-from bilens.core.norms import inverse_scale_change, perturbed_scale
 from bilens.core.sequence import SequenceTarget
 
 
@@ -113,11 +112,23 @@ class SequencePlan:
         self.last = target.position                                       # p per sequence [B]
         self.last_host = target.position.tolist()      # the same on the host: `end` syncs never
         self.arange = torch.arange(max(self.T, run.z.shape[0]), device=run.z.device)
+        self.scratch: list[Tensor] = []                # zeroed one-element maxima (`zeroed`)
+        if not target.every_position:                  # [T, B] per (t, sequence), and [B, V]
+            t_ = self.arange[:self.T, None]
+            self.query_of = (self.last[None] - t_).clamp_(min=0)               # p - t, or 0
+            self.query_at = torch.maximum(self.last[None], t_)                 # p, or t
+            self.unreached, self.missed_at_last = self.last[None] < t_, self.last[None] != t_
+            self.logits_p = run.logits[self.arange[:run.z.shape[0]], self.last]
 
     def end(self, rows: slice) -> int:
         """The last position any of these rows' targets reads (from the host's copy: asking
         the device would wait for every kernel queued before, once per batch)."""
         return self.T - 1 if self.target.every_position else max(self.last_host[rows])
+
+    def zeroed(self) -> Tensor | None:
+        """A zeroed float32 element of this batch's scratch for a kernel's `max|.|` (None
+        when used up: the kernel makes its own)."""
+        return self.scratch.pop() if self.scratch else None
 
     def _at(self, x: Tensor, pos: slice | Tensor) -> Tensor:
         """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`, or `x[:, pos]`
@@ -143,6 +154,8 @@ class SequencePlan:
         """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`;
         `t=None`: the feature, `z_l[t, k] := b` at every position `t` at once."""
         run, layer = self.run, self.model.layers[l]
+        if self.triton is not None and self.f16:       # the kernels' maxima: one fill a batch
+            self.scratch = list(run.z.new_zeros(4 * self.L + 4).split(1))
         if t is None:                      # every position 0..end perturbed, all carried
             S, t = self.end(rows) + 1, 0
             c = (self.b[rows, l, :S] - run.z[rows, l, :S])[..., ks]            # [b, S, K]
@@ -157,13 +170,13 @@ class SequencePlan:
         for m in range(l + 1, self.L):
             query = None
             if m == self.L - 1 and not self.target.every_position:
-                query = (self.last[rows] - t).clamp(0, S - 1)[:, None]         # [b, 1]: p - t
+                query = self.query_of[t, rows][:, None]    # [b, 1]: p - t (S - 1 at most)
             dh = self.layer_step(m, dh, rows, pos, query)
             if query is not None:
-                pos = t + query
+                pos = self.query_at[t, rows][:, None]                          # [b, 1]: p
         if self.pre:
             dh = self.norm_delta(2 * self.L, dh, rows, pos)
-        return self.readout(dh, rows, pos)
+        return self.readout(dh, rows, pos, t)
 
     def norm_delta(self, i: int, dh: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
         """`N_i(r + dh) - N_i(r)` at positions `pos` (a slice, or per row `[b, S]`), without
@@ -181,8 +194,10 @@ class SequencePlan:
         s = self._at(self.run.scale[rows, :, i], pos)[:, None, :, None]        # [b, 1, S, 1]
         r = self._at(self.centred[rows, :, i], pos)[:, None]                   # [b, 1, S, d]
         if self.fused_norm is not None:
+            top = want_max and self.f16
             return self.fused_norm(norm.kind == "layer", self.frozen_norm, dh, s, r,
-                                   norm.weight.detach(), top=want_max and self.f16)
+                                   norm.weight.detach(), top=top,
+                                   zeroed=self.zeroed() if top else None)
         return self.norm_step(norm.kind == "layer", self.frozen_norm, dh, s, r,
                               norm.weight.detach()), None
 
@@ -195,12 +210,12 @@ class SequencePlan:
         layer `m` is the first after the ablated node's): the attention's input change is
         computed there."""
         first = dh.shape[2] < pos.stop - pos.start
-        out_pos = pos if query is None else pos.start + query                 # [b, 1]
+        out_pos = pos if query is None else self.query_at[pos.start, rows][:, None]  # [b, 1]
 
         def plus_residual(da: Tensor, da_max: Tensor | None = None) -> Tensor:
             if not first:            # attention + dh, dh carried at `out_pos`: added in the
                 return self.attention(m, da, rows, pos, out_pos, add=(     # W_O epilogue
-                    dh if query is None else torch.take_along_dim(dh, query[:, None, :, None], 2)),
+                    dh if query is None else _positions(dh, query)),
                     da_max=da_max)
             out = self.attention(m, da, rows, pos, out_pos, da_max=da_max)
             if query is None:
@@ -227,7 +242,8 @@ class SequencePlan:
         if self.triton is not None:              # rows (i, k, s): a and b at i * S + s
             b_, K, S, d = du.shape
             z, zmax = self.triton.lr_dz(du.reshape(-1, d), w.L, w.R, a.flatten(0, 1),
-                                        bb.flatten(0, 1), K, inner=S, xmax=du_max)
+                                        bb.flatten(0, 1), K, inner=S, xmax=du_max,
+                                        zeroed=self.zeroed() if self.f16 else None)
             return self.triton.down(z, w.D, add=add, zmax=zmax).view(b_, K, S, d)
         dL, dR = self.mm(du, w.lr).chunk(2, -1)                                # [b, K, S, H]
         return add + self.mm((bb[:, None] + dR).mul_(dL).addcmul_(a[:, None], dR), w.D)
@@ -263,8 +279,8 @@ class SequencePlan:
                           for x in self.qkv_change(m, da, qp, t, da_max))
             try:
                 do, top = self.fused_attention(dq, dk, dv, q, k, v, self.run.pattern[rows, m],
-                                               self.cos, self.sin, qp, t, J,
-                                               amax=w.o.hi.dtype == torch.float16)
+                                               self.cos, self.sin, qp, t, J, amax=self.f16,
+                                               zeroed=self.zeroed() if self.f16 else None)
             except self.triton.TRITON_ERRORS as err:   # e.g. out of shared memory: torch ops
                 fallback(f"the fused attention kernel failed ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); the attention's "
@@ -307,26 +323,34 @@ class SequencePlan:
         if Sq == da.shape[2] or da.shape[2] == 1:
             return self.mm(da, w.qkv, xmax=da_max).split(d, -1)
         dk, dv = self.mm(da, w.kv, xmax=da_max).split(d, -1)
-        return self.mm(torch.take_along_dim(da, (qpos - t)[:, None, :, None], 2), w.q), dk, dv
+        return self.mm(_positions(da, qpos - t), w.q), dk, dv
 
-    def readout(self, dfinal: Tensor, rows: slice, pos: slice | Tensor) -> Tensor:
+    def readout(self, dfinal: Tensor, rows: slice, pos: slice | Tensor, t: int) -> Tensor:
         """The target's change from the perturbation of the vector the head reads at the
-        positions `pos` (a slice, or per row `[b, S]`)."""
-        tgt, logits = self.target, self.run.logits[rows]
+        positions `pos` (a slice, or per row `[b, S]`), for nodes at `t` (features: 0)."""
+        tgt = self.target
         b, K, S, _ = dfinal.shape
         if tgt.every_position:                                                 # mean-logprob
             dlogits = self.mm(dfinal, self.w_head).transpose(1, 2).flatten(0, 1)  # [b*S, K, V]
             label = self._at(tgt.next_tokens[rows], pos).flatten()
-            out = self.logprob_step(label, self._at(logits, pos).flatten(0, 1), dlogits)
+            out = self.logprob_step(label, self._at(self.run.logits[rows], pos).flatten(0, 1),
+                                    dlogits)
             return out.view(b, S, K).sum(1) / self.T
-        s = self.last[rows] - (pos.start if isinstance(pos, slice) else pos[:, 0])  # p's index
-        valid = (s >= 0) & (s < S)
-        rows_b = self.arange[:b]
-        at_p = dfinal[rows_b, :, s.clamp(0, S - 1)]                            # [b, K, d]
-        dlogits = self.mm(at_p, self.w_head)                                   # [b, K, V]
-        out = target_delta(tgt.target.select(rows), logits[rows_b, self.last[rows]], dlogits,
-                           self.logprob_step)
-        return torch.where(valid[:, None], out, torch.zeros_like(out))
+        missed = None                                  # rows whose p the nodes cannot reach
+        if isinstance(pos, slice) and S > 1:           # a last-layer feature, every position
+            at_p = dfinal[self.arange[:b], :, self.last[rows] - pos.start]         # [b, K, d]
+        else:             # p alone (the last layer's query; t where p < t), or its node's t
+            at_p = dfinal[:, :, 0]
+            missed = (self.missed_at_last if isinstance(pos, slice) else self.unreached)[t, rows]
+        out = target_delta(tgt.target.select(rows), self.logits_p[rows],
+                           self.mm(at_p, self.w_head), self.logprob_step)        # [b, K]
+        return out if missed is None else out.masked_fill_(missed[:, None], 0.0)
+
+
+def _positions(x: Tensor, index: Tensor) -> Tensor:
+    """`x[i, k, index[i, s]]`, `x [b, K, S, d]`, `index [b, Sq]`: one gather (`take_along_dim`
+    adds a kernel for negative indices)."""
+    return x.gather(2, index[:, None, :, None].expand(*x.shape[:2], index.shape[1], x.shape[3]))
 
 
 _PRECISIONS = {"eager": ("fp32", "3xtf32"), "compile": ("fp32", "3xtf32"),
@@ -345,34 +369,3 @@ class _LayerWeights:
         for name, w in {"qkv": torch.cat([Wq, Wk, Wv]), "kv": torch.cat([Wk, Wv]), "q": Wq,
                         "v": Wv, "o": alpha * attn.o.weight, "D": layer.D, **mlp}.items():
             setattr(self, name, prepare(w))
-
-
-def norm_change(centre: bool, frozen: bool, dh: Tensor, s: Tensor, r: Tensor, gamma: Tensor
-                ) -> Tensor:
-    """`N(r + dh) - N(r)` (`dh` centred first for LayerNorm, whose beta cancels; `r` the
-    centred clean input, `s` its statistic): `gamma (dh / s' + r (1/s' - 1/s))`, or with
-    `frozen` `gamma dh / s`; no cancellation (`core/norms.py`)."""
-    if centre:
-        dh = dh - dh.mean(-1, keepdim=True)
-    if frozen:
-        return gamma * (dh / s)
-    s_new, ds2 = perturbed_scale(s, torch.linalg.vecdot(dh, r)[..., None],
-                                 torch.linalg.vecdot(dh, dh)[..., None], dh.shape[-1])
-    out = (dh / s_new).addcmul_(inverse_scale_change(s, s_new, ds2), r)       # one temporary
-    return out.mul_(gamma)
-
-
-def pattern_change(P: Tensor, dS: Tensor) -> Tensor:
-    """`softmax(S + dS) - softmax(S)` from the clean pattern `P` and the scores' change
-    `dS`, accurate relative to its own size: `P expm1(dS - dL)`, `dL = log sum P e^dS`, as
-    `log1p(sum P expm1(dS))` where every `|dS| < 0.5` (relative accuracy), else a logsumexp
-    (no overflow, and no `1 + x` near 0). `dS - dL` is clamped at 88 so that `expm1` stays
-    finite, which keeps masked keys (`P = 0`) at 0 when `dL` is very negative (unclamped,
-    `0 * inf` there was NaN); the clamp changes only keys whose clean weight is below `e^-88`
-    (subnormal in float32), which then come out too small (the Triton kernel computes them
-    in full). Consumes `dS` (in place)."""
-    small = dS.clamp(max=1.0).expm1_().mul_(P).sum(-1, keepdim=True).log1p_()
-    large = torch.logsumexp(P.log() + dS, -1, keepdim=True)
-    lo, hi = torch.aminmax(dS, dim=-1, keepdim=True)
-    dL = torch.where((hi < 0.5) & (lo > -0.5), small, large)
-    return dS.sub_(dL).clamp_(max=88.0).expm1_().mul_(P)

@@ -281,7 +281,8 @@ def _attention_change_kernel(
 
 def attention_change(dq: Tensor, dk: Tensor, dv: Tensor, q: Tensor, k: Tensor, v: Tensor,
                      pattern: Tensor, cos: Tensor, sin: Tensor, qpos: Tensor, t: int, J: int,
-                     amax: bool = False) -> tuple[Tensor, Tensor | None]:
+                     amax: bool = False, zeroed: Tensor | None = None
+                     ) -> tuple[Tensor, Tensor | None]:
     """`Attn(a + da) - Attn(a)` at the query positions, before `W_O`, `[b, K, Sq, d_model]`,
     and with `amax` its `max|.|` (a one-element tensor, for `triton_ops.down`'s float16
     halves), else None.
@@ -296,6 +297,8 @@ def attention_change(dq: Tensor, dk: Tensor, dv: Tensor, q: Tensor, k: Tensor, v
         cos, sin: `rope_angles` `[T, d_head]`.
         qpos: the query positions `[b | 1, Sq]` (long).
         t: the first changed key; J: keys `0..J-1` are read.
+        zeroed: with `amax`, a one-element float32 tensor holding 0 to take the maximum
+            (else a new one).
     Any strides, except that the last axis of every tensor is contiguous.
     """
     b, K, n, nh, dh = dq.shape
@@ -303,7 +306,8 @@ def attention_change(dq: Tensor, dk: Tensor, dv: Tensor, q: Tensor, k: Tensor, v
     for x in (dq, dk, dv, q, k, v, pattern):
         assert x.stride(-1) == 1, "the last axis must be contiguous"
     out = torch.empty(b, K, Sq, nh * dh, device=dq.device, dtype=torch.float32)
-    top = torch.zeros(1, device=dq.device, dtype=torch.float32) if amax else None
+    top = (torch.zeros(1, device=dq.device, dtype=torch.float32) if zeroed is None
+           else zeroed) if amax else None
     BD = max(16, triton.next_power_of_2(dh))
     bq, BJ, warps = _LAUNCH[BD]
     BQ = min(bq, max(16, triton.next_power_of_2(Sq)))

@@ -1,6 +1,6 @@
 """A norm's change under an ablation, `N(r + dh) - N(r)`, as one Triton kernel per call.
 
-`sequence_plan.norm_change` written row by row: per row of `dh` (one ablation at one
+`sequence_steps.norm_change` written row by row: per row of `dh` (one ablation at one
 position), with the clean input `r` (centred for LayerNorm) and statistic `s` of its
 position,
 
@@ -56,15 +56,17 @@ def _norm_change_kernel(dh_ptr, s_ptr, r_ptr, g_ptr, out_ptr, top_ptr, n_rows, K
 
 
 def norm_change(centre: bool, frozen: bool, dh: Tensor, s: Tensor, r: Tensor, gamma: Tensor,
-                top: bool = False) -> tuple[Tensor, Tensor | None]:
-    """`sequence_plan.norm_change` (same arguments: `dh [b, K, S, d]`, `s [b, 1, S, 1]`,
+                top: bool = False, zeroed: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """`sequence_steps.norm_change` (same arguments: `dh [b, K, S, d]`, `s [b, 1, S, 1]`,
     `r [b, 1, S, d]`, `gamma [d]`, float32, the last axis of `r` contiguous) and, with
-    `top`, `max|out|` as a one-element tensor (else None). `dh` is not changed."""
+    `top`, `max|out|` as a one-element tensor (else None): `zeroed`, a one-element float32
+    tensor holding 0 given to take it, or a new one. `dh` is not changed."""
     b, K, S, d = dh.shape
     dh = dh.contiguous()
     assert r.stride(-1) == 1 and dh.dtype == torch.float32, "float32, r's last axis contiguous"
     out = torch.empty_like(dh)
-    most = torch.zeros(1, device=dh.device, dtype=torch.float32) if top else None
+    most = (torch.zeros(1, device=dh.device, dtype=torch.float32) if zeroed is None
+            else zeroed) if top else None
     n, BD = b * K * S, triton.next_power_of_2(d)
     BR = max(1, min(_ROWS, 4096 // BD))                  # at most 4,096 elements a program
     _norm_change_kernel[(triton.cdiv(n, BR),)](

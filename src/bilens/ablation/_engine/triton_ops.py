@@ -347,7 +347,8 @@ def _grid(M: int, N: int):
 
 
 def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int,
-          inner: int = 1, xmax: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+          inner: int = 1, xmax: Tensor | None = None, zeroed: Tensor | None = None
+          ) -> tuple[Tensor, Tensor | None]:
     """`dz = a * dR + dL * (b + dR)`, `[dL | dR] = rows @ [L^T | R^T]`.
 
     Args:
@@ -357,6 +358,8 @@ def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int
         a, b: the clean `L u` and `R u` of the layer, `[inputs, H]` (row stride free).
         per_input: ablations per input; inner: inputs interleaved within each ablation's
             rows (positions of a sequence, each ablation carried at all of them).
+        xmax: `max|rows|`, if known; zeroed: a one-element float32 tensor holding 0 to take
+            `max|dz|` (else a new one).
 
     Returns:
         `dz [M, H]`, and (float16 halves) `max|dz|` as a one-element tensor, else None.
@@ -367,7 +370,8 @@ def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int
     f16 = L.hi.dtype == torch.float16
     z = torch.empty(M, H, device=rows.device, dtype=rows.dtype)
     xmax = (amax(rows) if xmax is None else xmax) if f16 else z
-    zmax = torch.zeros(1, device=rows.device, dtype=torch.float32) if f16 else None
+    zmax = (torch.zeros(1, device=rows.device, dtype=torch.float32) if zeroed is None
+            else zeroed) if f16 else None
     _lr_dz_kernel[_grid(M, H)](rows, L.hi, L.lo, R.hi, R.lo, a, b, z, xmax,
                                z if zmax is None else zmax, L.scale, R.scale, M, H, per_input,
                                inner, a.stride(0), D=D, F16=f16)
