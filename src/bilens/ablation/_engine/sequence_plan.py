@@ -154,8 +154,9 @@ class SequencePlan:
         """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`;
         `t=None`: the feature, `z_l[t, k] := b` at every position `t` at once."""
         run, layer = self.run, self.model.layers[l]
-        if self.triton is not None and self.f16:       # the kernels' maxima: one fill a batch
-            self.scratch = list(run.z.new_zeros(4 * self.L + 4).split(1))
+        if self.triton is not None and self.f16 and l < self.L - 1:   # the maxima: one fill
+            scratch = torch.zeros(16 * (self.L - l), device=run.z.device, dtype=torch.float32)
+            self.scratch = list(scratch[::4].split(1))  # 16-byte aligned, as Triton specializes
         if t is None:                      # every position 0..end perturbed, all carried
             S, t = self.end(rows) + 1, 0
             c = (self.b[rows, l, :S] - run.z[rows, l, :S])[..., ks]            # [b, S, K]

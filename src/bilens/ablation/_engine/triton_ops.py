@@ -83,9 +83,11 @@ def _configs(shapes):
     return configs
 
 
-# The configs tried for float16 halves only, by identity. Not an attribute of the Config:
-# Triton rebuilds a Config from its attributes when it reads cached winners from disk
+# The configs tried for float16 halves only, by identity (the autotuners below hold them for
+# the process's life, and `_prune` is handed those same objects). Not an attribute of the
+# Config: Triton rebuilds a Config from its attributes when it reads cached winners from disk
 # (`cache_results`), and an extra one made that raise (seen on the H200, Triton of torch 2.11).
+# Not by value either: Configs compare by value, and shapes recur across the kernels' lists.
 _F16_ONLY: set[int] = set()
 
 
