@@ -118,7 +118,10 @@ class SequencePlan:
             self.query_of = (self.last[None] - t_).clamp_(min=0)               # p - t, or 0
             self.query_at = torch.maximum(self.last[None], t_)                 # p, or t
             self.unreached, self.missed_at_last = self.last[None] < t_, self.last[None] != t_
-            self.logits_p = run.logits[self.arange[:run.z.shape[0]], self.last]
+            at = (self.arange[:run.z.shape[0]], self.last)      # the clean run at p: [B, ...]
+            self.logits_p, self.scale_p, self.centred_p = (x[at] for x in (
+                run.logits, run.scale, self.centred))
+            self.left_p, self.right_p = (x.transpose(1, 2)[at] for x in (run.left, run.right))
 
     def end(self, rows: slice) -> int:
         """The last position any of these rows' targets reads (from the host's copy: asking
@@ -129,13 +132,6 @@ class SequencePlan:
         """A zeroed float32 element of this batch's scratch for a kernel's `max|.|` (None
         when used up: the kernel makes its own)."""
         return self.scratch.pop() if self.scratch else None
-
-    def _at(self, x: Tensor, pos: slice | Tensor) -> Tensor:
-        """`x[i, pos[i, s]]` for `x` `[b, T, ...]` and positions `pos` `[b, S]`, or `x[:, pos]`
-        for a slice (a view): `[b, S, ...]`."""
-        if isinstance(pos, slice):
-            return x[:, pos]
-        return x[self.arange[:x.shape[0], None], pos]
 
     def mm(self, x: Tensor, w, add: Tensor | None = None, xmax: Tensor | None = None
            ) -> Tensor:
@@ -192,8 +188,12 @@ class SequencePlan:
         norm = self.model.norm(i)
         if norm.kind == "none":
             return dh, None
-        s = self._at(self.run.scale[rows, :, i], pos)[:, None, :, None]        # [b, 1, S, 1]
-        r = self._at(self.centred[rows, :, i], pos)[:, None]                   # [b, 1, S, d]
+        if isinstance(pos, slice):
+            s = self.run.scale[rows, pos, i][:, None, :, None]                 # [b, 1, S, 1]
+            r = self.centred[rows, pos, i][:, None]                            # [b, 1, S, d]
+        else:                      # the last layer's query: p (rows p misses are masked)
+            s = self.scale_p[rows, i][:, None, None, None]
+            r = self.centred_p[rows, i][:, None, None]
         if self.fused_norm is not None:
             top = want_max and self.f16
             return self.fused_norm(norm.kind == "layer", self.frozen_norm, dh, s, r,
@@ -237,8 +237,10 @@ class SequencePlan:
             du_max: Tensor | None = None) -> Tensor:
         """`add + D dz`, `dz = a dR + dL (b + dR)` with the clean `a = L u`, `b = R u`
         (`du_max`: `max|du|`, if known)."""
-        a = self._at(self.run.left[rows, m], pos)                              # [b, S, H]
-        bb = self._at(self.run.right[rows, m], pos)
+        if isinstance(pos, slice):
+            a, bb = self.run.left[rows, m, pos], self.run.right[rows, m, pos]  # [b, S, H]
+        else:                      # the last layer's query: p (rows p misses are masked)
+            a, bb = self.left_p[rows, m][:, None], self.right_p[rows, m][:, None]
         w = self.w[m]
         if self.triton is not None:              # rows (i, k, s): a and b at i * S + s
             b_, K, S, d = du.shape
@@ -333,9 +335,8 @@ class SequencePlan:
         b, K, S, _ = dfinal.shape
         if tgt.every_position:                                                 # mean-logprob
             dlogits = self.mm(dfinal, self.w_head).transpose(1, 2).flatten(0, 1)  # [b*S, K, V]
-            label = self._at(tgt.next_tokens[rows], pos).flatten()
-            out = self.logprob_step(label, self._at(self.run.logits[rows], pos).flatten(0, 1),
-                                    dlogits)
+            label = tgt.next_tokens[rows, pos].flatten()          # every position: a slice
+            out = self.logprob_step(label, self.run.logits[rows, pos].flatten(0, 1), dlogits)
             return out.view(b, S, K).sum(1) / self.T
         missed = None                                  # rows whose p the nodes cannot reach
         if isinstance(pos, slice) and S > 1:           # a last-layer feature, every position
