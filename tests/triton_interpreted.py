@@ -342,7 +342,8 @@ def test_a_node_batch_makes_one_zero_fill_and_tables_its_positions():
     session 11), so a batch's torch operators are counted here: one zeroed scratch for every
     kernel's `max|.|` (not one `zeros` each), the last layer's query positions and the
     readout's mask read from per-plan tables (no index arithmetic per batch), the clean
-    logits at `p` taken once per plan."""
+    run at `p` (logits, the norms' statistics and inputs, `L u`, `R u`) gathered once per
+    plan."""
     from collections import Counter
 
     from test_sequence import tiny_transformer, tokens_for
@@ -371,6 +372,7 @@ def test_a_node_batch_makes_one_zero_fill_and_tables_its_positions():
     ops = counted.ops
     assert ops["zeros"] + ops["new_zeros"] == 1 and ops["zeros_like"] == 0, ops
     assert ops["remainder"] == 0 and ops["ge"] == 0 and ops["bitwise_and"] == 0, ops
+    assert ops["index"] == 0, ops                    # the clean run at p: tabled per plan
     assert ops["clamp"] <= 1, ops                                    # the log-prob step's own
     assert plan.scratch and all(x.data_ptr() % 16 == 0 for x in plan.scratch)  # left over:
     # aligned as Triton specializes its pointers (else each kernel compiles once more)
