@@ -373,6 +373,7 @@ def test_a_node_batch_makes_one_zero_fill_and_tables_its_positions():
     assert ops["zeros"] + ops["new_zeros"] == 1 and ops["zeros_like"] == 0, ops
     assert ops["remainder"] == 0 and ops["ge"] == 0 and ops["bitwise_and"] == 0, ops
     assert ops["index"] == 0, ops                    # the clean run at p: tabled per plan
+    assert ops["clone"] == 0, ops                    # dh made contiguous (D^T per plan)
     assert ops["clamp"] <= 1, ops                                    # the log-prob step's own
     assert plan.scratch and all(x.data_ptr() % 16 == 0 for x in plan.scratch)  # left over:
     # aligned as Triton specializes its pointers (else each kernel compiles once more)

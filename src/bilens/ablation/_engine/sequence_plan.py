@@ -98,6 +98,8 @@ class SequencePlan:
             self.w = [_LayerWeights(layer, prepare, fused_lr=self.triton is not None,
                                     alpha=cfg.attn_scale) for layer in model.layers]
             self.w_head = prepare(model.head.weight)
+            self.DT = [layer.D.T.contiguous() for layer in model.layers]  # [H, d]: dh made
+            # contiguous, as the norm kernel reads it (not laid out as D's transposed view)
         self.norm_step = self.kernels.step(norm_change)
         self.pattern_step = self.kernels.step(pattern_change)
         self.rope_step = self.kernels.step(rope)
@@ -149,18 +151,18 @@ class SequencePlan:
                 ) -> Float[Tensor, "b k"]:
         """`f(x | z_l[t, k] := b) - f(x)` for rows `rows` and channels `ks` of layer `l`;
         `t=None`: the feature, `z_l[t, k] := b` at every position `t` at once."""
-        run, layer = self.run, self.model.layers[l]
+        run = self.run
         if self.triton is not None and self.f16 and l < self.L - 1:   # the maxima: one fill
             scratch = torch.zeros(16 * (self.L - l), device=run.z.device, dtype=torch.float32)
             self.scratch = list(scratch[::4].split(1))  # 16-byte aligned, as Triton specializes
         if t is None:                      # every position 0..end perturbed, all carried
             S, t = self.end(rows) + 1, 0
             c = (self.b[rows, l, :S] - run.z[rows, l, :S])[..., ks]            # [b, S, K]
-            dh = c.transpose(1, 2)[..., None] * layer.D.T[ks][None, :, None]   # [b, K, S, d]
+            dh = c.transpose(1, 2)[..., None] * self.DT[l][ks][None, :, None]  # [b, K, S, d]
         else:
             S = 1 if l == self.L - 1 else self.end(rows) - t + 1  # positions t..t+S-1
             c = (self.b[rows, l, t] - run.z[rows, l, t])[:, ks]                # [b, K]
-            dh = (c[..., None] * layer.D.T[ks])[:, :, None]        # [b, K, 1, d]: at t alone
+            dh = (c[..., None] * self.DT[l][ks])[:, :, None]       # [b, K, 1, d]: at t alone
         pos: slice | Tensor = slice(t, t + S)          # every row's positions t..t+S-1
         if not self.pre:                                       # layer l's MLP norm sees it
             dh = self.norm_delta(2 * l + 1, dh, rows, slice(t, t + dh.shape[2]))
