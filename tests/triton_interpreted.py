@@ -361,9 +361,9 @@ def test_a_node_batch_makes_one_zero_fill_and_tables_its_positions():
             self.ops[func.overloadpacket.__name__] += 1
             return func(*args, **(kwargs or {}))
 
-    model = tiny_transformer("rms", "pre", n_layers=4, d_model=12, d_hidden=7, n_heads=2,
+    model = tiny_transformer("rms", "pre", n_layers=2, d_model=12, d_hidden=7, n_heads=2,
                              vocab_size=23).float()
-    tokens = tokens_for(model, n=1, seq=6)
+    tokens = tokens_for(model, n=1, seq=4)
     _, run, tgt, b = prepare_sequence(model, tokens, "next", None, "zero", None, None)
     plan = SequencePlan(model, run, tgt, b, precision="3xfp16", backend="triton")
     plan.effects(0, 2, slice(0, 1), slice(None))                     # compiles
