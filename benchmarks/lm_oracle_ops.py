@@ -18,6 +18,7 @@ import os
 from collections import Counter
 
 import torch
+from lm_oracle import how
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from bilens.ablation._engine.sequence_plan import SequencePlan
@@ -88,9 +89,8 @@ def main() -> None:
     print(f"{args.layers} layers, {args.seq} tokens, sequence 0, layer 0, every channel; "
           "per effects() call, after one warm-up call")
     for entry in args.backends.split(","):
-        backend, precision = entry.split(":")
-        plan = SequencePlan(model, run, tgt, b, precision=precision,
-                            backend="compile" if backend == "eager+compile" else backend)
+        backend, precision = how(entry)
+        plan = SequencePlan(model, run, tgt, b, precision=precision, backend=backend)
         for t in (0, args.seq // 2):
             plan.effects(0, t, slice(0, 1), slice(None))                    # compiles
             ops, launches = count(plan, 0, t)

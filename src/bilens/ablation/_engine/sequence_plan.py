@@ -25,8 +25,9 @@ through `Kernels.mm` (`backend="eager"` or `"compile"`): plain float32, or with
 `[L; R]`'s product, the residual added in the epilogue of `W_O`'s and `D`'s), and the live
 attention's change, rotary to `do`, as one kernel (`triton_attention`): float32-level
 accurate either way. The elementwise steps (the norm change, the pattern change, rotary) are
-plain functions below (and the log-probability's change, `plan.logprob_delta`), compiled
-with symbolic shapes under `"compile"` and `"triton"` (`Kernels.step`).
+plain functions (`sequence_steps.py`, rotary the model's, and the log-probability's change
+`plan.logprob_delta`), compiled with symbolic shapes under `"compile"` and `"triton"`
+(`Kernels.step`).
 The last layer's node at `t` changes only position `t`'s residual: only `S = 1` is carried;
 in the last layer only the query `p` is computed (reading the keys and values of `t..p`).
 What depends on `p` and `t` alone is tabled once per plan, read per batch through views.
