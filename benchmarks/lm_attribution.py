@@ -19,6 +19,8 @@ call so that machine load hits them alike, and is printed as a ratio to `forward
 - `forward + backward (floor)`: that forward with every `z` kept, then one backward of the
   target to every layer's `z`: the least that any gradient of every node costs;
 - `attribute_sequence MODE`, and `attribute_sequence_modes` with all four modes;
+- on CUDA with Triton, `renorm` and all four modes again with `backend="triton"`
+  (`renorm`'s closed form as one kernel per layer, `attribution.triton_renorm`);
 - with `--against REF`: the same calls of `attribution/sequence.py` and `renorm.py` as they
   are at git `REF` (read with `git show`, run on this checkout's model and core), checked
   against today's;
@@ -48,6 +50,7 @@ from bilens.attribution.sequence import (
     batch_for,
 )
 from bilens.core.config import TransformerConfig
+from bilens.core.device import triton_available
 from bilens.core.memory import DEFAULT_MEMORY
 from bilens.core.models.transformer import BilinearTransformer
 
@@ -99,9 +102,9 @@ def forward_backward(model: BilinearTransformer, tokens: torch.Tensor, nxt: torc
     return torch.autograd.grad(logp.gather(1, nxt[:, None]).sum(), zs)
 
 
-def cases(model, data, old, captum: bool, memory: str) -> dict:
+def cases(model, data, old, captum: bool, memory: str, triton: bool = False) -> dict:
     """Every timed row: name -> a call with no arguments (the attribution's chunks bounded
-    by `memory`)."""
+    by `memory`; with `triton`, `renorm` also with `backend="triton"`)."""
     tokens, nxt = data[:, :-1], data[:, -1]
     mem = dict(memory=memory)
     out = {"forward": torch.no_grad()(lambda: model(tokens)),
@@ -123,6 +126,12 @@ def cases(model, data, old, captum: bool, memory: str) -> dict:
                     model, data, target="next", mode=mode, method="explicit", **mem))
             out["attribute, all four modes, autograd"] = lambda: attribute_sequence_modes(
                 model, data, target="next", keep_run=False, method="autograd", **mem).predicted
+            if triton:            # renorm's closed form as one Triton kernel per layer
+                out["attribute renorm, triton"] = lambda: attribute_sequence(
+                    model, data, target="next", mode="renorm", backend="triton", **mem)
+                out["attribute, all four modes, triton"] = lambda: attribute_sequence_modes(
+                    model, data, target="next", keep_run=False, backend="triton",
+                    **mem).predicted
     if captum:
         from captum.attr import LayerGradientXActivation
 
@@ -164,6 +173,9 @@ def agreement(last: dict, old) -> list[str]:
              for m in SEQUENCE_MODES if f"attribute {m}, explicit" in last]
     if diffs:
         lines.append("explicit vs autograd backward, normwise: " + ", ".join(diffs))
+    if "attribute renorm, triton" in last:
+        lines.append(f"renorm, backend triton vs eager, normwise: "
+                     f"{rel(last['attribute renorm, triton'], last['attribute renorm']):.1e}")
     if "captum, one call, all layers" in last:
         cap = torch.stack(last["captum, one call, all layers"], 1)
         lines.append(f"captum vs attribute live (sign flipped: b - z = -z): "
@@ -203,7 +215,8 @@ def run_config(name: str, args, old) -> dict:
     model = BilinearTransformer(cfg).to(dev).eval()
     data = torch.randint(cfg.vocab_size, (n, T + 1), device=dev)
     sync = torch.cuda.synchronize if dev.startswith("cuda") else (lambda: None)
-    rows = cases(model, data, old, not args.no_captum, args.memory)
+    triton = dev.startswith("cuda") and triton_available()
+    rows = cases(model, data, old, not args.no_captum, args.memory, triton)
     chunk = batch_for(model, n, T, args.memory, all_logits=False)     # `next`: the head at p
     median, last = measure(rows, args.repeats, args.warmup, sync)
     base = median["forward"]

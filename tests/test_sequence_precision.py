@@ -24,6 +24,7 @@ from bilens.ablation.sequence import (
     ablate_prepared,
     sequence_ablation_effects,
 )
+from bilens.attribution.sequence import attribute_sequence
 from bilens.core.errors import BilensError
 from bilens.core.sequence import prepare_sequence
 
@@ -195,6 +196,46 @@ def test_gpu_oracle_batches_never_wait_for_the_device(backend, precision):
             plan.effects(l, t, slice(1, 3), slice(0, 5))
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+@needs_cuda
+@pytest.mark.parametrize("norm,position,target", [
+    ("rms", "pre", "next"), ("layer", "pre", "mean-logprob"), ("rms", "post", "mean-logprob"),
+    ("layer", "post", "next")])
+def test_gpu_renorm_kernel_matches_float64(norm, position, target):
+    """`renorm`'s closed form by its Triton kernel (`backend="triton"`) on a GPU against the
+    eager closed form of the float64 model; a fallback to eager (a warning) fails it."""
+    import warnings
+
+    if not triton_available():
+        pytest.skip("needs Triton")
+    model64 = _wide(norm, position).cuda()
+    tokens = tokens_for(model64, n=2, seq=7).cuda()
+    want = attribute_sequence(model64, tokens, target=target, mode="renorm")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        got = attribute_sequence(_wide(norm, position).float().cuda(), tokens, target=target,
+                                 mode="renorm", backend="triton")
+    assert rel(got.double(), want) < 1e-5
+
+
+def test_attribution_backend_is_checked_and_falls_back_off_cuda():
+    """`backend=` of the sequence attribution: `"triton"` off CUDA runs `renorm`'s closed form
+    eager with one warning (the same numbers), says nothing for modes without a closed form,
+    and a name it has not is refused."""
+    import warnings
+
+    model = tiny_transformer().float()
+    tokens = tokens_for(model)
+    plain = attribute_sequence(model, tokens, target="next", mode="renorm")
+    with pytest.warns(RuntimeWarning, match="renorm's closed form needs CUDA"):
+        got = attribute_sequence(model, tokens, target="next", mode="renorm", backend="triton")
+    assert torch.equal(got, plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        attribute_sequence(model, tokens, target="next", mode="live", backend="triton")
+    with pytest.raises(BilensError, match="backend: expected one of"):
+        attribute_sequence(model, tokens, target="next", mode="live", backend="compile")
 
 
 def test_entry_points_resolve_the_backend():

@@ -146,6 +146,32 @@ def test_norm_change_kernel_compiles_for_hopper():
     assert compiled.metadata.shared <= 96 * 1024
 
 
+@needs_triton
+def test_renorm_kernel_compiles_for_hopper():
+    """`renorm`'s closed-form kernel (`attribution.triton_renorm`) compiles for sm_90 at the
+    issue's d_model 256, with pre-norm's swap (two accumulators, its heavier case) and
+    post-norm's change, and fits in shared memory: its first autotune shape without CUDA,
+    every shape on a GPU machine or with `BILENS_TEST_ALL_SHAPES=1`."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from bilens.attribution import triton_renorm as R
+
+    kernel = R._renorm_kernel
+    configs = kernel.configs if ALL_SHAPES else kernel.configs[:1]
+    for swap in ([True, False] if ALL_SHAPES else [True]):
+        for cfg in configs:
+            consts = dict(D=256, SWAP=swap, **cfg.kwargs)
+            sig = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr")
+                   else "fp32" if n == "tiny" else "i32" for n in kernel.fn.arg_names}
+            compiled = triton.compile(ASTSource(kernel.fn, sig, consts),
+                                      target=GPUTarget("cuda", 90, 32),
+                                      options={"num_warps": cfg.num_warps,
+                                               "num_stages": cfg.num_stages})
+            assert compiled.metadata.shared <= SHARED_MEMORY, (swap, cfg)
+
+
 @needs_gpu
 @pytest.mark.parametrize("precision", PRECISIONS)
 @pytest.mark.parametrize("frozen", [False, True])

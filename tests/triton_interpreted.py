@@ -377,3 +377,34 @@ def test_a_node_batch_makes_one_zero_fill_and_tables_its_positions():
     assert ops["clamp"] <= 1, ops                                    # the log-prob step's own
     assert plan.scratch and all(x.data_ptr() % 16 == 0 for x in plan.scratch)  # left over:
     # aligned as Triton specializes its pointers (else each kernel compiles once more)
+
+
+@pytest.mark.parametrize("target", ["next", "mean-logprob"])
+@pytest.mark.parametrize("norm,position", [("rms", "pre"), ("layer", "pre"), ("rms", "post"),
+                                           ("layer", "post"), ("none", "pre")])
+def test_renorm_kernel_matches_float64(norm, position, target, monkeypatch):
+    """`renorm`'s closed form by its Triton kernel (`attribution.triton_renorm`), in the
+    attribution end to end, against the eager closed form of a float64 model: pre-norm's
+    swap and post-norm's change, LayerNorm's centring; `next` at a position per sequence
+    (the last layer at `p` alone: gathered rows) and `mean-logprob` (every position:
+    strided views of `[B, L, T, H]`). No norm: the slope itself, no kernel."""
+    from test_sequence import tiny_transformer, tokens_for
+
+    import bilens.attribution.sequence as S
+    from bilens.attribution import sequence_renorm, triton_renorm
+
+    sizes = dict(d_model=12, d_hidden=7, n_heads=2, vocab_size=23)
+    model64 = tiny_transformer(norm, position, **sizes)
+    tokens = tokens_for(model64, n=3, seq=5)
+    position_p = None if target == "mean-logprob" else torch.tensor([3, 1, 2])
+    args = dict(target=target, position=position_p, mode="renorm", method="explicit")
+    want = S.attribute_sequence(model64, tokens, **args)
+    calls = []
+    kernel = triton_renorm.renorm_closed_form
+    monkeypatch.setattr(triton_renorm, "renorm_closed_form",
+                        lambda *a, **k: calls.append(k["swap"]) or kernel(*a, **k))
+    monkeypatch.setattr(S, "resolve_renorm_backend", lambda *a, **k: "triton")  # CPU here
+    got = S.attribute_sequence(tiny_transformer(norm, position, **sizes).float(), tokens, **args)
+    assert error(got, want) < TOL
+    assert calls == ([] if norm == "none" else [position == "pre"] * 2)
+    assert sequence_renorm.RENORM_BACKENDS == ("eager", "triton")

@@ -101,7 +101,8 @@ def verify_sequence(
         features: also ablate every feature (item 6 of the module docstring).
         memory: the working-memory budget.
         backend, precision: how the oracle's large products run (default eager `"fp32"`;
-            `bilens.ablation.resolve_backend`).
+            `bilens.ablation.resolve_backend`); `"triton"` also runs `renorm`'s closed form
+            as its Triton kernel (`bilens.attribution.attribute_sequence`).
         progress: progress bars.
 
     Returns:
@@ -116,9 +117,10 @@ def verify_sequence(
     modes = SEQUENCE_MODES if modes is None else tuple(modes)
     if "frozen" not in modes:                        # the split needs the frozen prediction
         modes = (*modes, "frozen")
+    renorm = "triton" if backend == "triton" else None     # renorm's closed form as well
     att = attribute_sequence_modes(model, tokens, target=target, position=position,
                                    baselines=baselines, modes=modes, labels=labels,
-                                   reference=reference, memory=memory)
+                                   reference=reference, memory=memory, backend=renorm)
     run, tgt, b = att.run, att.target, att.baselines
     how = dict(layers=chosen, memory=memory, progress=progress, backend=backend,
                precision=precision)

@@ -37,15 +37,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from types import SimpleNamespace
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from bilens.attribution.backward import METHODS
-from bilens.attribution.renorm import _norm_change, _swap_norm
 from bilens.attribution.sequence_backward import gradients_explicit
+from bilens.attribution.sequence_renorm import first_norms, renorm, resolve_renorm_backend
 from bilens.core.errors import BilensError
 from bilens.core.memory import DEFAULT_MEMORY, parse_memory
 from bilens.core.models.intervention import Intervention
@@ -120,6 +119,7 @@ def attribute_sequence(
     reference: Int[Tensor, "ref seq"] | None = None,
     memory: str | int = DEFAULT_MEMORY,
     method: str = "auto",
+    backend: str | None = None,
 ) -> Float[Tensor, "batch layer seq d_hidden"]:
     """Predict the effect on the target of ablating every node `(l, t, k)`.
 
@@ -141,6 +141,10 @@ def attribute_sequence(
             backward per mode), or `"auto"`: explicit where one forward serves several
             graphs (`attribute_sequence_modes`), autograd for one: the faster of the two in
             each case on a CPU (docs/benchmarks.md, "The written-out backward").
+        backend: how `renorm`'s closed form runs: `"eager"` (None, the default: torch
+            operations) or `"triton"` (one Triton kernel per layer, its products 3xTF32:
+            float32 accuracy; CUDA only, else eager with a warning). The other modes are
+            one backward either way.
 
     Returns:
         `predicted [B, n_layers, T, d_hidden]`, exactly 0 for nodes after `p`.
@@ -156,7 +160,8 @@ def attribute_sequence(
     return attribute_sequence_modes(model, tokens, target=target, position=position,
                                     baselines=baselines, modes=(mode,), labels=labels,
                                     reference=reference, memory=memory,
-                                    keep_run=False, method=method).predicted[mode]
+                                    keep_run=False, method=method,
+                                    backend=backend).predicted[mode]
 
 
 def attribute_sequence_modes(
@@ -172,6 +177,7 @@ def attribute_sequence_modes(
     memory: str | int = DEFAULT_MEMORY,
     keep_run: bool = True,
     method: str = "auto",
+    backend: str | None = None,
 ) -> SequenceAttribution:
     """`attribute_sequence` for several modes; arguments as there.
 
@@ -190,6 +196,8 @@ def attribute_sequence_modes(
     if method == "auto":
         method = "explicit" if len(_graphs(modes)) > 1 else "autograd"
     parse_memory(memory)
+    backend = resolve_renorm_backend(backend, model.device, model.dtype,
+                                     used="renorm" in modes)
     tokens, labels = check_sequence_inputs(model, tokens, target, labels, reference)
     B, T = tokens.shape
     cfg = model.config
@@ -205,7 +213,7 @@ def attribute_sequence_modes(
     try:
         parts = [_predict_chunk(model, tokens[i:i + chunk], target,
                                 tgt.select(slice(i, i + chunk)), b[i:i + chunk], modes, keep_run,
-                                method)
+                                method, backend)
                  for i in range(0, B, chunk)]
     finally:
         if was_training:
@@ -234,8 +242,8 @@ def _graphs(modes: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: SequenceTarget,
-                   b: Tensor, modes: tuple[str, ...], keep_run: bool, method: str
-                   ) -> SequenceAttribution:
+                   b: Tensor, modes: tuple[str, ...], keep_run: bool, method: str,
+                   backend: str) -> SequenceAttribution:
     """One chunk: `explicit`, one clean forward (every intermediate; the logits at every
     position only for `keep_run`) and one written-out backward per graph; `autograd`, per
     graph one autograd forward (the first is also the clean run) and one backward. Either
@@ -252,7 +260,7 @@ def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt
         c = b - run.z                                                    # b - z  [B, L, T, H]
     for graph in _graphs(modes):
         first = "renorm" in modes and graph == "live"           # the norms renorm recomputes
-        norms = _first_norms(model) if first else ()
+        norms = first_norms(model) if first else ()
         if method == "explicit":
             fwd = run
             with torch.no_grad():
@@ -265,7 +273,8 @@ def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt
         for mode in ("renorm", "live") if graph == "live" else (graph,):  # renorm reads g_z
             if mode not in modes:
                 continue
-            p = _renorm(model, fwd, tgt, c, g_z, g_norm) if mode == "renorm" else g_z.mul_(c)
+            p = (renorm(model, fwd, tgt, c, g_z, g_norm, backend) if mode == "renorm"
+                 else g_z.mul_(c))
             out[mode] = p.masked_fill_(~keep, 0.0)                      # nodes after p: 0
     return SequenceAttribution(out, run if keep_run else None, tgt, b, tokens)
 
@@ -339,42 +348,3 @@ def gradients_sequence(
     g_norm = None if not norm_outputs else (torch.zeros_like(n_off) if grads[1] is None
                                             else grads[1])
     return grads[0].detach(), g_norm
-
-
-def _renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget, c: Tensor,
-            g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
-    """`renorm` (module docstring): the first norm each node reaches, exactly, per position,
-    from the clean `run`, the live `d f / d z` and the live gradients at the norms' outputs.
-    The last layer's nodes reach a target read at `p` only from `p` (their `g_live` and the
-    gradient at the norm they reach are 0 elsewhere, and so is the prediction): only the
-    rows at `p` are computed there."""
-    B, L, T, H = c.shape
-    out = c.new_zeros(B, L, T, H)
-    every = (slice(None), slice(None))
-    at_p = (torch.arange(B, device=c.device), tgt.position)
-    with torch.no_grad():
-        for l in range(L):
-            at = at_p if l == L - 1 and not tgt.every_position else every
-            out[:, l][at] = _renorm_layer(model, run, l, at, c, g_live, g_norm)
-    return out
-
-
-def _first_norms(model: BilinearTransformer) -> tuple[int, ...]:
-    """The norm each layer's nodes reach first: pre-norm the next one (layer `l+1`'s
-    attention norm, or the final norm), post-norm layer `l`'s own MLP norm."""
-    L = model.config.n_layers
-    pre = model.config.norm_position == "pre"
-    return tuple(2 * (l + 1) if pre else 2 * l + 1 for l in range(L))
-
-
-def _renorm_layer(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple,
-                  c: Tensor, g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
-    """`renorm` of layer `l`'s nodes at the positions `at` (an index of `[B, T]`)."""
-    i = _first_norms(model)[l]
-    held = SimpleNamespace(resid=run.resid[at].movedim(-2, 1),      # the norm axis second,
-                           scale=run.scale[at].movedim(-1, 1),      # as renorm's closed
-                           mean=run.mean[at].movedim(-1, 1))        # forms read it
-    c_l, g_l, g_n, D = c[:, l][at], g_live[:, l][at], g_norm[i][at], model.layers[l].D
-    if model.config.norm_position == "pre":  # the path through that norm swapped for exact
-        return _swap_norm(model, held, i, g_n, D, c_l, g_l)
-    return _norm_change(model, held, i, g_n, D, c_l, slope=g_l)   # every path runs through it

@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="circuit sizes of the faithfulness curve, '' to skip")
     p.add_argument("--memory", default="4GiB", help="ablation working-memory budget")
     p.add_argument("--backend", default=None, choices=("eager", "compile", "triton"),
-                   help="how the ablation runs (default: eager; compile and triton need CUDA)")
+                   help="how the ablation runs (default: eager; compile and triton need CUDA; "
+                        "for a sequence model triton also runs renorm's closed form)")
     p.add_argument("--precision", default=None, choices=("fp32", "3xtf32", "3xfp16"),
                    help="the ablation's large products (default: fp32; 3xfp16 under triton)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNGs")

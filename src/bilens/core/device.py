@@ -1,4 +1,5 @@
-"""Which torch device a `--device` string names (`"auto"`: CUDA when there is one)."""
+"""Which torch device a `--device` string names (`"auto"`: CUDA when there is one), and
+whether Triton is there for the GPU kernels."""
 
 from __future__ import annotations
 
@@ -24,3 +25,12 @@ def resolve_device(device: str) -> torch.device:
         raise BilensError(f"device: {device!r} asked for but CUDA is not available; use "
                           f"--device cpu")
     return dev
+
+
+def triton_available() -> bool:
+    """Whether Triton can be imported (CUDA builds of torch ship it)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True

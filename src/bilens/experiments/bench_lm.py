@@ -124,9 +124,10 @@ def _attribution_rows(cfg: LMBenchConfig, model: BilinearTransformer, znet: ZSeq
     returns the forward's seconds."""
     tokens = data[:, :-1]
     fast: dict[str, Callable[[], object]] = {"forward": lambda: model(tokens)}
-    for mode in SEQUENCE_MODES:
-        fast[f"attribute {mode}"] = lambda m=mode: attribute_sequence(model, data,
-                                                                      target="next", mode=m)
+    renorm = "triton" if cfg.backend == "triton" and model.device.type == "cuda" else None
+    for mode in SEQUENCE_MODES:                 # renorm's closed form: the Triton kernel there
+        fast[f"attribute {mode}"] = lambda m=mode: attribute_sequence(
+            model, data, target="next", mode=m, backend=renorm)
     if cfg.captum:
         fast["captum LayerGradientXActivation"] = lambda: captum_gxa(znet, tokens)
         fast["captum LayerGradientXActivation per layer"] = (

@@ -22,20 +22,12 @@ import warnings
 
 import torch
 
+from bilens.core.device import triton_available
 from bilens.core.errors import BilensError
 
 BACKENDS = ("eager", "compile", "triton")
 PRECISIONS = ("fp32", "3xtf32", "3xfp16")
 DEFAULT_BACKEND = "eager"
-
-
-def triton_available() -> bool:
-    """Whether Triton can be imported (CUDA builds of torch ship it)."""
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def fallback(message: str) -> None:

@@ -21,12 +21,7 @@ from torch import Tensor
 
 from bilens.ablation._engine.backend import fallback
 from bilens.core.norms import inverse_scale_change, perturbed_scale
-
-
-def round_tf32(x: Tensor) -> Tensor:
-    """Round float32 `x` to the nearest TF32 value (10 mantissa bits); exact in TF32."""
-    bits = x.view(torch.int32)
-    return ((bits + 0x1000) & -0x2000).view(torch.float32)
+from bilens.core.split import round_tf32
 
 
 def split_rows(x: Float[Tensor, "m k"]) -> Float[Tensor, "m 2k"]:

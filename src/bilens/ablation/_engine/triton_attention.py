@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from bilens.ablation._engine.triton_ops import _split
+from bilens.core.triton_gemm import _split
 
 _NONE = tl.constexpr(-1e30)  # log P where P = 0: finite, so masked rows make no inf - inf
 

@@ -20,7 +20,7 @@ The halves are TF32 (`"3xtf32"`) or scaled float16 (`"3xfp16"`, see below). The 
 come split (`split_weight`); the activations are split in registers.
 
 Import this module only where Triton is installed (it is on CUDA builds of torch);
-`bilens.ablation._engine.backend.triton_available` says whether it is. With
+`bilens.core.device.triton_available` says whether it is. With
 `TRITON_INTERPRET=1` set before the import the kernels run on the CPU, slowly (a way to
 check index arithmetic without a GPU; Triton 3.5's interpreter needs numpy < 2.4).
 `tests/test_triton_ops.py` compiles every kernel for sm_90 where Triton is installed and
@@ -29,25 +29,29 @@ runs them against float64 on a GPU.
 
 from __future__ import annotations
 
-import inspect
-import math
-import os
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
-from bilens.ablation._engine.steps import round_tf32
-
-try:                                       # the base class of every Triton error (3.x)
-    from triton.errors import TritonError
-    TRITON_ERRORS: tuple[type[Exception], ...] = (TritonError,)
-except ImportError:                        # older Triton: what compiling or launching raises
-    from triton.compiler.errors import CompilationError
-    from triton.runtime.errors import OutOfResources
-    TRITON_ERRORS = (CompilationError, OutOfResources)
+from bilens.core.split import Split, split_weight  # noqa: F401  (re-exported)
+from bilens.core.triton_gemm import (  # noqa: F401  (re-exported: the plans and tests read them)
+    _F16_ONLY,
+    _PRUNE,
+    _TUNE,
+    TRITON_ERRORS,
+    _configs,
+    _dot3,
+    _grid,
+    _pow2_of,
+    _pow2_scale,
+    _prune,
+    _split,
+    _tile,
+    amax,
+    configs_for,
+    f16_only,
+)
 
 # (BM, BN, BK, warps, stages): a few shapes for the autotuner; every one is tried once per
 # (d_model, d_hidden, precision) on the first call. BM runs over ablations, BN over output
@@ -67,143 +71,6 @@ _DOWN_CONFIGS = ([(128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4)
 _ENTRY_CONFIGS = ([(128, 128, 32, 8, 3), (128, 256, 32, 8, 2), (128, 128, 16, 8, 3),
                    (64, 256, 32, 8, 3), (64, 128, 32, 4, 3)],
                   [(128, 128, 64, 8, 3), (128, 256, 64, 8, 2), (128, 256, 32, 8, 3)])
-
-
-def _configs(shapes):
-    both, f16_only = shapes
-    if os.environ.get("TRITON_INTERPRET") == "1":     # the CPU interpreter cannot time configs
-        both, f16_only = both[:1], []
-    configs = []
-    for f16, group in ((False, both), (True, f16_only)):
-        for bm, bn, bk, w, s in group:
-            configs.append(triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w,
-                                         num_stages=s))
-            if f16:
-                _F16_ONLY.add(id(configs[-1]))
-    return configs
-
-
-# The configs tried for float16 halves only, by identity (the autotuners below hold them for
-# the process's life, and `_prune` is handed those same objects). Not an attribute of the
-# Config: Triton rebuilds a Config from its attributes when it reads cached winners from disk
-# (`cache_results`), and an extra one made that raise (seen on the H200, Triton of torch 2.11).
-# Not by value either: Configs compare by value, and shapes recur across the kernels' lists.
-_F16_ONLY: set[int] = set()
-
-
-def f16_only(config) -> bool:
-    """Whether an autotune shape is tried for float16 halves only."""
-    return id(config) in _F16_ONLY
-
-
-def configs_for(configs: list, f16: bool) -> list:
-    """The autotune shapes tried for one precision."""
-    return [c for c in configs if f16 or not f16_only(c)]
-
-
-def _prune(configs, named_args, **kwargs):
-    return configs_for(configs, bool(kwargs.get("F16", named_args.get("F16", False))))
-
-
-_PRUNE = {"early_config_prune": _prune}
-# The winners are kept in Triton's cache directory (`TRITON_CACHE_DIR`, ~/.triton by
-# default) where this Triton can (3.2 and later): a later process on the same GPU skips
-# the benchmarking of every shape (each took 1-11 s of a first run's 142 s on the H200).
-_TUNE = ({"cache_results": True}
-         if "cache_results" in inspect.signature(triton.autotune).parameters else {})
-
-
-class Split(NamedTuple):
-    """A weight as two halves and the power of two it was scaled by (1 for TF32)."""
-
-    hi: Tensor
-    lo: Tensor
-    scale: float
-
-
-def split_weight(w: Tensor, f16: bool = False) -> Split:
-    """`w` as `hi + lo`, both exact in TF32 (float32 storage), or, with `f16`, both float16
-    after scaling `w` by a power of two that puts `max|w|` in `[2^14, 2^15)`."""
-    w = w.contiguous()
-    if not f16:
-        hi = round_tf32(w)
-        return Split(hi, round_tf32(w - hi).contiguous(), 1.0)
-    top = w.abs().max().item()
-    scale = 2.0 ** (14 - math.floor(math.log2(top))) if top > 0 else 1.0
-    ws = w * scale
-    hi = ws.half()
-    return Split(hi, (ws - hi.float()).half().contiguous(), scale)
-
-
-def amax(x: Tensor) -> Tensor:
-    """`max|x|` as a one-element float32 tensor on the device (no host sync; one kernel)."""
-    return torch.linalg.vector_norm(x, float("inf")).reshape(1).float()
-
-
-# Every product is written transposed, `acc^T [BN, BM] = W [BN, BK] @ X^T [BK, BM]`: the
-# weight tile is the left operand, read by the tensor cores straight from shared memory, and
-# the activation, split in registers, the right one. Measured on the H200
-# (`benchmarks/triton_gemm.py`): 255-270 TFLOP/s of TF32 work this way, 144-150 with the
-# split activation as the left operand, 234-242 for cuBLAS on pre-split factors.
-#
-# F16 (precision "3xfp16"): the halves are float16, which the tensor cores multiply twice as
-# fast as TF32 and with the same 11 significant bits. float16 has little range, so every
-# operand is scaled by a power of two (exact) that puts its largest entry just under 2^15:
-# weights once (`split_weight`), activations per call from their max (`amax`, or an
-# `atomic_max` in the epilogue that makes them), and the entry kernel's `dz`, made in its
-# prologue, per ablation from a bound. Entries far below the max lose low bits of
-# their low half, i.e. precision relative to the max, which is what the normwise agreement
-# counts; the product is undone by the two scales in the epilogue.
-
-@triton.jit
-def _split(x):
-    bits = x.to(tl.int32, bitcast=True)
-    hi = ((bits + 0x1000) & -0x2000).to(tl.float32, bitcast=True)
-    return hi, x - hi
-
-
-@triton.jit
-def _tile(N, BM: tl.constexpr, BN: tl.constexpr):
-    """This program's rows (ablations) and output columns; consecutive programs share rows."""
-    pid = tl.program_id(0)
-    n_tiles = tl.cdiv(N, BN)
-    return (pid // n_tiles) * BM + tl.arange(0, BM), (pid % n_tiles) * BN + tl.arange(0, BN)
-
-
-@triton.jit
-def _pow2_of(top):
-    """Elementwise 2^k with `top * 2^k` in `[2^14, 2^15)` (clamped for zero)."""
-    e = ((top.to(tl.int32, bitcast=True) >> 23) & 0xFF) - 127            # floor(log2 top)
-    k = tl.minimum(tl.maximum(14 - e, -120), 120)
-    return ((k + 127) << 23).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _pow2_scale(amax_ptr, F16: tl.constexpr):
-    """The float16 scale of an operand whose max is at `amax_ptr` (1.0 without F16)."""
-    if F16:
-        return _pow2_of(tl.load(amax_ptr))
-    return 1.0
-
-
-@triton.jit
-def _dot3(w_hi, w_lo, x, acc, x_scale, F16: tl.constexpr):
-    """`acc + w @ x^T` in three products of halves, `x` a float32 tile `[BM, BK]` split here."""
-    if F16:
-        xs = x * x_scale
-        hi = xs.to(tl.float16)
-        lo = (xs - hi.to(tl.float32)).to(tl.float16)
-        hi = tl.trans(hi)
-        acc = tl.dot(w_hi, tl.trans(lo), acc)
-        acc = tl.dot(w_lo, hi, acc)
-        acc = tl.dot(w_hi, hi, acc)
-    else:
-        x_hi, x_lo = _split(x)
-        x_hi = tl.trans(x_hi)
-        acc = tl.dot(w_hi, tl.trans(x_lo), acc, input_precision="tf32")
-        acc = tl.dot(w_lo, x_hi, acc, input_precision="tf32")
-        acc = tl.dot(w_hi, x_hi, acc, input_precision="tf32")
-    return acc
 
 
 @triton.autotune(configs=_configs(_LR_CONFIGS), key=["H", "D", "F16"], prune_configs_by=_PRUNE,
@@ -343,9 +210,6 @@ def _entry_down_kernel(alpha_ptr, beta_ptr, ks_ptr, lp_ptr, rp_ptr, ql_ptr, qr_p
     _store_delta(acc, out_ptr, out_ptr, u1_ptr, v_ptr, u2_ptr, q_ptr, ch, rm, rn, M, per_input,
                  D, 2, HAS_Q)
 
-
-def _grid(M: int, N: int):
-    return lambda meta: (triton.cdiv(M, meta["BM"]) * triton.cdiv(N, meta["BN"]),)
 
 
 def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int,

@@ -1,0 +1,123 @@
+"""`renorm` for the transformer: the first norm each node reaches, exactly, per position.
+
+From the clean run, the live `d f / d z` and the live gradients at the norms' outputs
+(`attribution.sequence`): post-norm, layer `l`'s own MLP norm at `t` (every path runs
+through it); pre-norm, the next norm at `t` (layer `l+1`'s attention norm, or the final
+norm), whose path's live slope is swapped for the exact change (`attribution.renorm`).
+
+Two backends give the same closed form: `"eager"` (torch operations, any device and dtype)
+and `"triton"` (one kernel per layer, `attribution.triton_renorm`: the products and the
+formula fused, float32 on CUDA). A Triton failure falls back to eager with one warning.
+"""
+
+# ruff: noqa: E741  (`l` is the layer index, as in SPEC)
+from __future__ import annotations
+
+import warnings
+from types import SimpleNamespace
+
+import torch
+from torch import Tensor
+
+from bilens.attribution.renorm import _norm_change, _swap_norm
+from bilens.core.device import triton_available
+from bilens.core.errors import BilensError
+from bilens.core.models.transformer import BilinearTransformer, TransformerRun
+from bilens.core.sequence import SequenceTarget
+
+RENORM_BACKENDS = ("eager", "triton")
+
+
+def resolve_renorm_backend(backend: str | None, device: torch.device, dtype: torch.dtype,
+                           used: bool = True) -> str:
+    """The backend `renorm`'s closed form runs on: `"eager"` (the default) or `"triton"`,
+    which needs CUDA, float32 and Triton; where it cannot run, eager, with one warning
+    (none where `renorm` is not `used`: the other modes have no closed form)."""
+    if backend is not None and backend not in RENORM_BACKENDS:
+        raise BilensError(f"backend: expected one of {list(RENORM_BACKENDS)} for attribution, "
+                          f"got {backend!r}")
+    if backend in (None, "eager") or not used:
+        return "eager"
+    why = ("needs CUDA" if device.type != "cuda" else
+           f"runs float32 only (the model is {dtype})" if dtype != torch.float32 else
+           "needs Triton, which is not installed" if not triton_available() else None)
+    if why is None:
+        return "triton"
+    warnings.warn(f"bilens: backend='triton' for renorm's closed form {why}; running it eager",
+                  RuntimeWarning, stacklevel=3)
+    return "eager"
+
+
+def first_norms(model: BilinearTransformer) -> tuple[int, ...]:
+    """The norm each layer's nodes reach first: pre-norm the next one (layer `l+1`'s
+    attention norm, or the final norm), post-norm layer `l`'s own MLP norm."""
+    L = model.config.n_layers
+    pre = model.config.norm_position == "pre"
+    return tuple(2 * (l + 1) if pre else 2 * l + 1 for l in range(L))
+
+
+def renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget, c: Tensor,
+           g_live: Tensor, g_norm: dict[int, Tensor], backend: str = "eager") -> Tensor:
+    """`renorm`'s prediction `[B, L, T, H]` from the clean `run`, `c = b - z`, the live
+    `d f / d z` and the live gradients at the norms' outputs. The last layer's nodes reach a
+    target read at `p` only from `p` (their `g_live` and the gradient at the norm they reach
+    are 0 elsewhere, and so is the prediction): only the rows at `p` are computed there."""
+    B, L, T, H = c.shape
+    out = c.new_zeros(B, L, T, H)
+    every = (slice(None), slice(None))
+    at_p = (torch.arange(B, device=c.device), tgt.position)
+    with torch.no_grad():
+        for l in range(L):
+            at = at_p if l == L - 1 and not tgt.every_position else every
+            if backend == "triton" and _fused(model, run, l, at, c, g_live, g_norm, out):
+                continue
+            out[:, l][at] = _eager(model, run, l, at, c, g_live, g_norm)
+    return out
+
+
+def _eager(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c: Tensor,
+           g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
+    """`renorm` of layer `l`'s nodes at the positions `at` (an index of `[B, T]`)."""
+    i = first_norms(model)[l]
+    held = SimpleNamespace(resid=run.resid[at].movedim(-2, 1),      # the norm axis second,
+                           scale=run.scale[at].movedim(-1, 1),      # as renorm's closed
+                           mean=run.mean[at].movedim(-1, 1))        # forms read it
+    c_l, g_l, g_n, D = c[:, l][at], g_live[:, l][at], g_norm[i][at], model.layers[l].D
+    if model.config.norm_position == "pre":  # the path through that norm swapped for exact
+        return _swap_norm(model, held, i, g_n, D, c_l, g_l)
+    return _norm_change(model, held, i, g_n, D, c_l, slope=g_l)   # every path runs through it
+
+
+def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c: Tensor,
+           g_live: Tensor, g_norm: dict[int, Tensor], out: Tensor) -> bool:
+    """Layer `l`'s `renorm` by the Triton kernel, written into `out[:, l]`; False where it
+    does not run (no norm: the exact change is the slope; a Triton error, with a warning)."""
+    from bilens.attribution import triton_renorm
+    from bilens.core.split import split_weight
+    from bilens.core.triton_gemm import TRITON_ERRORS
+
+    i = first_norms(model)[l]
+    norm = model.norm(i)
+    if norm.kind == "none":
+        return False
+    r, s = run.resid[at][..., i, :], run.scale[at][..., i]
+    D = model.layers[l].D
+    if norm.kind == "layer":                 # the centring is linear: centred vectors
+        r, D = r - run.mean[at][..., i, None], D - D.mean(0)
+    gy = g_norm[i][at] * norm.weight
+    along_r = (gy * r).sum(-1)
+    every = isinstance(at[0], slice)
+    c_l, g_l = (c[:, l], g_live[:, l]) if every else (c[:, l][at], g_live[:, l][at])
+    dst = out[:, l] if every else torch.empty_like(c_l)
+    try:
+        triton_renorm.renorm_closed_form(
+            r.reshape(-1, r.shape[-1]), gy.reshape(-1, gy.shape[-1]),
+            split_weight(D.T), (D * D).sum(0), s.reshape(-1), along_r.reshape(-1), c_l, g_l,
+            dst, swap=model.config.norm_position == "pre")
+    except TRITON_ERRORS as err:
+        warnings.warn(f"bilens: renorm's Triton kernel failed ({type(err).__name__}: {err}); "
+                      f"running its closed form eager", RuntimeWarning, stacklevel=4)
+        return False
+    if not every:
+        out[:, l][at] = dst
+    return True
