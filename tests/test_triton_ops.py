@@ -149,9 +149,10 @@ def test_norm_change_kernel_compiles_for_hopper():
 @needs_triton
 def test_renorm_kernel_compiles_for_hopper():
     """`renorm`'s closed-form kernel (`attribution.triton_renorm`) compiles for sm_90 at the
-    issue's d_model 256, with pre-norm's swap (two accumulators, its heavier case) and
-    post-norm's change, and fits in shared memory: its first autotune shape without CUDA,
-    every shape on a GPU machine or with `BILENS_TEST_ALL_SHAPES=1`."""
+    issue's d_model 256, with pre-norm's swap (two accumulators) and LayerNorm's centring
+    (its heaviest case), and post-norm's change without it, and fits in shared memory: its
+    first autotune shape without CUDA, every shape and both cases on a GPU machine or with
+    `BILENS_TEST_ALL_SHAPES=1`."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -162,7 +163,7 @@ def test_renorm_kernel_compiles_for_hopper():
     configs = kernel.configs if ALL_SHAPES else kernel.configs[:1]
     for swap in ([True, False] if ALL_SHAPES else [True]):
         for cfg in configs:
-            consts = dict(D=256, SWAP=swap, **cfg.kwargs)
+            consts = dict(D=256, SWAP=swap, CENTRE=swap, **cfg.kwargs)
             sig = {n: "constexpr" if n in consts else "*fp32" if n.endswith("_ptr")
                    else "fp32" if n == "tiny" else "i32" for n in kernel.fn.arg_names}
             compiled = triton.compile(ASTSource(kernel.fn, sig, consts),

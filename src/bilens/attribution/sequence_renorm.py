@@ -93,7 +93,6 @@ def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c
     """Layer `l`'s `renorm` by the Triton kernel, written into `out[:, l]`; False where it
     does not run (no norm: the exact change is the slope; a Triton error, with a warning)."""
     from bilens.attribution import triton_renorm
-    from bilens.core.split import split_weight
     from bilens.core.triton_gemm import TRITON_ERRORS
 
     i = first_norms(model)[l]
@@ -101,19 +100,16 @@ def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c
     if norm.kind == "none":
         return False
     r, s = run.resid[at][..., i, :], run.scale[at][..., i]
-    D = model.layers[l].D
     if norm.kind == "layer":                 # the centring is linear: centred vectors
-        r, D = r - run.mean[at][..., i, None], D - D.mean(0)
-    gy = g_norm[i][at] * norm.weight
-    along_r = (gy * r).sum(-1)
-    every = isinstance(at[0], slice)
+        r = r - run.mean[at][..., i, None]
+    every = isinstance(at[0], slice)         # every position, else one row per sequence
     c_l, g_l = (c[:, l], g_live[:, l]) if every else (c[:, l][at], g_live[:, l][at])
     dst = out[:, l] if every else torch.empty_like(c_l)
     try:
         triton_renorm.renorm_closed_form(
-            r.reshape(-1, r.shape[-1]), gy.reshape(-1, gy.shape[-1]),
-            split_weight(D.T), (D * D).sum(0), s.reshape(-1), along_r.reshape(-1), c_l, g_l,
-            dst, swap=model.config.norm_position == "pre")
+            r.reshape(-1, r.shape[-1]), g_norm[i][at].reshape(-1, r.shape[-1]), norm.weight,
+            model.layers[l].D, s.reshape(-1), c_l, g_l, dst,
+            swap=model.config.norm_position == "pre", centre=norm.kind == "layer")
     except TRITON_ERRORS as err:
         warnings.warn(f"bilens: renorm's Triton kernel failed ({type(err).__name__}: {err}); "
                       f"running its closed form eager", RuntimeWarning, stacklevel=4)
@@ -121,3 +117,4 @@ def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c
     if not every:
         out[:, l][at] = dst
     return True
+

@@ -1,7 +1,8 @@
 """`renorm`'s closed form as one Triton kernel: the products and the formula in one pass.
 
 For the norm a layer's nodes reach first (`attribution.sequence_renorm`), the closed form
-needs `r . D_k` (and, pre-norm, `gy . D_k`) for every row and channel, then some twenty
+needs `r . D_k` (and, pre-norm, `gy . D_k`) for every row and channel, `gy . r` per row,
+then some twenty
 elementwise operations on `[rows, d_hidden]` (`attribution.renorm._swap_norm`,
 `_norm_change`). Eager, each operation is a pass over memory, and on the H200 they cost
 `renorm` 19.5 ms over `live` at 1,024 sequences of the issue's shape (docs/benchmarks.md).
@@ -13,7 +14,10 @@ which reads `c` and the live gradient once and writes the prediction once:
 
 with `s'^2 = s^2 + (2 c r.D_k + c^2 |D_k|^2) / d` and `1/s' - 1/s = -ds2 / (s s' (s + s'))`,
 as `core.norms` writes them. The products are three TF32 products of halves
-(`core.triton_gemm._dot3`, ~2^-22 relative): float32 accuracy on the tensor cores.
+(`core.triton_gemm._dot3`, ~2^-22 relative): float32 accuracy on the tensor cores. `D` is
+split (and, for LayerNorm, centred) tile by tile as it is loaded, and `gamma g_N`, `gy . r`
+and `|D_k|^2` are made in the same loop: the launch is the layer's only kernel (RMS), which
+matters where the host sets the pace (128 sequences on the H200).
 
 Import this module only where Triton is installed (`core.device.triton_available`).
 """
@@ -25,8 +29,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from bilens.core.split import Split
-from bilens.core.triton_gemm import _PRUNE, _TUNE, _configs, _dot3, _grid, _tile
+from bilens.core.triton_gemm import _PRUNE, _TUNE, _configs, _dot3, _grid, _split, _tile
 
 # (BM, BN, BK, warps, stages): BM over rows (positions), BN over channels; the swap keeps two
 # accumulators and stages two row tiles, as `triton_ops.lr_dz` does with two weights.
@@ -51,31 +54,40 @@ def _at(ptr, rm, rn, inner, outer_stride, inner_stride, ok):
 @triton.autotune(configs=_configs(_CONFIGS), key=["H", "D", "SWAP"], prune_configs_by=_PRUNE,
                  **_TUNE)
 @triton.jit
-def _renorm_kernel(r_ptr, gy_ptr, dh_ptr, dl_ptr, sq_ptr, s_ptr, ar_ptr, c_ptr, g_ptr, out_ptr,
-                   tiny, M, H, stride_r, stride_gy, inner, c_outer, c_inner, g_outer, g_inner,
-                   o_outer, o_inner,
-                   D: tl.constexpr, SWAP: tl.constexpr,
+def _renorm_kernel(r_ptr, gn_ptr, w_ptr, d_ptr, mean_ptr, s_ptr, c_ptr, g_ptr, out_ptr,
+                   tiny, M, H, stride_r, stride_gn, stride_s, stride_dk, inner, c_outer, c_inner,
+                   g_outer, g_inner, o_outer, o_inner,
+                   D: tl.constexpr, SWAP: tl.constexpr, CENTRE: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     rm, rn = _tile(H, BM, BN)                                   # rows, channels
     row_ok, col_ok = rm < M, rn < H
     acc_r = tl.zeros((BN, BM), dtype=tl.float32)                # (r . D_k)^T tile
     acc_g = tl.zeros((BN, BM), dtype=tl.float32)                # (gy . D_k)^T tile (swap)
+    along_r = tl.zeros((BM,), dtype=tl.float32)                 # gy . r, over the whole row
+    sq = tl.zeros((BN,), dtype=tl.float32)                      # |D_k|^2, over the whole column
+    if CENTRE:
+        mean = tl.load(mean_ptr + rn, mask=col_ok, other=0.0)[:, None]
     for k0 in range(0, D, BK):
         rk = k0 + tl.arange(0, BK)
         k_ok = rk < D
         x_ok = row_ok[:, None] & k_ok[None, :]
-        w = rn[:, None] * D + rk[None, :]                       # D^T: [H, D]
         w_ok = col_ok[:, None] & k_ok[None, :]
-        w_hi = tl.load(dh_ptr + w, mask=w_ok, other=0.0)
-        w_lo = tl.load(dl_ptr + w, mask=w_ok, other=0.0)
-        acc_r = _dot3(w_hi, w_lo, _rows(r_ptr, rm, rk, stride_r, x_ok), acc_r, 1.0, False)
+        w = tl.load(d_ptr + rk[None, :] * stride_dk + rn[:, None], mask=w_ok, other=0.0)
+        if CENTRE:                                              # D^T tile [BN, BK], centred
+            w = tl.where(w_ok, w - mean, 0.0)
+        sq += tl.sum(w * w, axis=1)
+        w_hi, w_lo = _split(w)                                  # TF32 halves, as split_weight
+        r = _rows(r_ptr, rm, rk, stride_r, x_ok)
+        gy = _rows(gn_ptr, rm, rk, stride_gn, x_ok) \
+            * tl.load(w_ptr + rk, mask=k_ok, other=0.0)[None, :]   # gamma * g_N
+        along_r += tl.sum(r * gy, axis=1)
+        acc_r = _dot3(w_hi, w_lo, r, acc_r, 1.0, False)
         if SWAP:
-            acc_g = _dot3(w_hi, w_lo, _rows(gy_ptr, rm, rk, stride_gy, x_ok), acc_g, 1.0,
-                          False)
+            acc_g = _dot3(w_hi, w_lo, gy, acc_g, 1.0, False)
     ok = col_ok[:, None] & row_ok[None, :]
-    s = tl.load(s_ptr + rm, mask=row_ok, other=1.0)[None, :]
-    along_r = tl.load(ar_ptr + rm, mask=row_ok, other=0.0)[None, :]     # gy . r
-    sq = tl.load(sq_ptr + rn, mask=col_ok, other=0.0)[:, None]          # |D_k|^2
+    s = tl.load(s_ptr + rm.to(tl.int64) * stride_s, mask=row_ok, other=1.0)[None, :]
+    along_r = along_r[None, :]
+    sq = sq[:, None]
     c = tl.load(_at(c_ptr, rm, rn, inner, c_outer, c_inner, ok), mask=ok, other=0.0)
     g = tl.load(_at(g_ptr, rm, rn, inner, g_outer, g_inner, ok), mask=ok, other=0.0)
     x = c * acc_r                                                       # c r . D_k
@@ -95,16 +107,17 @@ def _three(x: Tensor) -> Tensor:
     return x if x.stride(-1) == 1 else x.contiguous()
 
 
-def renorm_closed_form(r: Tensor, gy: Tensor, DT: Split, sq: Tensor, s: Tensor,
-                       along_r: Tensor, c: Tensor, g: Tensor, out: Tensor, swap: bool) -> Tensor:
+def renorm_closed_form(r: Tensor, g_n: Tensor, weight: Tensor, D: Tensor, s: Tensor,
+                       c: Tensor, g: Tensor, out: Tensor, swap: bool, centre: bool) -> Tensor:
     """`renorm`'s closed form for every row and channel, written into `out`.
 
     Args:
-        r, gy: `[M, d]` (last stride 1): the norm's input (centred for LayerNorm) and
-            `gamma * g_N`, the live gradient at its output times its weight.
-        DT: `core.split.split_weight(D^T)` in TF32 halves, `[H, d]` (columns centred for
-            LayerNorm).
-        sq: `|D_k|^2` `[H]`; s: the statistic `[M]`; along_r: `gy . r` `[M]`.
+        r, g_n: `[M, d]` (last stride 1, row stride free): the norm's input (centred for
+            LayerNorm) and the live gradient at its output.
+        weight: the norm's `gamma` `[d]` (`gy = gamma * g_n`, made in the kernel).
+        D: the layer's `D` `[d, H]` (last stride 1), split into TF32 halves in the kernel,
+            its columns centred there with `centre` (LayerNorm); `|D_k|^2` is made there too.
+        s: the statistic `[M]` (stride free).
         c, g, out: `b - z`, the live `d f / d z` (or the slope, post-norm) and the result,
             each `[n, inner, H]` or `[M, H]` with `M = n * inner` (views allowed, last
             stride 1), row `m` at `(m // inner, m % inner)`.
@@ -115,12 +128,13 @@ def renorm_closed_form(r: Tensor, gy: Tensor, DT: Split, sq: Tensor, s: Tensor,
     """
     c3, g3, o3 = _three(c), _three(g), _three(out)
     M, d = r.shape
-    H = DT.hi.shape[0]
+    H = D.shape[1]
     assert o3.data_ptr() == out.data_ptr() and c3.shape == g3.shape == o3.shape
-    assert c3.shape[0] * c3.shape[1] == M and r.stride(1) == gy.stride(1) == 1
+    assert c3.shape[0] * c3.shape[1] == M and r.stride(1) == g_n.stride(1) == D.stride(1) == 1
+    mean = D.mean(0) if centre else D
     _renorm_kernel[_grid(M, H)](
-        r, gy, DT.hi, DT.lo, sq.contiguous(), s.contiguous(), along_r.contiguous(), c3, g3, o3,
-        torch.finfo(torch.float32).tiny, M, H, r.stride(0), gy.stride(0), c3.shape[1],
-        c3.stride(0), c3.stride(1), g3.stride(0), g3.stride(1), o3.stride(0), o3.stride(1),
-        D=d, SWAP=swap)
+        r, g_n, weight.contiguous(), D, mean, s, c3, g3, o3,
+        torch.finfo(torch.float32).tiny, M, H, r.stride(0), g_n.stride(0), s.stride(0),
+        D.stride(0), c3.shape[1], c3.stride(0), c3.stride(1), g3.stride(0), g3.stride(1),
+        o3.stride(0), o3.stride(1), D=d, SWAP=swap, CENTRE=centre)
     return out
