@@ -6,7 +6,8 @@
 # Steps (STEPS, comma list; run in this order: full, kernel, tests, against, subset,
 # profile, attribution): attribution (benchmarks/lm_attribution.py at the issue's shape,
 # 128 sequences, or each of ATTRIBUTION_N, chunked by ATTRIBUTION_MEMORY: every mode
-# through autograd and the explicit backward), tests (the CUDA tests of the oracle's backends), against (today
+# through autograd and the explicit backward, renorm also with backend="triton";
+# ATTRIBUTION_FLAGS are lm_attribution.py's, e.g. --profile), tests (the CUDA tests of the oracle's backends), against (today
 # at each AGAINST_PREC against each REFS file at AGAINST_REF_PREC: fp32 by default,
 # `same`: the same precision), subset
 # (8 sequences: every node, and the subset against the prefix-reusing loop, at each PREC;
@@ -85,7 +86,8 @@ fi
 if has attribution; then
   for n in ${ATTRIBUTION_N:-128}; do        # sequences per batch, e.g. ATTRIBUTION_N='128 1024'
     timeout ${ATTRIBUTION_TIMEOUT:-150} python3 benchmarks/lm_attribution.py --device cuda \
-        --configs issue --n $n --repeats 10 --no-captum --memory ${ATTRIBUTION_MEMORY:-4GiB} 2>&1
+        --configs issue --n $n --repeats 10 --no-captum --memory ${ATTRIBUTION_MEMORY:-4GiB} \
+        ${ATTRIBUTION_FLAGS:-} 2>&1
   done | tee "$OUT/attribution.log"
 fi
 [[ -n ${CACHE_OUT:-} ]] && tar czf - -C /tmp/bilens-cache . \
