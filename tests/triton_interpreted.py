@@ -408,3 +408,72 @@ def test_renorm_kernel_matches_float64(norm, position, target, monkeypatch):
     assert error(got, want) < TOL
     assert calls == ([] if norm == "none" else [position == "pre"] * 2)
     assert sequence_renorm.RENORM_BACKENDS == ("eager", "triton")
+
+
+@pytest.mark.parametrize("swap", [True, False], ids=["swap", "change"])
+@pytest.mark.parametrize("centre", [False, True], ids=["rms", "layer"])
+def test_renorm_kernel_over_many_tiles(swap, centre):
+    """`renorm_closed_form` on shapes of several tiles each way (150 rows: two row blocks;
+    150 channels: three column blocks; d 80: three k-steps, the last one masked), `c`, `g`
+    and `out` strided views of `[n, L, inner, H]`, against the change of the norm written
+    from its definition in float64: `g_N . (N(r + c D_k) - N(r))`, with, for the swap, the
+    live slope `c g` and minus the path's own slope `c D_k . J^T g_N`."""
+    from bilens.attribution.triton_renorm import renorm_closed_form
+
+    n, inner, d, H = 5, 30, 80, 150
+    M = n * inner
+    r = rand(M, d, seed=20).double()
+    if centre:
+        r = r - r.mean(-1, keepdim=True)
+    s = (r.pow(2).mean(-1) + 0.3).sqrt()                        # eps inside s, as the norms
+    D = rand(d, H, seed=21, scale=d ** -0.5).double()
+    Dc = D - D.mean(0) if centre else D
+    gamma, g_n = 1 + 0.1 * rand(d, seed=22).double(), rand(M, d, seed=23).double()
+    c = rand(M, H, seed=24).double()
+    gy = gamma * g_n
+    slope = (gy @ Dc) / s[:, None] - (gy * r).sum(-1, keepdim=True) * (r @ Dc) / (
+        d * s[:, None] ** 3)                                    # D_k . J^T g_N
+    g = slope if not swap else rand(M, H, seed=25).double()
+    new = r[:, None, :] + c[:, :, None] * Dc.T[None]            # [M, H, d]: r + c D_k
+    s_new = (s[:, None] ** 2 + (new.pow(2).sum(-1) - r.pow(2).sum(-1, keepdim=True)) / d).sqrt()
+    change = (gy[:, None, :] * (new / s_new[..., None] - (r / s[:, None])[:, None])).sum(-1)
+    want = c * g - c * slope + change if swap else change
+    big = torch.zeros(n, 3, inner, H)                           # a [n, L, inner, H] result
+    views = [rand(n, 3, inner, H, seed=26 + i) for i in range(2)]
+    views[0][:, 1] = c.float().reshape(n, inner, H)
+    views[1][:, 1] = g.float().reshape(n, inner, H)
+    renorm_closed_form(r.float(), g_n.float(), gamma.float(), D.float(), s.float(),
+                       views[0][:, 1], views[1][:, 1], big[:, 1], swap=swap, centre=centre)
+    assert error(big[:, 1].reshape(M, H), want) < TOL
+    assert (big[:, 0] == 0).all() and (big[:, 2] == 0).all()    # the other layers untouched
+
+
+def test_renorm_kernel_failure_falls_back_once(monkeypatch):
+    """A Triton error in `renorm`'s kernel: one warning, the eager closed form's numbers, and
+    the kernel is not tried again in the process."""
+    from test_sequence import tiny_transformer, tokens_for
+
+    import bilens.attribution.sequence as S
+    from bilens.attribution import sequence_renorm, triton_renorm
+    from bilens.core.triton_gemm import TRITON_ERRORS
+
+    model = tiny_transformer("rms", "pre", d_model=12, d_hidden=7, n_heads=2,
+                             vocab_size=23).float()
+    tokens = tokens_for(model, n=2, seq=5)
+    want = S.attribute_sequence(model, tokens, target="next", mode="renorm")
+    tries = []
+
+    def broken(*args, **kwargs):
+        tries.append(1)
+        raise TRITON_ERRORS[0]("out of resources (a test)")
+    monkeypatch.setattr(triton_renorm, "renorm_closed_form", broken)
+    monkeypatch.setattr(sequence_renorm, "_FAILED", [])
+    monkeypatch.setattr(S, "resolve_renorm_backend", lambda *a, **k: "triton")
+    with pytest.warns(RuntimeWarning, match="renorm's Triton kernel failed.*out of resources"):
+        got = S.attribute_sequence(model, tokens, target="next", mode="renorm")
+    assert torch.equal(got, want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert torch.equal(S.attribute_sequence(model, tokens, target="next", mode="renorm"),
+                           want)
+    assert len(tries) == 1

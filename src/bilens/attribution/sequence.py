@@ -143,8 +143,8 @@ def attribute_sequence(
             each case on a CPU (docs/benchmarks.md, "The written-out backward").
         backend: how `renorm`'s closed form runs: `"eager"` (None, the default: torch
             operations) or `"triton"` (one Triton kernel per layer, its products 3xTF32:
-            float32 accuracy; CUDA only, else eager with a warning). The other modes are
-            one backward either way.
+            float32 accuracy; it needs CUDA, a float32 model and Triton, else it runs eager
+            with a warning). The other modes are one backward either way.
 
     Returns:
         `predicted [B, n_layers, T, d_hidden]`, exactly 0 for nodes after `p`.

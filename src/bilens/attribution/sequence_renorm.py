@@ -7,7 +7,8 @@ norm), whose path's live slope is swapped for the exact change (`attribution.ren
 
 Two backends give the same closed form: `"eager"` (torch operations, any device and dtype)
 and `"triton"` (one kernel per layer, `attribution.triton_renorm`: the products and the
-formula fused, float32 on CUDA). A Triton failure falls back to eager with one warning.
+formula fused, float32 on CUDA). A Triton failure falls back to eager with one warning, and
+the kernel is not tried again in that process.
 """
 
 # ruff: noqa: E741  (`l` is the layer index, as in SPEC)
@@ -26,6 +27,7 @@ from bilens.core.models.transformer import BilinearTransformer, TransformerRun
 from bilens.core.sequence import SequenceTarget
 
 RENORM_BACKENDS = ("eager", "triton")
+_FAILED: list[str] = []          # the kernel's failure in this process, if it failed (then eager)
 
 
 def resolve_renorm_backend(backend: str | None, device: torch.device, dtype: torch.dtype,
@@ -59,9 +61,11 @@ def first_norms(model: BilinearTransformer) -> tuple[int, ...]:
 def renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget, c: Tensor,
            g_live: Tensor, g_norm: dict[int, Tensor], backend: str = "eager") -> Tensor:
     """`renorm`'s prediction `[B, L, T, H]` from the clean `run`, `c = b - z`, the live
-    `d f / d z` and the live gradients at the norms' outputs. The last layer's nodes reach a
-    target read at `p` only from `p` (their `g_live` and the gradient at the norm they reach
-    are 0 elsewhere, and so is the prediction): only the rows at `p` are computed there."""
+    `d f / d z` and the live gradients at the norms' outputs, each layer by `backend`
+    (`"eager"`, or `"triton"` as resolved by `resolve_renorm_backend`). The last layer's
+    nodes reach a target read at `p` only from `p` (their `g_live` and the gradient at the
+    norm they reach are 0 elsewhere, and so is the prediction): only the rows at `p` are
+    computed there."""
     B, L, T, H = c.shape
     out = c.new_zeros(B, L, T, H)
     every = (slice(None), slice(None))
@@ -69,7 +73,8 @@ def renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget,
     with torch.no_grad():
         for l in range(L):
             at = at_p if l == L - 1 and not tgt.every_position else every
-            if backend == "triton" and _fused(model, run, l, at, c, g_live, g_norm, out):
+            if backend == "triton" and not _FAILED and _fused(model, run, l, at, c, g_live,
+                                                              g_norm, out):
                 continue
             out[:, l][at] = _eager(model, run, l, at, c, g_live, g_norm)
     return out
@@ -111,8 +116,9 @@ def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c
             model.layers[l].D, s.reshape(-1), c_l, g_l, dst,
             swap=model.config.norm_position == "pre", centre=norm.kind == "layer")
     except TRITON_ERRORS as err:
-        warnings.warn(f"bilens: renorm's Triton kernel failed ({type(err).__name__}: {err}); "
-                      f"running its closed form eager", RuntimeWarning, stacklevel=4)
+        _FAILED.append(f"{type(err).__name__}: {err}")         # not tried again this process
+        warnings.warn(f"bilens: renorm's Triton kernel failed ({_FAILED[0]}); running its "
+                      f"closed form eager from now on", RuntimeWarning, stacklevel=4)
         return False
     if not every:
         out[:, l][at] = dst

@@ -1,13 +1,13 @@
 """`renorm`'s closed form as one Triton kernel: the products and the formula in one pass.
 
 For the norm a layer's nodes reach first (`attribution.sequence_renorm`), the closed form
-needs `r . D_k` (and, pre-norm, `gy . D_k`) for every row and channel, `gy . r` per row,
-then some twenty
-elementwise operations on `[rows, d_hidden]` (`attribution.renorm._swap_norm`,
+needs `r . D_k` (and, pre-norm, `gy . D_k`) for every row and channel, `gy . r` per row, then
+some twenty elementwise operations on `[rows, d_hidden]` (`attribution.renorm._swap_norm`,
 `_norm_change`). Eager, each operation is a pass over memory, and on the H200 they cost
-`renorm` 19.5 ms over `live` at 1,024 sequences of the issue's shape (docs/benchmarks.md).
-Here each tile of the products stays in registers and the formula runs in their epilogue,
-which reads `c` and the live gradient once and writes the prediction once:
+`renorm` 16.4-19.5 ms over `live` at 1,024 sequences of the issue's shape; with this kernel
+4.3 ms of GPU time (docs/benchmarks.md). Each tile of the products stays in registers and
+the formula runs in their epilogue, which reads `c` and the live gradient once and writes
+the prediction once:
 
 - swap (pre-norm): `c g + (c gy.D_k + gy.r)(1/s' - 1/s) + c (r.D_k)(gy.r) / (d s^3)`;
 - change (post-norm): `(gy.r)(1/s' - 1/s) + c (s g + (gy.r)(r.D_k) / (d s^2)) / s'`;
@@ -16,13 +16,15 @@ with `s'^2 = s^2 + (2 c r.D_k + c^2 |D_k|^2) / d` and `1/s' - 1/s = -ds2 / (s s'
 as `core.norms` writes them. The products are three TF32 products of halves
 (`core.triton_gemm._dot3`, ~2^-22 relative): float32 accuracy on the tensor cores. `D` is
 split (and, for LayerNorm, centred) tile by tile as it is loaded, and `gamma g_N`, `gy . r`
-and `|D_k|^2` are made in the same loop: the launch is the layer's only kernel (RMS), which
-matters where the host sets the pace (128 sequences on the H200).
+and `|D_k|^2` are made in the same loop: for RMS the launch is the only kernel of a layer
+before the last, which matters where the host sets the pace (128 sequences on the H200).
 
 Import this module only where Triton is installed (`core.device.triton_available`).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import triton
@@ -44,15 +46,15 @@ def _rows(ptr, rm, rk, stride, ok):
 
 
 @triton.jit
-def _at(ptr, rm, rn, inner, outer_stride, inner_stride, ok):
-    """The `[BN, BM]` tile of a `[n, inner, H]` operand (last stride 1), row `rm` at
-    `(rm // inner, rm % inner)`."""
+def _at(ptr, rm, rn, inner, outer_stride, inner_stride):
+    """The pointers of the `[BN, BM]` tile of a `[n, inner, H]` operand (last stride 1), row
+    `rm` at `(rm // inner, rm % inner)`."""
     row = (rm // inner).to(tl.int64) * outer_stride + (rm % inner) * inner_stride
     return ptr + row[None, :] + rn[:, None]
 
 
-@triton.autotune(configs=_configs(_CONFIGS), key=["H", "D", "SWAP"], prune_configs_by=_PRUNE,
-                 **_TUNE)
+@triton.autotune(configs=_configs(_CONFIGS), key=["H", "D", "SWAP", "CENTRE"],
+                 prune_configs_by=_PRUNE, **_TUNE)
 @triton.jit
 def _renorm_kernel(r_ptr, gn_ptr, w_ptr, d_ptr, mean_ptr, s_ptr, c_ptr, g_ptr, out_ptr,
                    tiny, M, H, stride_r, stride_gn, stride_s, stride_dk, inner, c_outer, c_inner,
@@ -88,8 +90,8 @@ def _renorm_kernel(r_ptr, gn_ptr, w_ptr, d_ptr, mean_ptr, s_ptr, c_ptr, g_ptr, o
     s = tl.load(s_ptr + rm.to(tl.int64) * stride_s, mask=row_ok, other=1.0)[None, :]
     along_r = along_r[None, :]
     sq = sq[:, None]
-    c = tl.load(_at(c_ptr, rm, rn, inner, c_outer, c_inner, ok), mask=ok, other=0.0)
-    g = tl.load(_at(g_ptr, rm, rn, inner, g_outer, g_inner, ok), mask=ok, other=0.0)
+    c = tl.load(_at(c_ptr, rm, rn, inner, c_outer, c_inner), mask=ok, other=0.0)
+    g = tl.load(_at(g_ptr, rm, rn, inner, g_outer, g_inner), mask=ok, other=0.0)
     x = c * acc_r                                                       # c r . D_k
     ds2 = (c * c * sq + 2.0 * x) / D                                    # s'^2 - s^2
     s_new = tl.sqrt(tl.maximum(ds2 + s * s, tiny))
@@ -98,7 +100,7 @@ def _renorm_kernel(r_ptr, gn_ptr, w_ptr, d_ptr, mean_ptr, s_ptr, c_ptr, g_ptr, o
         out = (c * acc_g + along_r) * inv_change + x * (along_r / (D * s * s * s)) + c * g
     else:
         out = along_r * inv_change + c * (s * g + along_r * acc_r / (D * s * s)) / s_new
-    tl.store(_at(out_ptr, rm, rn, inner, o_outer, o_inner, ok), out, mask=ok)
+    tl.store(_at(out_ptr, rm, rn, inner, o_outer, o_inner), out, mask=ok)
 
 
 def _three(x: Tensor) -> Tensor:
@@ -122,19 +124,25 @@ def renorm_closed_form(r: Tensor, g_n: Tensor, weight: Tensor, D: Tensor, s: Ten
             each `[n, inner, H]` or `[M, H]` with `M = n * inner` (views allowed, last
             stride 1), row `m` at `(m // inner, m % inner)`.
         swap: pre-norm's swap of the path through the norm (else post-norm's change).
+        centre: LayerNorm (`D`'s columns centred; `r` comes centred).
 
     Returns:
         `out`.
     """
+    r, g_n, D = (x if x.stride(-1) == 1 else x.contiguous() for x in (r, g_n, D))
     c3, g3, o3 = _three(c), _three(g), _three(out)
     M, d = r.shape
     H = D.shape[1]
-    assert o3.data_ptr() == out.data_ptr() and c3.shape == g3.shape == o3.shape
-    assert c3.shape[0] * c3.shape[1] == M and r.stride(1) == g_n.stride(1) == D.stride(1) == 1
+    if o3.data_ptr() != out.data_ptr() or not c3.shape == g3.shape == o3.shape \
+            or c3.shape[0] * c3.shape[1] != M:
+        raise ValueError(f"renorm_closed_form: c, g, out must be [n, inner, H] with n * inner "
+                         f"= {M} and out's last stride 1; got {tuple(c.shape)}, "
+                         f"{tuple(g.shape)}, {tuple(out.shape)} (strides {out.stride()})")
     mean = D.mean(0) if centre else D
-    _renorm_kernel[_grid(M, H)](
-        r, g_n, weight.contiguous(), D, mean, s, c3, g3, o3,
-        torch.finfo(torch.float32).tiny, M, H, r.stride(0), g_n.stride(0), s.stride(0),
-        D.stride(0), c3.shape[1], c3.stride(0), c3.stride(1), g3.stride(0), g3.stride(1),
-        o3.stride(0), o3.stride(1), D=d, SWAP=swap, CENTRE=centre)
+    with torch.cuda.device(r.device) if r.is_cuda else contextlib.nullcontext():
+        _renorm_kernel[_grid(M, H)](
+            r, g_n, weight.contiguous(), D, mean, s, c3, g3, o3,
+            torch.finfo(torch.float32).tiny, M, H, r.stride(0), g_n.stride(0), s.stride(0),
+            D.stride(0), c3.shape[1], c3.stride(0), c3.stride(1), g3.stride(0), g3.stride(1),
+            o3.stride(0), o3.stride(1), D=d, SWAP=swap, CENTRE=centre)
     return out

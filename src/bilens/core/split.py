@@ -3,7 +3,9 @@
 `x = x_hi + x_lo` with both halves exact in TF32 (10 mantissa bits each), or, scaled by a
 power of two, in float16; `x @ w ~ x_hi w_hi + x_lo w_hi + x_hi w_lo` (the dropped
 `x_lo w_lo` is ~2^-22 relative). Plain torch: the eager 3xTF32 steps
-(`ablation._engine.steps`) and the Triton GEMMs (`core.triton_gemm`) both split with it.
+(`ablation._engine.steps`) round with `round_tf32`, and the ablation's Triton GEMMs take
+their weights from `split_weight` (`ablation._engine.triton_ops`, `plan`); the kernels
+split their activations in registers the same way (`core.triton_gemm._split`).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ def round_tf32(x: Tensor) -> Tensor:
     return ((bits + 0x1000) & -0x2000).view(torch.float32)
 
 
-
 class Split(NamedTuple):
     """A weight as two halves and the power of two it was scaled by (1 for TF32)."""
 
@@ -48,4 +49,3 @@ def split_weight(w: Tensor, f16: bool = False) -> Split:
     ws = w * scale
     hi = ws.half()
     return Split(hi, (ws - hi.float()).half().contiguous(), scale)
-

@@ -44,8 +44,8 @@ def _configs(shapes):
     return configs
 
 
-# The configs tried for float16 halves only, by identity (the autotuners below hold them for
-# the process's life, and `_prune` is handed those same objects). Not an attribute of the
+# The configs tried for float16 halves only, by identity (the autotuners `_configs` feeds hold
+# them for the process's life, and `_prune` is handed those same objects). Not an attribute of the
 # Config: Triton rebuilds a Config from its attributes when it reads cached winners from disk
 # (`cache_results`), and an extra one made that raise (seen on the H200, Triton of torch 2.11).
 # Not by value either: Configs compare by value, and shapes recur across the kernels' lists.
@@ -103,7 +103,8 @@ def _split(x):
 
 @triton.jit
 def _tile(N, BM: tl.constexpr, BN: tl.constexpr):
-    """This program's rows (ablations) and output columns; consecutive programs share rows."""
+    """This program's rows (ablations, positions) and output columns; consecutive programs
+    share rows."""
     pid = tl.program_id(0)
     n_tiles = tl.cdiv(N, BN)
     return (pid // n_tiles) * BM + tl.arange(0, BM), (pid % n_tiles) * BN + tl.arange(0, BN)

@@ -143,6 +143,7 @@ def _attribution_rows(cfg: LMBenchConfig, model: BilinearTransformer, znet: ZSeq
     for mode in SEQUENCE_MODES:
         res[f"attribution_{mode.replace('-', '_')}_over_forward"] = (
             rows.seconds(f"attribute {mode}") / t_fwd)
+    res["renorm_backend"] = renorm or "eager"          # how the renorm row's closed form ran
     if cfg.captum:
         t_live = rows.seconds("attribute live")
         res["attribution_speedup_vs_captum"] = (
