@@ -219,6 +219,28 @@ def test_gpu_renorm_kernel_matches_float64(norm, position, target):
     assert rel(got.double(), want) < 1e-5
 
 
+@needs_cuda
+def test_gpu_verify_with_triton_runs_the_renorm_kernel(monkeypatch):
+    """`verify(..., backend="triton")` on a sequence model also runs `renorm`'s closed form
+    as its kernel, and its `predicted.renorm` is the eager one's."""
+    if not triton_available():
+        pytest.skip("needs Triton")
+    from bilens.analysis.verify_sequence import verify_sequence
+    from bilens.attribution import triton_renorm
+
+    calls = []
+    kernel = triton_renorm.renorm_closed_form
+    monkeypatch.setattr(triton_renorm, "renorm_closed_form",
+                        lambda *a, **k: calls.append(1) or kernel(*a, **k))
+    model = _wide("rms", "pre").float().cuda()
+    tokens = tokens_for(model, n=2, seq=7).cuda()
+    r = verify_sequence(model, tokens, target="next", backend="triton", precision="3xtf32",
+                        progress=False, circuit_ks=(), features=False)
+    assert len(calls) == model.config.n_layers
+    want = attribute_sequence(model, tokens, target="next", mode="renorm")
+    assert rel(r.tensors["predicted.renorm"].double(), want.double()) < 1e-5
+
+
 def test_attribution_backend_is_checked_and_falls_back_off_cuda():
     """`backend=` of the sequence attribution: `"triton"` off CUDA runs `renorm`'s closed form
     eager with one warning (the same numbers), says nothing for modes without a closed form,
