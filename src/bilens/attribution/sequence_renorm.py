@@ -67,12 +67,14 @@ def renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget,
     norm they reach are 0 elsewhere, and so is the prediction): only the rows at `p` are
     computed there."""
     B, L, T, H = c.shape
-    out = c.new_zeros(B, L, T, H)
+    out = c.new_empty(B, L, T, H)            # every layer's slice is written below
     every = (slice(None), slice(None))
     at_p = (torch.arange(B, device=c.device), tgt.position)
     with torch.no_grad():
         for l in range(L):
             at = at_p if l == L - 1 and not tgt.every_position else every
+            if at is at_p:                   # only the rows at p: the rest is 0
+                out[:, l].zero_()
             if backend == "triton" and not _FAILED and _fused(model, run, l, at, c, g_live,
                                                               g_norm, out):
                 continue
