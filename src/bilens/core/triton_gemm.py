@@ -74,6 +74,12 @@ _TUNE = ({"cache_results": True}
          if "cache_results" in inspect.signature(triton.autotune).parameters else {})
 
 
+def max_slot(zeroed: Tensor | None, device: torch.device) -> Tensor:
+    """A one-element float32 zero for a kernel's `atomic_max` of its output: `zeroed` if the
+    caller hands one (an element of its zeroed scratch), else a new one."""
+    return torch.zeros(1, device=device, dtype=torch.float32) if zeroed is None else zeroed
+
+
 def amax(x: Tensor) -> Tensor:
     """`max|x|` as a one-element float32 tensor on the device (no host sync; one kernel)."""
     return torch.linalg.vector_norm(x, float("inf")).reshape(1).float()

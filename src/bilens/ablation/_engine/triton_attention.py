@@ -39,7 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from bilens.core.triton_gemm import _split
+from bilens.core.triton_gemm import _split, max_slot
 
 _NONE = tl.constexpr(-1e30)  # log P where P = 0: finite, so masked rows make no inf - inf
 
@@ -306,8 +306,7 @@ def attention_change(dq: Tensor, dk: Tensor, dv: Tensor, q: Tensor, k: Tensor, v
     for x in (dq, dk, dv, q, k, v, pattern):
         assert x.stride(-1) == 1, "the last axis must be contiguous"
     out = torch.empty(b, K, Sq, nh * dh, device=dq.device, dtype=torch.float32)
-    top = (torch.zeros(1, device=dq.device, dtype=torch.float32) if zeroed is None
-           else zeroed) if amax else None
+    top = max_slot(zeroed, dq.device) if amax else None
     BD = max(16, triton.next_power_of_2(dh))
     bq, BJ, warps = _LAUNCH[BD]
     BQ = min(bq, max(16, triton.next_power_of_2(Sq)))

@@ -24,6 +24,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from bilens.core.triton_gemm import max_slot
+
 _ROWS = 16            # rows per program (each row one d_model); fewer where d_model > 256
 
 
@@ -65,8 +67,7 @@ def norm_change(centre: bool, frozen: bool, dh: Tensor, s: Tensor, r: Tensor, ga
     dh = dh.contiguous()
     assert r.stride(-1) == 1 and dh.dtype == torch.float32, "float32, r's last axis contiguous"
     out = torch.empty_like(dh)
-    most = (torch.zeros(1, device=dh.device, dtype=torch.float32) if zeroed is None
-            else zeroed) if top else None
+    most = max_slot(zeroed, dh.device) if top else None
     n, BD = b * K * S, triton.next_power_of_2(d)
     BR = max(1, min(_ROWS, 4096 // BD))                  # at most 4,096 elements a program
     _norm_change_kernel[(triton.cdiv(n, BR),)](

@@ -51,6 +51,7 @@ from bilens.core.triton_gemm import (  # noqa: F401  (re-exported: the plans and
     amax,
     configs_for,
     f16_only,
+    max_slot,
 )
 
 # (BM, BN, BK, warps, stages): a few shapes for the autotuner; every one is tried once per
@@ -236,8 +237,7 @@ def lr_dz(rows: Tensor, L: Split, R: Split, a: Tensor, b: Tensor, per_input: int
     f16 = L.hi.dtype == torch.float16
     z = torch.empty(M, H, device=rows.device, dtype=rows.dtype)
     xmax = (amax(rows) if xmax is None else xmax) if f16 else z
-    zmax = (torch.zeros(1, device=rows.device, dtype=torch.float32) if zeroed is None
-            else zeroed) if f16 else None
+    zmax = max_slot(zeroed, rows.device) if f16 else None
     _lr_dz_kernel[_grid(M, H)](rows, L.hi, L.lo, R.hi, R.lo, a, b, z, xmax,
                                z if zmax is None else zmax, L.scale, R.scale, M, H, per_input,
                                inner, a.stride(0), D=D, F16=f16)
