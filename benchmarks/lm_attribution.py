@@ -80,10 +80,15 @@ def module_from_ref(ref: str, path: str, name: str, rename: dict[str, str] | Non
 
 
 def module_at(ref: str):
-    """`bilens.attribution.sequence` as it is at git `ref`, with `attribution/renorm.py` of
-    `ref` too (under aliases), on today's model and core."""
+    """`bilens.attribution.sequence` as it is at git `ref`, with `attribution/renorm.py` and
+    `attribution/sequence_renorm.py` of `ref` too (under aliases, where `ref` has them), on
+    today's model and core."""
     rename = {"bilens.attribution.renorm": f"renorm_at_{ref}"}
     module_from_ref(ref, "src/bilens/attribution/renorm.py", f"renorm_at_{ref}", rename)
+    path = "src/bilens/attribution/sequence_renorm.py"
+    if subprocess.run(["git", "cat-file", "-e", f"{ref}:{path}"], cwd=ROOT).returncode == 0:
+        rename = {"bilens.attribution.sequence_renorm": f"sequence_renorm_at_{ref}", **rename}
+        module_from_ref(ref, path, f"sequence_renorm_at_{ref}", rename)
     return module_from_ref(ref, "src/bilens/attribution/sequence.py", f"sequence_at_{ref}",
                            rename)
 

@@ -148,6 +148,30 @@ def test_chunks_equal_the_whole_batch(target):
         assert (whole.target.target.direction.argmax(-1) == want).all()
 
 
+MODE_SETS = [("renorm",), ("live",), ("renorm", "live"), ("frozen", "renorm"),
+             ("live", "frozen-norm"), SEQUENCE_MODES]
+
+
+@pytest.mark.parametrize("method", ["explicit", "autograd"])
+@pytest.mark.parametrize("modes", MODE_SETS, ids="+".join)
+def test_modes_together_equal_each_alone(modes, method):
+    """Where the run is not kept, `b - z` is formed in that run's own `z` and the last mode
+    computed writes its prediction over it: every mode of a set still equals that mode asked
+    for alone with the run kept, and a kept run's `z` is still the clean `z`."""
+    model = tiny_transformer("rms", "pre", n_layers=3)
+    tokens = tokens_for(model, n=3, seq=6)
+    clean = model.run(tokens)
+    together = attribute_sequence_modes(model, tokens, modes=modes, method=method,
+                                        keep_run=False)
+    kept = attribute_sequence_modes(model, tokens, modes=modes, method=method)
+    assert_close(kept.run.z, clean.z, rtol=0, atol=0)
+    for mode in modes:
+        alone = attribute_sequence_modes(model, tokens, modes=(mode,), method=method).predicted
+        for got in (together.predicted[mode], kept.predicted[mode]):
+            assert_close(got, alone[mode], rtol=1e-12, atol=1e-15, msg=mode)
+        assert rel(alone[mode], torch.zeros_like(alone[mode])) > 0     # not vacuous
+
+
 def test_run_keeps_what_a_gradient_needs():
     """`run(intermediates=False)`: the kept fields equal a full run's (attention through
     SDPA when no pattern is asked for), the rest are None."""
@@ -180,6 +204,42 @@ def test_offsets_per_layer_equal_one_tensor():
     with pytest.raises(BilensError, match="expected 2 tensors") as err:
         model.run(tokens, Intervention(z_offset=z.unbind(1)[:1]))
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("norm,position", CASES)
+def test_tapped_tensors_give_the_offsets_gradients(norm, position):
+    """`Intervention.tap` is shown every `z` and every norm output the run uses, once each,
+    and the gradients taken at them are those of a zero offset added there (except where
+    there is no norm: its output is its input, the residual itself, whose gradient also
+    counts the skip path)."""
+    model = tiny_transformer(norm, position)
+    tokens = tokens_for(model, seq=5)
+    cfg = model.config
+    seen = {}
+    out = model.run(tokens, Intervention(tap=lambda kind, i, t: seen.setdefault((kind, i), t)))
+    want = {("z", l) for l in range(cfg.n_layers)} | {("norm", i) for i in range(cfg.n_norms)}
+    assert set(seen) == want
+    f = out.logits[:, -1, 2].sum()
+    tapped = torch.autograd.grad(f, list(seen.values()))
+    z = torch.zeros(3, cfg.n_layers, 5, cfg.d_hidden, dtype=torch.float64, requires_grad=True)
+    n = torch.zeros(3, 5, cfg.n_norms, cfg.d_model, dtype=torch.float64, requires_grad=True)
+    f = model.run(tokens, Intervention(z_offset=z, norm_offset=n)).logits[:, -1, 2].sum()
+    g_z, g_n = torch.autograd.grad(f, [z, n])
+    for (kind, i), g in zip(seen, tapped, strict=True):
+        if kind == "z" or norm != "none":
+            assert_close(g, g_z[:, i] if kind == "z" else g_n[:, :, i], rtol=1e-12, atol=1e-14)
+
+
+def test_autograd_attribution_with_the_weights_held():
+    """A model whose weights do not require grad (`requires_grad_(False)`, as a user freezes
+    one) still attributes through autograd: the graph starts at the tapped `z`."""
+    model = tiny_transformer("rms", "pre")
+    tokens = tokens_for(model, seq=6)
+    want = attribute_sequence_modes(model, tokens, method="explicit").predicted
+    model.requires_grad_(False)
+    got = attribute_sequence_modes(model, tokens, method="autograd").predicted
+    for mode in SEQUENCE_MODES:
+        assert_close(got[mode], want[mode], rtol=1e-9, atol=1e-12, msg=mode)
 
 
 def test_mlp_family_detaches_its_own_scale():

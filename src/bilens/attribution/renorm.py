@@ -119,26 +119,44 @@ def _swap_norm(
     D: Float[Tensor, "d_model d_hidden"],
     c: Float[Tensor, "batch d_hidden"],
     g_live: Float[Tensor, "batch d_hidden"],
+    out: Float[Tensor, "batch d_hidden"] | None = None,
+    work: Float[Tensor, "5 batch d_hidden"] | None = None,
 ) -> Float[Tensor, "batch d_hidden"]:
     """The live prediction `c g_live` with its path through norm `i` swapped for that norm's
-    exact change: `c g_live - c slope + g_out . (N_i(r + D_k c) - N_i(r))` for every `k`.
+    exact change: `c g_live - c slope + g_out . (N_i(r + D_k c) - N_i(r))` for every `k`,
+    written into `out` where given (shaped like `c`; a view, or `c` itself, is fine), with
+    its temporaries in `work` where given (so that layer after layer reuses them).
 
     With `gy = gamma g_out`, `slope = gy.D_k / s - (gy.r)(r.D_k) / (d s^3)` and the exact
     change `(gy.r)(1/s' - 1/s) + c gy.D_k / s'`, the two `gy.D_k` terms share one
-    `1/s' - 1/s` (no cancellation between them), and the rest runs in place (on `[B, H]`
-    each temporary is a pass over fresh memory):
+    `1/s' - 1/s`. Written relative to `s`, with `sigma = 1 / (s sqrt d)`,
+    `a = (c sigma)(r.D_k sigma)` and `u = s'^2/s^2 - 1 = 2a + (c sigma)^2 |D_k|^2`, that is
+    `1/s' - 1/s = -(u/s) / (1 + u + sqrt(1 + u))` (no cancellation: `sqrt(1 + u) = s'/s`), and
 
-        c g_live + (c gy.D_k + gy.r)(1/s' - 1/s) + c (r.D_k)(gy.r) / (d s^3)
+        c g_live + (gy.r/s) a - (c gy.D_k/s + gy.r/s) u / (1 + u + sqrt(1 + u))
+
+    The row factors `2 sigma` and `1/s` ride on the products' inputs (`[B, d]`, a quarter
+    of `[B, H]`), the two products are one, and the rest is thirteen passes over `[B, H]`,
+    in place where they can be (each fresh temporary is one more pass over new memory).
     """
     norm = model.norm(i)
     if norm.kind == "none":                          # linear: the exact change is the slope
-        return c * g_live
+        return torch.mul(c, g_live, out=out)
     r, s, D = _centred(model, run, i, D)
     d = r.shape[-1]
-    gy = g_out * norm.weight                                               # [B, d]
-    x = (r @ D).mul_(c)                                                    # c r . D_k   [B, H]
-    s_new, ds2 = perturbed_scale(s, x, (c * c).mul_((D * D).sum(0)), d)    # s'          [B, H]
-    along_r = (gy * r).sum(-1, keepdim=True)                               # gy . r      [B, 1]
-    out = (gy @ D).mul_(c).add_(along_r).mul_(inverse_scale_change(s, s_new, ds2))
-    out.add_(x.mul_(along_r / (d * s**3)))
-    return out.addcmul_(c, g_live)
+    sigma = s.mul(d ** 0.5).reciprocal_()                                  # 1/(s sqrt d) [B, 1]
+    gy = (g_out * norm.weight).div_(s)                                     # gamma g_out / s
+    along_r = (gy * r).sum(-1, keepdim=True)                               # gy.r / s    [B, 1]
+    w = c.new_empty(5, *c.shape) if work is None else work
+    x, y, u, v, den = w.unbind(0)                                          # [B, H] each
+    torch.matmul(torch.cat([r * (2 * sigma), gy]), D, out=w[:2].flatten(0, 1))
+    torch.mul(c, sigma, out=u)                                             # x: 2 sigma r.D_k
+    x.mul_(u)                                                              # 2a
+    sq = (D * D).sum(0)                                                    # |D_k|^2     [H]
+    torch.addcmul(x, u.square_(), sq, out=u)                               # u = 2a + ...
+    torch.add(u, 1, out=v)                                                 # s'^2 / s^2
+    torch.clamp_min(v, torch.finfo(v.dtype).tiny, out=den).sqrt_().add_(v)  # 1 + u + s'/s
+    u.div_(den)
+    torch.addcmul(along_r, y, c, out=y)                                    # c gy.D_k/s + gy.r/s
+    out = torch.mul(c, g_live, out=out)                                    # c's last read
+    return out.addcmul_(x, along_r / 2).addcmul_(y, u, value=-1)

@@ -20,10 +20,10 @@ A node is `(l, t, k)`, entry `k` of `z_l` at position `t`; the target is read at
 The gradients come from the backward written out (`attribution.sequence_backward`,
 `method="explicit"`: one clean forward with every intermediate, then one backward per
 graph) or from autograd (`method="autograd"`), the two held to 1e-10 in float64; `"auto"`
-takes the explicit one where several graphs share its forward. Through autograd,
-they come from `BilinearTransformer.run` with a zero `z_offset`
-(and `norm_offset` for `renorm`) that requires grad. The held quantities are that forward's
-own statistics and patterns, detached inside it (`Intervention.detach_scale`,
+takes the explicit one where several graphs share its forward. Through autograd, they are
+taken at the `z` (and, for `renorm`, the norm outputs) that `BilinearTransformer.run`
+shows its `Intervention.tap`: no zero offsets to allocate and add. The held quantities are
+that forward's own statistics and patterns, detached inside it (`Intervention.detach_scale`,
 `detach_pattern`: a clean run's values, constants to autograd), so the same forward is also
 the clean run: its `z` gives `b - z`, its norms' inputs and statistics `renorm`'s closed
 form, and its logits at `p` (the head runs there alone; at every position for
@@ -250,33 +250,46 @@ def _predict_chunk(model: BilinearTransformer, tokens: Tensor, spec: object, tgt
     way the target is resolved on the clean logits; `renorm` adds its closed form."""
     keep = node_mask(tgt.position, tokens.shape[1])
     out: dict[str, Tensor] = {}
-    run = c = None
+    run = c = stacked = None
+    graphs = _graphs(modes)
     if method == "explicit":
         with torch.no_grad():
             run = model.run(tokens, check=False, logits=keep_run)
         if not tgt.every_position:
             rows = torch.arange(tokens.shape[0], device=tokens.device)
             tgt = _resolved(spec, tgt, model.head(run.final[rows, tgt.position]))
-        c = b - run.z                                                    # b - z  [B, L, T, H]
-    for graph in _graphs(modes):
+    for n, graph in enumerate(graphs):
         first = "renorm" in modes and graph == "live"           # the norms renorm recomputes
         norms = first_norms(model) if first else ()
         if method == "explicit":
             fwd = run
             with torch.no_grad():
-                g_z, g_norm = gradients_explicit(model, run, tgt, graph, norms)
+                stacked, g_norm = gradients_explicit(model, run, tgt, graph, norms)
+            g_z = stacked.unbind(1)                              # [B, T, H] per layer
         else:
             fwd, tgt, g_z, g_norm = _one_pass(model, tokens, spec, tgt, graph, norms,
                                               intermediates=keep_run and run is None)
-            if run is None:
-                run, c = fwd, b - fwd.z
-        for mode in ("renorm", "live") if graph == "live" else (graph,):  # renorm reads g_z
-            if mode not in modes:
-                continue
-            p = (renorm(model, fwd, tgt, c, g_z, g_norm, backend) if mode == "renorm"
-                 else g_z.mul_(c))
+            run = fwd if run is None else run
+        if c is None:             # b - z, in the clean run's own z where it is not kept (the
+            own = not keep_run    # backward written out reads only that z's shape)
+            c = torch.sub(b, run.z, out=run.z if own else None)         # [B, L, T, H]
+        todo = [m for m in (("renorm", "live") if graph == "live" else (graph,)) if m in modes]
+        for mode in todo:                                    # renorm reads g_z before live
+            last = own and n == len(graphs) - 1 and mode == todo[-1]    # c's last reader
+            into = c if last else None
+            p = (renorm(model, fwd, tgt, c, g_z, g_norm, backend, out=into) if mode == "renorm"
+                 else _times(g_z, c, stacked if into is None else into))
             out[mode] = p.masked_fill_(~keep, 0.0)                      # nodes after p: 0
     return SequenceAttribution(out, run if keep_run else None, tgt, b, tokens)
+
+
+def _times(g_z: Sequence[Tensor], c: Tensor, out: Tensor | None) -> Tensor:
+    """`c * d f / d z` `[B, L, T, H]` from the gradient per layer, into `out` where given
+    (the gradients' own stack, or `c`)."""
+    out = torch.empty_like(c) if out is None else out
+    for l, g in enumerate(g_z):
+        torch.mul(g, c[:, l], out=out[:, l])
+    return out
 
 
 def _resolved(spec: object, tgt: SequenceTarget, logits: Tensor) -> SequenceTarget:
@@ -289,36 +302,41 @@ def _resolved(spec: object, tgt: SequenceTarget, logits: Tensor) -> SequenceTarg
 
 def _one_pass(model: BilinearTransformer, tokens: Tensor, spec: object, tgt: SequenceTarget,
               graph: str, norm_outputs: tuple[int, ...], intermediates: bool
-              ) -> tuple[TransformerRun, SequenceTarget, Tensor, dict[int, Tensor]]:
+              ) -> tuple[TransformerRun, SequenceTarget, list[Tensor], dict[int, Tensor]]:
     """One autograd forward under `graph`'s linearization (its own statistics and patterns
     detached, `Intervention.detach_*`), the target read from its logits, one backward.
 
     Returns the run (detached; every field with `intermediates`), the target (resolved on
-    these logits when the spec reads them), `d f / d z` `[B, L, T, H]` and `d f / d N_i(r)`
-    `[B, T, d_model]` at the output of each norm `i` of `norm_outputs`.
+    these logits when the spec reads them), `d f / d z_l` `[B, T, H]` per layer and
+    `d f / d N_i(r)` `[B, T, d_model]` at the output of each norm `i` of `norm_outputs`,
+    each taken at the tensor the run used (`Intervention.tap`).
     """
     cfg = model.config
-    B, T = tokens.shape
-    new = dict(dtype=model.dtype, device=model.device, requires_grad=True)
+    B = tokens.shape[0]
+    taps: dict[tuple[str, int], Tensor] = {}
+
+    def tap(kind: str, index: int, t: Tensor) -> None:        # every z, the norms asked for
+        if kind == "z" or index in norm_outputs:
+            if not t.requires_grad:                            # weights held: the graph starts here
+                t.requires_grad_()
+            taps[kind, index] = t
+
     with torch.enable_grad():
-        z_off = torch.zeros(B, cfg.n_layers, T, cfg.d_hidden, **new)
-        n_off = {i: torch.zeros(B, T, cfg.d_model, **new) for i in norm_outputs}
-        parts = tuple(n_off.get(i) for i in range(cfg.n_norms)) if n_off else None
-        iv = Intervention(z_offset=z_off.unbind(1), norm_offset=parts,  # one part per layer
-                          **HOLD[graph])                                # and per norm
-        out = model.run(tokens, iv, check=False, intermediates=intermediates)
+        out = model.run(tokens, Intervention(tap=tap, **HOLD[graph]), check=False,
+                        intermediates=intermediates)
         if tgt.every_position:                                         # every position's logits
             f = tgt(model.head(out.final))
         else:                                                          # only p's: [B, vocab]
             logits = model.head(out.final[torch.arange(B, device=tokens.device), tgt.position])
             tgt = _resolved(spec, tgt, logits)                         # this run is the clean one
             f = tgt.target(logits)
-        grads = torch.autograd.grad(f.sum(), [z_off, *n_off.values()], allow_unused=True)
-    g_norm = {i: torch.zeros_like(n_off[i]) if g is None else g     # None: not reached
-              for i, g in zip(n_off, grads[1:], strict=True)}
+        wrt = [taps["z", l] for l in range(cfg.n_layers)] + [taps["norm", i] for i in norm_outputs]
+        grads = torch.autograd.grad(f.sum(), wrt, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for t, g in zip(wrt, grads, strict=True)]
+    g_norm = dict(zip(norm_outputs, grads[cfg.n_layers:], strict=True))   # zero: not reached
     run = TransformerRun(**{f.name: None if getattr(out, f.name) is None
                             else getattr(out, f.name).detach() for f in fields(TransformerRun)})
-    return run, tgt, grads[0], g_norm
+    return run, tgt, grads[:cfg.n_layers], g_norm
 
 
 HOLD = {"frozen": dict(detach_scale=True, detach_pattern=True),      # what each graph holds

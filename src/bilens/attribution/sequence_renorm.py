@@ -15,6 +15,7 @@ the kernel is not tried again in that process.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from types import SimpleNamespace
 
 import torch
@@ -59,45 +60,57 @@ def first_norms(model: BilinearTransformer) -> tuple[int, ...]:
 
 
 def renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget, c: Tensor,
-           g_live: Tensor, g_norm: dict[int, Tensor], backend: str = "eager") -> Tensor:
+           g_live: Sequence[Tensor], g_norm: dict[int, Tensor], backend: str = "eager",
+           out: Tensor | None = None) -> Tensor:
     """`renorm`'s prediction `[B, L, T, H]` from the clean `run`, `c = b - z`, the live
-    `d f / d z` and the live gradients at the norms' outputs, each layer by `backend`
-    (`"eager"`, or `"triton"` as resolved by `resolve_renorm_backend`). The last layer's
-    nodes reach a target read at `p` only from `p` (their `g_live` and the gradient at the
-    norm they reach are 0 elsewhere, and so is the prediction): only the rows at `p` are
-    computed there."""
+    `d f / d z` per layer (`[B, T, H]` each) and the live gradients at the norms' outputs,
+    each layer by `backend` (`"eager"`, or `"triton"` as resolved by
+    `resolve_renorm_backend`), written into `out` where given (`c` itself is fine: each
+    layer reads its own slice of `c` before it writes it). The last layer's nodes reach a
+    target read at `p` only from `p` (their `g_live` and the gradient at the norm they
+    reach are 0 elsewhere, and so is the prediction): only the rows at `p` are computed
+    there."""
     B, L, T, H = c.shape
-    out = c.new_empty(B, L, T, H)            # every layer's slice is written below
+    out = c.new_empty(B, L, T, H) if out is None else out
+    work = None                              # eager's temporaries, shared by the layers
     every = (slice(None), slice(None))
     at_p = (torch.arange(B, device=c.device), tgt.position)
     with torch.no_grad():
         for l in range(L):
             at = at_p if l == L - 1 and not tgt.every_position else every
-            if at is at_p:                   # only the rows at p: the rest is 0
-                out[:, l].zero_()
             if backend == "triton" and not _FAILED and _fused(model, run, l, at, c, g_live,
                                                               g_norm, out):
                 continue
-            out[:, l][at] = _eager(model, run, l, at, c, g_live, g_norm)
+            if at is every:                  # written in place
+                work = c.new_empty(5, B, T, H) if work is None else work
+                _eager(model, run, l, at, c, g_live, g_norm, out=out[:, l], work=work)
+            else:                            # only the rows at p: the rest is 0
+                rows = _eager(model, run, l, at, c, g_live, g_norm)
+                out[:, l].zero_()[at] = rows
     return out
 
 
 def _eager(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c: Tensor,
-           g_live: Tensor, g_norm: dict[int, Tensor]) -> Tensor:
-    """`renorm` of layer `l`'s nodes at the positions `at` (an index of `[B, T]`)."""
+           g_live: Sequence[Tensor], g_norm: dict[int, Tensor], out: Tensor | None = None,
+           work: Tensor | None = None) -> Tensor:
+    """`renorm` of layer `l`'s nodes at the positions `at` (an index of `[B, T]`), written
+    into `out` where given (pre-norm, with `work` for its temporaries; post-norm returns a
+    new tensor, copied there)."""
     i = first_norms(model)[l]
     held = SimpleNamespace(resid=run.resid[at].movedim(-2, 1),      # the norm axis second,
                            scale=run.scale[at].movedim(-1, 1),      # as renorm's closed
                            mean=run.mean[at].movedim(-1, 1))        # forms read it
-    c_l, g_l, g_n, D = c[:, l][at], g_live[:, l][at], g_norm[i][at], model.layers[l].D
+    c_l, g_l, g_n, D = c[:, l][at], g_live[l][at], g_norm[i][at], model.layers[l].D
     if model.config.norm_position == "pre":  # the path through that norm swapped for exact
-        return _swap_norm(model, held, i, g_n, D, c_l, g_l)
-    return _norm_change(model, held, i, g_n, D, c_l, slope=g_l)   # every path runs through it
+        return _swap_norm(model, held, i, g_n, D, c_l, g_l, out=out, work=work)
+    p = _norm_change(model, held, i, g_n, D, c_l, slope=g_l)   # every path runs through it
+    return p if out is None else out.copy_(p)
 
 
 def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c: Tensor,
-           g_live: Tensor, g_norm: dict[int, Tensor], out: Tensor) -> bool:
-    """Layer `l`'s `renorm` by the Triton kernel, written into `out[:, l]`; False where it
+           g_live: Sequence[Tensor], g_norm: dict[int, Tensor], out: Tensor) -> bool:
+    """Layer `l`'s `renorm` by the Triton kernel, written into `out[:, l]` (which may be
+    `c[:, l]`: each tile of `c` is read before the same program writes it); False where it
     does not run (no norm: the exact change is the slope; a Triton error, with a warning)."""
     from bilens.attribution import triton_renorm
     from bilens.core.triton_gemm import TRITON_ERRORS
@@ -110,7 +123,7 @@ def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c
     if norm.kind == "layer":                 # the centring is linear: centred vectors
         r = r - run.mean[at][..., i, None]
     every = isinstance(at[0], slice)         # every position, else one row per sequence
-    c_l, g_l = (c[:, l], g_live[:, l]) if every else (c[:, l][at], g_live[:, l][at])
+    c_l, g_l = (c[:, l], g_live[l]) if every else (c[:, l][at], g_live[l][at])
     dst = out[:, l] if every else torch.empty_like(c_l)
     try:
         triton_renorm.renorm_closed_form(
@@ -122,7 +135,7 @@ def _fused(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c
         warnings.warn(f"bilens: renorm's Triton kernel failed ({_FAILED[0]}); running its "
                       f"closed form eager from now on", RuntimeWarning, stacklevel=4)
         return False
-    if not every:
-        out[:, l][at] = dst
+    if not every:                            # only the rows at p: the rest is 0
+        out[:, l].zero_()[at] = dst
     return True
 

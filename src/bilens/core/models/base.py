@@ -23,7 +23,7 @@ class ResidualModel(nn.Module):
         """`N_i(r)` under the intervention's statistics; `(r, s, mu)` appended to `norms`."""
         y, s, mu = self.norm(i)(r, *iv.stats(i), detach_scale=iv.detach_scale)
         norms.append((r, s, mu))
-        return y
+        return iv.observe("norm", i, y)
 
     @property
     def n_params(self) -> int:

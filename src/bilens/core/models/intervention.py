@@ -15,6 +15,11 @@ Every model family's `run(inputs, intervention)` reads it the same way:
   `offset.unbind(1)`: the gradient of the whole offset is then one stack of the parts'
   gradients, where indexing the tensor would give every layer a zero-filled gradient of the
   whole offset's size to add up.
+- `tap`: called as `tap(kind, index, tensor)` with every `z` (`"z"`, its layer; after any
+  patch and offset) and every norm's output (`"norm"`, its index; after any offset) as the
+  run uses them, read-only. A caller that keeps them can ask `torch.autograd.grad` for
+  `d f / d z` and `d f / d N_i(r)` directly, with no zero offset to allocate and add (where
+  a norm is `none`, its output is its input, and the gradient there also counts the skip).
 - `detach_scale`, `detach_pattern`: hold the run's *own* norm statistics `s` (LayerNorm's
   centring stays live) and attention patterns: the values are unchanged, but autograd treats
   them as constants. One autograd forward with them is the clean run and the `frozen`
@@ -33,7 +38,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +63,7 @@ class Intervention:
     norm_offset: Float[Tensor, "batch seq norm d_model"] | Sequence[Tensor | None] | None = None
     detach_scale: bool = False
     detach_pattern: bool = False
+    tap: Callable[[str, int, Tensor], None] | None = None
 
     def stats(self, i: int) -> tuple[Tensor | None, Tensor | None]:
         """Norm `i`'s frozen `(s, mu)`, each None where it is recomputed."""
@@ -70,7 +76,13 @@ class Intervention:
             mask, values = self.patch[l]
             z = torch.where(mask, values, z)
         offset = None if self.z_offset is None else part(self.z_offset, l, 1)
-        return z if offset is None else z + offset
+        return self.observe("z", l, z if offset is None else z + offset)
+
+    def observe(self, kind: str, index: int, t: Tensor) -> Tensor:
+        """`t` itself, shown to the tap first (where there is one)."""
+        if self.tap is not None:
+            self.tap(kind, index, t)
+        return t
 
     def norm_offset_at(self, i: int) -> Tensor | None:
         """What is added to norm `i`'s output `[batch, seq, d_model]`, or None."""

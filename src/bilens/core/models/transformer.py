@@ -226,8 +226,9 @@ class BilinearTransformer(ResidualModel):
                 (`patch`, `{layer: (mask, values)}` on `z_l` `[B, T, d_hidden]`), an offset
                 on `z` (`z_offset` `[B, n_layers, T, d_hidden]`) and on every norm's output
                 (`norm_offset` `[B, T, n_norms, d_model]`); `detach_scale` /
-                `detach_pattern` hold this run's own statistics / patterns for autograd. The
-                default changes nothing.
+                `detach_pattern` hold this run's own statistics / patterns for autograd;
+                `tap` sees every `z` and norm output as it is used. The default changes
+                nothing.
             check: validate the tokens and the intervention's shapes first.
             intermediates: False keeps only what a gradient needs from the run: `z`, the
                 norms' `resid`, `scale`, `mean` and `final`; the other fields, the logits
@@ -283,7 +284,7 @@ class BilinearTransformer(ResidualModel):
         if offset is not None:
             y = y + offset
         norms.append((r, s, mu))
-        return y
+        return iv.observe("norm", i, y)
 
     def _check(self, tokens: Tensor, iv: Intervention) -> None:
         cfg = self.config
