@@ -20,7 +20,9 @@ call so that machine load hits them alike, and is printed as a ratio to `forward
   target to every layer's `z`: the least that any gradient of every node costs;
 - `attribute_sequence MODE`, and `attribute_sequence_modes` with all four modes;
 - on CUDA with Triton, `renorm` and all four modes again with `backend="triton"`
-  (`renorm`'s closed form as one kernel per layer, `attribution.triton_renorm`);
+  (`renorm`'s closed form as one kernel per layer, `attribution.triton_renorm`), and the
+  forward and `renorm` (triton) each captured once as a CUDA graph and replayed
+  (`attribution.captured`; each replay's result copied out, as a call returns a new one);
 - with `--against REF`: the same calls of `attribution/sequence.py` and `renorm.py` as they
   are at git `REF` (read with `git show`, run on this checkout's model and core), checked
   against today's;
@@ -43,6 +45,7 @@ from pathlib import Path
 import torch
 from lm_oracle import ZSeq
 
+from bilens.attribution.captured import CapturedAttribution, capture
 from bilens.attribution.sequence import (
     SEQUENCE_MODES,
     attribute_sequence,
@@ -134,6 +137,7 @@ def cases(model, data, old, captum: bool, memory: str, triton: bool = False) -> 
             if triton:            # renorm's closed form as one Triton kernel per layer
                 out["attribute renorm, triton"] = lambda: attribute_sequence(
                     model, data, target="next", mode="renorm", backend="triton", **mem)
+                out.update(graphed(model, data))
                 out["attribute, all four modes, triton"] = lambda: attribute_sequence_modes(
                     model, data, target="next", keep_run=False, backend="triton",
                     **mem).predicted
@@ -146,6 +150,16 @@ def cases(model, data, old, captum: bool, memory: str, triton: bool = False) -> 
         out["captum, one call per layer"] = lambda: [g.attribute(tokens) for g in each]
         out["captum, one call, all layers"] = lambda: whole.attribute(tokens)
     return out
+
+
+def graphed(model, data) -> dict:
+    """The forward and `renorm` (triton), each captured once as a CUDA graph."""
+    tokens = data[:, :-1]
+    with torch.no_grad():
+        graph, logits = capture(lambda: model(tokens), data.device, what="the forward")
+    att = CapturedAttribution(model, data, target="next", mode="renorm", backend="triton")
+    return {"forward, CUDA graph": lambda: (graph.replay(), logits.clone())[1],
+            "attribute renorm, triton, CUDA graph": lambda: att(data)}
 
 
 def measure(rows: dict, repeats: int, warmup: int, sync) -> tuple[dict, dict]:
@@ -181,6 +195,9 @@ def agreement(last: dict, old) -> list[str]:
     if "attribute renorm, triton" in last:
         lines.append(f"renorm, backend triton vs eager, normwise: "
                      f"{rel(last['attribute renorm, triton'], last['attribute renorm']):.1e}")
+        graph = last["attribute renorm, triton, CUDA graph"]
+        lines.append(f"renorm triton, CUDA graph vs uncaptured, normwise: "
+                     f"{rel(graph, last['attribute renorm, triton']):.1e}")
     if "captum, one call, all layers" in last:
         cap = torch.stack(last["captum, one call, all layers"], 1)
         lines.append(f"captum vs attribute live (sign flipped: b - z = -z): "
@@ -233,6 +250,9 @@ def run_config(name: str, args, old) -> dict:
     for key, t in median.items():
         print(f"{key.replace('@REF', '@' + str(args.against)):40} {1e3 * t:9.2f} "
               f"{t / base:10.2f}")
+    if "forward, CUDA graph" in median:       # both captured: launches off the host
+        both = median["attribute renorm, triton, CUDA graph"] / median["forward, CUDA graph"]
+        print(f"renorm triton, CUDA graph, over the forward as a CUDA graph: {both:.2f}x")
     for line in agreement(last, old):
         print(line.replace("REF", str(args.against)))
     profiled = where_time_goes(rows, sync) if args.profile and dev.startswith("cuda") else None

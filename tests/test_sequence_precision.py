@@ -320,3 +320,26 @@ def test_pattern_change_accurate_relative_to_its_size(case):
     got = pattern_change(P.float(), dS.float()).double()
     assert torch.isfinite(got).all()
     assert rel(got, want) < 1e-5
+
+
+@needs_cuda
+@pytest.mark.parametrize("backend,mode,target", [("eager", "renorm", "next"),
+                                                 ("triton", "renorm", "next"),
+                                                 ("eager", "live", "predicted")])
+def test_gpu_captured_attribution_replays_each_batch(backend, mode, target):
+    """`CapturedAttribution` records one call as a real CUDA graph (a host sync inside it,
+    or a kernel Triton had not tuned yet, fails the capture), and each replay on a new batch
+    and new positions equals `attribute_sequence` there."""
+    from bilens.attribution import CapturedAttribution
+
+    if backend == "triton" and not triton_available():
+        pytest.skip("needs Triton")
+    model = _wide("rms", "pre").float().cuda()
+    att = CapturedAttribution(model, tokens_for(model, n=3, seq=7, seed=0).cuda(),
+                              target=target, mode=mode, backend=backend)
+    for seed, position in ((1, None), (2, torch.tensor([1, 5, 3]))):
+        tokens = tokens_for(model, n=3, seq=7, seed=seed).cuda()
+        pos = None if position is None else position.cuda()
+        want = attribute_sequence(model, tokens, target=target, mode=mode, position=pos,
+                                  backend=backend)
+        assert rel(att(tokens, position=pos), want) < 1e-6

@@ -7,10 +7,12 @@ under a linearization (`frozen`, `live`, `renorm`).
   backward, and autograd for checking); `renorm_effects`: the `renorm` closed form;
 - `run_with_cache`: every intermediate under a TransformerLens-style name;
 - `attribute_sequence`, `attribute_sequence_modes`: every node `(l, t, k)` of the bilinear
-  transformer (`frozen`, `frozen-norm`, `live`, `renorm`; docs/lm-verification.md).
+  transformer (`frozen`, `frozen-norm`, `live`, `renorm`; docs/lm-verification.md);
+- `CapturedAttribution`: `attribute_sequence` for one batch shape as a CUDA graph, replayed.
 """
 
 from bilens.attribution.backward import GRADIENT_MODES, MODES, gradients, gradients_autograd
+from bilens.attribution.captured import CapturedAttribution
 from bilens.attribution.predict import (
     DEFAULT_MODE,
     Attribution,
@@ -29,4 +31,4 @@ from bilens.attribution.sequence import (
 __all__ = ["attribute", "attribute_modes", "Attribution", "run_with_cache", "gradients",
            "gradients_autograd", "renorm_effects", "MODES", "GRADIENT_MODES", "DEFAULT_MODE",
            "attribute_sequence", "attribute_sequence_modes", "SequenceAttribution",
-           "SEQUENCE_MODES"]
+           "SEQUENCE_MODES", "CapturedAttribution"]

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import torch
 from jaxtyping import Float, Int
@@ -186,6 +187,50 @@ def attribute_sequence_modes(
     (`method="explicit"`), or one autograd forward and backward, the first of them also
     the clean run (`"autograd"`); either way the target is resolved on the clean logits.
     """
+    tokens, tgt, b, modes, method, backend = prepare_sequence(
+        model, tokens, target, position, baselines, modes, labels, reference, memory, method,
+        backend)
+    B = tokens.shape[0]
+    chunk = batch_for(model, B, tokens.shape[1], memory, tgt.every_position or keep_run)
+    was_training = model.training
+    if was_training:                    # only then: walking every module there and back costs
+        model.eval()                    # ~70 us, 5% of the small benchmark model's forward
+    try:
+        parts = [_predict_chunk(model, tokens[i:i + chunk], target,
+                                tgt.select(slice(i, i + chunk)), b[i:i + chunk], modes, keep_run,
+                                method, backend)
+                 for i in range(0, B, chunk)]
+    finally:
+        if was_training:
+            model.train()
+    predicted = {m: torch.cat([p.predicted[m] for p in parts]) if len(parts) > 1
+                 else parts[0].predicted[m] for m in modes}
+    if reads_logits(target):                         # resolved on each chunk's own logits
+        direction = torch.cat([p.target.target.direction for p in parts])
+        tgt = SequenceTarget(tgt.position, Target(direction=direction, spec=tgt.spec), None,
+                             tgt.spec)
+    run = _cat_runs([p.run for p in parts]) if keep_run else None
+    return SequenceAttribution(predicted, run, tgt, b, tokens)
+
+
+class Prepared(NamedTuple):
+    """What `_predict_chunk` reads, checked and resolved: the tokens read `[B, T]`, the
+    target, the baselines `b` (broadcastable to `z`), the modes, the method and the backend."""
+
+    tokens: Tensor
+    target: SequenceTarget
+    baselines: Tensor
+    modes: tuple[str, ...]
+    method: str
+    backend: str
+
+
+def prepare_sequence(model: BilinearTransformer, tokens: Tensor, target: object,
+                     position: object, baselines: object, modes: Sequence[str],
+                     labels: Tensor | None, reference: Tensor | None, memory: str | int,
+                     method: str, backend: str | None) -> Prepared:
+    """`attribute_sequence_modes`'s arguments checked (one line each where they are wrong)
+    and resolved for this batch."""
     if isinstance(modes, str) or not modes:
         raise BilensError(f"modes: expected a non-empty sequence of {list(SEQUENCE_MODES)}, "
                           f"got {modes!r}")
@@ -206,26 +251,7 @@ def attribute_sequence_modes(
                                   None if labels is None else torch.as_tensor(labels))
     b = resolve_sequence_baseline(baselines, model,
                                   blank.expand(B, cfg.n_layers, T, cfg.d_hidden), reference)
-    chunk = batch_for(model, B, T, memory, tgt.every_position or keep_run)
-    was_training = model.training
-    if was_training:                    # only then: walking every module there and back costs
-        model.eval()                    # ~70 us, 5% of the small benchmark model's forward
-    try:
-        parts = [_predict_chunk(model, tokens[i:i + chunk], target,
-                                tgt.select(slice(i, i + chunk)), b[i:i + chunk], modes, keep_run,
-                                method, backend)
-                 for i in range(0, B, chunk)]
-    finally:
-        if was_training:
-            model.train()
-    predicted = {m: torch.cat([p.predicted[m] for p in parts]) if len(parts) > 1
-                 else parts[0].predicted[m] for m in modes}
-    if reads_logits(target):                         # resolved on each chunk's own logits
-        direction = torch.cat([p.target.target.direction for p in parts])
-        tgt = SequenceTarget(tgt.position, Target(direction=direction, spec=tgt.spec), None,
-                             tgt.spec)
-    run = _cat_runs([p.run for p in parts]) if keep_run else None
-    return SequenceAttribution(predicted, run, tgt, b, tokens)
+    return Prepared(tokens, tgt, b, modes, method, backend)
 
 
 def _cat_runs(runs: list[TransformerRun]) -> TransformerRun:

@@ -3,8 +3,9 @@ transformer, timed side by side (docs/lm-verification.md).
 
 Random weights, float32, target `next` at the last position, zero baseline. Rows:
 
-1. one forward pass; attribution of every node in each mode (interleaved with it); captum's
-   `LayerGradientXActivation` over the layers' `z` (one call, and one call per layer);
+1. one forward pass; attribution of every node in each mode (interleaved with it); on CUDA,
+   the forward and `renorm` each captured as a CUDA graph (`CapturedAttribution`) too;
+   captum's `LayerGradientXActivation` over the layers' `z` (one call, and one per layer);
 2. the oracle at each precision, checked against the float64 oracle on two sequences
    (normwise, `max|diff| / max|ref| <= 1e-5`) before any of its time counts; then every node
    of every sequence, with its FLOP count, FLOP/s and share of the card's float32 peak;
@@ -26,6 +27,7 @@ from torch import Tensor
 from bilens.ablation import resolve_backend
 from bilens.ablation._engine.sequence_plan import SequencePlan
 from bilens.ablation.sequence import ablate_prepared, sequence_ablation_effects
+from bilens.attribution.captured import CapturedAttribution, capture
 from bilens.attribution.sequence import SEQUENCE_MODES, attribute_sequence
 from bilens.core.config import TransformerConfig
 from bilens.core.errors import BilensError
@@ -128,6 +130,10 @@ def _attribution_rows(cfg: LMBenchConfig, model: BilinearTransformer, znet: ZSeq
     for mode in SEQUENCE_MODES:                 # renorm's closed form: the Triton kernel there
         fast[f"attribute {mode}"] = lambda m=mode: attribute_sequence(
             model, data, target="next", mode=m, backend=renorm)
+    if model.device.type == "cuda":          # the forward and renorm, each as a CUDA graph
+        fast["forward, CUDA graph"] = _captured_forward(model, tokens)
+        att = CapturedAttribution(model, data, target="next", mode="renorm", backend=renorm)
+        fast["attribute renorm, CUDA graph"] = lambda: att(data)
     if cfg.captum:
         fast["captum LayerGradientXActivation"] = lambda: captum_gxa(znet, tokens)
         fast["captum LayerGradientXActivation per layer"] = (
@@ -138,12 +144,19 @@ def _attribution_rows(cfg: LMBenchConfig, model: BilinearTransformer, znet: ZSeq
     live = got["attribute live"][1]
     for name in list(fast)[1:]:
         t, out, peak = got[name]
-        extra = {"agree": agreement(out, -live)} if "captum" in name else {}  # g z = -g c
+        extra = ({"agree": agreement(out, -live)} if "captum" in name else  # g z = -g c
+                 {"agree": agreement(out, got["attribute renorm"][1])} if "renorm, CUDA" in name
+                 else {})
         rows.add(name, t, over_forward=t / t_fwd, peak_bytes=peak, **extra)
     for mode in SEQUENCE_MODES:
         res[f"attribution_{mode.replace('-', '_')}_over_forward"] = (
             rows.seconds(f"attribute {mode}") / t_fwd)
     res["renorm_backend"] = renorm or "eager"          # how the renorm row's closed form ran
+    if "forward, CUDA graph" in fast:
+        t_graph = rows.seconds("attribute renorm, CUDA graph")
+        res["attribution_renorm_graph_over_forward"] = t_graph / t_fwd
+        res["attribution_renorm_graph_over_graphed_forward"] = (
+            t_graph / rows.seconds("forward, CUDA graph"))
     if cfg.captum:
         t_live = rows.seconds("attribute live")
         res["attribution_speedup_vs_captum"] = (
@@ -151,6 +164,14 @@ def _attribution_rows(cfg: LMBenchConfig, model: BilinearTransformer, znet: ZSeq
         res["attribution_speedup_vs_captum_per_layer"] = (
             rows.seconds("captum LayerGradientXActivation per layer") / t_live)
     return t_fwd
+
+
+def _captured_forward(model: BilinearTransformer, tokens: Tensor) -> Callable[[], Tensor]:
+    """`model(tokens)` recorded once as a CUDA graph: a call replays it and copies the logits
+    (as the attribution's captured call copies its prediction)."""
+    with torch.no_grad():
+        graph, out = capture(lambda: model(tokens), tokens.device, what="the forward")
+    return lambda: (graph.replay(), out.clone())[1]
 
 
 def _oracle_rows(cfg: LMBenchConfig, model: BilinearTransformer, data: Tensor, one: tuple,
