@@ -203,3 +203,13 @@ def test_config_contradicting_tensors_is_refused(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(BilensError, match=r"tensor 'layers.0.L' has shape \[6, 8\], expected"):
         bilens.load(tmp_path)
+
+
+def test_forward_unchecked_is_the_same_forward():
+    """`forward(check=False)` (for tokens checked already, or a CUDA graph) skips only the
+    check: the same logits, and a bad token is no longer read on the host."""
+    model = tiny_lm()
+    x = tokens()
+    torch.testing.assert_close(model(x, check=False), model(x), rtol=0, atol=0)
+    with pytest.raises(BilensError, match="token id 11 out of range"):
+        model(torch.tensor([[1, 11]]), check=True)

@@ -19,6 +19,10 @@ split (and, for LayerNorm, centred) tile by tile as it is loaded, and `gamma g_N
 and `|D_k|^2` are made in the same loop: for RMS the launch is the only kernel of a layer
 before the last, which matters where the host sets the pace (128 sequences on the H200).
 
+`out` may be `c` itself (`attribute_sequence` writes the prediction over `b - z` where the
+run is not kept): each tile of `c` is read before its program writes it, and the autotuner,
+which runs the kernel once per candidate launch shape, restores `out` after each run.
+
 Import this module only where Triton is installed (`core.device.triton_available`).
 """
 
@@ -54,7 +58,7 @@ def _at(ptr, rm, rn, inner, outer_stride, inner_stride):
 
 
 @triton.autotune(configs=_configs(_CONFIGS), key=["H", "D", "SWAP", "CENTRE"],
-                 prune_configs_by=_PRUNE, **_TUNE)
+                 prune_configs_by=_PRUNE, restore_value=["out_ptr"], **_TUNE)
 @triton.jit
 def _renorm_kernel(r_ptr, gn_ptr, w_ptr, d_ptr, mean_ptr, s_ptr, c_ptr, g_ptr, out_ptr,
                    tiny, M, H, stride_r, stride_gn, stride_s, stride_dk, inner, c_outer, c_inner,

@@ -199,10 +199,14 @@ class BilinearTransformer(ResidualModel):
         layer = self.layers[i // 2]
         return layer.attn_norm if i % 2 == 0 else layer.mlp_norm
 
-    def forward(self, tokens: Int[Tensor, "batch seq"]) -> Float[Tensor, "batch seq vocab"]:
-        """The logits only, keeping no intermediates (`run` keeps them)."""
+    def forward(self, tokens: Int[Tensor, "batch seq"], *,
+                check: bool = True) -> Float[Tensor, "batch seq vocab"]:
+        """The logits only, keeping no intermediates (`run` keeps them). `check=False` skips
+        the tokens' range check, which reads them on the host (a sync on a GPU): for tokens
+        checked already, or a forward recorded as a CUDA graph."""
         cfg = self.config
-        check_tokens(tokens, cfg.vocab_size, cfg.n_ctx)
+        if check:
+            check_tokens(tokens, cfg.vocab_size, cfg.n_ctx)
         alpha, pre = cfg.attn_scale, cfg.norm_position == "pre"
         h = self.embed(tokens)                                          # h = E[x_t]
         for layer in self.layers:
