@@ -48,6 +48,7 @@ def test_each_call_equals_attribute_sequence(on_cpu, target, mode):
     tensor."""
     model = tiny_transformer("layer", "pre", n_layers=3)
     first = tokens_for(model, n=3, seq=7, seed=0)
+    kept = first.clone()
     att = CapturedAttribution(model, first, target=target, mode=mode)
     every = target == "mean-logprob"
     outs = []
@@ -57,6 +58,7 @@ def test_each_call_equals_attribute_sequence(on_cpu, target, mode):
         want = attribute_sequence(model, tokens, target=target, mode=mode, position=pos)
         got = att(tokens, position=pos)
         assert_close(got, want, rtol=1e-12, atol=1e-15)
+        assert torch.equal(first, kept), "a later batch was written into the first's tokens"
         outs.append(got)
     assert att._graph.replays == 3
     assert outs[0].data_ptr() != outs[1].data_ptr() != att._out.data_ptr()
@@ -92,3 +94,29 @@ def test_needs_a_cuda_model():
     with pytest.raises(BilensError, match="CUDA device.*call attribute_sequence") as err:
         CapturedAttribution(model, tokens_for(model), target="next")
     assert "\n" not in str(err.value)
+
+
+def test_labels_given_or_not_as_at_capture(on_cpu):
+    """Next tokens given as labels at capture and left out of a call (or the other way
+    round): one line that says so, not a shape error from deeper down."""
+    model = tiny_transformer("rms", "pre")
+    full = tokens_for(model, n=3, seq=7)
+    tokens, labels = full[:, :-1], full[:, 1:]
+    with_labels = CapturedAttribution(model, tokens, target="next", labels=labels)
+    new_labels = labels.roll(1, 0)
+    assert_close(with_labels(tokens, labels=new_labels),
+                 attribute_sequence(model, tokens, target="next", labels=new_labels),
+                 rtol=1e-12, atol=1e-15)
+    without = CapturedAttribution(model, tokens, target="predicted")
+    for att, kwargs, had in ((with_labels, {}, "with"),
+                             (without, {"labels": labels}, "without")):
+        with pytest.raises(BilensError, match=f"captured {had} labels") as err:
+            att(tokens, **kwargs)
+        assert "\n" not in str(err.value)
+
+
+def test_an_mlp_network_is_named_as_such():
+    from test_ablation import make
+    with pytest.raises(BilensError, match="got a BilinearNet; for an MLP network call "
+                                          "attribute$"):
+        CapturedAttribution(make(), torch.zeros(2, 4, dtype=torch.long))

@@ -152,13 +152,20 @@ MODE_SETS = [("renorm",), ("live",), ("renorm", "live"), ("frozen", "renorm"),
              ("live", "frozen-norm"), SEQUENCE_MODES]
 
 
+TOGETHER = [("rms", "pre", m) for m in MODE_SETS] + [
+    (norm, pos, SEQUENCE_MODES) for norm in ("none", "rms", "layer") for pos in ("pre", "post")
+    if (norm, pos) != ("rms", "pre")]
+
+
 @pytest.mark.parametrize("method", ["explicit", "autograd"])
-@pytest.mark.parametrize("modes", MODE_SETS, ids="+".join)
-def test_modes_together_equal_each_alone(modes, method):
+@pytest.mark.parametrize("norm,position,modes", TOGETHER,
+                         ids=[f"{n}-{p}-{'+'.join(m)}" for n, p, m in TOGETHER])
+def test_modes_together_equal_each_alone(norm, position, modes, method):
     """Where the run is not kept, `b - z` is formed in that run's own `z` and the last mode
     computed writes its prediction over it: every mode of a set still equals that mode asked
-    for alone with the run kept, and a kept run's `z` is still the clean `z`."""
-    model = tiny_transformer("rms", "pre", n_layers=3)
+    for alone with the run kept, and a kept run's `z` is still the clean `z` (every mode
+    set on rms pre-norm, all four modes on every other norm x position)."""
+    model = tiny_transformer(norm, position, n_layers=3)
     tokens = tokens_for(model, n=3, seq=6)
     clean = model.run(tokens)
     together = attribute_sequence_modes(model, tokens, modes=modes, method=method,

@@ -213,3 +213,16 @@ def test_forward_unchecked_is_the_same_forward():
     torch.testing.assert_close(model(x, check=False), model(x), rtol=0, atol=0)
     with pytest.raises(BilensError, match="token id 11 out of range"):
         model(torch.tensor([[1, 11]]), check=True)
+
+
+def test_forward_unchecked_reads_no_token_on_the_host(monkeypatch):
+    """`check=False` really skips the check (which would read the tokens on the host)."""
+    import bilens.core.models.transformer as transformer
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("the tokens were checked")
+    monkeypatch.setattr(transformer, "check_tokens", no_check)
+    model = tiny_lm()
+    assert model(tokens(), check=False).shape[-1] == model.config.vocab_size
+    with pytest.raises(AssertionError, match="were checked"):
+        model(tokens())

@@ -23,7 +23,7 @@ same order; `tests/test_sequence_precision.py` holds it to that on a GPU).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from typing import TypeVar
 
 import torch
@@ -35,7 +35,7 @@ from bilens.attribution.sequence import (
     Prepared,
     _predict_chunk,
     check_sequence_mode,
-    prepare_sequence,
+    prepare_attribution,
 )
 from bilens.core.errors import BilensError
 from bilens.core.memory import DEFAULT_MEMORY
@@ -70,7 +70,10 @@ class CapturedAttribution:
         self._fixed = dict(baselines=baselines, reference=reference, method=method,
                            backend=backend)
         self._raw = tuple(torch.as_tensor(tokens).shape)          # as given, before any split
-        self._static = self._prepare(tokens, position, labels)
+        self._labelled = labels is not None
+        # the graph's own inputs: copies, since the checks hand back views of `tokens` on
+        # its device, and every later call writes its batch here
+        self._static = _owned(self._prepare(tokens, position, labels))
         self._fixed.update(baselines=self._static.baselines, reference=None)  # resolved once
         self._graph, self._out = self._capture(warmup)
 
@@ -86,6 +89,11 @@ class CapturedAttribution:
             raise BilensError(f"tokens: this CapturedAttribution was captured for tokens "
                               f"{list(self._raw)}, got {list(torch.as_tensor(tokens).shape)}; "
                               f"capture another for that shape")
+        if (labels is not None) != self._labelled:
+            had = "with" if self._labelled else "without"
+            raise BilensError(f"labels: this CapturedAttribution was captured {had} labels; "
+                              f"pass them {'' if self._labelled else 'not '}in each call too, "
+                              f"or capture another")
         new = self._prepare(tokens, position, labels)
         _refill(self._static.tokens, new.tokens, "tokens")
         _refill(self._static.target, new.target, "target")
@@ -94,7 +102,7 @@ class CapturedAttribution:
 
     def _prepare(self, tokens: Tensor, position: object, labels: Tensor | None) -> Prepared:
         f = self._fixed
-        return prepare_sequence(self.model, tokens, self._spec, position, f["baselines"],
+        return prepare_attribution(self.model, tokens, self._spec, position, f["baselines"],
                                 (self.mode,), labels, f["reference"], DEFAULT_MEMORY,
                                 f["method"], f["backend"])
 
@@ -140,10 +148,24 @@ def capture(fn: Callable[[], T], device: torch.device, warmup: int = 2,
 
 def _check_model(model: object) -> None:
     """A `BilinearTransformer` on a CUDA device, or one line that says what to call."""
-    if not isinstance(model, BilinearTransformer) or model.device.type != "cuda":
-        where = getattr(model, "device", type(model).__name__)
-        raise BilensError(f"CapturedAttribution: needs a BilinearTransformer on a CUDA device "
-                          f"(got one on {where}); call attribute_sequence instead")
+    if not isinstance(model, BilinearTransformer):
+        raise BilensError(f"CapturedAttribution: needs a BilinearTransformer on a CUDA device, "
+                          f"got a {type(model).__name__}; for an MLP network call attribute")
+    if model.device.type != "cuda":
+        raise BilensError(f"CapturedAttribution: needs a BilinearTransformer on a CUDA device, "
+                          f"got one on {model.device}; call attribute_sequence instead")
+
+
+def _owned(prepared: Prepared) -> Prepared:
+    """`prepared` with its tokens and its target's tensors copied (a dataclass walk)."""
+    def own(x: object) -> object:
+        if isinstance(x, Tensor):
+            return x.clone()
+        if is_dataclass(x) and not isinstance(x, type):
+            return replace(x, **{f.name: own(getattr(x, f.name)) for f in fields(x)
+                                 if f.init})
+        return x
+    return prepared._replace(tokens=own(prepared.tokens), target=own(prepared.target))
 
 
 def _refill(static: object, new: object, name: str) -> None:

@@ -187,7 +187,7 @@ def attribute_sequence_modes(
     (`method="explicit"`), or one autograd forward and backward, the first of them also
     the clean run (`"autograd"`); either way the target is resolved on the clean logits.
     """
-    tokens, tgt, b, modes, method, backend = prepare_sequence(
+    tokens, tgt, b, modes, method, backend = prepare_attribution(
         model, tokens, target, position, baselines, modes, labels, reference, memory, method,
         backend)
     B = tokens.shape[0]
@@ -225,7 +225,7 @@ class Prepared(NamedTuple):
     backend: str
 
 
-def prepare_sequence(model: BilinearTransformer, tokens: Tensor, target: object,
+def prepare_attribution(model: BilinearTransformer, tokens: Tensor, target: object,
                      position: object, baselines: object, modes: Sequence[str],
                      labels: Tensor | None, reference: Tensor | None, memory: str | int,
                      method: str, backend: str | None) -> Prepared:

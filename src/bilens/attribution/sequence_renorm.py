@@ -82,12 +82,20 @@ def renorm(model: BilinearTransformer, run: TransformerRun, tgt: SequenceTarget,
                                                               g_norm, out):
                 continue
             if at is every:                  # written in place
-                work = c.new_empty(5, B, T, H) if work is None else work
+                if work is None and _uses_work(model, l):
+                    work = c.new_empty(5, B, T, H)
                 _eager(model, run, l, at, c, g_live, g_norm, out=out[:, l], work=work)
             else:                            # only the rows at p: the rest is 0
                 rows = _eager(model, run, l, at, c, g_live, g_norm)
                 out[:, l].zero_()[at] = rows
     return out
+
+
+def _uses_work(model: BilinearTransformer, l: int) -> bool:
+    """Whether layer `l`'s eager `renorm` uses the shared temporaries: pre-norm through a
+    norm that is not `none` (post-norm's change, and no norm's, make their own)."""
+    return (model.config.norm_position == "pre"
+            and model.norm(first_norms(model)[l]).kind != "none")
 
 
 def _eager(model: BilinearTransformer, run: TransformerRun, l: int, at: tuple, c: Tensor,
