@@ -90,10 +90,10 @@ class CapturedAttribution:
                               f"{list(self._raw)}, got {list(torch.as_tensor(tokens).shape)}; "
                               f"capture another for that shape")
         if (labels is not None) != self._labelled:
-            had = "with" if self._labelled else "without"
-            raise BilensError(f"labels: this CapturedAttribution was captured {had} labels; "
-                              f"pass them {'' if self._labelled else 'not '}in each call too, "
-                              f"or capture another")
+            fix = ("pass labels= in each call too" if self._labelled
+                   else "leave labels= out, or capture another with them")
+            raise BilensError(f"labels: this CapturedAttribution was captured "
+                              f"{'with' if self._labelled else 'without'} labels; {fix}")
         new = self._prepare(tokens, position, labels)
         _refill(self._static.tokens, new.tokens, "tokens")
         _refill(self._static.target, new.target, "target")
@@ -103,8 +103,8 @@ class CapturedAttribution:
     def _prepare(self, tokens: Tensor, position: object, labels: Tensor | None) -> Prepared:
         f = self._fixed
         return prepare_attribution(self.model, tokens, self._spec, position, f["baselines"],
-                                (self.mode,), labels, f["reference"], DEFAULT_MEMORY,
-                                f["method"], f["backend"])
+                                   (self.mode,), labels, f["reference"], DEFAULT_MEMORY,
+                                   f["method"], f["backend"])
 
     def _chunk(self) -> Tensor:
         p = self._static

@@ -226,9 +226,9 @@ class Prepared(NamedTuple):
 
 
 def prepare_attribution(model: BilinearTransformer, tokens: Tensor, target: object,
-                     position: object, baselines: object, modes: Sequence[str],
-                     labels: Tensor | None, reference: Tensor | None, memory: str | int,
-                     method: str, backend: str | None) -> Prepared:
+                        position: object, baselines: object, modes: Sequence[str],
+                        labels: Tensor | None, reference: Tensor | None, memory: str | int,
+                        method: str, backend: str | None) -> Prepared:
     """`attribute_sequence_modes`'s arguments checked (one line each where they are wrong)
     and resolved for this batch."""
     if isinstance(modes, str) or not modes:
